@@ -1,0 +1,43 @@
+import type { PartitionTable } from './types.js';
+
+export type BackendName = 'fuse' | 'nbd';
+
+export interface AttachOptions {
+  /** Who attaches, for the state record and error messages (e.g. the layer name). */
+  purpose: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * A qcow2 image attached as a block device. Release undoes every acquisition in reverse
+ * order and is safe to call twice; `await using` calls it.
+ */
+export interface AttachedDisk extends AsyncDisposable {
+  readonly backend: BackendName;
+  /** The qcow2 file that is attached. */
+  readonly image: string;
+  /** Virtual size of the disk in bytes. */
+  readonly size: number;
+  /**
+   * Extra environment for a modify-disk script so that the `vmlb-partition N` helper on its
+   * PATH can print a block device for partition N on this backend.
+   */
+  readonly helperEnv: Record<string, string>;
+  /** A block device for the whole disk (fuse: a loop device over the exported raw file; nbd: /dev/nbdN). */
+  wholeDevice(): Promise<string>;
+  /** The partition table as it stands now. */
+  partitionTable(): Promise<PartitionTable>;
+  /**
+   * A block device for a byte range of the disk (a partition): fuse gives a loop device with
+   * offset and size limit; nbd gives /dev/nbdNpM when the range matches partition M.
+   */
+  rangeDevice(part: { number: number; start: number; size: number }): Promise<string>;
+  release(): Promise<void>;
+}
+
+export interface DiskBackend {
+  readonly name: BackendName;
+  /** null when usable here, else the reason it is not (shown when a test or `--backend` needs it). */
+  unavailableReason(): Promise<string | null>;
+  attach(image: string, opts: AttachOptions): Promise<AttachedDisk>;
+}
