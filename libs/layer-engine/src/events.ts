@@ -27,6 +27,7 @@ export interface PlannedLayer {
 }
 
 export type BuildEvent =
+  | { type: 'notice'; at: number; message: string }
   | { type: 'plan'; at: number; project: string; layers: PlannedLayer[]; total: number }
   | { type: 'layer-cached'; at: number; index: number; name: string; key: string; source: 'local' | 'shared'; bytes: number }
   | { type: 'layer-start'; at: number; index: number; name: string; kind: LayerKind; key: string }

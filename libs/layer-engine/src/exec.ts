@@ -69,6 +69,8 @@ export async function exec(argv: string[], opts: ExecOptions = {}): Promise<Exec
 /**
  * Start a long-running child (a daemon the engine awaits, or a user's script) and hand back
  * the execa process; the caller owns reaping it. Same environment discipline as exec().
+ * The child gets its own process group, so a Ctrl-C at the terminal reaches only the engine,
+ * which then stops its children in the right order (unmount before the daemon dies).
  */
 export function spawnChild(argv: string[], opts: ExecOptions & { stdout?: 'pipe' | 'ignore'; stderr?: 'pipe' | 'ignore' } = {}): ResultPromise {
   const [file, ...args] = argv;
@@ -79,5 +81,6 @@ export function spawnChild(argv: string[], opts: ExecOptions & { stdout?: 'pipe'
     stdout: opts.stdout ?? 'pipe',
     stderr: opts.stderr ?? 'pipe',
     buffer: false,
+    detached: true,
   });
 }

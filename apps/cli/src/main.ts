@@ -1,0 +1,181 @@
+import { Command, InvalidArgumentError, Option } from 'commander';
+import path from 'node:path';
+import {
+  AbortedError,
+  build,
+  LayerFailedError,
+  LocalStore,
+  ProjectError,
+  VmlbError,
+  defaultStoreDir,
+
+  parseSize,
+  planBuild,
+  scaffoldLayer,
+  startupSweep,
+
+  formatBytes,
+} from '@vmlb/layer-engine';
+import { chooseMode, createDisplay, formatPlan } from './display.js';
+import { VERSION } from './version.js';
+
+/**
+ * The `vmlb` command. Libraries throw; this is the one place that prints errors and picks exit
+ * codes: 0 success, 1 a build or command failed, 2 bad input (usage, project), 130 interrupted.
+ */
+
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+const EXIT_INTERRUPTED = 130;
+
+function sizeArg(v: string): number {
+  try {
+    return parseSize(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
+
+/** An AbortSignal fired by Ctrl-C or SIGTERM; the build then releases everything it attached. */
+function interruptSignal(): AbortSignal {
+  const ac = new AbortController();
+  let count = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    count++;
+    if (count === 1) {
+      process.stderr.write(`\nvmlb: ${sig === 'SIGINT' ? 'interrupted' : sig}: stopping and releasing what the build attached…\n`);
+      ac.abort(new AbortedError());
+    } else {
+      process.stderr.write('vmlb: still cleaning up; a forced stop (SIGKILL) leaves debris the next run sweeps\n');
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  return ac.signal;
+}
+
+function storeFrom(opts: { store?: string }): LocalStore {
+  return new LocalStore(opts.store ? path.resolve(opts.store) : defaultStoreDir());
+}
+
+const program = new Command();
+program
+  .name('vmlb')
+  .description('Build VM disk images out of cached qcow2 layers, like docker build.')
+  .version(VERSION)
+  .showHelpAfterError('(run with --help for usage)')
+  .configureOutput({ outputError: (s, write) => write(`vmlb: ${s.replace(/^error: /, '')}`) });
+
+const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
+
+program
+  .command('build')
+  .description('build the image project in DIR (default: the current folder) into DIR/build/image.qcow2')
+  .argument('[dir]', 'the image project', '.')
+  .option('--flatten', 'write one standalone qcow2 instead of a thin overlay on the cached chain')
+  .option('--last <layer>', 'stop after this layer (its folder name, e.g. 03_users)')
+  .addOption(new Option('--compat <version>', 'qcow2 compatibility of the output (0.10 implies --flatten)').choices(['0.10', '1.1']))
+  .option('-o, --output <file>', 'where to write the image (default: DIR/build/image.qcow2)')
+  .option('--explain', 'print each layer\'s key, hit or miss, and what changed since its last build')
+  .addOption(new Option('--backend <name>', 'how disks are attached').choices(['auto', 'fuse', 'nbd']).default('auto').env('VMLB_BACKEND'))
+  .addOption(storeOption())
+  .addOption(new Option('--store-cap <size>', 'evict least-recently-used layers above this size').argParser(sizeArg).env('VMLB_STORE_CAP'))
+  .option('--json', 'print build events as JSON lines (for machines)')
+  .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
+  .action(async (dir: string, o) => {
+    const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout, { verbose: o.explain });
+    try {
+      await build({
+        projectDir: path.resolve(dir),
+        store: storeFrom(o),
+        backend: o.backend,
+        output: o.output ? path.resolve(o.output) : undefined,
+        flatten: o.flatten,
+        compat: o.compat,
+        last: o.last,
+        storeCapBytes: o.storeCap,
+        signal: interruptSignal(),
+        onEvent: (e) => display.onEvent(e),
+      });
+    } finally {
+      display.close();
+    }
+  });
+
+program
+  .command('explain')
+  .description('say for each layer its key, whether it is cached, and what changed since it was last built; builds nothing')
+  .argument('[dir]', 'the image project', '.')
+  .option('--last <layer>', 'stop after this layer')
+  .addOption(storeOption())
+  .option('--json', 'print the plan as JSON')
+  .action(async (dir: string, o) => {
+    const store = storeFrom(o);
+    const plan = await planBuild({ projectDir: path.resolve(dir), store, last: o.last });
+    if (o.json) process.stdout.write(JSON.stringify({ project: plan.project.dir, layers: plan.layers }, null, 2) + '\n');
+    else process.stdout.write(formatPlan(plan.layers) + '\n');
+  });
+
+program
+  .command('new-layer')
+  .description('scaffold the next layer folder NN_NAME with an executable script')
+  .argument('<name>', 'the layer name, e.g. users')
+  .option('-C, --project <dir>', 'the image project', '.')
+  .addOption(new Option('--kind <kind>', 'the script to create').choices(['build-layer', 'modify-disk', 'create-disk']))
+  .action(async (name: string, o) => {
+    const r = await scaffoldLayer(path.resolve(o.project), name, { kind: o.kind });
+    process.stdout.write(`created ${path.relative(process.cwd(), r.script) || r.script}\n`);
+  });
+
+program
+  .command('sweep')
+  .description('release loop devices, FUSE exports, daemons and half-built blobs left by a killed run (every command does this first)')
+  .addOption(storeOption())
+  .action(async (o) => {
+    const store = storeFrom(o);
+    await store.init();
+    const msg = await startupSweep(store);
+    process.stdout.write((msg ?? 'nothing to clean up') + '\n');
+  });
+
+program
+  .command('store')
+  .description('show the local store: where it is, how many layers, how many bytes')
+  .addOption(storeOption())
+  .option('--json', 'print as JSON')
+  .action(async (o) => {
+    const store = storeFrom(o);
+    const u = await store.usage();
+    if (o.json) process.stdout.write(JSON.stringify({ root: store.root, ...u }) + '\n');
+    else process.stdout.write(`${store.root}: ${u.layers} layers, ${formatBytes(u.bytes)}\n`);
+  });
+
+
+function exitCodeFor(e: unknown): number {
+  if (e instanceof AbortedError) return EXIT_INTERRUPTED;
+  if (e instanceof ProjectError) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'BAD_NAME', 'LAYER_EXISTS', 'USAGE'].includes(e.code)) return EXIT_USAGE;
+  return EXIT_FAILED;
+}
+
+// `vmlb build | head` closes stdout early: that is not an error worth a stack trace.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  // A build's display has already shown its failure; repeat only the one-line cause on stderr.
+  const err = e as Error;
+  if (e instanceof LayerFailedError) {
+    process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}; full log: ${e.logPath}\n`);
+  } else if (e instanceof VmlbError) {
+    process.stderr.write(`vmlb: ${err.message}\n`);
+  } else {
+    process.stderr.write(`vmlb: unexpected error: ${err.stack ?? err.message}\n`);
+  }
+  process.exitCode = exitCodeFor(e);
+}

@@ -1,0 +1,129 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_DISK_SIZE, parseHints } from './hints.js';
+
+const script = (...lines: string[]) => ['#!/bin/sh', ...lines, 'set -eu', 'true'].join('\n');
+
+describe('parseHints', () => {
+  it('reads every hint of a build-layer', () => {
+    const { hints, problems } = parseHints(
+      script(
+        '# nocache',
+        '  #noshare',
+        '# chroot-bind-mount ../cache /var/cache/apt',
+        '# chroot-bind-mount /srv/data /mnt/data',
+        '# chroot-mount 2 /boot/efi',
+        '# timeout 1h30m',
+      ),
+      'build-layer',
+    );
+    expect(problems).toEqual([]);
+    expect(hints).toEqual({
+      nocache: true,
+      noshare: true,
+      bindMounts: [
+        { source: '../cache', target: '/var/cache/apt' },
+        { source: '/srv/data', target: '/mnt/data' },
+      ],
+      partitionMounts: [{ partition: 2, target: '/boot/efi' }],
+      timeoutMs: 5_400_000,
+    });
+  });
+
+  it('reads disk-size in create-disk and modify-disk, and leaves the default to the runner', () => {
+    expect(parseHints(script('# disk-size 4G'), 'create-disk').hints.diskSize).toBe(4 * 1024 ** 3);
+    expect(parseHints(script('# disk-size 20GiB   '), 'modify-disk').hints.diskSize).toBe(20 * 1024 ** 3);
+    expect(parseHints(script(), 'create-disk').hints.diskSize).toBeUndefined();
+    expect(DEFAULT_DISK_SIZE).toBe(2 * 1024 ** 3);
+  });
+
+  it('ignores the shebang, ordinary comments, prose and lookalikes', () => {
+    const { hints, problems } = parseHints(
+      [
+        '#!/usr/bin/env nocache',
+        '# hints: timeout DURATION, nocache',
+        '# this layer has nocache semantics',
+        '# nocache-please',
+        '# timeouts are long here',
+        'echo "# nocache"',
+        'x=1 # timeout 5m',
+      ].join('\n'),
+      'build-layer',
+    );
+    expect(problems).toEqual([]);
+    expect(hints).toEqual({ nocache: false, noshare: false, bindMounts: [], partitionMounts: [] });
+  });
+
+  it('handles CRLF line ends', () => {
+    const { hints, problems } = parseHints('#!/bin/sh\r\n# timeout 10m\r\n# nocache\r\n', 'build-layer');
+    expect(problems).toEqual([]);
+    expect(hints.timeoutMs).toBe(600_000);
+    expect(hints.nocache).toBe(true);
+  });
+
+  it('refuses hints where they do not apply, naming the hint and where it belongs', () => {
+    const { problems } = parseHints(script('# disk-size 4G', '# timeout 5m'), 'build-layer');
+    expect(problems).toEqual([expect.stringMatching(/^line 2: # disk-size: does not apply to a build-layer layer; it is for create-disk, modify-disk only$/)]);
+
+    const modify = parseHints(script('# chroot-mount 1 /boot', '# chroot-bind-mount /a /b'), 'modify-disk').problems;
+    expect(modify).toHaveLength(2);
+    expect(modify[0]).toContain('# chroot-mount: does not apply to a modify-disk layer; it is for build-layer only');
+    expect(modify[1]).toContain('# chroot-bind-mount: does not apply');
+
+    expect(parseHints(script('# chroot-mount 1 /boot'), 'create-disk').problems[0]).toContain('# chroot-mount: does not apply to a create-disk');
+  });
+
+  it('accepts only nocache and noshare in a base-image file', () => {
+    const text = ['# nocache', '# noshare', '# timeout 5m', '# disk-size 4G', 'source: x.qcow2'].join('\n');
+    const { hints, problems } = parseHints(text, 'base-image');
+    expect(hints.nocache && hints.noshare).toBe(true);
+    expect(hints.timeoutMs).toBeUndefined();
+    expect(problems).toHaveLength(2);
+    expect(problems[0]).toMatch(/line 3: # timeout: does not apply to a base-image file/);
+    expect(problems[1]).toMatch(/line 4: # disk-size: does not apply to a base-image file/);
+  });
+
+  it.each([
+    ['# nocache please', 'build-layer', /# nocache: takes no argument \(found "please"\)/],
+    ['# noshare x', 'create-disk', /# noshare: takes no argument/],
+    ['# disk-size', 'create-disk', /# disk-size: expects one SIZE, e.g. "# disk-size 4G" \(found none\)/],
+    ['# disk-size 4 G', 'create-disk', /# disk-size: expects one SIZE/],
+    ['# disk-size huge', 'create-disk', /not a size: "huge"/],
+    ['# disk-size 0', 'modify-disk', /# disk-size: must be more than zero/],
+    ['# timeout', 'build-layer', /# timeout: expects one DURATION/],
+    ['# timeout forever', 'build-layer', /# timeout: not a duration: "forever"/],
+    ['# timeout 0s', 'build-layer', /# timeout: must be more than zero/],
+    ['# chroot-bind-mount /a', 'build-layer', /# chroot-bind-mount: expects SRC TARGET/],
+    ['# chroot-bind-mount', 'build-layer', /# chroot-bind-mount: expects SRC TARGET.*found nothing/],
+    ['# chroot-bind-mount /a b/c', 'build-layer', /# chroot-bind-mount: TARGET must be an absolute path.*"b\/c"/],
+    ['# chroot-bind-mount /a /b/../../etc', 'build-layer', /TARGET must not contain "\.\."/],
+    ['# chroot-bind-mount /a /', 'build-layer', /TARGET cannot be \//],
+    ['# chroot-mount 0 /boot', 'build-layer', /# chroot-mount: PARTITION must be a partition number .*"0"/],
+    ['# chroot-mount p1 /boot', 'build-layer', /PARTITION must be a partition number .*"p1"/],
+    ['# chroot-mount 1 boot', 'build-layer', /# chroot-mount: TARGET must be an absolute path/],
+    ['# chroot-mount 1 /boot extra', 'build-layer', /# chroot-mount: expects PARTITION TARGET/],
+  ] as const)('%s in a %s is a problem', (line, kind, message) => {
+    const { problems } = parseHints(script(line), kind);
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/^line 2: /);
+    expect(problems[0]).toMatch(message);
+  });
+
+  it('refuses a repeated disk-size or timeout, and two mounts on one target', () => {
+    const { hints, problems } = parseHints(
+      script('# timeout 5m', '# timeout 10m', '# chroot-mount 1 /boot', '# chroot-bind-mount /x /boot/'),
+      'build-layer',
+    );
+    expect(problems).toEqual([
+      'line 3: # timeout: given twice (first on line 2); keep one',
+      'line 5: # chroot-bind-mount: TARGET /boot/ is already mounted by line 4; one mount per TARGET',
+    ]);
+    expect(hints.timeoutMs).toBe(300_000);
+    expect(parseHints(script('# disk-size 4G', '# disk-size 8G'), 'create-disk').problems).toEqual([
+      'line 3: # disk-size: given twice (first on line 2); keep one',
+    ]);
+  });
+
+  it('allows a repeated nocache', () => {
+    expect(parseHints(script('# nocache', '# nocache'), 'build-layer').problems).toEqual([]);
+  });
+});

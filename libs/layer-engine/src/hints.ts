@@ -1,0 +1,149 @@
+import type { LayerHints, LayerKind } from './types.js';
+import { parseDuration, parseSize } from './sizes.js';
+
+/** The size of the blank disk a create-disk layer gets when its script has no `# disk-size`. */
+export const DEFAULT_DISK_SIZE = 2 * 1024 ** 3;
+
+export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'disk-size' | 'timeout';
+
+/**
+ * A hint is a whole comment line: `# name` or `# name ARGS`. Anything else after `#` is an
+ * ordinary comment, so prose such as `# hints: timeout DURATION` is never read as a hint.
+ */
+const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|disk-size|timeout)(?:\s+(.*?))?\s*$/;
+
+const SCRIPT_KINDS: readonly LayerKind[] = ['create-disk', 'build-layer', 'modify-disk'];
+
+/** Where each hint means something. */
+const APPLIES_TO: Record<HintName, readonly LayerKind[]> = {
+  nocache: ['base-image', ...SCRIPT_KINDS],
+  noshare: ['base-image', ...SCRIPT_KINDS],
+  timeout: SCRIPT_KINDS,
+  'disk-size': ['create-disk', 'modify-disk'],
+  'chroot-bind-mount': ['build-layer'],
+  'chroot-mount': ['build-layer'],
+};
+
+export function emptyHints(): LayerHints {
+  return { nocache: false, noshare: false, bindMounts: [], partitionMounts: [] };
+}
+
+/**
+ * Read the hints of a layer's entry script (or base-image file). Every problem is collected,
+ * one message per bad line naming the line, the hint, what is wrong and what is expected.
+ * A create-disk without `# disk-size` leaves `diskSize` unset: the runner applies
+ * DEFAULT_DISK_SIZE, so that `explain` can tell a default from a stated size.
+ */
+export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerHints; problems: string[] } {
+  const hints = emptyHints();
+  const problems: string[] = [];
+  const seenAt = new Map<HintName, number>();
+  const mountTargets = new Map<string, number>();
+
+  const lines = scriptText.split(/\r?\n/);
+  lines.forEach((line, i) => {
+    const lineNo = i + 1;
+    if (i === 0 && line.startsWith('#!')) return;
+    const m = HINT_LINE.exec(line);
+    if (!m) return;
+    const name = m[1] as HintName;
+    const arg = (m[2] ?? '').trim();
+    const args = arg === '' ? [] : arg.split(/\s+/);
+    const problem = (what: string): void => {
+      problems.push(`line ${lineNo}: # ${name}: ${what}`);
+    };
+
+    if (!APPLIES_TO[name].includes(kind)) {
+      const where = APPLIES_TO[name].join(', ');
+      problem(
+        kind === 'base-image'
+          ? `does not apply to a base-image file (it runs no script); only # nocache and # noshare do`
+          : `does not apply to a ${kind} layer; it is for ${where} only`,
+      );
+      return;
+    }
+
+    const previous = seenAt.get(name);
+    seenAt.set(name, previous ?? lineNo);
+
+    switch (name) {
+      case 'nocache':
+      case 'noshare':
+        if (args.length > 0) return problem(`takes no argument (found "${arg}"); write just "# ${name}"`);
+        hints[name] = true;
+        return;
+
+      case 'disk-size':
+      case 'timeout': {
+        if (previous !== undefined) return problem(`given twice (first on line ${previous}); keep one`);
+        const example = name === 'disk-size' ? '# disk-size 4G' : '# timeout 10m';
+        const what = name === 'disk-size' ? 'SIZE' : 'DURATION';
+        if (args.length !== 1) {
+          return problem(`expects one ${what}, e.g. "${example}" (found ${args.length === 0 ? 'none' : `"${arg}"`})`);
+        }
+        let value: number;
+        try {
+          value = name === 'disk-size' ? parseSize(arg) : parseDuration(arg);
+        } catch (e) {
+          return problem(`${(e as Error).message}`);
+        }
+        if (value <= 0) return problem(`must be more than zero (found "${arg}"), e.g. "${example}"`);
+        if (name === 'disk-size') hints.diskSize = value;
+        else hints.timeoutMs = value;
+        return;
+      }
+
+      case 'chroot-bind-mount': {
+        if (args.length !== 2) {
+          return problem(`expects SRC TARGET, e.g. "# chroot-bind-mount ../cache /var/cache/apt" (found ${describeArgs(arg)})`);
+        }
+        const [source, target] = args as [string, string];
+        const bad = checkTarget(target);
+        if (bad) return problem(bad);
+        if (!claimTarget(target, lineNo)) return;
+        hints.bindMounts.push({ source, target });
+        return;
+      }
+
+      case 'chroot-mount': {
+        if (args.length !== 2) {
+          return problem(`expects PARTITION TARGET, e.g. "# chroot-mount 1 /boot/efi" (found ${describeArgs(arg)})`);
+        }
+        const [n, target] = args as [string, string];
+        if (!/^[1-9]\d*$/.test(n) || !Number.isSafeInteger(Number(n))) {
+          return problem(`PARTITION must be a partition number (1, 2, …), found "${n}"`);
+        }
+        const bad = checkTarget(target);
+        if (bad) return problem(bad);
+        if (!claimTarget(target, lineNo)) return;
+        hints.partitionMounts.push({ partition: Number(n), target });
+        return;
+      }
+    }
+
+    function claimTarget(target: string, at: number): boolean {
+      const key = target.replace(/\/+$/, '') || '/';
+      const first = mountTargets.get(key);
+      if (first !== undefined) {
+        problem(`TARGET ${target} is already mounted by line ${first}; one mount per TARGET`);
+        return false;
+      }
+      mountTargets.set(key, at);
+      return true;
+    }
+  });
+
+  return { hints, problems };
+}
+
+/** Why a chroot mount TARGET is not acceptable, or null. */
+function checkTarget(target: string): string | null {
+  if (!target.startsWith('/')) return `TARGET must be an absolute path inside the image, e.g. /var/cache (found "${target}")`;
+  if (target.split('/').includes('..')) return `TARGET must not contain "..", it has to stay inside the image (found "${target}")`;
+  if (/^\/+$/.test(target)) return `TARGET cannot be / itself: the image's root is already mounted there`;
+  return null;
+}
+
+function describeArgs(arg: string): string {
+  return arg === '' ? 'nothing' : `"${arg}"`;
+}

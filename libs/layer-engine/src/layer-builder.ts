@@ -1,0 +1,288 @@
+import { randomBytes } from 'node:crypto';
+import { rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { AbortedError, LayerFailedError, VmlbError } from './errors.js';
+import { exec, HOST_PATH } from './exec.js';
+import type { AttachedDisk, DiskBackend } from './disk-backend.js';
+import { runDir } from './attach-state.js';
+import { importBaseImage } from './base-import.js';
+import type { LayerManifest, LocalStore } from './local-store.js';
+import { readPartitionTable, rootPartition, GPT_LINUX_ROOT_X86_64 } from './partition-table.js';
+import { convert, createOverlay, imageInfo, resize } from './qemu-img.js';
+import { ENGINE_BIN_DIR, runScript, type ExtraMount, type RunScriptResult } from './script-runner.js';
+import { DEFAULT_DISK_SIZE } from './hints.js';
+import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
+
+export const ENGINE_VERSION = '0.1.0';
+
+export interface LayerBuildContext {
+  store: LocalStore;
+  backend: DiskBackend;
+  spec: LayerSpec;
+  key: string;
+  inputs: LayerInputs;
+  cacheable: boolean;
+  /** The parent layer's manifest (null for the first layer). */
+  parent: LayerManifest | null;
+  signal?: AbortSignal;
+  onOutput?: (chunk: string) => void;
+  onStep?: (step: string) => void;
+}
+
+/** Host variables a script may rely on for network access; passed through when set. */
+const PASSTHROUGH_ENV = ['http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'];
+const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** The first partition of a disk made by create-disk starts at 1 MiB, as fdisk would put it. */
+const FIRST_PARTITION_START = 1 << 20;
+
+function scriptEnv(ctx: LayerBuildContext, extra: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {
+    HOME: '/root',
+    LANG: 'C.UTF-8',
+    TERM: 'dumb',
+    DEBIAN_FRONTEND: 'noninteractive',
+    VMLB_LAYER: ctx.spec.name,
+    VMLB_KEY: ctx.key,
+  };
+  for (const k of PASSTHROUGH_ENV) {
+    const v = process.env[k];
+    if (v) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+/**
+ * Builds one layer into a temporary blob beside its parent and publishes it in the store.
+ * On any failure the temporary blob is removed and nothing is published; the script's log
+ * is kept as `<key>.failed.log` for the user to read.
+ */
+export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest> {
+  const { store, spec, key } = ctx;
+  const started = performance.now();
+  const tmp = store.tempBlobPath(key);
+  const tmpLog = tmp.replace(/\.qcow2$/, '.log');
+  await writeFile(tmpLog, '');
+  let published = false;
+  try {
+    const result = await buildBlob(ctx, tmp, tmpLog);
+    const info = await imageInfo(tmp);
+    const manifest = await store.publish(
+      tmp,
+      {
+        key,
+        parent: ctx.parent?.key ?? null,
+        name: spec.name,
+        kind: spec.kind,
+        cacheable: ctx.cacheable,
+        share: !spec.hints.noshare,
+        virtualSize: info.virtualSize,
+        partitions: result.partitions,
+        root: result.root,
+        inputs: ctx.inputs,
+        builtBy: { host: os.hostname(), user: os.userInfo().username, tool: `vmlb ${ENGINE_VERSION}`, backend: ctx.backend.name },
+        builtAt: new Date().toISOString(),
+        seconds: Math.round((performance.now() - started)) / 1000,
+      },
+      tmpLog,
+    );
+    published = true;
+    await rm(failedLogPath(store, key), { force: true });
+    return manifest;
+  } finally {
+    if (!published) {
+      await rm(tmp, { force: true });
+      await rename(tmpLog, failedLogPath(store, key)).catch(() => rm(tmpLog, { force: true }));
+    }
+  }
+}
+
+export function failedLogPath(store: LocalStore, key: string): string {
+  return path.join(store.layersDir, `${key}.failed.log`);
+}
+
+interface BlobResult {
+  partitions: PartitionTable;
+  root: { number: number; start: number; size: number };
+}
+
+async function buildBlob(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  const { spec } = ctx;
+  switch (spec.kind) {
+    case 'base-image': {
+      if (!spec.baseImage) throw new VmlbError('INTERNAL', `${spec.name}: base-image layer without a source`);
+      await importBaseImage(spec.name, spec.baseImage, tmp, { signal: ctx.signal, onStep: ctx.onStep });
+      return withDisk(ctx, tmp, async (disk) => {
+        const partitions = await disk.partitionTable();
+        return { partitions, root: rootPartition(partitions, disk.size) };
+      });
+    }
+    case 'create-disk':
+      return createDisk(ctx, tmp, log);
+    case 'build-layer':
+      return buildInChroot(ctx, tmp, log);
+    case 'modify-disk':
+      return modifyDisk(ctx, tmp, log);
+  }
+}
+
+async function withDisk<T>(ctx: LayerBuildContext, image: string, fn: (disk: AttachedDisk) => Promise<T>): Promise<T> {
+  ctx.onStep?.(`attaching disk (${ctx.backend.name})`);
+  const disk = await ctx.backend.attach(image, { purpose: ctx.spec.name, signal: ctx.signal });
+  try {
+    return await fn(disk);
+  } finally {
+    await disk.release();
+  }
+}
+
+function scratchMount(): string {
+  return path.join(runDir(), 'mnt', randomBytes(6).toString('hex'));
+}
+
+function checkResult(ctx: LayerBuildContext, r: RunScriptResult, logPath: string): void {
+  if (r.aborted) throw new AbortedError(`interrupted while building ${ctx.spec.name}`);
+  if (r.setupError) throw new VmlbError('LAYER_SETUP', `${ctx.spec.name}: ${r.setupError}`);
+  if (r.timedOut || r.exitCode !== 0 || r.signal) {
+    throw new LayerFailedError({
+      layer: ctx.spec.name,
+      exitCode: r.exitCode,
+      timedOut: r.timedOut,
+      signal: r.timedOut ? undefined : r.signal,
+      logTail: r.logTail,
+      logPath: failedLogPath(ctx.store, ctx.key),
+    });
+  }
+}
+
+async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  const size = ctx.spec.hints.diskSize ?? DEFAULT_DISK_SIZE;
+  const start = FIRST_PARTITION_START;
+  // GPT keeps a backup header in the last 33 sectors; stay clear of it (and align to 1 MiB).
+  const partSize = Math.floor((size - start - 34 * 512) / (1 << 20)) * (1 << 20);
+  if (partSize < 8 << 20) throw new VmlbError('DISK_TOO_SMALL', `${ctx.spec.name}: # disk-size must be at least 10M`);
+  // Partition and format a sparse raw file without attaching anything, then make it qcow2.
+  ctx.onStep?.('creating a blank GPT/ext4 disk');
+  const raw = `${tmp}.raw`;
+  let partitions: PartitionTable;
+  try {
+    await exec(['truncate', '-s', String(size), raw]);
+    await exec(['sfdisk', '--quiet', raw], {
+      input: `label: gpt\nstart=${start / 512}, size=${partSize / 512}, type=${GPT_LINUX_ROOT_X86_64}, name="root"\n`,
+    });
+    partitions = await readPartitionTable(raw);
+    await exec(['mke2fs', '-q', '-F', '-t', 'ext4', '-L', 'root', '-E', `offset=${start}`, raw, `${partSize / 1024}k`]);
+    await convert(raw, tmp, { srcFormat: 'raw', signal: ctx.signal });
+  } finally {
+    await rm(raw, { force: true });
+  }
+  const root = rootPartition(partitions, size);
+  await withDisk(ctx, tmp, async (disk) => {
+    const dev = await disk.rangeDevice(root);
+    ctx.onStep?.('running create-disk');
+    const mount = scratchMount();
+    const r = await runScript({
+      mode: 'host',
+      layerDir: ctx.spec.dir,
+      script: 'create-disk',
+      rootMount: mount,
+      rootDevice: dev,
+      env: scriptEnv(ctx, { PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`, VMLB_ROOT: mount, VMLB_DEVICE: dev, VMLB_IMAGE: tmp, VMLB_LAYER_DIR: ctx.spec.dir }),
+      timeoutMs: ctx.spec.hints.timeoutMs,
+      signal: ctx.signal,
+      logFile: log,
+      onOutput: ctx.onOutput,
+    });
+    await rm(mount, { recursive: true, force: true });
+    checkResult(ctx, r, log);
+  });
+  return { partitions, root };
+}
+
+async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  const parent = requireParent(ctx);
+  await createOverlay(tmp, parent.blob.file, { signal: ctx.signal });
+  const { hints } = ctx.spec;
+  await withDisk(ctx, tmp, async (disk) => {
+    const rootDev = await disk.rangeDevice(parent.root);
+    const mounts: ExtraMount[] = [];
+    for (const pm of hints.partitionMounts) {
+      const part = parent.partitions.partitions.find((p) => p.number === pm.partition);
+      if (!part) {
+        throw new VmlbError('NO_SUCH_PARTITION', `${ctx.spec.name}: # chroot-mount ${pm.partition} ${pm.target}: the disk has no partition ${pm.partition}`);
+      }
+      mounts.push({ type: 'part', device: await disk.rangeDevice(part), target: pm.target });
+    }
+    for (const bm of hints.bindMounts) {
+      mounts.push({ type: 'bind', source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
+    }
+    ctx.onStep?.('running build-layer');
+    const mount = scratchMount();
+    const r = await runScript({
+      mode: 'chroot',
+      layerDir: ctx.spec.dir,
+      script: 'build-layer',
+      rootMount: mount,
+      rootDevice: rootDev,
+      mounts,
+      env: scriptEnv(ctx, { PATH: CHROOT_PATH }),
+      timeoutMs: hints.timeoutMs,
+      signal: ctx.signal,
+      logFile: log,
+      onOutput: ctx.onOutput,
+    });
+    await rm(mount, { recursive: true, force: true });
+    checkResult(ctx, r, log);
+  });
+  // A build-layer works inside the root filesystem: the partition table stays as it was.
+  return { partitions: parent.partitions, root: parent.root };
+}
+
+async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  const parent = requireParent(ctx);
+  const want = ctx.spec.hints.diskSize;
+  if (want !== undefined && want < parent.virtualSize) {
+    throw new VmlbError(
+      'DISK_SHRINK',
+      `${ctx.spec.name}: # disk-size ${want} bytes is smaller than the disk (${parent.virtualSize} bytes); shrinking a disk is not supported`,
+    );
+  }
+  await createOverlay(tmp, parent.blob.file, { signal: ctx.signal });
+  if (want !== undefined && want > parent.virtualSize) {
+    ctx.onStep?.(`growing the disk to ${want} bytes`);
+    await resize(tmp, want, { signal: ctx.signal });
+  }
+  return withDisk(ctx, tmp, async (disk) => {
+    const device = await disk.wholeDevice();
+    ctx.onStep?.('running modify-disk');
+    const mount = scratchMount();
+    const r = await runScript({
+      mode: 'host',
+      layerDir: ctx.spec.dir,
+      script: 'modify-disk',
+      rootMount: mount,
+      env: scriptEnv(ctx, {
+        PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`,
+        VMLB_DEVICE: device,
+        VMLB_IMAGE: tmp,
+        VMLB_DISK_SIZE: String(disk.size),
+        VMLB_LAYER_DIR: ctx.spec.dir,
+        ...disk.helperEnv,
+      }),
+      timeoutMs: ctx.spec.hints.timeoutMs,
+      signal: ctx.signal,
+      logFile: log,
+      onOutput: ctx.onOutput,
+    });
+    await rm(mount, { recursive: true, force: true });
+    checkResult(ctx, r, log);
+    // The script may have changed the partition table (growpart): read it as it is now.
+    const partitions = await disk.partitionTable();
+    return { partitions, root: rootPartition(partitions, disk.size) };
+  });
+}
+
+function requireParent(ctx: LayerBuildContext): LayerManifest {
+  if (!ctx.parent) throw new VmlbError('INTERNAL', `${ctx.spec.name}: a ${ctx.spec.kind} layer needs a parent`);
+  return ctx.parent;
+}

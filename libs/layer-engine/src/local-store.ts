@@ -1,0 +1,345 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { link, mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { StoreError } from './errors.js';
+import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.js';
+
+/**
+ * The local store: one folder, the same layout as the shared store (DESIGN.md):
+ *
+ *   layers/<key>.qcow2   the overlay, its backing file named `<parentkey>.qcow2` (relative)
+ *   layers/<key>.json    the manifest; a layer exists only when this exists
+ *   layers/<key>.log     the full log of the script that built it
+ *   history/<project>/<layer name>.json   the inputs of the last build of that layer name,
+ *                        so `explain` can say what changed (project = hash of its path)
+ *   pins/<id>.json       outputs (build/image.qcow2) whose chain must not be evicted
+ *
+ * A blob being built sits in layers/ as `.tmp-<key>.<pid>.<rand>.qcow2` (it must be beside
+ * its parent for the relative backing path) and is published by link(2), which never
+ * replaces a layer another build published first. Hits are served in place: nothing is copied.
+ */
+
+export const MANIFEST_VERSION = 1;
+
+export interface LayerManifest {
+  version: number;
+  key: string;
+  parent: string | null;
+  /** The layer folder's name when it was built (informational: keys are what matter). */
+  name: string;
+  kind: LayerKind;
+  /** false for `# nocache` layers and their descendants: never served as a hit. */
+  cacheable: boolean;
+  /** false for `# noshare` layers: never uploaded to a shared store. */
+  share: boolean;
+  blob: { file: string; sha256: string; size: number };
+  virtualSize: number;
+  /** The disk's partition table after this layer, and the root filesystem's partition. */
+  partitions: PartitionTable;
+  root: Pick<Partition, 'number' | 'start' | 'size'>;
+  inputs: LayerInputs;
+  builtBy: { host: string; user: string; tool: string; backend: string };
+  builtAt: string;
+  seconds: number;
+  log: string;
+}
+
+export interface StorePin {
+  output: string;
+  chain: string[];
+  at: string;
+}
+
+/** The default store: $VMLB_STORE, else $XDG_CACHE_HOME/vmlb, else ~/.cache/vmlb. */
+export function defaultStoreDir(): string {
+  if (process.env.VMLB_STORE) return path.resolve(process.env.VMLB_STORE);
+  const cache = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(cache, 'vmlb');
+}
+
+const KEY_RE = /^[0-9a-f]{64}$/;
+const TMP_RE = /^\.tmp-([0-9a-f]{64})\.(\d+)\.([0-9a-f]+)\.qcow2$/;
+
+function sha(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, JSON.stringify(value, null, 2) + '\n');
+  await rename(tmp, file);
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export class LocalStore {
+  readonly root: string;
+  readonly layersDir: string;
+  private ready: Promise<void> | undefined;
+
+  constructor(root: string = defaultStoreDir()) {
+    this.root = path.resolve(root);
+    this.layersDir = path.join(this.root, 'layers');
+  }
+
+  /** Creates the folders once. */
+  init(): Promise<void> {
+    this.ready ??= (async () => {
+      for (const d of ['layers', 'history', 'pins']) await mkdir(path.join(this.root, d), { recursive: true });
+    })().catch((e) => {
+      throw new StoreError(`cannot create the store at ${this.root}: ${(e as Error).message}`, { cause: e });
+    });
+    return this.ready;
+  }
+
+  blobPath(key: string): string {
+    return path.join(this.layersDir, `${key}.qcow2`);
+  }
+  manifestPath(key: string): string {
+    return path.join(this.layersDir, `${key}.json`);
+  }
+  logPath(key: string): string {
+    return path.join(this.layersDir, `${key}.log`);
+  }
+
+  async getManifest(key: string): Promise<LayerManifest | null> {
+    try {
+      return JSON.parse(await readFile(this.manifestPath(key), 'utf8')) as LayerManifest;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw new StoreError(`the manifest of layer ${key} is unreadable: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** A fresh temporary blob path for building `key` beside its parent. */
+  tempBlobPath(key: string): string {
+    return path.join(this.layersDir, `.tmp-${key}.${process.pid}.${randomBytes(4).toString('hex')}.qcow2`);
+  }
+
+  /**
+   * Publish a built layer: the blob is linked to its final name (never replacing one that
+   * another build published first: then ours is dropped and theirs is returned), the log
+   * moved beside it, and the manifest written last.
+   */
+  async publish(tmpBlob: string, manifest: Omit<LayerManifest, 'blob' | 'log' | 'version'>, tmpLog?: string): Promise<LayerManifest> {
+    const { key } = manifest;
+    const [sha256, st] = await Promise.all([sha256File(tmpBlob), stat(tmpBlob)]);
+    const full: LayerManifest = {
+      version: MANIFEST_VERSION,
+      ...manifest,
+      blob: { file: `${key}.qcow2`, sha256, size: st.size },
+      log: `${key}.log`,
+    };
+    try {
+      await link(tmpBlob, this.blobPath(key));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const existing = await this.getManifest(key);
+      if (existing) {
+        await unlink(tmpBlob);
+        if (tmpLog) await rm(tmpLog, { force: true });
+        return existing;
+      }
+      // A blob without a manifest is debris of a crashed publish: ours replaces it.
+      await rename(tmpBlob, this.blobPath(key));
+    }
+    await rm(tmpBlob, { force: true });
+    if (tmpLog) await rename(tmpLog, this.logPath(key));
+    await writeJsonAtomic(this.manifestPath(key), full);
+    return full;
+  }
+
+  /** Marks a chain as used now (LRU): its manifests' mtimes. */
+  async touch(keys: string[]): Promise<void> {
+    const now = new Date();
+    await Promise.all(keys.map((k) => utimes(this.manifestPath(k), now, now).catch(() => undefined)));
+  }
+
+  // ---- history: the inputs of the last build of each layer name, per project ----
+
+  private historyFile(projectDir: string, layerName: string): string {
+    return path.join(this.root, 'history', sha(path.resolve(projectDir)).slice(0, 16), `${layerName}.json`);
+  }
+
+  async lastInputs(projectDir: string, layerName: string): Promise<LayerInputs | undefined> {
+    try {
+      const j = JSON.parse(await readFile(this.historyFile(projectDir, layerName), 'utf8')) as { inputs: LayerInputs };
+      return j.inputs;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async recordInputs(projectDir: string, layerName: string, key: string, inputs: LayerInputs): Promise<void> {
+    const file = this.historyFile(projectDir, layerName);
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeJsonAtomic(file, { project: path.resolve(projectDir), layer: layerName, key, inputs, at: new Date().toISOString() });
+  }
+
+  // ---- pins: outputs that reference a chain ----
+
+  private pinFile(output: string): string {
+    return path.join(this.root, 'pins', `${sha(path.resolve(output)).slice(0, 24)}.json`);
+  }
+
+  async readPin(output: string): Promise<StorePin | undefined> {
+    try {
+      return JSON.parse(await readFile(this.pinFile(output), 'utf8')) as StorePin;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async pin(output: string, chain: string[]): Promise<void> {
+    await writeJsonAtomic(this.pinFile(output), { output: path.resolve(output), chain, at: new Date().toISOString() } satisfies StorePin);
+  }
+
+  async unpin(output: string): Promise<void> {
+    await rm(this.pinFile(output), { force: true });
+  }
+
+  /** Chains that outputs still on disk reference; pins whose output is gone are dropped. */
+  async pinnedKeys(): Promise<Set<string>> {
+    const keep = new Set<string>();
+    const dir = path.join(this.root, 'pins');
+    for (const f of await readdir(dir).catch(() => [] as string[])) {
+      if (!f.endsWith('.json')) continue;
+      try {
+        const p = JSON.parse(await readFile(path.join(dir, f), 'utf8')) as StorePin;
+        await stat(p.output);
+        for (const k of p.chain) keep.add(k);
+      } catch {
+        await rm(path.join(dir, f), { force: true });
+      }
+    }
+    return keep;
+  }
+
+  // ---- listing, eviction, sweeping ----
+
+  async list(): Promise<Array<{ manifest: LayerManifest; lastUsed: number; bytes: number }>> {
+    const out: Array<{ manifest: LayerManifest; lastUsed: number; bytes: number }> = [];
+    const names = await readdir(this.layersDir).catch(() => [] as string[]);
+    await Promise.all(
+      names.map(async (n) => {
+        if (!n.endsWith('.json')) return;
+        const key = n.slice(0, -5);
+        if (!KEY_RE.test(key)) return;
+        try {
+          const [m, st] = await Promise.all([this.getManifest(key), stat(this.manifestPath(key))]);
+          if (!m) return;
+          const logBytes = await stat(this.logPath(key)).then((s) => s.size, () => 0);
+          out.push({ manifest: m, lastUsed: st.mtimeMs, bytes: m.blob.size + logBytes });
+        } catch {
+          /* a layer removed while listing */
+        }
+      }),
+    );
+    return out;
+  }
+
+  /** The given layers and every layer built on them (they cannot be used without them). */
+  private withDescendants(keys: Iterable<string>, all: Array<{ manifest: LayerManifest }>): Set<string> {
+    const children = new Map<string, string[]>();
+    for (const { manifest: m } of all) {
+      if (m.parent) children.set(m.parent, [...(children.get(m.parent) ?? []), m.key]);
+    }
+    const out = new Set<string>();
+    const visit = (k: string) => {
+      if (out.has(k)) return;
+      out.add(k);
+      for (const c of children.get(k) ?? []) visit(c);
+    };
+    for (const k of keys) visit(k);
+    return out;
+  }
+
+  /** Removes layers and every layer built on them; returns the keys removed. */
+  async remove(keys: Iterable<string>, all?: Array<{ manifest: LayerManifest }>): Promise<string[]> {
+    const doomed = this.withDescendants(keys, all ?? (await this.list()));
+    // Manifest first: from that moment the layer no longer exists for any reader.
+    for (const k of doomed) {
+      await rm(this.manifestPath(k), { force: true });
+      await rm(this.blobPath(k), { force: true });
+      await rm(this.logPath(k), { force: true });
+    }
+    return [...doomed];
+  }
+
+  /**
+   * Evicts least-recently-used layers until the store holds at most `capBytes`. Never
+   * evicts `protect` (the chain being built or output) nor chains pinned by outputs on disk.
+   * Uncacheable layers (`# nocache` and after) no output references go first.
+   */
+  async evict(capBytes: number, protect: Iterable<string> = []): Promise<{ removed: string[]; bytes: number }> {
+    const all = await this.list();
+    let total = all.reduce((s, l) => s + l.bytes, 0);
+    if (total <= capBytes) return { removed: [], bytes: 0 };
+    const keep = await this.pinnedKeys();
+    for (const k of protect) keep.add(k);
+    const byKey = new Map(all.map((l) => [l.manifest.key, l]));
+    const depth = (k: string): number => {
+      let d = 0;
+      for (let m = byKey.get(k)?.manifest; m?.parent; m = byKey.get(m.parent)?.manifest) d++;
+      return d;
+    };
+    // A chain is touched as a whole when used, so a parent is never older than its
+    // children; on a tie, deeper layers go first.
+    const candidates = all
+      .filter((l) => !keep.has(l.manifest.key))
+      .sort((a, b) => Number(a.manifest.cacheable) - Number(b.manifest.cacheable) || a.lastUsed - b.lastUsed || depth(b.manifest.key) - depth(a.manifest.key));
+    const removed: string[] = [];
+    let freed = 0;
+    for (const c of candidates) {
+      if (total <= capBytes) break;
+      if (removed.includes(c.manifest.key)) continue;
+      // A layer under a kept one stays (a kept layer's chain is kept whole).
+      const doomed = this.withDescendants([c.manifest.key], all);
+      if ([...doomed].some((k) => keep.has(k))) continue;
+      const gone = await this.remove(doomed, all);
+      for (const k of gone) {
+        const l = byKey.get(k);
+        if (l) {
+          total -= l.bytes;
+          freed += l.bytes;
+        }
+        removed.push(k);
+      }
+    }
+    return { removed, bytes: freed };
+  }
+
+  /** Removes temporary blobs whose building process is gone (a killed run's debris). */
+  async sweepTemp(): Promise<number> {
+    let n = 0;
+    for (const f of await readdir(this.layersDir).catch(() => [] as string[])) {
+      const m = TMP_RE.exec(f);
+      if (m && !pidAlive(Number(m[2]))) {
+        await rm(path.join(this.layersDir, f), { force: true });
+        await rm(path.join(this.layersDir, f.replace(/\.qcow2$/, '.log')), { force: true });
+        n++;
+      }
+    }
+    return n;
+  }
+
+  async usage(): Promise<{ layers: number; bytes: number }> {
+    const all = await this.list();
+    return { layers: all.length, bytes: all.reduce((s, l) => s + l.bytes, 0) };
+  }
+}

@@ -1,0 +1,79 @@
+import { exec } from './exec.js';
+
+/** Thin, typed wrappers over the qemu-img calls the engine makes. */
+
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+  actualSize: number;
+  backingFile: string | null;
+  compat?: string;
+}
+
+export async function imageInfo(path: string, opts: { signal?: AbortSignal } = {}): Promise<ImageInfo> {
+  // -U: read without taking the image lock, so a blob that a running VM or another build holds
+  // open can still be inspected.
+  const { stdout } = await exec(['qemu-img', 'info', '-U', '--output=json', path], opts);
+  const j = JSON.parse(stdout) as {
+    format: string;
+    'virtual-size': number;
+    'actual-size'?: number;
+    'backing-filename'?: string;
+    'format-specific'?: { data?: { compat?: string } };
+  };
+  return {
+    format: j.format,
+    virtualSize: j['virtual-size'],
+    actualSize: j['actual-size'] ?? 0,
+    backingFile: j['backing-filename'] ?? null,
+    compat: j['format-specific']?.data?.compat,
+  };
+}
+
+/**
+ * A qcow2 overlay over `backing`. `backing` is written into the header as given: pass a bare
+ * file name to get a relative backing path (resolved from the overlay's folder), or an
+ * absolute path for an overlay that lives elsewhere (build/image.qcow2).
+ */
+export async function createOverlay(
+  path: string,
+  backing: string,
+  opts: { size?: number; compat?: string; signal?: AbortSignal } = {},
+): Promise<void> {
+  const o = ['-o', `compat=${opts.compat ?? '1.1'}`];
+  const argv = ['qemu-img', 'create', '-q', '-f', 'qcow2', ...o, '-b', backing, '-F', 'qcow2', path];
+  if (opts.size !== undefined) argv.push(String(opts.size));
+  await exec(argv, { signal: opts.signal });
+}
+
+export async function createBlank(path: string, size: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await exec(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=1.1', path, String(size)], opts);
+}
+
+export async function resize(path: string, size: number, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await exec(['qemu-img', 'resize', '-q', path, String(size)], opts);
+}
+
+/** Write `src` (any format, whole chain) as one standalone file. */
+export async function convert(
+  src: string,
+  dest: string,
+  opts: { srcFormat?: string; compat?: string; signal?: AbortSignal } = {},
+): Promise<void> {
+  const argv = ['qemu-img', 'convert', '-U'];
+  if (opts.srcFormat) argv.push('-f', opts.srcFormat);
+  argv.push('-O', 'qcow2', '-o', `compat=${opts.compat ?? '1.1'}`, src, dest);
+  await exec(argv, { signal: opts.signal });
+}
+
+/** `qemu-img check`: true when the image has no errors (leaked clusters are not errors). */
+export async function check(path: string): Promise<{ ok: boolean; output: string }> {
+  const r = await exec(['qemu-img', 'check', '-U', path], { reject: false });
+  return { ok: r.exitCode === 0, output: r.stdout + r.stderr };
+}
+
+/** `qemu-img compare`: true when both images read the same guest-visible content. */
+export async function compare(a: string, b: string): Promise<{ identical: boolean; output: string }> {
+  const r = await exec(['qemu-img', 'compare', '-U', a, b], { reject: false });
+  return { identical: r.exitCode === 0, output: r.stdout + r.stderr };
+}

@@ -1,0 +1,143 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { spawnChild, HOST_PATH } from './exec.js';
+import { VmlbError, tail } from './errors.js';
+import { debug } from './debug.js';
+
+/** The engine's own helper scripts (vmlb-run-layer, vmlb-partition). */
+export const ENGINE_BIN_DIR = fileURLToPath(new URL('../bin/', import.meta.url));
+
+export type ExtraMount = { type: 'bind'; source: string; target: string } | { type: 'part'; device: string; target: string };
+
+export interface RunScriptOptions {
+  /** chroot: build-layer, in the image's root; host: create-disk and modify-disk. */
+  mode: 'chroot' | 'host';
+  layerDir: string;
+  /** The entry script's file name in layerDir. */
+  script: string;
+  /** Mount point for the root filesystem (a scratch folder; the mount is private to the run). */
+  rootMount: string;
+  /** Block device of the root filesystem; mounted at rootMount when given. */
+  rootDevice?: string;
+  mounts?: ExtraMount[];
+  /** The script's whole environment (it gets nothing else from the engine's). */
+  env: Record<string, string>;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  logFile: string;
+  onOutput?: (chunk: string) => void;
+}
+
+export interface RunScriptResult {
+  exitCode: number | undefined;
+  signal: string | undefined;
+  timedOut: boolean;
+  aborted: boolean;
+  /** Set when the engine could not set the run up (a mount failed): not the script's fault. */
+  setupError?: string;
+  logTail: string;
+  seconds: number;
+}
+
+/**
+ * Runs a layer script in its own pid and mount namespaces (see bin/vmlb-run-layer), streaming
+ * its output to the log file and the caller. A timeout or an abort SIGKILLs the namespace's
+ * first process, which takes every process of the run and every mount it made with it.
+ */
+export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
+  const started = performance.now();
+  await mkdir(o.rootMount, { recursive: true });
+  const statusFile = `${o.rootMount}.status`;
+  await rm(statusFile, { force: true });
+  const env: Record<string, string> = {
+    VMLB_MODE: o.mode,
+    VMLB_LAYER_DIR: o.layerDir,
+    VMLB_SCRIPT: o.script,
+    VMLB_ROOT: o.rootMount,
+    VMLB_STATUS_FILE: statusFile,
+  };
+  const scriptEnv = Object.entries(o.env).map(([k, v]) => `${k}=${v}`);
+  if (o.rootDevice) env.VMLB_ROOT_DEV = o.rootDevice;
+  if (o.mounts?.length) {
+    for (const m of o.mounts) {
+      const src = m.type === 'bind' ? m.source : m.device;
+      if (/\s/.test(src) || /\s/.test(m.target)) {
+        throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${src} ${m.target}`);
+      }
+    }
+    env.VMLB_MOUNTS = o.mounts.map((m) => (m.type === 'bind' ? `bind ${m.source} ${m.target}` : `part ${m.device} ${m.target}`)).join('\n');
+  }
+
+  const log = createWriteStream(o.logFile, { flags: 'a' });
+  let recent = '';
+  const onData = (buf: Buffer) => {
+    const s = buf.toString('utf8');
+    log.write(buf);
+    recent = (recent + s).slice(-16_384);
+    o.onOutput?.(s);
+  };
+
+  const child = spawnChild(
+    [
+      'setpriv', '--pdeathsig', 'KILL', '--',
+      'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--',
+      '/bin/sh', path.join(ENGINE_BIN_DIR, 'vmlb-run-layer'), ...scriptEnv,
+    ],
+    { env: { ...env, PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` } },
+  );
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+
+  let timedOut = false;
+  let aborted = false;
+  const kill = () => {
+    // The namespace's first process is unshare's child; unshare --kill-child passes SIGKILL on.
+    try {
+      if (child.pid) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  };
+  const timer = o.timeoutMs
+    ? setTimeout(() => {
+        timedOut = true;
+        kill();
+      }, o.timeoutMs)
+    : undefined;
+  const onAbort = () => {
+    aborted = true;
+    kill();
+  };
+  if (o.signal?.aborted) onAbort();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+
+  let exitCode: number | undefined;
+  let signal: string | undefined;
+  try {
+    const r = await child;
+    exitCode = typeof r.exitCode === 'number' ? r.exitCode : undefined;
+    signal = r.signal ?? undefined;
+  } catch (e) {
+    const r = e as { exitCode?: number; signal?: string };
+    exitCode = r.exitCode;
+    signal = r.signal;
+  } finally {
+    if (timer) clearTimeout(timer);
+    o.signal?.removeEventListener('abort', onAbort);
+    await new Promise<void>((resolve) => log.end(resolve));
+  }
+  let setupError: string | undefined;
+  try {
+    const status = (await readFile(statusFile, 'utf8')).trim();
+    if (status.startsWith('setup: ')) setupError = status.slice(7);
+  } catch {
+    /* no status: the set-up went fine */
+  }
+  await rm(statusFile, { force: true });
+  await rm(`${o.rootMount}.fstab`, { force: true });
+  const seconds = (performance.now() - started) / 1000;
+  debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
+  return { exitCode, signal, timedOut, aborted, setupError, logTail: tail(recent, 20), seconds };
+}

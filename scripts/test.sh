@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The README's second command, and what .ci/run calls: set up, then run every test (unit and
+# integration: real qemu-img chains, loop devices, mounts and chroots), then print one
+# closing line "N passed, N failed, N skipped".
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux" bash scripts/setup.sh
+mkdir -p test-results
+npx --no-install tsc -p libs/layer-engine --noEmit
+npx --no-install tsc -p apps/cli --noEmit
+set +e
+npx --no-install vitest run --reporter=default --reporter=json --outputFile.json=test-results/vitest.json "$@"
+rc=$?
+set -e
+node -e '
+  const r = JSON.parse(require("fs").readFileSync("test-results/vitest.json", "utf8"));
+  const skipped = r.numPendingTests + (r.numTodoTests || 0);
+  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' || true
+exit $rc

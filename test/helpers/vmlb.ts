@@ -1,0 +1,143 @@
+/**
+ * The integration harness: runs the real `vmlb` CLI (the built apps/cli) against temporary
+ * projects, a temporary store and a temporary run dir, and checks that nothing it attached
+ * outlives it.
+ */
+import { execa, type ResultPromise } from 'execa';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+export const VMLB = path.join(REPO, 'apps/cli/bin/vmlb.js');
+
+export interface Sandbox {
+  dir: string;
+  store: string;
+  runDir: string;
+  env: Record<string, string>;
+  cleanup(): Promise<void>;
+}
+
+/** A fresh store and run dir; a test file usually shares one so the base layer is built once. */
+export async function sandbox(name: string): Promise<Sandbox> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), `vmlb-${name}-`));
+  const store = path.join(dir, 'store');
+  const runDir = path.join(dir, 'run');
+  await mkdir(runDir, { recursive: true });
+  return {
+    dir,
+    store,
+    runDir,
+    env: { VMLB_STORE: store, VMLB_RUN_DIR: runDir },
+    async cleanup() {
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export type LayerDef = {
+  /** The entry script's name. */
+  kind: 'create-disk' | 'build-layer' | 'modify-disk' | 'base-image';
+  /** The script's body (a shebang is added when missing) or the base-image file's text. */
+  script: string;
+  files?: Record<string, string>;
+};
+
+/** A busybox root filesystem on a small disk: the base of most test projects. */
+export const BUSYBOX_BASE: LayerDef = {
+  kind: 'create-disk',
+  script: `# disk-size 64M
+set -eu
+cd "$VMLB_ROOT"
+mkdir -p bin etc proc sys dev tmp mnt root
+cp "$(command -v busybox)" bin/busybox
+for a in $(bin/busybox --list); do [ -e "bin/$a" ] || ln -s busybox "bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > etc/passwd
+: > etc/resolv.conf
+echo base ready`,
+};
+
+export async function writeProject(dir: string, layers: Record<string, LayerDef>): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  for (const [name, def] of Object.entries(layers)) {
+    const ldir = path.join(dir, name);
+    await rm(ldir, { recursive: true, force: true });
+    await mkdir(ldir, { recursive: true });
+    const file = path.join(ldir, def.kind);
+    const body = def.kind === 'base-image' || def.script.startsWith('#!') ? def.script : `#!/bin/sh\n${def.script}`;
+    await writeFile(file, body.endsWith('\n') ? body : body + '\n');
+    if (def.kind !== 'base-image') await chmod(file, 0o755);
+    for (const [rel, content] of Object.entries(def.files ?? {})) {
+      await mkdir(path.dirname(path.join(ldir, rel)), { recursive: true });
+      await writeFile(path.join(ldir, rel), content);
+    }
+  }
+  return dir;
+}
+
+export interface VmlbRun {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+  events: Array<Record<string, unknown> & { type: string }>;
+}
+
+export function spawnVmlb(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}): ResultPromise {
+  return execa(process.execPath, [VMLB, ...args], {
+    env: { ...sb.env, ...extraEnv, CI: '1' },
+    reject: false,
+    stdin: 'ignore',
+  });
+}
+
+export async function vmlb(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}): Promise<VmlbRun> {
+  const r = await spawnVmlb(sb, args, extraEnv);
+  const stdout = String(r.stdout);
+  const events = args.includes('--json')
+    ? stdout
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as VmlbRun['events'][number])
+    : [];
+  return { exitCode: r.exitCode, stdout, stderr: String(r.stderr), events };
+}
+
+/** Builds with --json and returns the events, asserting nothing about the outcome. */
+export async function buildJson(sb: Sandbox, project: string, extra: string[] = []): Promise<VmlbRun> {
+  return vmlb(sb, ['build', project, '--json', ...extra]);
+}
+
+export function builtNames(run: VmlbRun): string[] {
+  return run.events.filter((e) => e.type === 'layer-done').map((e) => e.name as string);
+}
+export function cachedNames(run: VmlbRun): string[] {
+  return run.events.filter((e) => e.type === 'layer-cached').map((e) => e.name as string);
+}
+
+/**
+ * What the engine could have left attached that refers to this sandbox: loop devices whose
+ * backing file is inside it, mounts inside it (FUSE exports, chroot mounts), and
+ * qemu-storage-daemon / qemu-nbd processes or scripts whose command line names it.
+ */
+export async function leftovers(sb: Sandbox): Promise<string[]> {
+  const found: string[] = [];
+  const loops = await execa('losetup', ['--json', '--list'], { reject: false });
+  if (loops.stdout) {
+    const j = JSON.parse(String(loops.stdout)) as { loopdevices: Array<{ name: string; 'back-file': string | null }> };
+    for (const l of j.loopdevices) if (l['back-file']?.includes(sb.dir)) found.push(`loop ${l.name} -> ${l['back-file']}`);
+  }
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
+  for (const line of mountinfo.split('\n')) if (line.includes(sb.dir)) found.push(`mount ${line}`);
+  const ps = await execa('ps', ['-eo', 'pid,args'], { reject: false });
+  for (const line of String(ps.stdout).split('\n')) {
+    if (line.includes(sb.dir) && !line.includes('vitest') && !/\bps -eo\b/.test(line)) found.push(`process ${line.trim()}`);
+  }
+  return found;
+}
+
+export async function sha256sum(file: string): Promise<string> {
+  const r = await execa('sha256sum', [file]);
+  return String(r.stdout).split(' ')[0]!;
+}
