@@ -184,6 +184,18 @@ describe('fuse backend', () => {
     expect(await leftovers()).toEqual(NOTHING_LEFT);
   });
 
+  it('release detaches what vmlb-partition made inside a layer script\'s mount namespace', async () => {
+    const disk = await attach(fuseBackend, overlay);
+    // A modify-disk script runs in a private mount namespace; once it is gone the kernel
+    // can no longer name the loop's back-file by its path.
+    const r = await exec(['unshare', '--mount', '--propagation', 'private', '--', HELPER, '1'], { env: disk.helperEnv });
+    const device = r.stdout.trim();
+    expect((await listLoops()).find((l) => l.name === device)).toMatchObject({ backFile: '/', offset: root.start, sizeLimit: root.size });
+    await disk.release();
+    expect((await listLoops()).some((l) => l.name === device && l.offset === root.start && l.sizeLimit === root.size)).toBe(false);
+    expect(await leftovers()).toEqual(NOTHING_LEFT);
+  });
+
   it('release is idempotent, and the disk is unusable after it', async () => {
     const disk = await attach(fuseBackend, overlay);
     await disk.rangeDevice(root);
@@ -260,9 +272,11 @@ describe('start-up sweep', () => {
     child.kill('SIGKILL');
     await exited;
 
-    // The daemon died with its parent (pdeathsig) and left a stale mount, the loops stayed.
+    // The daemon died with its parent (pdeathsig) and left a stale mount, the loops stayed
+    // (the helper's shows "/" as its back-file: its mount namespace is gone).
     const debris = await leftovers();
-    expect(debris.loops.map((l) => l.split(' ')[0]).sort()).toEqual([info.rangeDevice, info.helperDevice].sort());
+    expect(debris.loops.map((l) => l.split(' ')[0])).toEqual([info.rangeDevice]);
+    expect((await listLoops()).find((l) => l.name === info.helperDevice)).toMatchObject({ backFile: '/', offset: root.start, sizeLimit: root.size });
     expect(debris.fuseMounts).toEqual([info.exportFile]);
     expect(debris.records).toHaveLength(1);
 
@@ -270,6 +284,7 @@ describe('start-up sweep', () => {
     expect(report).toMatchObject<Partial<SweepReport>>({ records: 1, loops: 2, mounts: 1, errors: [] });
     expect(describeSweep(report)).toMatch(/^released 2 loop devices, 1 FUSE mount, \d+ leftover files? left by 1 killed run$/);
     expect(await leftovers()).toEqual(NOTHING_LEFT);
+    expect((await listLoops()).some((l) => l.name === info.helperDevice && l.offset === root.start && l.sizeLimit === root.size)).toBe(false);
     // Nothing left to do the second time.
     expect(await sweep()).toEqual({ records: 0, loops: 0, mounts: 0, daemons: 0, nbdDevices: 0, files: 0, errors: [] });
   });

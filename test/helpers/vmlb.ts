@@ -95,7 +95,7 @@ export function spawnVmlb(sb: Sandbox, args: string[], extraEnv: Record<string, 
 export async function vmlb(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}): Promise<VmlbRun> {
   const r = await spawnVmlb(sb, args, extraEnv);
   const stdout = String(r.stdout);
-  const events = args.includes('--json')
+  const events = args[0] === 'build' && args.includes('--json')
     ? stdout
         .split('\n')
         .filter((l) => l.startsWith('{'))
@@ -126,7 +126,12 @@ export async function leftovers(sb: Sandbox): Promise<string[]> {
   const loops = await execa('losetup', ['--json', '--list'], { reject: false });
   if (loops.stdout) {
     const j = JSON.parse(String(loops.stdout)) as { loopdevices: Array<{ name: string; 'back-file': string | null }> };
-    for (const l of j.loopdevices) if (l['back-file']?.includes(sb.dir)) found.push(`loop ${l.name} -> ${l['back-file']}`);
+    for (const l of j.loopdevices) {
+      const back = l['back-file'] ?? '';
+      // A loop device made inside a mount namespace that is gone shows its backing file as
+      // "/" (the kernel cannot name the path any more): engine debris all the same.
+      if (back.includes(sb.dir) || back === '/' || back.startsWith('/ (deleted)')) found.push(`loop ${l.name} -> ${back}`);
+    }
   }
   const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
   for (const line of mountinfo.split('\n')) if (line.includes(sb.dir)) found.push(`mount ${line}`);

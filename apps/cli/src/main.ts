@@ -155,7 +155,7 @@ program
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
-  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'BAD_NAME', 'LAYER_EXISTS', 'USAGE'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND'].includes(e.code)) return EXIT_USAGE;
   return EXIT_FAILED;
 }
 

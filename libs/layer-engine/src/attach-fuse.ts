@@ -12,9 +12,9 @@ import {
   commandOnPath,
   detachLoops,
   fuseDir,
-  isBackedBy,
   isFuseMount,
-  listLoops,
+  loopLogFor,
+  loopsOn,
   newAttachId,
   pathExists,
   processIdentity,
@@ -55,8 +55,8 @@ export const fuseBackend: DiskBackend = {
 };
 
 /** A sub-step's failure while attaching, named for the image. */
-function attachError(image: string, message: string, cause?: unknown): VmlbError {
-  return new VmlbError('DISK_ATTACH_FAILED', `attaching ${image} (fuse): ${message}`, { cause });
+function attachError(image: string, message: string): VmlbError {
+  return new VmlbError('DISK_ATTACH_FAILED', `attaching ${image} (fuse): ${message}`);
 }
 
 class FuseDisk implements AttachedDisk {
@@ -66,6 +66,8 @@ class FuseDisk implements AttachedDisk {
   private readonly id: string;
   private readonly exportFile: string;
   private readonly pidFile: string;
+  /** Where vmlb-partition logs the loop devices it makes (see loopsOn). */
+  private readonly loopLog: string;
   private readonly purpose: string;
   private diskSize = 0;
   /** Set once attach() has succeeded. */
@@ -85,11 +87,11 @@ class FuseDisk implements AttachedDisk {
   private constructor(image: string, purpose: string) {
     this.image = image;
     this.purpose = purpose;
-    const id = newAttachId('fuse');
-    this.exportFile = join(fuseDir(), `${id}.raw`);
-    this.pidFile = join(fuseDir(), `${id}.pid`);
-    this.helperEnv = { VMLB_DISK_BACKEND: 'fuse', VMLB_DISK_FILE: this.exportFile };
-    this.id = id;
+    this.id = newAttachId('fuse');
+    this.exportFile = join(fuseDir(), `${this.id}.raw`);
+    this.pidFile = join(fuseDir(), `${this.id}.pid`);
+    this.loopLog = loopLogFor(this.exportFile);
+    this.helperEnv = { VMLB_DISK_BACKEND: 'fuse', VMLB_DISK_FILE: this.exportFile, VMLB_DISK_LOOP_LOG: this.loopLog };
   }
 
   get size(): number {
@@ -125,6 +127,7 @@ class FuseDisk implements AttachedDisk {
       items: [
         { kind: 'file', path: this.exportFile },
         { kind: 'file', path: this.pidFile },
+        { kind: 'file', path: this.loopLog },
       ],
     });
     // FUSE mounts over a regular file: the export is the file itself.
@@ -169,7 +172,7 @@ class FuseDisk implements AttachedDisk {
     const id = pid === undefined ? null : await processIdentity(pid);
     if (!id) {
       await this.daemonDone;
-      throw attachError(this.image, `qemu-storage-daemon did not start${this.stderrTail()}`);
+      throw attachError(this.image, `qemu-storage-daemon exited before its FUSE export was ready${this.stderrTail()}`);
     }
     await this.record!.add({ kind: 'daemon', pid: id.pid, startTime: id.startTime, exportFile: this.exportFile });
   }
@@ -286,6 +289,7 @@ class FuseDisk implements AttachedDisk {
     });
     await step(async () => {
       await rm(this.pidFile, { force: true });
+      await rm(this.loopLog, { force: true });
       await rm(this.exportFile, { force: true });
     });
     if (errors.length > 0) {
@@ -304,7 +308,7 @@ class FuseDisk implements AttachedDisk {
    * last close: wait a moment for it, then report it.
    */
   private async detachLoops(): Promise<void> {
-    const mine = async () => (await listLoops()).filter((l) => isBackedBy(l, this.exportFile)).map((l) => l.name);
+    const mine = () => loopsOn(this.exportFile, this.loopLog);
     await detachLoops(await mine());
     const deadline = performance.now() + LOOP_BUSY_WAIT_MS;
     for (let left = await mine(); left.length > 0; left = await mine()) {

@@ -3,7 +3,7 @@
  * device, with partition nodes /dev/nbdNpM when the module has max_part > 0. What production
  * worker hosts with the nbd module use.
  */
-import { mkdir, readFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ResultPromise } from 'execa';
@@ -11,8 +11,7 @@ import {
   AttachRecord,
   commandOnPath,
   detachLoops,
-  isBackedBy,
-  listLoops,
+  loopsOn,
   nbdLockDir,
   nbdServedBy,
   newAttachId,
@@ -86,6 +85,8 @@ class NbdDisk implements AttachedDisk {
   readonly image: string;
   private readonly purpose: string;
   private readonly id = newAttachId('nbd');
+  /** Where vmlb-partition logs the loop devices it makes when it cannot give /dev/nbdNpM. */
+  private readonly loopLog = join(nbdLockDir(), `${this.id}.loops`);
   private device = '';
   private name = '';
   private lockPath: string | undefined;
@@ -111,7 +112,7 @@ class NbdDisk implements AttachedDisk {
   }
 
   get helperEnv(): Record<string, string> {
-    return { VMLB_DISK_BACKEND: 'nbd', VMLB_DISK_DEVICE: this.device };
+    return { VMLB_DISK_BACKEND: 'nbd', VMLB_DISK_DEVICE: this.device, VMLB_DISK_LOOP_LOG: this.loopLog };
   }
 
   static async attach(image: string, opts: AttachOptions): Promise<AttachedDisk> {
@@ -133,7 +134,13 @@ class NbdDisk implements AttachedDisk {
     };
     checkAbort();
     await mkdir(nbdLockDir(), { recursive: true, mode: 0o700 });
-    this.record = await AttachRecord.create({ id: this.id, backend: 'nbd', image: this.image, purpose: this.purpose });
+    this.record = await AttachRecord.create({
+      id: this.id,
+      backend: 'nbd',
+      image: this.image,
+      purpose: this.purpose,
+      items: [{ kind: 'file', path: this.loopLog }],
+    });
     const numbers = await nbdNumbers();
     if (numbers.length === 0) throw attachError(this.image, NO_MODULE);
     for (const n of numbers) {
@@ -179,7 +186,7 @@ class NbdDisk implements AttachedDisk {
     const id = child.pid === undefined ? null : await processIdentity(child.pid);
     if (!id) {
       await done;
-      throw attachError(this.image, `qemu-nbd did not start${this.stderrTail()}`);
+      throw attachError(this.image, `qemu-nbd exited before ${device} was connected${this.stderrTail()}`);
     }
     await this.record!.add({ kind: 'nbd', device, pid: id.pid, startTime: id.startTime });
     this.device = device;
@@ -317,8 +324,7 @@ class NbdDisk implements AttachedDisk {
     // serves the device, nobody else's loop can sit on it.
     await step(async () => {
       if (!this.device) return;
-      const mine = (await listLoops()).filter((l) => isBackedBy(l, this.device));
-      await detachLoops(mine.map((l) => l.name));
+      await detachLoops(await loopsOn(this.device, this.loopLog));
     });
     this.ranges.clear();
     if (this.server) {
@@ -327,6 +333,7 @@ class NbdDisk implements AttachedDisk {
       });
       await step(() => this.disconnect());
     }
+    await step(() => rm(this.loopLog, { force: true }));
     if (this.lockPath) {
       const lockPath = this.lockPath;
       await step(async () => {

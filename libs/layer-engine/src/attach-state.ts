@@ -218,6 +218,46 @@ export async function detachLoops(devices: string[]): Promise<void> {
   if (devices.length > 0) await exec(['losetup', '--detach', ...devices]);
 }
 
+/**
+ * The loop devices on `backing` (a fuse export file, an nbd device): those whose back-file is
+ * its path (unless `onlyUnreachable`: when `backing` may now be someone else's), and those
+ * the vmlb-partition helper wrote into `loopLog`. The helper runs inside
+ * a layer script's private mount namespace; once that namespace is gone the kernel names such
+ * a loop's back-file relative to its now unreachable mount ("/" for a FUSE export, which is
+ * its mount's root; "/nbd0" for /dev/nbd0). So a logged loop counts when its back-file is the
+ * path or such a tail of it, and its offset and size limit are the logged ones.
+ */
+export async function loopsOn(backing: string, loopLog: string | undefined, opts: { onlyUnreachable?: boolean } = {}): Promise<string[]> {
+  const loops = await listLoops();
+  const found = new Set(opts.onlyUnreachable ? [] : loops.filter((l) => isBackedBy(l, backing)).map((l) => l.name));
+  const unreachable = (l: LoopDevice) => l.backFile === '/' || (l.backFile !== backing && l.backFile.startsWith('/') && backing.endsWith(l.backFile));
+  const sameFile = (l: LoopDevice) => (!opts.onlyUnreachable && isBackedBy(l, backing)) || unreachable(l);
+  for (const logged of loopLog ? await readLoopLog(loopLog) : []) {
+    const l = loops.find((x) => x.name === logged.device);
+    if (l && sameFile(l) && l.offset === logged.offset && l.sizeLimit === logged.sizeLimit) found.add(l.name);
+  }
+  return [...found];
+}
+
+/** Lines "DEVICE OFFSET SIZELIMIT" that vmlb-partition appends to $VMLB_DISK_LOOP_LOG. */
+async function readLoopLog(path: string): Promise<{ device: string; offset: number; sizeLimit: number }[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return [];
+  }
+  return text.split('\n').flatMap((line) => {
+    const m = /^(\/dev\/loop\d+) (\d+) (\d+)$/.exec(line.trim());
+    return m ? [{ device: m[1]!, offset: Number(m[2]), sizeLimit: Number(m[3]) }] : [];
+  });
+}
+
+/** The loop log beside a fuse export file or nbd lock (`<id>.raw` → `<id>.loops`). */
+export function loopLogFor(file: string): string {
+  return file.replace(/\.[^./]*$/, '') + '.loops';
+}
+
 export interface MountEntry {
   mountPoint: string;
   fsType: string;
@@ -558,6 +598,11 @@ function inFuseDir(path: string): boolean {
   return dirname(path) === fuseDir();
 }
 
+/** The engine's own dirs for files it creates: export files, pid files, loop logs. */
+function inEngineDir(path: string): boolean {
+  return inFuseDir(path) || dirname(path) === nbdLockDir();
+}
+
 async function releaseRecord(data: AttachRecordData, report: SweepReport): Promise<string[]> {
   const failures: string[] = [];
   const attempt = async (what: string, fn: () => Promise<void>) => {
@@ -568,16 +613,26 @@ async function releaseRecord(data: AttachRecordData, report: SweepReport): Promi
     }
   };
   // Loops come first: a loop over a FUSE file keeps the mount busy. Any loop on one of the
-  // record's own files is its (the vmlb-partition helper's loops are not recorded).
+  // record's own export files is its, and so are those in its loop log (vmlb-partition's,
+  // which the record does not name).
   const owned = ownedPaths(data);
   await attempt('detach loop devices', async () => {
-    const loops = (await listLoops()).filter(
-      (l) =>
-        [...owned].some((p) => isBackedBy(l, p)) ||
-        data.items.some((i) => i.kind === 'loop' && i.device === l.name && isBackedBy(l, i.backingFile)),
-    );
-    await detachLoops(loops.map((l) => l.name));
-    report.loops += loops.length;
+    const names = new Set<string>();
+    for (const p of owned) if (p.endsWith('.raw')) for (const n of await loopsOn(p, loopLogFor(p))) names.add(n);
+    for (const l of await listLoops()) {
+      if (data.items.some((i) => i.kind === 'loop' && i.device === l.name && isBackedBy(l, i.backingFile))) names.add(l.name);
+    }
+    // The helper's loops over an nbd device: all of them while the recorded qemu-nbd still
+    // serves it, else only those whose back-file says they were made through this record's
+    // (now gone) mount namespace, since the device may be someone else's by now.
+    const log = data.items.find((i) => i.kind === 'file' && i.path.endsWith('.loops'));
+    for (const item of data.items) {
+      if (item.kind !== 'nbd' || !log || log.kind !== 'file') continue;
+      const served = (await nbdServedBy(item.device, item.pid)) && (await isRunning({ pid: item.pid, startTime: item.startTime }));
+      for (const n of await loopsOn(item.device, log.path, { onlyUnreachable: !served })) names.add(n);
+    }
+    await detachLoops([...names]);
+    report.loops += names.size;
   });
   for (const item of [...data.items].reverse()) {
     switch (item.kind) {
@@ -619,7 +674,7 @@ async function releaseRecord(data: AttachRecordData, report: SweepReport): Promi
         break;
       case 'file':
         await attempt(`remove ${item.path}`, async () => {
-          if (!inFuseDir(item.path)) return;
+          if (!inEngineDir(item.path)) return;
           // The daemon may have mounted it before its mount was recorded.
           if (await isFuseMount(item.path)) {
             await unmountFuse(item.path);
@@ -697,9 +752,13 @@ async function sweepFuseDir(report: SweepReport): Promise<void> {
   };
   await attempt('detach loop devices', async () => {
     // Listed again right before detaching: a device number can be reused meanwhile.
-    const stale = (await listLoops()).filter((l) => inFuseDir(backing(l)) && orphan(backing(l)));
-    await detachLoops(stale.map((l) => l.name));
-    report.loops += stale.length;
+    const stale = new Set((await listLoops()).filter((l) => inFuseDir(backing(l)) && orphan(backing(l))).map((l) => l.name));
+    for (const name of names.filter((n) => n.endsWith('.loops') && orphan(join(dir, n)))) {
+      const exportFile = join(dir, name.replace(/\.loops$/, '.raw'));
+      for (const l of await loopsOn(exportFile, join(dir, name))) stale.add(l);
+    }
+    await detachLoops([...stale]);
+    report.loops += stale.size;
   });
   for (const m of ownedMounts.filter((m) => orphan(m.mountPoint))) {
     await attempt(`unmount ${m.mountPoint}`, async () => {
@@ -734,6 +793,10 @@ async function sweepNbdLocks(report: SweepReport): Promise<void> {
       if (/^nbd\d+\.lock$/.test(name)) {
         const holder = await readLockOwner(path);
         if (!(holder && (await isRunning(holder))) && (await removeStaleLock(path))) report.files++;
+      } else if (/^nbd-(\d+)-[0-9a-f]+\.loops$/.test(name)) {
+        // The loop log of an nbd attachment whose owner is gone (its record, if any, is gone too).
+        const owner = Number(/^nbd-(\d+)-/.exec(name)![1]);
+        if (!(await processIdentity(owner)) && (await removeIfPresent(path))) report.files++;
       } else if (TEMP.test(name) || /\.stale-\d+-[0-9a-f]+$/.test(name)) {
         const pid = Number(/-(\d+)-[0-9a-f]+$/.exec(name)![1]);
         if (!(await processIdentity(pid)) && (await removeIfPresent(path))) report.files++;

@@ -1,0 +1,80 @@
+/** The rest of the command line: new-layer, explain, store cap and eviction, output modes. */
+import { access, constants, readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { BUSYBOX_BASE, buildJson, builtNames, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+
+let sb: Sandbox;
+beforeAll(async () => {
+  sb = await sandbox('cli');
+});
+afterEach(async () => {
+  expect(await leftovers(sb)).toEqual([]);
+});
+afterAll(async () => {
+  await sb?.cleanup();
+});
+
+describe('vmlb new-layer', () => {
+  it('scaffolds the next number with an executable build-layer that builds', async () => {
+    const p = await writeProject(path.join(sb.dir, 'scaffold'), { '01_base': BUSYBOX_BASE });
+    const r = await vmlb(sb, ['new-layer', 'users', '-C', p]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const script = path.join(p, '02_users/build-layer');
+    await access(script, constants.X_OK);
+    const b = await buildJson(sb, p);
+    expect(b.exitCode, b.stderr).toBe(0);
+    expect(builtNames(b)).toContain('02_users');
+    const dup = await vmlb(sb, ['new-layer', 'bad name', '-C', p]);
+    expect(dup.exitCode).toBe(2);
+    expect(dup.stderr).toContain('bad name');
+  });
+});
+
+describe('output modes', () => {
+  it('plain output has one line per layer and a summary; --json is one event per line', async () => {
+    const p = await writeProject(path.join(sb.dir, 'modes'), {
+      '01_base': BUSYBOX_BASE,
+      '02_hello': { kind: 'build-layer', script: 'echo hello-output' },
+    });
+    const plain = await vmlb(sb, ['build', p, '--plain']);
+    expect(plain.exitCode, plain.stderr).toBe(0);
+    expect(plain.stdout).toMatch(/hello-output/);
+    expect(plain.stdout).toMatch(/built \d+, cached \d+ in/);
+    expect(plain.stdout).not.toMatch(/\x1b\[/);
+    const json = await vmlb(sb, ['build', p, '--json']);
+    expect(json.exitCode).toBe(0);
+    for (const line of json.stdout.trim().split('\n')) expect(() => JSON.parse(line)).not.toThrow();
+    expect(json.events.at(-1)).toMatchObject({ type: 'done', built: 0, cached: 2 });
+  });
+});
+
+describe('the store cap', () => {
+  it('evicts least-recently-used layers above the cap, never a chain an output on disk uses', async () => {
+    // A store of its own: outputs of the other tests would pin their chains here.
+    const own = await sandbox('cap');
+    const sb = own;
+    const a = await writeProject(path.join(sb.dir, 'cap-a'), {
+      '01_base': BUSYBOX_BASE,
+      '02_a': { kind: 'build-layer', script: 'echo a > /etc/a' },
+    });
+    const b = await writeProject(path.join(sb.dir, 'cap-b'), {
+      '01_base': { ...BUSYBOX_BASE, script: BUSYBOX_BASE.script + '\necho b > etc/b' },
+      '02_b': { kind: 'build-layer', script: 'echo b > /etc/b2' },
+    });
+    const cap = ['--store-cap', '1K'];
+    expect((await buildJson(sb, a, cap)).exitCode).toBe(0);
+    expect((await buildJson(sb, b, cap)).exitCode).toBe(0);
+    // a's output still exists: its chain is pinned and survives the cap.
+    expect(builtNames(await buildJson(sb, a, cap))).toEqual([]);
+    await rm(path.join(a, 'build'), { recursive: true });
+    const rb = await buildJson(sb, b, cap);
+    expect(builtNames(rb)).toEqual([]);
+    const keysB = (rb.events.find((e) => e.type === 'plan') as { layers: Array<{ key: string }> }).layers.map((l) => l.key);
+    const left = (await readdir(path.join(sb.store, 'layers'))).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5));
+    expect(left.sort()).toEqual([...keysB].sort());
+    await stat(path.join(b, 'build/image.qcow2'));
+    expect(await leftovers(own)).toEqual([]);
+    await own.cleanup();
+  });
+});
