@@ -221,25 +221,13 @@ describe('fuse backend', () => {
     expect(await leftovers()).toEqual(NOTHING_LEFT);
   });
 
-  it('is fast: attach + rangeDevice + release', async () => {
-    const runs: { attach: number; range: number; release: number; total: number }[] = [];
-    for (let i = 0; i < 7; i++) {
-      const t0 = performance.now();
+  // Timing belongs to `npm run bench`; here only that repeated cycles leave nothing behind.
+  it('attaches and releases repeatedly, leaving nothing behind', async () => {
+    for (let i = 0; i < 5; i++) {
       const disk = await attach(fuseBackend, overlay);
-      const t1 = performance.now();
       await disk.rangeDevice(root);
-      const t2 = performance.now();
       await disk.release();
-      const t3 = performance.now();
-      runs.push({ attach: t1 - t0, range: t2 - t1, release: t3 - t2, total: t3 - t0 });
     }
-    const median = (k: keyof (typeof runs)[number]) => runs.map((r) => r[k]).sort((a, b) => a - b)[Math.floor(runs.length / 2)]!;
-    console.log(
-      `fuse cycle, median of ${runs.length}: attach ${median('attach').toFixed(1)} ms, rangeDevice ${median('range').toFixed(1)} ms, ` +
-        `release ${median('release').toFixed(1)} ms, total ${median('total').toFixed(1)} ms`,
-    );
-    // Generous: a busy CI host must not fail this; the figure above is what to watch.
-    expect(median('total')).toBeLessThan(1000);
     expect(await leftovers()).toEqual(NOTHING_LEFT);
   });
 });

@@ -230,6 +230,12 @@ class FuseDisk implements AttachedDisk {
     return readPartitionTable(this.exportFile);
   }
 
+  async mountSource(part: { number: number; start: number; size: number }): Promise<{ source: string; options: string }> {
+    if (!this.attached || this.released) throw new VmlbError('DISK_RELEASED', `${this.image} is not attached`);
+    if (part.start === 0 && part.size === this.diskSize) return { source: this.exportFile, options: 'loop' };
+    return { source: this.exportFile, options: `loop,offset=${part.start},sizelimit=${part.size}` };
+  }
+
   async rangeDevice(part: { number: number; start: number; size: number }): Promise<string> {
     this.checkUsable();
     const { start, size } = part;

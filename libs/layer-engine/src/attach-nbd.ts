@@ -244,6 +244,10 @@ class NbdDisk implements AttachedDisk {
     return readPartitionTable(this.device);
   }
 
+  async mountSource(part: { number: number; start: number; size: number }): Promise<{ source: string; options: string }> {
+    return { source: await this.rangeDevice(part), options: 'defaults' };
+  }
+
   async rangeDevice(part: { number: number; start: number; size: number }): Promise<string> {
     this.checkUsable();
     const { start, size } = part;

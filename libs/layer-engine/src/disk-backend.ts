@@ -32,6 +32,13 @@ export interface AttachedDisk extends AsyncDisposable {
    * offset and size limit; nbd gives /dev/nbdNpM when the range matches partition M.
    */
   rangeDevice(part: { number: number; start: number; size: number }): Promise<string>;
+  /**
+   * How mount(8) mounts a byte range of the disk (a partition) without the engine making a
+   * device first: fuse gives the export file with `loop,offset=…,sizelimit=…`, so the loop
+   * device is mount's own, auto-cleared with the mount (which dies with the run's mount
+   * namespace, even on SIGKILL); nbd gives the partition's device node.
+   */
+  mountSource(part: { number: number; start: number; size: number }): Promise<{ source: string; options: string }>;
   release(): Promise<void>;
 }
 

@@ -9,7 +9,7 @@ import { runDir } from './attach-state.js';
 import { importBaseImage } from './base-import.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
 import { readPartitionTable, rootPartition, GPT_LINUX_ROOT_X86_64 } from './partition-table.js';
-import { convert, createOverlay, imageInfo, resize } from './qemu-img.js';
+import { convert, createLayerOverlay, resize } from './qemu-img.js';
 import { ENGINE_BIN_DIR, runScript, type ExtraMount, type RunScriptResult } from './script-runner.js';
 import { DEFAULT_DISK_SIZE } from './hints.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
@@ -66,7 +66,6 @@ export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest>
   let published = false;
   try {
     const result = await buildBlob(ctx, tmp, tmpLog);
-    const info = await imageInfo(tmp);
     const manifest = await store.publish(
       tmp,
       {
@@ -76,7 +75,7 @@ export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest>
         kind: spec.kind,
         cacheable: ctx.cacheable,
         share: !spec.hints.noshare,
-        virtualSize: info.virtualSize,
+        virtualSize: result.virtualSize,
         partitions: result.partitions,
         root: result.root,
         inputs: ctx.inputs,
@@ -102,6 +101,7 @@ export function failedLogPath(store: LocalStore, key: string): string {
 }
 
 interface BlobResult {
+  virtualSize: number;
   partitions: PartitionTable;
   root: { number: number; start: number; size: number };
 }
@@ -114,7 +114,7 @@ async function buildBlob(ctx: LayerBuildContext, tmp: string, log: string): Prom
       await importBaseImage(spec.name, spec.baseImage, tmp, { signal: ctx.signal, onStep: ctx.onStep });
       return withDisk(ctx, tmp, async (disk) => {
         const partitions = await disk.partitionTable();
-        return { partitions, root: rootPartition(partitions, disk.size) };
+        return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
       });
     }
     case 'create-disk':
@@ -186,7 +186,7 @@ async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
       layerDir: ctx.spec.dir,
       script: 'create-disk',
       rootMount: mount,
-      rootDevice: dev,
+      root: { source: dev, options: 'defaults' },
       env: scriptEnv(ctx, { PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`, VMLB_ROOT: mount, VMLB_DEVICE: dev, VMLB_IMAGE: tmp, VMLB_LAYER_DIR: ctx.spec.dir }),
       timeoutMs: ctx.spec.hints.timeoutMs,
       signal: ctx.signal,
@@ -196,22 +196,22 @@ async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
     await rm(mount, { recursive: true, force: true });
     checkResult(ctx, r, log);
   });
-  return { partitions, root };
+  return { virtualSize: size, partitions, root };
 }
 
 async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
   const parent = requireParent(ctx);
-  await createOverlay(tmp, parent.blob.file, { signal: ctx.signal });
+  await createLayerOverlay(tmp, parent.blob.file, parent.virtualSize, { signal: ctx.signal });
   const { hints } = ctx.spec;
   await withDisk(ctx, tmp, async (disk) => {
-    const rootDev = await disk.rangeDevice(parent.root);
+    const root = await disk.mountSource(parent.root);
     const mounts: ExtraMount[] = [];
     for (const pm of hints.partitionMounts) {
       const part = parent.partitions.partitions.find((p) => p.number === pm.partition);
       if (!part) {
         throw new VmlbError('NO_SUCH_PARTITION', `${ctx.spec.name}: # chroot-mount ${pm.partition} ${pm.target}: the disk has no partition ${pm.partition}`);
       }
-      mounts.push({ type: 'part', device: await disk.rangeDevice(part), target: pm.target });
+      mounts.push({ type: 'part', from: await disk.mountSource(part), target: pm.target });
     }
     for (const bm of hints.bindMounts) {
       mounts.push({ type: 'bind', source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
@@ -223,7 +223,7 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
       layerDir: ctx.spec.dir,
       script: 'build-layer',
       rootMount: mount,
-      rootDevice: rootDev,
+      root,
       mounts,
       env: scriptEnv(ctx, { PATH: CHROOT_PATH }),
       timeoutMs: hints.timeoutMs,
@@ -235,7 +235,7 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
     checkResult(ctx, r, log);
   });
   // A build-layer works inside the root filesystem: the partition table stays as it was.
-  return { partitions: parent.partitions, root: parent.root };
+  return { virtualSize: parent.virtualSize, partitions: parent.partitions, root: parent.root };
 }
 
 async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
@@ -247,7 +247,7 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
       `${ctx.spec.name}: # disk-size ${want} bytes is smaller than the disk (${parent.virtualSize} bytes); shrinking a disk is not supported`,
     );
   }
-  await createOverlay(tmp, parent.blob.file, { signal: ctx.signal });
+  await createLayerOverlay(tmp, parent.blob.file, parent.virtualSize, { signal: ctx.signal });
   if (want !== undefined && want > parent.virtualSize) {
     ctx.onStep?.(`growing the disk to ${want} bytes`);
     await resize(tmp, want, { signal: ctx.signal });
@@ -278,7 +278,7 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
     checkResult(ctx, r, log);
     // The script may have changed the partition table (growpart): read it as it is now.
     const partitions = await disk.partitionTable();
-    return { partitions, root: rootPartition(partitions, disk.size) };
+    return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
   });
 }
 

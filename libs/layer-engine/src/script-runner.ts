@@ -9,7 +9,13 @@ import { debug } from './debug.js';
 /** The engine's own helper scripts (vmlb-run-layer, vmlb-partition). */
 export const ENGINE_BIN_DIR = fileURLToPath(new URL('../bin/', import.meta.url));
 
-export type ExtraMount = { type: 'bind'; source: string; target: string } | { type: 'part'; device: string; target: string };
+/** A mount(8) source and its options, e.g. an export file with `loop,offset=…,sizelimit=…`. */
+export interface MountSource {
+  source: string;
+  options: string;
+}
+
+export type ExtraMount = { type: 'bind'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
 
 export interface RunScriptOptions {
   /** chroot: build-layer, in the image's root; host: create-disk and modify-disk. */
@@ -19,8 +25,8 @@ export interface RunScriptOptions {
   script: string;
   /** Mount point for the root filesystem (a scratch folder; the mount is private to the run). */
   rootMount: string;
-  /** Block device of the root filesystem; mounted at rootMount when given. */
-  rootDevice?: string;
+  /** The root filesystem; mounted at rootMount when given. */
+  root?: MountSource;
   mounts?: ExtraMount[];
   /** The script's whole environment (it gets nothing else from the engine's). */
   env: Record<string, string>;
@@ -59,15 +65,16 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     VMLB_STATUS_FILE: statusFile,
   };
   const scriptEnv = Object.entries(o.env).map(([k, v]) => `${k}=${v}`);
-  if (o.rootDevice) env.VMLB_ROOT_DEV = o.rootDevice;
+  if (o.root) {
+    env.VMLB_ROOT_SRC = o.root.source;
+    env.VMLB_ROOT_OPTS = o.root.options;
+  }
   if (o.mounts?.length) {
-    for (const m of o.mounts) {
-      const src = m.type === 'bind' ? m.source : m.device;
-      if (/\s/.test(src) || /\s/.test(m.target)) {
-        throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${src} ${m.target}`);
-      }
+    const lines = o.mounts.map((m) => (m.type === 'bind' ? ['bind', m.source, '-', m.target] : ['part', m.from.source, m.from.options, m.target]));
+    for (const l of lines) {
+      if (l.some((f) => /\s/.test(f))) throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${l[1]} ${l[3]}`);
     }
-    env.VMLB_MOUNTS = o.mounts.map((m) => (m.type === 'bind' ? `bind ${m.source} ${m.target}` : `part ${m.device} ${m.target}`)).join('\n');
+    env.VMLB_MOUNTS = lines.map((l) => l.join(' ')).join('\n');
   }
 
   const log = createWriteStream(o.logFile, { flags: 'a' });
