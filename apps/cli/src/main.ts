@@ -130,7 +130,7 @@ program
 
 program
   .command('sweep')
-  .description('release loop devices, FUSE exports, daemons and half-built blobs left by a killed run (every command does this first)')
+  .description('release loop devices, FUSE exports, daemons and half-built blobs left by a killed run (vmlb build does this first)')
   .addOption(storeOption())
   .action(async (o) => {
     const store = storeFrom(o);
