@@ -33,6 +33,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+export TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
 npx --no-install turbo run build --output-logs=errors-only >/dev/null || npx --no-install turbo run build --output-logs=errors-only
 
 ln -sf "$repo/apps/cli/bin/vmlb.js" /usr/local/bin/vmlb

@@ -146,3 +146,33 @@ export async function sha256sum(file: string): Promise<string> {
   const r = await execa('sha256sum', [file]);
   return String(r.stdout).split(' ')[0]!;
 }
+
+/**
+ * Reads files from partition `partition` of an image without mounting or changing it: the
+ * engine's fuse backend attaches a throw-away overlay on it, and debugfs reads the partition.
+ */
+export async function readImageFiles(sb: Sandbox, image: string, partition: number, files: string[]): Promise<Record<string, string>> {
+  const { fuseBackend } = await import('../../libs/layer-engine/src/attach-fuse.js');
+  const scratch = path.join(sb.dir, `inspect-${process.pid}-${Date.now()}.qcow2`);
+  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.resolve(image), '-F', 'qcow2', scratch]);
+  const prev = process.env.VMLB_RUN_DIR;
+  process.env.VMLB_RUN_DIR = sb.runDir;
+  const disk = await fuseBackend.attach(scratch, { purpose: 'test inspection' });
+  try {
+    const table = await disk.partitionTable();
+    const part = table.partitions.find((p) => p.number === partition);
+    if (!part) throw new Error(`${image} has no partition ${partition}`);
+    const dev = await disk.rangeDevice(part);
+    const out: Record<string, string> = {};
+    for (const f of files) {
+      const r = await execa('debugfs', ['-R', `cat ${f}`, dev], { reject: false });
+      out[f] = String(r.stdout);
+    }
+    return out;
+  } finally {
+    await disk.release();
+    if (prev === undefined) delete process.env.VMLB_RUN_DIR;
+    else process.env.VMLB_RUN_DIR = prev;
+    await rm(scratch, { force: true });
+  }
+}

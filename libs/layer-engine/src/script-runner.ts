@@ -1,8 +1,9 @@
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { spawnChild, HOST_PATH } from './exec.js';
+import { exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
 
@@ -144,7 +145,49 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   }
   await rm(statusFile, { force: true });
   await rm(`${o.rootMount}.fstab`, { force: true });
+  await waitForAutoclearLoops(`${o.rootMount}.loops`);
   const seconds = (performance.now() - started) / 1000;
   debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
   return { exitCode, signal, timedOut, aborted, setupError, logTail: tail(recent, 20), seconds };
+}
+
+/** How long the kernel may take to auto-clear a loop device after its last unmount. */
+const AUTOCLEAR_WAIT_MS = 5000;
+
+async function readSys(file: string): Promise<string | null> {
+  try {
+    return (await readFile(file, 'utf8')).trim();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The run's root (and `# chroot-mount`) filesystems were mounted through mount(8)'s own loop
+ * devices, which the kernel auto-clears after the namespace's unmount, asynchronously. Wait
+ * for that (usually a few ms) so that nothing the run made is left when the disk is released;
+ * a device that lingers past the wait, still backed by the run's (now unnameable) file, is
+ * detached here. Loop devices the engine made itself (not auto-clear) are its own business.
+ */
+async function waitForAutoclearLoops(listFile: string): Promise<void> {
+  const text = await readSys(listFile);
+  await rm(listFile, { force: true });
+  if (!text) return;
+  const devices = text.split(/\s+/).filter((d) => /^\/dev\/loop\d+$/.test(d));
+  const deadline = performance.now() + AUTOCLEAR_WAIT_MS;
+  for (const dev of devices) {
+    const sys = `/sys/block/${path.basename(dev)}/loop`;
+    if ((await readSys(`${sys}/autoclear`)) !== '1') continue;
+    for (;;) {
+      const back = await readSys(`${sys}/backing_file`);
+      // Gone, or already reused by someone else for another file: either way not ours now.
+      if (back === null || (back !== '/' && !back.startsWith('/ ') && !back.includes('/fuse/'))) break;
+      if (performance.now() > deadline) {
+        debug(`${dev} was not auto-cleared in ${AUTOCLEAR_WAIT_MS} ms; detaching it`);
+        await exec(['losetup', '--detach', dev], { reject: false });
+        break;
+      }
+      await sleep(2);
+    }
+  }
 }

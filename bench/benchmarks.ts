@@ -1,0 +1,362 @@
+/**
+ * The benchmarks: one function each, each in its own sandbox (temp store and run dir), each
+ * returning its rows of the table. Repetitions are few (this runs on a 2-core machine in a
+ * few minutes); `quick` makes them fewer still.
+ */
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  BENCH_DIR,
+  blobPath,
+  build,
+  busyboxBase,
+  chainKeys,
+  checkInterrupted,
+  doneEvent,
+  eventsOf,
+  manifest,
+  median,
+  ms,
+  numbered,
+  progress,
+  ratio,
+  run,
+  secs,
+  sync,
+  times,
+  trivialLayers,
+  vmlb,
+  withSandbox,
+  writeLayer,
+  writeProject,
+  type BenchOptions,
+  type LayerDef,
+  type Row,
+  type Sandbox,
+  type VmlbRun,
+} from './harness.js';
+
+export interface Benchmark {
+  name: string;
+  title: string;
+  run: (o: BenchOptions) => Promise<Row[]>;
+}
+
+/** The `true` layer whose comment changes its key (and so every key after it). */
+function trueLayer(tag: string): LayerDef {
+  return { kind: 'build-layer', script: `# ${tag}\ntrue` };
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. engine overhead per layer
+
+const OVERHEAD_LAYERS = 10;
+
+async function overhead(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 1 : 3;
+  const iterations = o.quick ? 5 : 20;
+  return withSandbox('overhead', async (sb) => {
+    const layers = trivialLayers(OVERHEAD_LAYERS);
+    const project = await writeProject(path.join(sb.dir, 'project'), layers);
+    const [baseName] = layers[0]!;
+    const [firstName] = layers[1]!;
+    progress(`overhead: building the base (not measured)`);
+    const base = await build(sb, project, 1, ['--last', baseName]);
+    const baseKey = chainKeys(base)[0]!;
+
+    const perLayerWall: number[] = [];
+    const engineSeconds: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      // A new comment in the first of the ten gives all ten new keys; the base stays a hit.
+      await writeLayer(project, firstName, trueLayer(`rep ${r}`));
+      progress(`overhead: ${OVERHEAD_LAYERS} layers + a no-op build (${r + 1}/${reps})`);
+      const full = await build(sb, project, OVERHEAD_LAYERS);
+      const noop = await build(sb, project, 0);
+      perLayerWall.push((full.ms - noop.ms) / OVERHEAD_LAYERS);
+      for (const e of eventsOf(full, 'layer-done')) engineSeconds.push(e.seconds as number);
+    }
+
+    progress(`overhead: bare primitives, ${iterations} iterations`);
+    const m = await manifest(sb, baseKey);
+    const work = path.join(sb.dir, 'primitives');
+    await run(['mkdir', '-p', work]);
+    const prim = await run(
+      ['bash', path.join(BENCH_DIR, 'primitives.sh'), blobPath(sb, baseKey), String(m.root.start), String(m.root.size), work, String(iterations)],
+      { stopSignal: 'SIGTERM' },
+    );
+    const steps = new Map<string, number[]>();
+    for (const line of prim.stdout.trim().split('\n')) {
+      for (const kv of line.trim().split(/\s+/)) {
+        const [k, v] = kv.split('=');
+        if (k && v) steps.set(k, [...(steps.get(k) ?? []), Number(v) * 1000]);
+      }
+    }
+    const primMs = median(steps.get('total') ?? []);
+    const breakdown = [...steps.entries()]
+      .filter(([k]) => k !== 'total')
+      .map(([k, v]) => `${k} ${median(v).toFixed(0)}`)
+      .join(', ');
+    const wallMs = median(perLayerWall);
+    const engineMs = median(engineSeconds) * 1000;
+    const title = 'engine overhead per layer';
+    return [
+      {
+        benchmark: title,
+        what: `wall of \`vmlb build\` of ${OVERHEAD_LAYERS} \`true\` layers (base cached) − wall of a no-op build of the same project, ÷ ${OVERHEAD_LAYERS}; ${times(reps)}`,
+        result: `${ms(wallMs)} / layer`,
+        target: '≤ 150 ms / layer',
+        ratio: `${ratio(wallMs, primMs)} primitives`,
+      },
+      {
+        benchmark: title,
+        what: `the engine's own \`seconds\` per layer (layer-done events), median of ${engineSeconds.length} layers`,
+        result: `${ms(engineMs)} / layer`,
+        target: '≤ 150 ms / layer',
+        ratio: `${ratio(engineMs, primMs)} primitives`,
+      },
+      {
+        benchmark: `${title}: reference`,
+        what: `bare primitives in a shell loop: qemu-img create overlay, qemu-storage-daemon FUSE export, losetup, mount, chroot true, umount, losetup -d, daemon stop; median of ${iterations} (ms: ${breakdown})`,
+        result: `${ms(primMs)} / iteration`,
+        target: '—',
+        ratio: '',
+      },
+    ];
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. no-op rebuild of a 20-layer project
+
+async function noop(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 3 : 5;
+  return withSandbox('noop', async (sb) => {
+    const project = await writeProject(path.join(sb.dir, 'project'), trivialLayers(19));
+    progress('noop: building the 20 layers (not measured)');
+    await build(sb, project, 20);
+    const walls: number[] = [];
+    const engine: number[] = [];
+    const startup: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      progress(`noop: no-op build ${r + 1}/${reps}`);
+      const b = await build(sb, project, 0);
+      walls.push(b.ms);
+      engine.push(doneEvent(b).seconds as number);
+      startup.push((await vmlb(sb, ['--version'])).ms);
+    }
+    return [
+      {
+        benchmark: 'no-op rebuild, 20 layers all cached',
+        what: `wall of \`vmlb build --json\` (CLI start-up included), ${times(reps)} (engine's own \`done.seconds\` ${secs(median(engine))}; \`vmlb --version\` ${secs(median(startup) / 1000)})`,
+        result: secs(median(walls) / 1000),
+        target: '≤ 0.5 s',
+        ratio: '',
+      },
+    ];
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. incremental: the last of 10 layers changed vs all 10 from nothing
+
+async function incremental(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 1 : 3;
+  const n = 10;
+  return withSandbox('incremental', async (sb) => {
+    const layers = trivialLayers(n);
+    const project = await writeProject(path.join(sb.dir, 'project'), layers);
+    const [baseName] = layers[0]!;
+    const [firstName] = layers[1]!;
+    const [lastName] = layers[n]!;
+    progress('incremental: building the base (not measured)');
+    await build(sb, project, 1, ['--last', baseName]);
+    const full: number[] = [];
+    const incr: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      progress(`incremental: all ${n} layers, then the last one changed (${r + 1}/${reps})`);
+      await writeLayer(project, firstName, trueLayer(`rep ${r}`));
+      full.push((await build(sb, project, n)).ms);
+      await writeLayer(project, lastName, trueLayer(`rep ${r} changed`));
+      incr.push((await build(sb, project, 1)).ms);
+    }
+    const f = median(full);
+    const i = median(incr);
+    const title = `incremental, ${n} layers (base cached)`;
+    return [
+      { benchmark: title, what: `wall of \`vmlb build\`, all ${n} layers from nothing; ${times(reps)}`, result: secs(f / 1000), target: '—', ratio: '' },
+      { benchmark: title, what: `wall of \`vmlb build\`, only the last layer's script changed; ${times(reps)}`, result: secs(i / 1000), target: '—', ratio: `${ratio(i, f)} all ${n}` },
+    ];
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. a hit on a 1 GiB layer vs a hit on a 10 MiB layer
+
+/** A busybox base on a 2 GiB disk and a layer that writes `mib` MiB of random data. */
+function dataProject(mib: number): Array<[string, LayerDef]> {
+  return [
+    ['01_base', busyboxBase('2G')],
+    ['02_data', { kind: 'build-layer', script: `set -eu\ndd if=/dev/urandom of=/big bs=1M count=${mib}` }],
+  ];
+}
+
+async function hitSize(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 3 : 5;
+  return withSandbox('hit-size', async (sb) => {
+    const big = await writeProject(path.join(sb.dir, 'big'), dataProject(1024));
+    const small = await writeProject(path.join(sb.dir, 'small'), dataProject(10));
+    progress('hit-size: building the 1 GiB layer (not measured)');
+    await build(sb, big, 2);
+    progress('hit-size: building the 10 MiB layer (not measured; same base)');
+    await build(sb, small, 1);
+    const bigMs: number[] = [];
+    const smallMs: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      progress(`hit-size: cached rebuilds ${r + 1}/${reps}`);
+      bigMs.push((await build(sb, big, 0)).ms);
+      smallMs.push((await build(sb, small, 0)).ms);
+    }
+    const b = median(bigMs);
+    const s = median(smallMs);
+    const title = 'hit on a 1 GiB layer vs a 10 MiB layer';
+    return [
+      { benchmark: title, what: `wall of the cached rebuild (\`vmlb build\`, all hits) of base + a 1 GiB layer; ${times(reps)}`, result: secs(b / 1000), target: 'same as 10 MiB (no copy)', ratio: `${ratio(b, s)} 10 MiB` },
+      { benchmark: title, what: `the same, base + a 10 MiB layer; ${times(reps)}`, result: secs(s / 1000), target: '—', ratio: '' },
+    ];
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. --flatten vs a bare qemu-img convert of the same chain
+
+async function flatten(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 1 : 2;
+  return withSandbox('flatten', async (sb) => {
+    const project = await writeProject(path.join(sb.dir, 'project'), dataProject(1024));
+    progress('flatten: building base + a 1 GiB layer (not measured)');
+    const first = await build(sb, project, 2);
+    const top = blobPath(sb, chainKeys(first).at(-1)!);
+    const x = path.join(sb.dir, 'flat-vmlb.qcow2');
+    const y = path.join(sb.dir, 'flat-convert.qcow2');
+    const vmlbMs: number[] = [];
+    const engineFlatten: number[] = [];
+    const convertMs: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      progress(`flatten: vmlb build --flatten, then qemu-img convert (${r + 1}/${reps})`);
+      await rm(x, { force: true });
+      await sync();
+      const v = await build(sb, project, 0, ['--flatten', '-o', x]);
+      vmlbMs.push(v.ms);
+      engineFlatten.push(eventsOf(v, 'output')[0]?.seconds as number);
+      await rm(y, { force: true });
+      await sync();
+      convertMs.push((await run(['qemu-img', 'convert', '-O', 'qcow2', top, y])).ms);
+    }
+    await rm(x, { force: true });
+    await rm(y, { force: true });
+    const v = median(vmlbMs);
+    const c = median(convertMs);
+    const title = '--flatten vs bare qemu-img convert (1 GiB chain)';
+    return [
+      {
+        benchmark: title,
+        what: `wall of \`vmlb build --flatten -o X\`, all cached (CLI start-up included; the engine's \`output.seconds\` ${secs(median(engineFlatten))}); ${times(reps)}`,
+        result: secs(v / 1000),
+        target: '≤ 1.1× convert',
+        ratio: `${ratio(v, c)} convert`,
+      },
+      { benchmark: title, what: `wall of \`qemu-img convert -O qcow2 TOP Y\` of the chain's top blob in the store; ${times(reps)}`, result: secs(c / 1000), target: '—', ratio: '' },
+    ];
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. writing 500 MiB inside a build-layer vs on a plain loop device
+
+const WRITE_MIB = 500;
+const MB = WRITE_MIB * 1024 * 1024 / 1e6;
+
+/**
+ * Time stamps around the dd. Busybox's date has no %N (it prints "%N" literally), so the
+ * script falls back to /proc/uptime (10 ms resolution, the chroot has /proc).
+ */
+function writeLayerScript(tag: string): string {
+  return `# ${tag}
+set -eu
+stamp() {
+  s=$(date +%s.%N)
+  case $s in *N) read -r s _ < /proc/uptime ;; esac
+  echo "vmlb-bench $1 $s"
+}
+stamp start
+dd if=/dev/zero of=/data bs=1M count=${WRITE_MIB} conv=fsync
+stamp end`;
+}
+
+function stampedSeconds(text: string): number {
+  const start = /vmlb-bench start ([\d.]+)/.exec(text);
+  const end = /vmlb-bench end ([\d.]+)/.exec(text);
+  if (!start || !end) throw new Error(`no "vmlb-bench start/end" time stamps in:\n${text.slice(-2000)}`);
+  return Number(end[1]) - Number(start[1]);
+}
+
+function layerLog(r: VmlbRun, name: string): string {
+  return eventsOf(r, 'layer-log')
+    .filter((e) => e.name === name)
+    .map((e) => e.chunk as string)
+    .join('');
+}
+
+async function write(o: BenchOptions): Promise<Row[]> {
+  const reps = o.quick ? 1 : 3;
+  return withSandbox('write', async (sb: Sandbox) => {
+    const [baseName, writeName] = numbered(['base', 'write']) as [string, string];
+    const project = await writeProject(path.join(sb.dir, 'project'), [[baseName, busyboxBase('2G')]]);
+    progress('write: building the base (not measured)');
+    await build(sb, project, 1);
+    const work = path.join(sb.dir, 'plain');
+    await run(['mkdir', '-p', work]);
+    const layerSecs: number[] = [];
+    const layerTotal: number[] = [];
+    const plainSecs: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      checkInterrupted();
+      progress(`write: ${WRITE_MIB} MiB in a build-layer, then on a plain loop device (${r + 1}/${reps})`);
+      await writeLayer(project, writeName, { kind: 'build-layer', script: writeLayerScript(`rep ${r}`) });
+      await sync();
+      const b = await build(sb, project, 1);
+      layerSecs.push(stampedSeconds(layerLog(b, writeName)));
+      layerTotal.push(eventsOf(b, 'layer-done')[0]?.seconds as number);
+      const p = await run(['bash', path.join(BENCH_DIR, 'loop-write.sh'), work, '2G', String(WRITE_MIB)]);
+      plainSecs.push(stampedSeconds(p.stdout));
+    }
+    const inLayer = MB / median(layerSecs);
+    const plain = MB / median(plainSecs);
+    const title = `write ${WRITE_MIB} MiB (dd conv=fsync)`;
+    return [
+      {
+        benchmark: title,
+        what: `inside a build-layer (ext4 on loop on the FUSE export of the qcow2 overlay), timed by the script's own stamps around dd; ${times(reps)} (dd ${secs(median(layerSecs))}; whole layer ${secs(median(layerTotal))})`,
+        result: `${inLayer.toFixed(0)} MB/s`,
+        target: '—',
+        ratio: `${ratio(inLayer, plain)} plain loop`,
+      },
+      {
+        benchmark: title,
+        what: `the same dd onto ext4 on a plain loop device over a sparse raw file; ${times(reps)} (dd ${secs(median(plainSecs))})`,
+        result: `${plain.toFixed(0)} MB/s`,
+        target: '—',
+        ratio: '',
+      },
+    ];
+  });
+}
+
+export const BENCHMARKS: Benchmark[] = [
+  { name: 'overhead', title: 'engine overhead per layer (10 `true` layers) vs the bare primitives', run: overhead },
+  { name: 'noop', title: 'no-op rebuild of a 20-layer project, all cached', run: noop },
+  { name: 'incremental', title: 'the last of 10 layers changed vs all 10 built', run: incremental },
+  { name: 'hit-size', title: 'cached rebuild with a 1 GiB layer vs a 10 MiB layer', run: hitSize },
+  { name: 'flatten', title: '--flatten vs bare qemu-img convert of the same chain', run: flatten },
+  { name: 'write', title: 'writing 500 MiB inside a build-layer vs on a plain loop device', run: write },
+];

@@ -1,0 +1,120 @@
+/**
+ * `npm run bench` (scripts/bench.sh builds the TypeScript first): runs the benchmarks side by
+ * side and prints ONE markdown table — benchmark, what is measured, result, target, ratio — on
+ * stdout, and writes it to bench/results.md with a line saying where and when it was measured.
+ * Progress goes to stderr. Not part of the test suite: it measures, it never asserts a time.
+ *
+ *   bash scripts/bench.sh [--quick] [--only NAME[,NAME…]]
+ *
+ * Environment: VMLB_BENCH_TMP (where the temp stores go; default /var/tmp), VMLB_BACKEND
+ * (passed to vmlb like any other variable).
+ */
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { BENCHMARKS } from './benchmarks.js';
+import { BENCH_DIR, REPO, VMLB, installSignalHandlers, interrupted, progress, run, warnings, type Row } from './harness.js';
+
+const USAGE = `usage: bash scripts/bench.sh [--quick] [--only NAME[,NAME...]]
+
+  --quick        fewer repetitions (a quick look, not numbers for the README)
+  --only NAMES   run only these benchmarks (comma-separated):
+${BENCHMARKS.map((b) => `                   ${b.name.padEnd(12)} ${b.title}`).join('\n')}
+
+Prints one markdown table on stdout (progress on stderr) and writes it to bench/results.md.`;
+
+function usageError(msg: string): never {
+  process.stderr.write(`bench: ${msg}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): { quick: boolean; only: string[] | null } {
+  let quick = false;
+  let only: string[] | null = null;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--quick') quick = true;
+    else if (a === '--only' || a.startsWith('--only=')) {
+      const v = a === '--only' ? argv[++i] : a.slice('--only='.length);
+      if (!v) usageError('--only needs a list of benchmark names');
+      only = [...(only ?? []), ...v.split(',').map((s) => s.trim()).filter(Boolean)];
+    } else if (a === '--help' || a === '-h') {
+      process.stdout.write(USAGE + '\n');
+      process.exit(0);
+    } else usageError(`unknown argument ${a}`);
+  }
+  const unknown = (only ?? []).filter((n) => !BENCHMARKS.some((b) => b.name === n));
+  if (unknown.length) usageError(`no benchmark named ${unknown.join(', ')}`);
+  return { quick, only };
+}
+
+function cell(s: string): string {
+  return s.replace(/\|/g, '\\|').replace(/\s*\n\s*/g, ' ');
+}
+
+function table(rows: Row[]): string {
+  const lines = ['| benchmark | what is measured | result | target | ratio |', '| --- | --- | --- | --- | --- |'];
+  for (const r of rows) lines.push(`| ${[r.benchmark, r.what, r.result, r.target, r.ratio].map(cell).join(' | ')} |`);
+  return lines.join('\n');
+}
+
+async function context(opts: { quick: boolean; only: string[] | null }, seconds: number): Promise<string> {
+  const line = async (argv: string[]) => (await run(argv, { check: false })).stdout.split('\n')[0]?.trim() ?? '';
+  const commit = await line(['git', '-C', REPO, 'rev-parse', '--short', 'HEAD']);
+  const dirty = (await run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'], { check: false })).stdout.trim() !== '';
+  const qemu = (await line(['qemu-img', '--version'])).replace(/^qemu-img version /, '');
+  const backend = process.env.VMLB_BACKEND || (existsSync('/dev/nbd0') ? 'nbd' : 'fuse');
+  const cpus = os.cpus();
+  return [
+    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC`,
+    `commit ${commit || '?'}${dirty ? ' with uncommitted changes' : ''}`,
+    `${cpus.length} × ${cpus[0]?.model.trim() ?? 'CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB`,
+    `node ${process.version}, qemu ${qemu}, backend ${backend}`,
+    `${opts.quick ? '--quick' : 'full'} run${opts.only ? ` of ${opts.only.join(', ')}` : ''} in ${Math.round(seconds)} s`,
+    '`npm run bench`',
+  ].join(' · ');
+}
+
+async function main(): Promise<number> {
+  const opts = parseArgs(process.argv.slice(2));
+  if (process.getuid?.() !== 0) usageError('vmlb attaches disks (loop devices, FUSE, mounts): run the benchmarks as root');
+  if (!existsSync(path.join(REPO, 'apps/cli/dist/main.js'))) usageError(`${VMLB} is not built: run it through scripts/bench.sh`);
+  installSignalHandlers();
+
+  const selected = BENCHMARKS.filter((b) => !opts.only || opts.only.includes(b.name));
+  const rows: Row[] = [];
+  let failed = 0;
+  const started = performance.now();
+  for (const b of selected) {
+    if (interrupted()) break;
+    progress(`── ${b.name}: ${b.title}`);
+    const t = performance.now();
+    try {
+      rows.push(...(await b.run({ quick: opts.quick })));
+      progress(`── ${b.name}: done in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+    } catch (e) {
+      if (!interrupted()) {
+        failed++;
+        const msg = (e as Error).message;
+        progress(`── ${b.name}: FAILED: ${msg}`);
+        rows.push({ benchmark: `✗ ${b.name}`, what: b.title, result: `failed: ${msg.split('\n')[0]}`, target: '', ratio: '' });
+      }
+    }
+    rows.push(...warnings.splice(0));
+  }
+
+  const out = table(rows);
+  if (interrupted()) {
+    progress('interrupted: bench/results.md left as it was; what was measured so far:');
+    process.stdout.write(out + '\n');
+    return 130;
+  }
+  process.stdout.write(out + '\n');
+  const ctx = await context(opts, (performance.now() - started) / 1000);
+  await writeFile(path.join(BENCH_DIR, 'results.md'), `${out}\n\n${ctx}\n`);
+  progress(`wrote ${path.relative(process.cwd(), path.join(BENCH_DIR, 'results.md'))}`);
+  return failed ? 1 : 0;
+}
+
+process.exitCode = await main();

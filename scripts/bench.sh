@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# `npm run bench`: builds the TypeScript (the engine changes under our feet), then runs the
+# benchmarks (bench/run.ts) and prints one markdown table, also written to bench/results.md.
+# Needs root (loop devices, FUSE, mounts). Not part of the test suite; it asserts no times.
+#   bash scripts/bench.sh [--quick] [--only NAME[,NAME...]]   (--help lists the names)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+echo "bench: building the TypeScript" >&2
+npx --no-install tsc -p libs/layer-engine && npx --no-install tsc -p apps/cli
+exec node --import tsx bench/run.ts "$@"
