@@ -3,7 +3,7 @@
  * returning its rows of the table. Repetitions are few (this runs on a 2-core machine in a
  * few minutes); `quick` makes them fewer still.
  */
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -11,17 +11,16 @@ import {
   build,
   busyboxBase,
   chainKeys,
-  checkInterrupted,
   doneEvent,
   eventsOf,
   manifest,
   median,
-  ms,
   numbered,
   progress,
   ratio,
   run,
   secs,
+  summary,
   sync,
   times,
   trivialLayers,
@@ -52,72 +51,75 @@ function trueLayer(tag: string): LayerDef {
 
 const OVERHEAD_LAYERS = 10;
 
+/** Per-step milliseconds of the bare primitives (bench/primitives.sh), n iterations. */
+async function primitives(sb: Sandbox, baseKey: string, n: number, into: Map<string, number[]>): Promise<void> {
+  const m = await manifest(sb, baseKey);
+  const work = path.join(sb.dir, 'primitives');
+  await mkdir(work, { recursive: true });
+  const r = await run(['bash', path.join(BENCH_DIR, 'primitives.sh'), blobPath(sb, baseKey), String(m.root.start), String(m.root.size), work, String(n)]);
+  for (const line of r.stdout.trim().split('\n')) {
+    for (const kv of line.trim().split(/\s+/)) {
+      const [k, v] = kv.split('=');
+      if (k && v) into.set(k, [...(into.get(k) ?? []), Number(v) * 1000]);
+    }
+  }
+}
+
 async function overhead(o: BenchOptions): Promise<Row[]> {
   const reps = o.quick ? 1 : 3;
-  const iterations = o.quick ? 5 : 20;
+  const iterationsPerRep = o.quick ? 5 : 8;
   return withSandbox('overhead', async (sb) => {
     const layers = trivialLayers(OVERHEAD_LAYERS);
     const project = await writeProject(path.join(sb.dir, 'project'), layers);
     const [baseName] = layers[0]!;
     const [firstName] = layers[1]!;
-    progress(`overhead: building the base (not measured)`);
-    const base = await build(sb, project, 1, ['--last', baseName]);
-    const baseKey = chainKeys(base)[0]!;
+    progress('overhead: building the base (not measured)');
+    const baseKey = chainKeys(await build(sb, project, 1, ['--last', baseName]))[0]!;
 
+    // The engine and the bare primitives take turns, so that the machine's load (other
+    // builds, write-back) falls on both alike.
     const perLayerWall: number[] = [];
-    const engineSeconds: number[] = [];
+    const engineMs: number[] = [];
+    const steps = new Map<string, number[]>();
     for (let r = 0; r < reps; r++) {
       // A new comment in the first of the ten gives all ten new keys; the base stays a hit.
       await writeLayer(project, firstName, trueLayer(`rep ${r}`));
-      progress(`overhead: ${OVERHEAD_LAYERS} layers + a no-op build (${r + 1}/${reps})`);
+      progress(`overhead: ${OVERHEAD_LAYERS} layers, a no-op build, ${iterationsPerRep} bare iterations (${r + 1}/${reps})`);
       const full = await build(sb, project, OVERHEAD_LAYERS);
       const noop = await build(sb, project, 0);
       perLayerWall.push((full.ms - noop.ms) / OVERHEAD_LAYERS);
-      for (const e of eventsOf(full, 'layer-done')) engineSeconds.push(e.seconds as number);
+      for (const e of eventsOf(full, 'layer-done')) engineMs.push((e.seconds as number) * 1000);
+      await primitives(sb, baseKey, iterationsPerRep, steps);
     }
 
-    progress(`overhead: bare primitives, ${iterations} iterations`);
-    const m = await manifest(sb, baseKey);
-    const work = path.join(sb.dir, 'primitives');
-    await run(['mkdir', '-p', work]);
-    const prim = await run(
-      ['bash', path.join(BENCH_DIR, 'primitives.sh'), blobPath(sb, baseKey), String(m.root.start), String(m.root.size), work, String(iterations)],
-      { stopSignal: 'SIGTERM' },
-    );
-    const steps = new Map<string, number[]>();
-    for (const line of prim.stdout.trim().split('\n')) {
-      for (const kv of line.trim().split(/\s+/)) {
-        const [k, v] = kv.split('=');
-        if (k && v) steps.set(k, [...(steps.get(k) ?? []), Number(v) * 1000]);
-      }
-    }
-    const primMs = median(steps.get('total') ?? []);
+    const total = steps.get('total') ?? [];
+    const primMs = median(total);
     const breakdown = [...steps.entries()]
       .filter(([k]) => k !== 'total')
       .map(([k, v]) => `${k} ${median(v).toFixed(0)}`)
       .join(', ');
     const wallMs = median(perLayerWall);
-    const engineMs = median(engineSeconds) * 1000;
+    const engMs = median(engineMs);
     const title = 'engine overhead per layer';
     return [
       {
         benchmark: title,
-        what: `wall of \`vmlb build\` of ${OVERHEAD_LAYERS} \`true\` layers (base cached) − wall of a no-op build of the same project, ÷ ${OVERHEAD_LAYERS}; ${times(reps)}`,
-        result: `${ms(wallMs)} / layer`,
+        what: `(wall of \`vmlb build\` of ${OVERHEAD_LAYERS} \`true\` layers, base cached − wall of a no-op build of the same project) ÷ ${OVERHEAD_LAYERS}; ${times(reps)}`,
+        result: summary(perLayerWall, 0, 'ms / layer'),
         target: '≤ 150 ms / layer',
         ratio: `${ratio(wallMs, primMs)} primitives`,
       },
       {
         benchmark: title,
-        what: `the engine's own \`seconds\` per layer (layer-done events), median of ${engineSeconds.length} layers`,
-        result: `${ms(engineMs)} / layer`,
+        what: `the engine's own \`seconds\` per layer (layer-done events); median of ${engineMs.length} layers`,
+        result: summary(engineMs, 0, 'ms / layer'),
         target: '≤ 150 ms / layer',
-        ratio: `${ratio(engineMs, primMs)} primitives`,
+        ratio: `${ratio(engMs, primMs)} primitives`,
       },
       {
         benchmark: `${title}: reference`,
-        what: `bare primitives in a shell loop: qemu-img create overlay, qemu-storage-daemon FUSE export, losetup, mount, chroot true, umount, losetup -d, daemon stop; median of ${iterations} (ms: ${breakdown})`,
-        result: `${ms(primMs)} / iteration`,
+        what: `the bare primitives in a shell loop (bench/primitives.sh), per iteration: qemu-img create overlay, qemu-storage-daemon FUSE export, losetup, mount, chroot true, umount, losetup -d, daemon stop; median of ${total.length} (ms: ${breakdown})`,
+        result: summary(total, 0, 'ms'),
         target: '—',
         ratio: '',
       },
@@ -148,7 +150,7 @@ async function noop(o: BenchOptions): Promise<Row[]> {
       {
         benchmark: 'no-op rebuild, 20 layers all cached',
         what: `wall of \`vmlb build --json\` (CLI start-up included), ${times(reps)} (engine's own \`done.seconds\` ${secs(median(engine))}; \`vmlb --version\` ${secs(median(startup) / 1000)})`,
-        result: secs(median(walls) / 1000),
+        result: summary(walls.map((w) => w / 1000), 2, 's'),
         target: '≤ 0.5 s',
         ratio: '',
       },
@@ -183,8 +185,14 @@ async function incremental(o: BenchOptions): Promise<Row[]> {
     const i = median(incr);
     const title = `incremental, ${n} layers (base cached)`;
     return [
-      { benchmark: title, what: `wall of \`vmlb build\`, all ${n} layers from nothing; ${times(reps)}`, result: secs(f / 1000), target: '—', ratio: '' },
-      { benchmark: title, what: `wall of \`vmlb build\`, only the last layer's script changed; ${times(reps)}`, result: secs(i / 1000), target: '—', ratio: `${ratio(i, f)} all ${n}` },
+      {
+        benchmark: title,
+        what: `wall of \`vmlb build\`, only the last layer's script changed; ${times(reps)}`,
+        result: summary(incr.map((x) => x / 1000), 2, 's'),
+        target: '—',
+        ratio: `${ratio(i, f)} all ${n}`,
+      },
+      { benchmark: title, what: `wall of \`vmlb build\`, all ${n} layers from nothing; ${times(reps)}`, result: summary(full.map((x) => x / 1000), 2, 's'), target: '—', ratio: '' },
     ];
   });
 }
@@ -213,15 +221,24 @@ async function hitSize(o: BenchOptions): Promise<Row[]> {
     const smallMs: number[] = [];
     for (let r = 0; r < reps; r++) {
       progress(`hit-size: cached rebuilds ${r + 1}/${reps}`);
-      bigMs.push((await build(sb, big, 0)).ms);
-      smallMs.push((await build(sb, small, 0)).ms);
+      // Alternating which goes first, so that neither always follows the other.
+      for (const which of r % 2 ? ['small', 'big'] : ['big', 'small']) {
+        if (which === 'big') bigMs.push((await build(sb, big, 0)).ms);
+        else smallMs.push((await build(sb, small, 0)).ms);
+      }
     }
     const b = median(bigMs);
     const s = median(smallMs);
     const title = 'hit on a 1 GiB layer vs a 10 MiB layer';
     return [
-      { benchmark: title, what: `wall of the cached rebuild (\`vmlb build\`, all hits) of base + a 1 GiB layer; ${times(reps)}`, result: secs(b / 1000), target: 'same as 10 MiB (no copy)', ratio: `${ratio(b, s)} 10 MiB` },
-      { benchmark: title, what: `the same, base + a 10 MiB layer; ${times(reps)}`, result: secs(s / 1000), target: '—', ratio: '' },
+      {
+        benchmark: title,
+        what: `wall of the cached rebuild (\`vmlb build\`, all hits) of base + a 1 GiB layer; ${times(reps)}`,
+        result: summary(bigMs.map((x) => x / 1000), 2, 's'),
+        target: 'same as 10 MiB (no copy)',
+        ratio: `${ratio(b, s)} 10 MiB`,
+      },
+      { benchmark: title, what: `the same, base + a 10 MiB layer; ${times(reps)}`, result: summary(smallMs.map((x) => x / 1000), 2, 's'), target: '—', ratio: '' },
     ];
   });
 }
@@ -230,7 +247,9 @@ async function hitSize(o: BenchOptions): Promise<Row[]> {
 // 5. --flatten vs a bare qemu-img convert of the same chain
 
 async function flatten(o: BenchOptions): Promise<Row[]> {
-  const reps = o.quick ? 1 : 2;
+  // Twice each at least; a full run takes four, since a 1 GiB write into the page cache
+  // varies by a factor of two from one run to the next here.
+  const reps = o.quick ? 2 : 4;
   return withSandbox('flatten', async (sb) => {
     const project = await writeProject(path.join(sb.dir, 'project'), dataProject(1024));
     progress('flatten: building base + a 1 GiB layer (not measured)');
@@ -241,16 +260,21 @@ async function flatten(o: BenchOptions): Promise<Row[]> {
     const vmlbMs: number[] = [];
     const engineFlatten: number[] = [];
     const convertMs: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      progress(`flatten: vmlb build --flatten, then qemu-img convert (${r + 1}/${reps})`);
+    const viaVmlb = async () => {
       await rm(x, { force: true });
       await sync();
       const v = await build(sb, project, 0, ['--flatten', '-o', x]);
       vmlbMs.push(v.ms);
       engineFlatten.push(eventsOf(v, 'output')[0]?.seconds as number);
+    };
+    const viaConvert = async () => {
       await rm(y, { force: true });
       await sync();
       convertMs.push((await run(['qemu-img', 'convert', '-O', 'qcow2', top, y])).ms);
+    };
+    for (let r = 0; r < reps; r++) {
+      progress(`flatten: vmlb build --flatten and qemu-img convert, alternating (${r + 1}/${reps})`);
+      for (const f of r % 2 ? [viaConvert, viaVmlb] : [viaVmlb, viaConvert]) await f();
     }
     await rm(x, { force: true });
     await rm(y, { force: true });
@@ -260,12 +284,18 @@ async function flatten(o: BenchOptions): Promise<Row[]> {
     return [
       {
         benchmark: title,
-        what: `wall of \`vmlb build --flatten -o X\`, all cached (CLI start-up included; the engine's \`output.seconds\` ${secs(median(engineFlatten))}); ${times(reps)}`,
-        result: secs(v / 1000),
+        what: `wall of \`vmlb build --flatten -o X\`, all cached, CLI start-up included (the engine's own \`output.seconds\` ${secs(median(engineFlatten))}); ${times(reps)}, alternating with the convert, \`sync\` before each`,
+        result: summary(vmlbMs.map((t) => t / 1000), 2, 's'),
         target: '≤ 1.1× convert',
         ratio: `${ratio(v, c)} convert`,
       },
-      { benchmark: title, what: `wall of \`qemu-img convert -O qcow2 TOP Y\` of the chain's top blob in the store; ${times(reps)}`, result: secs(c / 1000), target: '—', ratio: '' },
+      {
+        benchmark: title,
+        what: `wall of \`qemu-img convert -O qcow2 TOP Y\` of the chain's top blob in the store; ${times(reps)}`,
+        result: summary(convertMs.map((t) => t / 1000), 2, 's'),
+        target: '—',
+        ratio: '',
+      },
     ];
   });
 }
@@ -315,36 +345,49 @@ async function write(o: BenchOptions): Promise<Row[]> {
     progress('write: building the base (not measured)');
     await build(sb, project, 1);
     const work = path.join(sb.dir, 'plain');
-    await run(['mkdir', '-p', work]);
+    await mkdir(work, { recursive: true });
     const layerSecs: number[] = [];
     const layerTotal: number[] = [];
     const plainSecs: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      checkInterrupted();
-      progress(`write: ${WRITE_MIB} MiB in a build-layer, then on a plain loop device (${r + 1}/${reps})`);
+    const inLayer = async (r: number) => {
+      // A new comment each time: a new key, so the layer is built again.
       await writeLayer(project, writeName, { kind: 'build-layer', script: writeLayerScript(`rep ${r}`) });
       await sync();
       const b = await build(sb, project, 1);
       layerSecs.push(stampedSeconds(layerLog(b, writeName)));
       layerTotal.push(eventsOf(b, 'layer-done')[0]?.seconds as number);
+    };
+    const onPlainLoop = async () => {
+      // loop-write.sh syncs before its dd.
       const p = await run(['bash', path.join(BENCH_DIR, 'loop-write.sh'), work, '2G', String(WRITE_MIB)]);
       plainSecs.push(stampedSeconds(p.stdout));
+    };
+    for (let r = 0; r < reps; r++) {
+      progress(`write: ${WRITE_MIB} MiB in a build-layer and on a plain loop device, alternating (${r + 1}/${reps})`);
+      if (r % 2) {
+        await onPlainLoop();
+        await inLayer(r);
+      } else {
+        await inLayer(r);
+        await onPlainLoop();
+      }
     }
-    const inLayer = MB / median(layerSecs);
-    const plain = MB / median(plainSecs);
+    const rate = (xs: number[]) => xs.map((t) => MB / t);
+    const layerRate = MB / median(layerSecs);
+    const plainRate = MB / median(plainSecs);
     const title = `write ${WRITE_MIB} MiB (dd conv=fsync)`;
     return [
       {
         benchmark: title,
-        what: `inside a build-layer (ext4 on loop on the FUSE export of the qcow2 overlay), timed by the script's own stamps around dd; ${times(reps)} (dd ${secs(median(layerSecs))}; whole layer ${secs(median(layerTotal))})`,
-        result: `${inLayer.toFixed(0)} MB/s`,
+        what: `inside a build-layer (ext4 on a loop device on the FUSE export of the qcow2 overlay), timed by the script's own stamps around dd; ${times(reps)} (dd ${secs(median(layerSecs))}; the whole layer ${secs(median(layerTotal))})`,
+        result: summary(rate(layerSecs), 0, 'MB/s'),
         target: '—',
-        ratio: `${ratio(inLayer, plain)} plain loop`,
+        ratio: `${ratio(layerRate, plainRate)} plain loop`,
       },
       {
         benchmark: title,
-        what: `the same dd onto ext4 on a plain loop device over a sparse raw file; ${times(reps)} (dd ${secs(median(plainSecs))})`,
-        result: `${plain.toFixed(0)} MB/s`,
+        what: `the same dd onto ext4 on a plain loop device over a sparse raw file (bench/loop-write.sh); ${times(reps)} (dd ${secs(median(plainSecs))})`,
+        result: summary(rate(plainSecs), 0, 'MB/s'),
         target: '—',
         ratio: '',
       },

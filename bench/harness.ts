@@ -268,23 +268,22 @@ export async function withSandbox<T>(name: string, fn: (sb: Sandbox) => Promise<
   try {
     return await fn(sb);
   } finally {
-    {
-      const found = await leftovers(sb, anonymousBefore);
-      if (found.length > 0) {
-        progress(`${name}: LEFT ATTACHED:\n  ${found.map((f) => f.text).join('\n  ')}`);
-        warnings.push({
-          benchmark: `⚠ ${name}: left attached`,
-          what: 'loop devices, mounts or processes naming the temp dir after the benchmark',
-          result: found.map((f) => f.text).join('; '),
-          target: 'nothing',
-          ratio: '',
-        });
-        await release(found);
-      }
-      await rm(dir, { recursive: true, force: true }).catch((e: unknown) => {
-        progress(`${name}: could not remove ${dir}: ${(e as Error).message}`);
+    // Runs after an interrupt too (run(..., { always: true }) inside).
+    const found = await leftovers(sb, anonymousBefore);
+    if (found.length > 0) {
+      progress(`${name}: LEFT ATTACHED:\n  ${found.map((f) => f.text).join('\n  ')}`);
+      warnings.push({
+        benchmark: `⚠ ${name}: left attached`,
+        what: 'loop devices, mounts or processes naming the temp dir (or new loop devices on "/") after the benchmark',
+        result: found.map((f) => f.text).join('; '),
+        target: 'nothing',
+        ratio: '',
       });
+      await release(found);
     }
+    await rm(dir, { recursive: true, force: true }).catch((e: unknown) => {
+      progress(`${name}: could not remove ${dir}: ${(e as Error).message}`);
+    });
   }
 }
 
@@ -414,16 +413,22 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-export function ms(x: number): string {
-  return `${x.toFixed(0)} ms`;
-}
-
 export function secs(x: number): string {
   return x < 10 ? `${x.toFixed(2)} s` : `${x.toFixed(1)} s`;
 }
 
 export function ratio(a: number, b: number): string {
   return `${(a / b).toFixed(2)}×`;
+}
+
+/**
+ * The median with its unit, and the range when there is more than one value:
+ * summary([0.51, 0.49, 0.55], 2, 's') → "0.51 s (0.49–0.55)".
+ */
+export function summary(xs: number[], digits: number, unit: string): string {
+  const f = (x: number) => x.toFixed(digits);
+  const m = `${f(median(xs))} ${unit}`;
+  return xs.length < 2 ? m : `${m} (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
 }
 
 /** "n=5" etc. for the what-is-measured column. */

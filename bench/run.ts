@@ -59,7 +59,7 @@ function table(rows: Row[]): string {
   return lines.join('\n');
 }
 
-async function context(opts: { quick: boolean; only: string[] | null }, seconds: number): Promise<string> {
+async function context(opts: { quick: boolean; only: string[] | null }, seconds: number, loadBefore: number): Promise<string> {
   const line = async (argv: string[]) => (await run(argv, { check: false })).stdout.split('\n')[0]?.trim() ?? '';
   const commit = await line(['git', '-C', REPO, 'rev-parse', '--short', 'HEAD']);
   const dirty = (await run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'], { check: false })).stdout.trim() !== '';
@@ -71,6 +71,7 @@ async function context(opts: { quick: boolean; only: string[] | null }, seconds:
     `commit ${commit || '?'}${dirty ? ' with uncommitted changes' : ''}`,
     `${cpus.length} × ${cpus[0]?.model.trim() ?? 'CPU'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB`,
     `node ${process.version}, qemu ${qemu}, backend ${backend}`,
+    `load average ${loadBefore.toFixed(2)} before, ${os.loadavg()[0]!.toFixed(2)} after`,
     `${opts.quick ? '--quick' : 'full'} run${opts.only ? ` of ${opts.only.join(', ')}` : ''} in ${Math.round(seconds)} s`,
     '`npm run bench`',
   ].join(' · ');
@@ -81,6 +82,10 @@ async function main(): Promise<number> {
   if (process.getuid?.() !== 0) usageError('vmlb attaches disks (loop devices, FUSE, mounts): run the benchmarks as root');
   if (!existsSync(path.join(REPO, 'apps/cli/dist/main.js'))) usageError(`${VMLB} is not built: run it through scripts/bench.sh`);
   installSignalHandlers();
+
+  // Other builds or test runs on the machine move every number here: say so.
+  const loadBefore = os.loadavg()[0]!;
+  if (loadBefore > 0.5) progress(`the machine is busy (load average ${loadBefore.toFixed(2)}): the numbers will be noisy`);
 
   const selected = BENCHMARKS.filter((b) => !opts.only || opts.only.includes(b.name));
   const rows: Row[] = [];
@@ -106,12 +111,12 @@ async function main(): Promise<number> {
 
   const out = table(rows);
   if (interrupted()) {
-    progress('interrupted: bench/results.md left as it was; what was measured so far:');
-    process.stdout.write(out + '\n');
+    progress('interrupted: bench/results.md left as it was');
+    if (rows.length) process.stdout.write(out + '\n');
     return 130;
   }
   process.stdout.write(out + '\n');
-  const ctx = await context(opts, (performance.now() - started) / 1000);
+  const ctx = await context(opts, (performance.now() - started) / 1000, loadBefore);
   await writeFile(path.join(BENCH_DIR, 'results.md'), `${out}\n\n${ctx}\n`);
   progress(`wrote ${path.relative(process.cwd(), path.join(BENCH_DIR, 'results.md'))}`);
   return failed ? 1 : 0;

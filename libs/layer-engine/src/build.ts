@@ -10,7 +10,7 @@ import { diffInputs } from './input-diff.js';
 import { buildLayer } from './layer-builder.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
-import { convert, createOverlay } from './qemu-img.js';
+import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
 import type { ImageProject } from './types.js';
 
 /** The local store's size cap when none is given: 20 GiB. */
@@ -195,6 +195,9 @@ async function writeOutput(
   try {
     if (o.flatten) {
       await convert(store.blobPath(top), tmp, { compat: o.compat, signal: o.signal });
+    } else if (await isPristineOverlayOn(output, store.blobPath(top))) {
+      // Already what this build would write (a no-op rebuild): keep it, saving a qemu-img.
+      return (await stat(output)).size;
     } else {
       await createOverlay(tmp, store.blobPath(top), { signal: o.signal });
     }

@@ -1,4 +1,4 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { open, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exec } from './exec.js';
 
@@ -130,4 +130,37 @@ async function loadTemplate(dir: string, virtualSize: number, signal?: AbortSign
     throw new Error(`${file} is not an overlay template this engine made; remove it`);
   }
   return bytes;
+}
+
+/**
+ * True when `file` is a qcow2 overlay on exactly `backing` with nothing written to it: no
+ * data cluster mapped (an all-zero L1 table) and no dirty or corrupt flag. Such an output
+ * can be kept as it is by a rebuild that ends on the same layer; anything else (a user
+ * booted it, another chain, another format) is not, and gets rewritten.
+ */
+export async function isPristineOverlayOn(file: string, backing: string): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(file, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    const head = Buffer.alloc(4096);
+    await fh.read(head, 0, head.length, 0);
+    if (head.readUInt32BE(0) !== 0x514649fb || head.readUInt32BE(4) < 3) return false;
+    const nameOffset = Number(head.readBigUInt64BE(8));
+    const nameLength = head.readUInt32BE(16);
+    if (nameOffset + nameLength > head.length || head.toString('utf8', nameOffset, nameOffset + nameLength) !== backing) return false;
+    if (head.readBigUInt64BE(72) !== 0n) return false; // incompatible features: dirty, corrupt, …
+    const l1Size = head.readUInt32BE(36);
+    const l1Offset = Number(head.readBigUInt64BE(40));
+    if (l1Size > 1 << 20) return false;
+    const l1 = Buffer.alloc(l1Size * 8);
+    await fh.read(l1, 0, l1.length, l1Offset);
+    for (let i = 0; i < l1.length; i += 8) if (l1.readBigUInt64BE(i) !== 0n) return false;
+    return true;
+  } finally {
+    await fh.close();
+  }
 }

@@ -1,4 +1,5 @@
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -7,8 +8,18 @@ import { exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
 
-/** The engine's own helper scripts (vmlb-run-layer, vmlb-partition). */
-export const ENGINE_BIN_DIR = fileURLToPath(new URL('../bin/', import.meta.url));
+/**
+ * The engine's own helper scripts (vmlb-run-layer, vmlb-partition): `bin/` beside `src/` or
+ * `dist/`; from a bundle (the CLI is bundled for a fast start) found through the package.
+ */
+export const ENGINE_BIN_DIR = findBinDir();
+
+function findBinDir(): string {
+  const beside = fileURLToPath(new URL('../bin/', import.meta.url));
+  if (existsSync(path.join(beside, 'vmlb-run-layer'))) return beside;
+  const pkg = createRequire(import.meta.url).resolve('@vmlb/layer-engine/package.json');
+  return path.join(path.dirname(pkg), 'bin') + path.sep;
+}
 
 /** A mount(8) source and its options, e.g. an export file with `loop,offset=…,sizelimit=…`. */
 export interface MountSource {
