@@ -93,6 +93,8 @@ export interface RunOptions {
   check?: boolean;
   /** Run even after an interrupt (the leftover checks and the cleanup). @default false */
   always?: boolean;
+  /** How to name the command in an error. @default the argv */
+  label?: string;
 }
 
 export class CommandFailed extends Error {}
@@ -143,7 +145,7 @@ export async function run(argv: string[], opts: RunOptions = {}): Promise<RunRes
   if ((opts.check ?? true) && r.code !== 0) {
     const how = r.code === null ? `was killed by ${r.signal}` : `exited with status ${r.code}`;
     const detail = lastLines(r.stderr || r.stdout, 15);
-    throw new CommandFailed(`${argv.join(' ')} ${how}${detail ? `:\n${detail}` : ''}`);
+    throw new CommandFailed(`${opts.label ?? argv.join(' ')} ${how}${detail ? `:\n${detail}` : ''}`);
   }
   return r;
 }
@@ -354,6 +356,7 @@ export async function vmlb(sb: Sandbox, args: string[]): Promise<VmlbRun> {
   const r = await run([process.execPath, VMLB, ...args], {
     env: { ...process.env, ...sb.env, CI: '1' },
     stopSignal: 'SIGINT',
+    label: `vmlb ${args.join(' ')}`,
   });
   const events = r.stdout
     .split('\n')

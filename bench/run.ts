@@ -10,7 +10,7 @@
  * (passed to vmlb like any other variable).
  */
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BENCHMARKS } from './benchmarks.js';
@@ -77,10 +77,29 @@ async function context(opts: { quick: boolean; only: string[] | null }, seconds:
   ].join(' · ');
 }
 
+/**
+ * The module bin/vmlb.js loads must be newer than the engine's compiled files, or the
+ * benchmarks time an older CLI (it is a bundle that includes the engine).
+ */
+async function staleCli(): Promise<string | null> {
+  const bin = await readFile(VMLB, 'utf8');
+  const target = /import\s+['"]([^'"]+)['"]/.exec(bin)?.[1];
+  if (!target) return null;
+  const entry = path.resolve(path.dirname(VMLB), target);
+  if (!existsSync(entry)) return `${entry} (what ${VMLB} loads) does not exist: run the benchmarks through scripts/bench.sh`;
+  const engineDist = path.join(REPO, 'libs/layer-engine/dist');
+  const files = (await readdir(engineDist)).filter((f) => f.endsWith('.js')).map((f) => path.join(engineDist, f));
+  const newest = Math.max(...(await Promise.all(files.map(async (f) => (await stat(f)).mtimeMs))));
+  return (await stat(entry)).mtimeMs + 1000 < newest
+    ? `${path.relative(REPO, entry)} is older than libs/layer-engine/dist: the CLI may not include the engine as built; run the benchmarks through scripts/bench.sh`
+    : null;
+}
+
 async function main(): Promise<number> {
   const opts = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) usageError('vmlb attaches disks (loop devices, FUSE, mounts): run the benchmarks as root');
-  if (!existsSync(path.join(REPO, 'apps/cli/dist/main.js'))) usageError(`${VMLB} is not built: run it through scripts/bench.sh`);
+  const stale = await staleCli();
+  if (stale) progress(`warning: ${stale}`);
   installSignalHandlers();
 
   // Other builds or test runs on the machine move every number here: say so.
@@ -103,7 +122,8 @@ async function main(): Promise<number> {
         failed++;
         const msg = (e as Error).message;
         progress(`── ${b.name}: FAILED: ${msg}`);
-        rows.push({ benchmark: `✗ ${b.name}`, what: b.title, result: `failed: ${msg.split('\n')[0]}`, target: '', ratio: '' });
+        const oneLine = msg.replace(/\s*\n\s*/g, ' ');
+        rows.push({ benchmark: `✗ ${b.name}`, what: b.title, result: `failed: ${oneLine.length > 400 ? oneLine.slice(0, 400) + '…' : oneLine}`, target: '', ratio: '' });
       }
     }
     rows.push(...warnings.splice(0));

@@ -122,6 +122,16 @@ export function cachedNames(run: VmlbRun): string[] {
  * qemu-storage-daemon / qemu-nbd processes or scripts whose command line names it.
  */
 export async function leftovers(sb: Sandbox): Promise<string[]> {
+  // The kernel auto-clears mount's loop devices asynchronously: give a moment to those.
+  for (let i = 0; i < 20; i++) {
+    const found = await leftoversNow(sb);
+    if (found.length === 0) return found;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return leftoversNow(sb);
+}
+
+async function leftoversNow(sb: Sandbox): Promise<string[]> {
   const found: string[] = [];
   const loops = await execa('losetup', ['--json', '--list'], { reject: false });
   if (loops.stdout) {
@@ -153,6 +163,7 @@ export async function sha256sum(file: string): Promise<string> {
  */
 export async function readImageFiles(sb: Sandbox, image: string, partition: number, files: string[]): Promise<Record<string, string>> {
   const { fuseBackend } = await import('../../libs/layer-engine/src/attach-fuse.js');
+  const { FuseDaemon } = await import('../../libs/layer-engine/src/fuse-daemon.js');
   const scratch = path.join(sb.dir, `inspect-${process.pid}-${Date.now()}.qcow2`);
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.resolve(image), '-F', 'qcow2', scratch]);
   const prev = process.env.VMLB_RUN_DIR;
@@ -171,6 +182,7 @@ export async function readImageFiles(sb: Sandbox, image: string, partition: numb
     return out;
   } finally {
     await disk.release();
+    await FuseDaemon.shutdown();
     if (prev === undefined) delete process.env.VMLB_RUN_DIR;
     else process.env.VMLB_RUN_DIR = prev;
     await rm(scratch, { force: true });

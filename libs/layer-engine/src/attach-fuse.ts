@@ -1,12 +1,12 @@
 /**
  * The fuse backend: qemu-storage-daemon exports the qcow2 image as a raw file over FUSE, and
  * loop devices over that file (with a partition's offset and size) give block devices. Needs
- * no kernel module beyond fuse and loop.
+ * no kernel module beyond fuse and loop. One daemon serves every disk of the engine process
+ * (fuse-daemon.ts); each attach adds an export to it and each release removes it.
  */
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ResultPromise } from 'execa';
 import {
   AttachRecord,
   commandOnPath,
@@ -17,22 +17,15 @@ import {
   loopsOn,
   newAttachId,
   pathExists,
-  processIdentity,
-  qemuOptValue,
   unmountFuse,
 } from './attach-state.js';
+import { FuseDaemon } from './fuse-daemon.js';
 import type { AttachedDisk, AttachOptions, DiskBackend } from './disk-backend.js';
 import { AbortedError, VmlbError, tail } from './errors.js';
-import { exec, spawnChild } from './exec.js';
+import { exec } from './exec.js';
 import { readPartitionTable } from './partition-table.js';
 import type { PartitionTable } from './types.js';
 
-/** How long the daemon may take to set up its export. */
-const READY_TIMEOUT_MS = 10_000;
-/** The pid file appears once the export is mounted; it usually takes ~15 ms. */
-const READY_POLL_MS = 2;
-/** SIGTERM → SIGKILL grace for the daemon. */
-const STOP_GRACE_MS = 3000;
 /** How long a loop device still held open may take to detach (udev probes new ones). */
 const LOOP_BUSY_WAIT_MS = 1000;
 
@@ -65,7 +58,6 @@ class FuseDisk implements AttachedDisk {
   readonly helperEnv: Record<string, string>;
   private readonly id: string;
   private readonly exportFile: string;
-  private readonly pidFile: string;
   /** Where vmlb-partition logs the loop devices it makes (see loopsOn). */
   private readonly loopLog: string;
   private readonly purpose: string;
@@ -73,10 +65,9 @@ class FuseDisk implements AttachedDisk {
   /** Set once attach() has succeeded. */
   private attached = false;
   private record: AttachRecord | undefined;
-  private daemon: ResultPromise | undefined;
-  private daemonDone: Promise<unknown> | undefined;
-  private daemonExited = false;
-  private daemonStderr = '';
+  private daemon: FuseDaemon | undefined;
+  /** The daemon's name for this disk's blockdev and export. */
+  private exportName: string | undefined;
   private whole: Promise<string> | undefined;
   private readonly ranges = new Map<string, Promise<string>>();
   /** Loop devices being created: release waits for them, so none is made behind its back. */
@@ -89,7 +80,6 @@ class FuseDisk implements AttachedDisk {
     this.purpose = purpose;
     this.id = newAttachId('fuse');
     this.exportFile = join(fuseDir(), `${this.id}.raw`);
-    this.pidFile = join(fuseDir(), `${this.id}.pid`);
     this.loopLog = loopLogFor(this.exportFile);
     this.helperEnv = { VMLB_DISK_BACKEND: 'fuse', VMLB_DISK_FILE: this.exportFile, VMLB_DISK_LOOP_LOG: this.loopLog };
   }
@@ -126,75 +116,25 @@ class FuseDisk implements AttachedDisk {
       purpose: this.purpose,
       items: [
         { kind: 'file', path: this.exportFile },
-        { kind: 'file', path: this.pidFile },
         { kind: 'file', path: this.loopLog },
       ],
     });
     // FUSE mounts over a regular file: the export is the file itself.
     await writeFile(this.exportFile, '', { flag: 'wx', mode: 0o600 });
-    await this.startDaemon();
-    await this.waitUntilReady(checkAbort);
+    this.daemon = await FuseDaemon.shared();
+    checkAbort();
+    try {
+      this.exportName = await this.daemon.addExport(this.image, this.exportFile);
+    } catch (e) {
+      throw attachError(this.image, `${(e as Error).message}${await this.stderrTail()}`);
+    }
     await this.record.add({ kind: 'fuse-mount', path: this.exportFile });
     this.diskSize = (await stat(this.exportFile)).size;
     this.attached = true;
   }
 
-  private async startDaemon(): Promise<void> {
-    const blockdev = [
-      'driver=qcow2',
-      'node-name=disk',
-      'file.driver=file',
-      `file.filename=${qemuOptValue(this.image)}`,
-      'file.aio=threads',
-      'cache.direct=off',
-    ].join(',');
-    const exportOpt = ['type=fuse', 'id=exp', 'node-name=disk', `mountpoint=${qemuOptValue(this.exportFile)}`, 'writable=on'].join(',');
-    // A child we await, not --daemonize: a daemonized one is reaped by this host's init only
-    // after a second or more. setpriv's parent-death signal stops it if the engine is
-    // SIGKILLed (the parent is the thread that spawned it: Node's main thread here).
-    const child = spawnChild(
-      ['setpriv', '--pdeathsig', 'KILL', '--', 'qemu-storage-daemon', '--blockdev', blockdev, '--export', exportOpt, '--pidfile', this.pidFile],
-      { stdout: 'ignore', stderr: 'pipe' },
-    );
-    this.daemon = child;
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (chunk: string) => {
-      this.daemonStderr = (this.daemonStderr + chunk).slice(-8192);
-    });
-    this.daemonDone = child.then(
-      (r) => r,
-      (e: unknown) => e,
-    );
-    void this.daemonDone.then(() => {
-      this.daemonExited = true;
-    });
-    const pid = child.pid;
-    const id = pid === undefined ? null : await processIdentity(pid);
-    if (!id) {
-      await this.daemonDone;
-      throw attachError(this.image, `qemu-storage-daemon exited before its FUSE export was ready${this.stderrTail()}`);
-    }
-    await this.record!.add({ kind: 'daemon', pid: id.pid, startTime: id.startTime, exportFile: this.exportFile });
-  }
-
-  /** The daemon writes its pid file once its exports are set up. */
-  private async waitUntilReady(checkAbort: () => void): Promise<void> {
-    const deadline = performance.now() + READY_TIMEOUT_MS;
-    while (!(await pathExists(this.pidFile))) {
-      if (this.daemonExited) {
-        await this.daemonDone;
-        throw attachError(this.image, `qemu-storage-daemon exited before its FUSE export was ready${this.stderrTail()}`);
-      }
-      checkAbort();
-      if (performance.now() > deadline) {
-        throw attachError(this.image, `qemu-storage-daemon did not set up its FUSE export within ${READY_TIMEOUT_MS / 1000} s${this.stderrTail()}`);
-      }
-      await sleep(READY_POLL_MS);
-    }
-  }
-
-  private stderrTail(): string {
-    const t = tail(this.daemonStderr, 10).trim();
+  private async stderrTail(): Promise<string> {
+    const t = (await this.daemon?.stderrTail()) ?? '';
     return t ? `:\n${t}` : '';
   }
 
@@ -285,16 +225,14 @@ class FuseDisk implements AttachedDisk {
     await step(() => this.detachLoops());
     this.whole = undefined;
     this.ranges.clear();
-    // On SIGTERM the daemon unmounts its export itself (measured: 5 ms, against 12 ms for a
-    // `umount` subprocess from Node) and the export is FOPEN_DIRECT_IO, so no page cache of
-    // it needs flushing first. A daemon that died or needed SIGKILL leaves a stale mount:
-    // that one is unmounted after it.
-    await step(() => this.stopDaemon());
+    // Removing the export unmounts it (the daemon does, without a umount process) and
+    // closing its blockdev flushes the image. A daemon that died leaves a stale mount: that
+    // one is unmounted after it.
+    await step(() => this.removeExport());
     await step(async () => {
       if (await isFuseMount(this.exportFile)) await unmountFuse(this.exportFile);
     });
     await step(async () => {
-      await rm(this.pidFile, { force: true });
       await rm(this.loopLog, { force: true });
       await rm(this.exportFile, { force: true });
     });
@@ -325,31 +263,14 @@ class FuseDisk implements AttachedDisk {
     }
   }
 
-  private async stopDaemon(): Promise<void> {
-    const child = this.daemon;
-    if (!child || !this.daemonDone) return;
-    const diedWhileAttached = this.daemonExited && this.attached;
-    if (!this.daemonExited) {
-      child.kill('SIGTERM');
-      const timer = new AbortController();
-      const stopped = await Promise.race([
-        this.daemonDone.then(() => true),
-        sleep(STOP_GRACE_MS, false, { signal: timer.signal }).catch(() => false),
-      ]);
-      timer.abort();
-      if (!stopped) {
-        child.kill('SIGKILL');
-        await this.daemonDone;
-      }
-    }
-    this.daemon = undefined;
-    if (diedWhileAttached) {
+  private async removeExport(): Promise<void> {
+    const { daemon, exportName } = this;
+    if (!daemon || !exportName) return;
+    this.exportName = undefined;
+    if (!daemon.isAlive && this.attached) {
       // Writes after it died failed: the image may lack them.
-      const r = (await this.daemonDone) as { exitCode?: number; signal?: string };
-      throw new VmlbError(
-        'DISK_DAEMON_DIED',
-        `qemu-storage-daemon for ${this.image} exited while the disk was attached (${r.signal ?? `status ${r.exitCode}`})${this.stderrTail()}`,
-      );
+      throw new VmlbError('DISK_DAEMON_DIED', `qemu-storage-daemon exited while ${this.image} was attached${await this.stderrTail()}`);
     }
+    await daemon.removeExport(exportName);
   }
 }

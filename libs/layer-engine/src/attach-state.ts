@@ -132,6 +132,9 @@ function storageDaemonExport(argv: string[]): string | null {
   for (const arg of argv) {
     const m = /(?:^|,)mountpoint=((?:[^,]|,,)*)/.exec(arg);
     if (m && /(?:^|,)type=fuse(?:,|$)/.test(arg)) return m[1]!.replaceAll(',,', ',');
+    // The engine's shared daemon (fuse-daemon.ts) is named by its QMP socket instead.
+    const q = /^socket,id=qmp,path=((?:[^,]|,,)*)/.exec(arg);
+    if (q) return q[1]!.replaceAll(',,', ',');
   }
   return null;
 }
@@ -485,6 +488,8 @@ export class AttachRecord {
 export interface SweepReport {
   /** Records of dead owners that were handled (and deleted unless something failed). */
   records: number;
+  /** The dead owners (killed runs) those records belonged to. */
+  owners: number;
   loops: number;
   mounts: number;
   daemons: number;
@@ -507,7 +512,8 @@ export function describeSweep(r: SweepReport): string | null {
   n(r.files, 'leftover file');
   if (parts.length === 0 && r.records === 0 && r.errors.length === 0) return null;
   const what = parts.length > 0 ? parts.join(', ') : 'nothing';
-  const from = r.records > 0 ? ` left by ${r.records} killed run${r.records === 1 ? '' : 's'}` : '';
+  const runs = r.owners || r.records;
+  const from = runs > 0 ? ` left by ${runs} killed run${runs === 1 ? '' : 's'}` : '';
   const failed = r.errors.length > 0 ? `; could not release: ${r.errors.join('; ')}` : '';
   return `released ${what}${from}${failed}`;
 }
@@ -524,7 +530,8 @@ const TEMP = /\.tmp-(\d+)-[0-9a-f]+$/;
  * release that fails: it is reported in `errors` and its record kept for the next sweep.
  */
 export async function sweep(): Promise<SweepReport> {
-  const report: SweepReport = { records: 0, loops: 0, mounts: 0, daemons: 0, nbdDevices: 0, files: 0, errors: [] };
+  const owners = new Set<string>();
+  const report: SweepReport = { records: 0, owners: 0, loops: 0, mounts: 0, daemons: 0, nbdDevices: 0, files: 0, errors: [] };
   const dir = attachStateDir();
   for (const name of await listDir(dir)) {
     const path = join(dir, name);
@@ -556,6 +563,11 @@ export async function sweep(): Promise<SweepReport> {
       throw e;
     }
     report.records++;
+    const owner = `${data.owner.pid}:${data.owner.startTime}`;
+    if (!owners.has(owner)) {
+      owners.add(owner);
+      report.owners++;
+    }
     const failures = await releaseRecord(data, report);
     if (failures.length === 0) {
       await rm(claimed, { force: true });

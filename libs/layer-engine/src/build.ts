@@ -5,6 +5,7 @@ import { AbortedError, VmlbError } from './errors.js';
 import type { BuildEvent, BuildEventSink, PlannedLayer } from './events.js';
 import { describeSweep, sweep } from './attach-state.js';
 import { chooseBackend } from './backends.js';
+import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
 import { diffInputs } from './input-diff.js';
 import { buildLayer } from './layer-builder.js';
@@ -123,6 +124,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const code = err instanceof VmlbError ? err.code : 'INTERNAL';
     emit({ type: 'failed', at: Date.now(), message: (err as Error).message, code, seconds: (performance.now() - started) / 1000 });
     throw err;
+  } finally {
+    // The disks of this build are all released; the daemon that served them goes too.
+    await FuseDaemon.shutdown();
   }
 }
 

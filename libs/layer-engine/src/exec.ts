@@ -72,7 +72,9 @@ export async function exec(argv: string[], opts: ExecOptions = {}): Promise<Exec
  * The child gets its own process group, so a Ctrl-C at the terminal reaches only the engine,
  * which then stops its children in the right order (unmount before the daemon dies).
  */
-export function spawnChild(argv: string[], opts: ExecOptions & { stdout?: 'pipe' | 'ignore'; stderr?: 'pipe' | 'ignore' } = {}): ResultPromise {
+type ChildOutput = 'pipe' | 'ignore' | { file: string };
+
+export function spawnChild(argv: string[], opts: ExecOptions & { stdout?: ChildOutput; stderr?: ChildOutput } = {}): ResultPromise {
   const [file, ...args] = argv;
   if (!file) throw new TypeError('spawnChild: empty argv');
   debug(`spawn ${argv.join(' ')}`);

@@ -15,3 +15,4 @@ export * from './attach-state.js';
 export * from './backends.js';
 export * from './layer-builder.js';
 export * from './build.js';
+export * from './fuse-daemon.js';

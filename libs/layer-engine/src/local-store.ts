@@ -44,6 +44,13 @@ export interface LayerManifest {
   builtAt: string;
   seconds: number;
   log: string;
+  /**
+   * The blob sha256 of the parent this layer was built on. Set by the shared store when it
+   * uploads a layer: a qcow2 overlay is only valid on the exact parent bytes it was written
+   * over, and two hosts building the same parent key get different bytes (ext4 timestamps,
+   * UUIDs), so a shared layer is used only on top of that parent.
+   */
+  parentSha256?: string;
 }
 
 export interface StorePin {
@@ -145,6 +152,15 @@ export class LocalStore {
       blob: { file: `${key}.qcow2`, sha256, size: st.size },
       log: `${key}.log`,
     };
+    return this.publishComplete(tmpBlob, full, tmpLog);
+  }
+
+  /**
+   * Publish a blob whose manifest is already complete and whose sha256 the caller has
+   * verified against it (a layer pulled from the shared store), under the same rules.
+   */
+  async publishComplete(tmpBlob: string, full: LayerManifest, tmpLog?: string): Promise<LayerManifest> {
+    const { key } = full;
     try {
       await link(tmpBlob, this.blobPath(key));
     } catch (e) {

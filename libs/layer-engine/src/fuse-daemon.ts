@@ -1,0 +1,289 @@
+/**
+ * One qemu-storage-daemon per engine process, driven over QMP: each attached disk is a
+ * blockdev plus a FUSE export added to it (and removed again) in a few milliseconds, instead
+ * of a daemon started and stopped per layer (tens of milliseconds each on a small host).
+ *
+ * The daemon is a child the engine awaits (never --daemonize: this host's init reaps those
+ * slowly), started through setpriv with a parent-death signal so that it dies with the
+ * engine even on SIGKILL, and recorded in the attach state so the start-up sweep can stop one
+ * whose owner is gone. It never keeps the engine's process alive: its process and socket are
+ * unref'd while no command is in flight.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ResultPromise } from 'execa';
+import { AttachRecord, fuseDir, pathExists, processIdentity, qemuOptValue } from './attach-state.js';
+import { VmlbError, tail } from './errors.js';
+import { spawnChild } from './exec.js';
+import { debug } from './debug.js';
+
+const READY_TIMEOUT_MS = 10_000;
+const STOP_GRACE_MS = 3000;
+/** How long a FUSE export may take to go away after block-export-del (it waits for its users). */
+const EXPORT_DELETE_TIMEOUT_MS = 10_000;
+
+interface QmpReply {
+  return?: unknown;
+  error?: { class: string; desc: string };
+  id?: number;
+  event?: string;
+  data?: Record<string, unknown>;
+}
+
+export class FuseDaemon {
+  private static current: Promise<FuseDaemon> | undefined;
+
+  readonly id: string;
+  readonly socketPath: string;
+  private readonly pidFile: string;
+  private readonly logFile: string;
+  private child: ResultPromise | undefined;
+  private exited = false;
+  private done: Promise<unknown> | undefined;
+  private record: AttachRecord | undefined;
+  private socket: net.Socket | undefined;
+  private buffer = '';
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (r: QmpReply) => void; reject: (e: Error) => void }>();
+  private readonly eventWaiters = new Set<(e: QmpReply) => void>();
+  private inflight = 0;
+  private counter = 0;
+
+  private constructor() {
+    this.id = `qsd-${process.pid}-${randomBytes(4).toString('hex')}`;
+    this.socketPath = join(fuseDir(), `${this.id}.sock`);
+    this.pidFile = join(fuseDir(), `${this.id}.pid`);
+    this.logFile = join(fuseDir(), `${this.id}.log`);
+  }
+
+  /** The process's daemon, started on first use (and again if it died). */
+  static shared(): Promise<FuseDaemon> {
+    const existing = FuseDaemon.current;
+    if (existing) {
+      return existing.then((d) => {
+        if (!d.exited) return d;
+        FuseDaemon.current = undefined;
+        return FuseDaemon.shared();
+      });
+    }
+    const started = (async () => {
+      const d = new FuseDaemon();
+      try {
+        await d.start();
+      } catch (e) {
+        await d.stop().catch(() => {});
+        throw e;
+      }
+      return d;
+    })();
+    FuseDaemon.current = started;
+    started.catch(() => {
+      if (FuseDaemon.current === started) FuseDaemon.current = undefined;
+    });
+    return started;
+  }
+
+  /** Stops the process's daemon if there is one (every export must be gone). */
+  static async shutdown(): Promise<void> {
+    const d = FuseDaemon.current;
+    FuseDaemon.current = undefined;
+    if (d) await (await d.catch(() => undefined))?.stop();
+  }
+
+  get isAlive(): boolean {
+    return !this.exited;
+  }
+
+  stderrTail(): Promise<string> {
+    return (async () => {
+      try {
+        const fh = await open(this.logFile, 'r');
+        try {
+          return tail((await fh.readFile('utf8')).trim(), 10);
+        } finally {
+          await fh.close();
+        }
+      } catch {
+        return '';
+      }
+    })();
+  }
+
+  private async start(): Promise<void> {
+    await mkdir(fuseDir(), { recursive: true, mode: 0o700 });
+    this.record = await AttachRecord.create({
+      id: this.id,
+      backend: 'fuse',
+      image: '(shared qemu-storage-daemon)',
+      purpose: 'FUSE exports of this engine process',
+      items: [
+        { kind: 'file', path: this.socketPath },
+        { kind: 'file', path: this.pidFile },
+        { kind: 'file', path: this.logFile },
+      ],
+    });
+    const chardev = `socket,id=qmp,path=${qemuOptValue(this.socketPath)},server=on,wait=off`;
+    const child = spawnChild(
+      ['setpriv', '--pdeathsig', 'KILL', '--', 'qemu-storage-daemon', '--chardev', chardev, '--monitor', 'chardev=qmp', '--pidfile', this.pidFile],
+      // Its stderr goes to a file, not a pipe, which would keep this process alive.
+      { stdout: 'ignore', stderr: { file: this.logFile } },
+    );
+    this.child = child;
+    this.done = child.then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    void this.done.then(() => {
+      this.exited = true;
+      for (const p of this.pending.values()) p.reject(new VmlbError('DISK_DAEMON_DIED', 'qemu-storage-daemon exited'));
+      this.pending.clear();
+    });
+    child.unref();
+    const id = child.pid === undefined ? null : await processIdentity(child.pid);
+    if (!id) throw new VmlbError('DISK_ATTACH_FAILED', 'qemu-storage-daemon exited at once');
+    await this.record.add({ kind: 'daemon', pid: id.pid, startTime: id.startTime, exportFile: this.socketPath });
+    const deadline = performance.now() + READY_TIMEOUT_MS;
+    while (!(await pathExists(this.pidFile))) {
+      if (this.exited) throw new VmlbError('DISK_ATTACH_FAILED', `qemu-storage-daemon exited before it was ready`);
+      if (performance.now() > deadline) throw new VmlbError('DISK_ATTACH_FAILED', `qemu-storage-daemon was not ready within ${READY_TIMEOUT_MS / 1000} s`);
+      await sleep(2);
+    }
+    await this.connect();
+    await this.command('qmp_capabilities');
+  }
+
+  private connect(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const s = net.createConnection(this.socketPath);
+      this.socket = s;
+      let greeted = false;
+      s.setEncoding('utf8');
+      s.on('data', (chunk: string) => {
+        this.buffer += chunk;
+        for (let nl = this.buffer.indexOf('\n'); nl >= 0; nl = this.buffer.indexOf('\n')) {
+          const line = this.buffer.slice(0, nl).trim();
+          this.buffer = this.buffer.slice(nl + 1);
+          if (!line) continue;
+          const msg = JSON.parse(line) as QmpReply & { QMP?: unknown };
+          if (msg.QMP && !greeted) {
+            greeted = true;
+            resolve();
+          } else if (msg.event) {
+            for (const w of [...this.eventWaiters]) w(msg);
+          } else if (typeof msg.id === 'number') {
+            const p = this.pending.get(msg.id);
+            this.pending.delete(msg.id);
+            p?.resolve(msg);
+          }
+        }
+      });
+      s.on('error', (e) => {
+        if (!greeted) reject(e);
+        for (const p of this.pending.values()) p.reject(e);
+        this.pending.clear();
+      });
+      s.unref();
+    });
+  }
+
+  /** One QMP command; the daemon's error is thrown as a VmlbError with its description. */
+  async command(execute: string, args?: Record<string, unknown>): Promise<unknown> {
+    if (this.exited || !this.socket) throw new VmlbError('DISK_DAEMON_DIED', 'qemu-storage-daemon is not running');
+    const id = this.nextId++;
+    const reply = await this.busy(
+      new Promise<QmpReply>((resolve, reject) => {
+        this.pending.set(id, { resolve, reject });
+        this.socket!.write(JSON.stringify({ execute, arguments: args, id }) + '\n');
+      }),
+    );
+    debug(`qmp ${execute} ${JSON.stringify(args ?? {})} -> ${reply.error ? reply.error.desc : 'ok'}`);
+    if (reply.error) throw new VmlbError('QMP_ERROR', `qemu-storage-daemon: ${execute}: ${reply.error.desc}`);
+    return reply.return;
+  }
+
+  /** Keeps the process alive while a command or wait is in flight, and only then. */
+  private async busy<T>(p: Promise<T>): Promise<T> {
+    if (this.inflight++ === 0) this.socket?.ref();
+    try {
+      return await p;
+    } finally {
+      if (--this.inflight === 0) this.socket?.unref();
+    }
+  }
+
+  private waitEvent(match: (e: QmpReply) => boolean, timeoutMs: number): { promise: Promise<boolean>; cancel: () => void } {
+    let cancel = () => {};
+    const promise = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      const waiter = (e: QmpReply) => {
+        if (match(e)) finish(true);
+      };
+      const finish = (v: boolean) => {
+        clearTimeout(timer);
+        this.eventWaiters.delete(waiter);
+        resolve(v);
+      };
+      cancel = () => finish(false);
+      this.eventWaiters.add(waiter);
+    });
+    return { promise: this.busy(promise), cancel };
+  }
+
+  /** Opens `image` and exports it as a raw file over FUSE at `exportFile` (which must exist). */
+  async addExport(image: string, exportFile: string): Promise<string> {
+    const name = `d${++this.counter}`;
+    await this.command('blockdev-add', {
+      driver: 'qcow2',
+      'node-name': name,
+      file: { driver: 'file', filename: image, aio: 'threads' },
+      cache: { direct: false },
+    });
+    try {
+      await this.command('block-export-add', { type: 'fuse', id: name, 'node-name': name, mountpoint: exportFile, writable: true });
+    } catch (e) {
+      await this.command('blockdev-del', { 'node-name': name }).catch(() => {});
+      throw e;
+    }
+    return name;
+  }
+
+  /** Removes an export and closes its image (flushing it). */
+  async removeExport(name: string): Promise<void> {
+    const deleted = this.waitEvent((e) => e.event === 'BLOCK_EXPORT_DELETED' && e.data?.id === name, EXPORT_DELETE_TIMEOUT_MS);
+    try {
+      await this.command('block-export-del', { id: name });
+    } catch (e) {
+      deleted.cancel();
+      throw e;
+    }
+    if (!(await deleted.promise)) {
+      throw new VmlbError('EXPORT_BUSY', `the FUSE export ${name} was still in use ${EXPORT_DELETE_TIMEOUT_MS / 1000} s after it was removed`);
+    }
+    await this.command('blockdev-del', { 'node-name': name });
+  }
+
+  async stop(): Promise<void> {
+    if (this.child && !this.exited) {
+      this.socket?.destroy();
+      this.child.kill('SIGTERM');
+      const grace = new AbortController();
+      const stopped = await Promise.race([
+        this.done!.then(() => true),
+        sleep(STOP_GRACE_MS, false, { signal: grace.signal }).catch(() => false),
+      ]);
+      grace.abort();
+      if (!stopped) {
+        this.child.kill('SIGKILL');
+        await this.done;
+      }
+    }
+    this.socket?.destroy();
+    await rm(this.socketPath, { force: true });
+    await rm(this.pidFile, { force: true });
+    await rm(this.logFile, { force: true });
+    await this.record?.remove();
+  }
+}
