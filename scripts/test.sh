@@ -9,6 +9,8 @@ VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux" bash scripts/setup.sh
 mkdir -p test-results
 npx --no-install tsc -p libs/layer-engine --noEmit
 npx --no-install tsc -p apps/cli --noEmit
+npx --no-install tsc -p bench
+npx --no-install tsc -p test
 set +e
 npx --no-install vitest run --reporter=default --reporter=json --outputFile.json=test-results/vitest.json "$@"
 rc=$?

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BUSYBOX_BASE, buildJson, builtNames, leftovers, sandbox, sha256sum, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, layerLog, leftovers, sandbox, sha256sum, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let baseFile: string;
@@ -54,7 +54,7 @@ describe('base-image', () => {
     const r = await buildJson(sb, p);
     expect(r.exitCode, r.stderr).toBe(0);
     expect(builtNames(r)).toEqual(['01_cloud', '02_top']);
-    const log = r.events.filter((e) => e.type === 'layer-log' && e.name === '02_top').map((e) => e.chunk).join('');
+    const log = layerLog(r, '02_top');
     expect(log).toContain('seeded');
     const chain = (await execa('qemu-img', ['info', '-U', '--backing-chain', path.join(p, 'build/image.qcow2')])).stdout;
     expect(chain).toContain('format: qcow2');

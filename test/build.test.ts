@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { readFile, readdir, writeFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BUSYBOX_BASE, buildJson, builtNames, cachedNames, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, cachedNames, findEvent, layerLog, leftovers, planKeys, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 beforeAll(async () => {
@@ -42,8 +42,7 @@ describe('the cache', () => {
     const run = await buildJson(sb, project);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(builtNames(run)).toEqual(['01_base', '02_two', '03_three', '04_four']);
-    const plan = run.events.find((e) => e.type === 'plan') as { layers: Array<{ key: string }> };
-    const keys = plan.layers.map((l) => l.key);
+    const keys = planKeys(run);
     for (const [i, key] of keys.entries()) {
       const blob = path.join(sb.store, 'layers', `${key}.qcow2`);
       const info = await qemuInfo(blob);
@@ -122,7 +121,7 @@ describe('# nocache', () => {
     expect(cachedNames(second)).toEqual(['01_base', '02_before']);
     expect(builtNames(second)).toEqual(['03_stamp', '04_after']);
     // The first build's uncacheable layers are gone from the store once the output moved on.
-    const firstKeys = (first.events.find((e) => e.type === 'plan') as { layers: Array<{ key: string }> }).layers.map((l) => l.key);
+    const firstKeys = planKeys(first);
     const files = await readdir(path.join(sb.store, 'layers'));
     expect(files).not.toContain(`${firstKeys[2]}.json`);
     expect(files).toContain(`${firstKeys[1]}.json`);
@@ -146,10 +145,7 @@ resize2fs "$p"`,
     });
     const run = await buildJson(sb, project);
     expect(run.exitCode, run.stderr).toBe(0);
-    const log = run.events
-      .filter((e) => e.type === 'layer-log' && e.name === '03_df')
-      .map((e) => e.chunk)
-      .join('');
+    const log = layerLog(run, '03_df');
     const sizeKiB = Number(log.trim().split(/\s+/)[1]);
     expect(sizeKiB).toBeGreaterThan(150 * 1024); // was ~60 MiB before the grow
     const info = await qemuInfo(path.join(project, 'build/image.qcow2'));
@@ -188,7 +184,7 @@ describe('failures', () => {
     const again = await buildJson(sb, project);
     expect(again.exitCode).toBe(1);
     expect(cachedNames(again)).toEqual(['01_base', '02_ok']);
-    const failed = again.events.find((e) => e.type === 'layer-failed') as { key: string; exitCode: number; logPath: string };
+    const failed = findEvent(again, 'layer-failed')!;
     expect(failed.exitCode).toBe(3);
     expect(await readdir(path.join(sb.store, 'layers'))).not.toContain(`${failed.key}.json`);
     expect(await readFile(failed.logPath, 'utf8')).toContain('marker-7781');
@@ -203,7 +199,7 @@ describe('failures', () => {
     const run = await buildJson(sb, project);
     expect(run.exitCode).toBe(1);
     expect(Date.now() - t0).toBeLessThan(60_000);
-    const failed = run.events.find((e) => e.type === 'layer-failed') as { timedOut: boolean; name: string };
+    const failed = findEvent(run, 'layer-failed');
     expect(failed).toMatchObject({ timedOut: true, name: '02_slow' });
     expect((await execa('pgrep', ['-f', 'sleep 300'], { reject: false })).stdout).toBe('');
   });

@@ -2,7 +2,7 @@
 import { access, constants, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BUSYBOX_BASE, buildJson, builtNames, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, leftovers, planKeys, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 beforeAll(async () => {
@@ -70,7 +70,7 @@ describe('the store cap', () => {
     await rm(path.join(a, 'build'), { recursive: true });
     const rb = await buildJson(sb, b, cap);
     expect(builtNames(rb)).toEqual([]);
-    const keysB = (rb.events.find((e) => e.type === 'plan') as { layers: Array<{ key: string }> }).layers.map((l) => l.key);
+    const keysB = planKeys(rb);
     const left = (await readdir(path.join(sb.store, 'layers'))).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5));
     expect(left.sort()).toEqual([...keysB].sort());
     await stat(path.join(b, 'build/image.qcow2'));

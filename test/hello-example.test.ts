@@ -6,7 +6,7 @@ import { cp, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { REPO, buildJson, builtNames, cachedNames, leftovers, readImageFiles, sandbox, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
+import { REPO, buildJson, builtNames, cachedNames, findEvent, layerLog, leftovers, readImageFiles, sandbox, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let project: string;
@@ -45,7 +45,7 @@ describe('examples/hello', () => {
   });
 
   it('marks # noshare layers in their manifest', async () => {
-    const plan = first.events.find((e) => e.type === 'plan') as { layers: Array<{ name: string; key: string }> };
+    const plan = findEvent(first, 'plan')!;
     const key = plan.layers.find((l) => l.name === '05_app')!.key;
     const manifest = JSON.parse(await readFile(path.join(sb.store, 'layers', `${key}.json`), 'utf8'));
     expect(manifest.share).toBe(false);
@@ -78,7 +78,7 @@ grep -q ' /tmp tmpfs' /proc/mounts && echo tmp=tmpfs`,
     });
     const r = await buildJson(sb, p);
     expect(r.exitCode, r.stderr).toBe(0);
-    const log = r.events.filter((e) => e.type === 'layer-log' && e.name === '02_probe').map((e) => e.chunk).join('');
+    const log = layerLog(r, '02_probe');
     expect(log).toContain('cwd=/mnt');
     expect(log).toContain('mnt=ro');
     expect(log).toContain('tmp=tmpfs');

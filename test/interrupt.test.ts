@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BUSYBOX_BASE, buildJson, builtNames, leftovers, sandbox, spawnVmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, findEvent, leftovers, sandbox, spawnVmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let project: string;
@@ -75,7 +75,7 @@ describe('interruptions', () => {
     expect(debris.length).toBeGreaterThan(0);
     const r = await buildJson(sb, project, ['--last', '01_base']);
     expect(r.exitCode, r.stderr).toBe(0);
-    const notice = r.events.find((e) => e.type === 'notice');
+    const notice = findEvent(r, 'notice');
     expect(String(notice?.message)).toMatch(/cleaned up after an interrupted run/);
     expect(await leftovers(sb)).toEqual([]);
     expect(await sleepers()).toBe('');

@@ -8,6 +8,7 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { BuildEvent } from '../../libs/layer-engine/src/events.js';
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 export const VMLB = path.join(REPO, 'apps/cli/bin/vmlb.js');
@@ -81,7 +82,29 @@ export interface VmlbRun {
   exitCode: number | undefined;
   stdout: string;
   stderr: string;
-  events: Array<Record<string, unknown> & { type: string }>;
+  events: BuildEvent[];
+}
+
+export type EventOf<T extends BuildEvent['type']> = Extract<BuildEvent, { type: T }>;
+
+/** The first event of a type, typed. */
+export function findEvent<T extends BuildEvent['type']>(run: VmlbRun, type: T): EventOf<T> | undefined {
+  return run.events.find((e): e is EventOf<T> => e.type === type);
+}
+
+/** Every layer's key, from the build's plan. */
+export function planKeys(run: VmlbRun): string[] {
+  const plan = findEvent(run, 'plan');
+  if (!plan) throw new Error(`no plan event:\n${run.stdout}\n${run.stderr}`);
+  return plan.layers.map((l) => l.key);
+}
+
+/** The output a layer's script printed, from its layer-log events. */
+export function layerLog(run: VmlbRun, name: string): string {
+  return run.events
+    .filter((e): e is EventOf<'layer-log'> => e.type === 'layer-log' && e.name === name)
+    .map((e) => e.chunk)
+    .join('');
 }
 
 export function spawnVmlb(sb: Sandbox, args: string[], extraEnv: Record<string, string> = {}): ResultPromise {
@@ -99,7 +122,7 @@ export async function vmlb(sb: Sandbox, args: string[], extraEnv: Record<string,
     ? stdout
         .split('\n')
         .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as VmlbRun['events'][number])
+        .map((l) => JSON.parse(l) as BuildEvent)
     : [];
   return { exitCode: r.exitCode, stdout, stderr: String(r.stderr), events };
 }
@@ -110,10 +133,10 @@ export async function buildJson(sb: Sandbox, project: string, extra: string[] = 
 }
 
 export function builtNames(run: VmlbRun): string[] {
-  return run.events.filter((e) => e.type === 'layer-done').map((e) => e.name as string);
+  return run.events.filter((e) => e.type === 'layer-done').map((e) => e.name);
 }
 export function cachedNames(run: VmlbRun): string[] {
-  return run.events.filter((e) => e.type === 'layer-cached').map((e) => e.name as string);
+  return run.events.filter((e) => e.type === 'layer-cached').map((e) => e.name);
 }
 
 /**
