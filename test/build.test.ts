@@ -193,7 +193,7 @@ describe('failures', () => {
   it('a script past its # timeout is stopped with everything it started', async () => {
     const project = await writeProject(path.join(sb.dir, 'timeout'), {
       '01_base': BUSYBOX_BASE,
-      '02_slow': { kind: 'build-layer', script: '# timeout 2s\nsleep 300 &\necho started\nsleep 300' },
+      '02_slow': { kind: 'build-layer', script: '# timeout 2s\nsleep 3171 &\necho started\nsleep 3171' },
     });
     const t0 = Date.now();
     const run = await buildJson(sb, project);
@@ -201,7 +201,7 @@ describe('failures', () => {
     expect(Date.now() - t0).toBeLessThan(60_000);
     const failed = findEvent(run, 'layer-failed');
     expect(failed).toMatchObject({ timedOut: true, name: '02_slow' });
-    expect((await execa('pgrep', ['-f', 'sleep 300'], { reject: false })).stdout).toBe('');
+    expect((await execa('pgrep', ['-f', 'sleep 3171'], { reject: false })).stdout).toBe('');
   });
 });
 

@@ -6,8 +6,10 @@ import {
   LayerFailedError,
   LocalStore,
   ProjectError,
+  SharedStore,
   VmlbError,
   defaultStoreDir,
+  s3ConfigFrom,
 
   parseSize,
   planBuild,
@@ -59,6 +61,12 @@ function storeFrom(opts: { store?: string }): LocalStore {
   return new LocalStore(opts.store ? path.resolve(opts.store) : defaultStoreDir());
 }
 
+/** The shared store named by --cache (or VMLB_CACHE), configured from the environment. */
+function sharedFrom(opts: { cache?: string }): SharedStore | undefined {
+  if (opts.cache === undefined) return undefined;
+  return new SharedStore(s3ConfigFrom(opts.cache, process.env, { urlName: '--cache (VMLB_CACHE)' }));
+}
+
 const program = new Command();
 program
   .name('vmlb')
@@ -68,6 +76,8 @@ program
   .configureOutput({ outputError: (s, write) => write(`vmlb: ${s.replace(/^error: /, '')}`) });
 
 const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
+const cacheOption = () =>
+  new Option('--cache <s3-url>', 'a shared store, s3://BUCKET/PREFIX: pull layers missing here, push new ones (S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION)').env('VMLB_CACHE');
 
 program
   .command('build')
@@ -80,15 +90,18 @@ program
   .option('--explain', 'print each layer\'s key, hit or miss, and what changed since its last build')
   .addOption(new Option('--backend <name>', 'how disks are attached').choices(['auto', 'fuse', 'nbd']).default('auto').env('VMLB_BACKEND'))
   .addOption(storeOption())
+  .addOption(cacheOption())
   .addOption(new Option('--store-cap <size>', 'evict least-recently-used layers above this size').argParser(sizeArg).env('VMLB_STORE_CAP'))
   .option('--json', 'print build events as JSON lines (for machines)')
   .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
   .action(async (dir: string, o) => {
+    const shared = sharedFrom(o);
     const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout, { verbose: o.explain });
     try {
       await build({
         projectDir: path.resolve(dir),
         store: storeFrom(o),
+        shared,
         backend: o.backend,
         output: o.output ? path.resolve(o.output) : undefined,
         flatten: o.flatten,
@@ -100,6 +113,7 @@ program
       });
     } finally {
       display.close();
+      shared?.close();
     }
   });
 
@@ -109,10 +123,13 @@ program
   .argument('[dir]', 'the image project', '.')
   .option('--last <layer>', 'stop after this layer')
   .addOption(storeOption())
+  .addOption(cacheOption())
   .option('--json', 'print the plan as JSON')
   .action(async (dir: string, o) => {
     const store = storeFrom(o);
-    const plan = await planBuild({ projectDir: path.resolve(dir), store, last: o.last });
+    const shared = sharedFrom(o);
+    const plan = await planBuild({ projectDir: path.resolve(dir), store, shared, last: o.last }).finally(() => shared?.close());
+    if (plan.sharedProblem) process.stderr.write(`vmlb: ${plan.sharedProblem}\n`);
     if (o.json) process.stdout.write(JSON.stringify({ project: plan.project.dir, layers: plan.layers }, null, 2) + '\n');
     else process.stdout.write(formatPlan(plan.layers) + '\n');
   });
@@ -155,7 +172,7 @@ program
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
-  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG'].includes(e.code)) return EXIT_USAGE;
   return EXIT_FAILED;
 }
 

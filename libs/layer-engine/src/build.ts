@@ -12,6 +12,7 @@ import { buildLayer } from './layer-builder.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
 import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
+import { SharedBlobMismatchError, type RetryInfo, type SharedStore } from './shared-store.js';
 import type { ImageProject } from './types.js';
 
 /** The local store's size cap when none is given: 20 GiB. */
@@ -33,6 +34,13 @@ export interface BuildOptions {
   last?: string;
   /** @default DEFAULT_STORE_CAP */
   storeCapBytes?: number;
+  /**
+   * A shared store (`--cache s3://…`): a layer missing locally is pulled from it; a layer built
+   * here, or found here and missing there, is pushed to it unless it is `# noshare` or
+   * `# nocache` (or built on one). It never fails the build: when it does not answer, or a
+   * push fails, the build goes on with the local store and says so in a notice.
+   */
+  shared?: SharedStore;
   signal?: AbortSignal;
   onEvent?: BuildEventSink;
 }
@@ -51,6 +59,10 @@ export interface Plan {
   keyed: KeyedLayer[];
   layers: PlannedLayer[];
   manifests: Map<string, LayerManifest>;
+  /** The shared store's manifests of this build's keys, when a shared store was given and answered. */
+  shared?: Map<string, LayerManifest>;
+  /** Why the shared store is left out of this build (it failed to answer while planning). */
+  sharedProblem?: string;
 }
 
 /** Releases what a killed earlier run left attached, and its half-built blobs. */
@@ -61,8 +73,12 @@ export async function startupSweep(store: LocalStore): Promise<string | null> {
   return parts.length ? `cleaned up after an interrupted run: ${parts.join('; ')}` : null;
 }
 
-/** Reads the project, computes every key and says, for each layer, hit or miss and why. */
-export async function planBuild(opts: { projectDir: string; store: LocalStore; last?: string; nonce?: string }): Promise<Plan> {
+/**
+ * Reads the project, computes every key and says, for each layer, hit or miss and why. With a
+ * shared store, a layer missing locally but there (on the parent this build will have) is a hit
+ * with source 'shared'.
+ */
+export async function planBuild(opts: { projectDir: string; store: LocalStore; shared?: SharedStore; last?: string; nonce?: string }): Promise<Plan> {
   const project = await loadProject(opts.projectDir);
   if (opts.last !== undefined) {
     const i = project.layers.findIndex((l) => l.name === opts.last);
@@ -72,20 +88,56 @@ export async function planBuild(opts: { projectDir: string; store: LocalStore; l
     project.layers = project.layers.slice(0, i + 1);
   }
   const keyed = computeKeys(project, { nonce: opts.nonce ?? randomUUID() });
+  const [local, shared] = await Promise.all([
+    lookUp(keyed, (key) => opts.store.getManifest(key)),
+    opts.shared ? lookUpShared(opts.shared, keyed) : undefined,
+  ]);
   const manifests = new Map<string, LayerManifest>();
+  const sources: Array<'local' | 'shared' | undefined> = keyed.map((k, index) => {
+    const parent = index === 0 ? null : manifests.get(keyed[index - 1]!.key);
+    const fromShared = usableSharedLayer(shared?.found?.get(k.key), parent);
+    const m = local.get(k.key) ?? fromShared;
+    if (m) manifests.set(k.key, m);
+    return local.has(k.key) ? 'local' : fromShared ? 'shared' : undefined;
+  });
   const layers: PlannedLayer[] = await Promise.all(
     keyed.map(async (k, index) => {
-      const m = k.cacheable ? await opts.store.getManifest(k.key) : null;
-      if (m) manifests.set(k.key, m);
       const base = { index, name: k.spec.name, kind: k.spec.kind, key: k.key, cacheable: k.cacheable };
-      if (m) return { ...base, status: 'hit' as const, source: 'local' as const };
+      const source = sources[index];
+      if (source) return { ...base, status: 'hit' as const, source };
       const previous = await opts.store.lastInputs(project.dir, k.spec.name);
       return { ...base, status: 'miss' as const, changes: diffInputs(previous, k.inputs, { uncacheable: !k.cacheable }) };
     }),
   );
-  // A hit after a miss cannot happen (keys chain), except for an identical parent key: then
-  // the store has the layer and it really is a hit.
-  return { project, keyed, layers, manifests };
+  // A local hit after a miss cannot happen (keys chain), except for an identical parent key:
+  // then the store has the layer and it really is a hit.
+  return { project, keyed, layers, manifests, shared: shared?.found, sharedProblem: shared?.problem };
+}
+
+/** The manifests of the cacheable keys that `get` finds. */
+async function lookUp(keyed: KeyedLayer[], get: (key: string) => Promise<LayerManifest | null>): Promise<Map<string, LayerManifest>> {
+  const found = await Promise.all(keyed.filter((k) => k.cacheable).map(async (k) => [k.key, await get(k.key)] as const));
+  return new Map(found.filter((e): e is readonly [string, LayerManifest] => e[1] !== null));
+}
+
+/** The shared store's manifests, or why it cannot be used: an outage must not fail a local build. */
+async function lookUpShared(shared: SharedStore, keyed: KeyedLayer[]): Promise<{ found?: Map<string, LayerManifest>; problem?: string }> {
+  try {
+    return { found: await lookUp(keyed, (key) => shared.getManifest(key)) };
+  } catch (e) {
+    return { problem: `the shared store is unavailable; building with the local store only: ${(e as Error).message}` };
+  }
+}
+
+/**
+ * A shared layer can be used only on its parent as this build will have it (`undefined`: the
+ * parent is a miss and will be rebuilt), and only when that parent has the very bytes the
+ * layer's overlay was written on.
+ */
+function usableSharedLayer(m: LayerManifest | undefined, parent: LayerManifest | null | undefined): LayerManifest | undefined {
+  if (!m || parent === undefined) return undefined;
+  if (parent && m.parentSha256 && m.parentSha256 !== parent.blob.sha256) return undefined;
+  return m;
 }
 
 /**
@@ -102,8 +154,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const swept = await startupSweep(store);
     if (swept) emit({ type: 'notice', at: Date.now(), message: swept });
 
-    const plan = await planBuild({ projectDir: opts.projectDir, store, last: opts.last });
+    const plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
     const output = path.resolve(opts.output ?? path.join(plan.project.dir, OUTPUT_DIR, 'image.qcow2'));
+    if (plan.sharedProblem) emit({ type: 'notice', at: Date.now(), message: plan.sharedProblem });
     emit({ type: 'plan', at: Date.now(), project: plan.project.dir, layers: plan.layers, total: plan.layers.length });
 
     const chain = await takeHitsAndBuildMissing(plan, store, opts, emit);
@@ -131,56 +184,169 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 }
 
 async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: BuildOptions, emit: (e: BuildEvent) => void): Promise<string[]> {
+  const shared: SharedUse | undefined = opts.shared && plan.shared ? { store: opts.shared, found: plan.shared, corrupt: new Set(), down: false } : undefined;
   const chain: string[] = [];
   let parent: LayerManifest | null = null;
   let backend: Awaited<ReturnType<typeof chooseBackend>> | undefined;
   for (const [i, k] of plan.keyed.entries()) {
     if (opts.signal?.aborted) throw new AbortedError();
+    const planned = plan.layers[i]!;
     let manifest = plan.manifests.get(k.key);
+    if (manifest && planned.source === 'shared') {
+      manifest = await pullSharedHit(shared!, store, { index: i, name: k.spec.name, key: k.key }, manifest, parent, opts.signal, emit);
+      // Not usable after all: built here like any miss, and counted as one.
+      if (!manifest) plan.layers[i] = { ...planned, status: 'miss', source: undefined };
+    }
     if (manifest) {
-      emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: 'local', bytes: manifest.blob.size });
+      emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: planned.source ?? 'local', bytes: manifest.blob.size });
     } else {
       backend ??= await chooseBackend(opts.backend ?? 'auto');
-      const layerStarted = performance.now();
-      emit({ type: 'layer-start', at: Date.now(), index: i, name: k.spec.name, kind: k.spec.kind, key: k.key });
-      try {
-        manifest = await buildLayer({
-          store,
-          backend,
-          spec: k.spec,
-          key: k.key,
-          inputs: k.inputs,
-          cacheable: k.cacheable,
-          parent,
-          signal: opts.signal,
-          onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index: i, name: k.spec.name, chunk }),
-          onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index: i, name: k.spec.name, step }),
-        });
-      } catch (e) {
-        const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string };
-        emit({
-          type: 'layer-failed',
-          at: Date.now(),
-          index: i,
-          name: k.spec.name,
-          key: k.key,
-          seconds: (performance.now() - layerStarted) / 1000,
-          message: err.message,
-          exitCode: err.exitCode,
-          timedOut: err.timedOut ?? false,
-          logPath: err.logPath ?? '',
-          logTail: err.logTail ?? '',
-        });
-        throw e;
-      }
-      emit({ type: 'layer-done', at: Date.now(), index: i, name: k.spec.name, key: k.key, seconds: (performance.now() - layerStarted) / 1000, bytes: manifest.blob.size });
+      manifest = await buildMissingLayer(store, backend, i, k, parent, opts.signal, emit);
     }
+    if (shared && plan.layers[i]!.source !== 'shared') await pushLayer(shared, store, plan.layers[i]!, manifest, opts.signal, emit);
     await store.recordInputs(plan.project.dir, k.spec.name, k.key, k.inputs);
     chain.push(k.key);
     parent = manifest;
   }
   await store.touch(chain);
   return chain;
+}
+
+async function buildMissingLayer(
+  store: LocalStore,
+  backend: Awaited<ReturnType<typeof chooseBackend>>,
+  i: number,
+  k: KeyedLayer,
+  parent: LayerManifest | null,
+  signal: AbortSignal | undefined,
+  emit: (e: BuildEvent) => void,
+): Promise<LayerManifest> {
+  const layerStarted = performance.now();
+  emit({ type: 'layer-start', at: Date.now(), index: i, name: k.spec.name, kind: k.spec.kind, key: k.key });
+  let manifest: LayerManifest;
+  try {
+    manifest = await buildLayer({
+      store,
+      backend,
+      spec: k.spec,
+      key: k.key,
+      inputs: k.inputs,
+      cacheable: k.cacheable,
+      parent,
+      signal,
+      onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index: i, name: k.spec.name, chunk }),
+      onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index: i, name: k.spec.name, step }),
+    });
+  } catch (e) {
+    const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string };
+    emit({
+      type: 'layer-failed',
+      at: Date.now(),
+      index: i,
+      name: k.spec.name,
+      key: k.key,
+      seconds: (performance.now() - layerStarted) / 1000,
+      message: err.message,
+      exitCode: err.exitCode,
+      timedOut: err.timedOut ?? false,
+      logPath: err.logPath ?? '',
+      logTail: err.logTail ?? '',
+    });
+    throw e;
+  }
+  emit({ type: 'layer-done', at: Date.now(), index: i, name: k.spec.name, key: k.key, seconds: (performance.now() - layerStarted) / 1000, bytes: manifest.blob.size });
+  return manifest;
+}
+
+// ---- the shared store in a local build ----
+
+interface SharedUse {
+  store: SharedStore;
+  /** Its manifests of this build's keys (found while planning, then what this build pushed). */
+  found: Map<string, LayerManifest>;
+  /** Keys whose shared copy failed its sha256 twice: rebuilt here and pushed over it. */
+  corrupt: Set<string>;
+  /** It stopped answering during the build: left alone from then on (said once). */
+  down: boolean;
+}
+
+type LayerRef = { index: number; name: string; key: string };
+
+function stepper(layer: LayerRef, emit: (e: BuildEvent) => void, what: string) {
+  const step = (text: string) => emit({ type: 'layer-step', at: Date.now(), ...layer, step: text });
+  return { step, onRetry: (r: RetryInfo) => step(`${what} (retry ${r.attempt}/${r.tries - 1} in ${(r.delayMs / 1000).toFixed(1)}s: ${r.error})`) };
+}
+
+/**
+ * Pulls a shared hit into the local store. Returns undefined when it cannot be used (the
+ * caller builds it instead): built on another parent than the one this build has, a store
+ * that stopped answering, or a blob that fails its sha256 twice — a corrupt shared layer is a
+ * miss, rebuilt here and pushed over the bad copy.
+ */
+async function pullSharedHit(
+  shared: SharedUse,
+  store: LocalStore,
+  layer: LayerRef,
+  m: LayerManifest,
+  parent: LayerManifest | null,
+  signal: AbortSignal | undefined,
+  emit: (e: BuildEvent) => void,
+): Promise<LayerManifest | undefined> {
+  const notice = (why: string) => emit({ type: 'notice', at: Date.now(), message: `${layer.name}: ${why}; building it here` });
+  if (parent && m.parentSha256 && m.parentSha256 !== parent.blob.sha256) {
+    notice(`the shared copy was built on another build of ${parent.name} than this one`);
+    return undefined;
+  }
+  if (shared.down) return undefined;
+  const { step, onRetry } = stepper(layer, emit, 'fetching from the shared store');
+  step('fetching from the shared store');
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await shared.store.pull(store, layer.key, { signal, onRetry });
+    } catch (e) {
+      if (signal?.aborted) throw new AbortedError();
+      if (e instanceof SharedBlobMismatchError && attempt === 1) {
+        step('fetching from the shared store again: the copy received did not match its sha256');
+        continue;
+      }
+      if (e instanceof SharedBlobMismatchError) shared.corrupt.add(layer.key);
+      else if ((e as { retryable?: boolean }).retryable) shared.down = true;
+      notice(`could not use the shared copy: ${(e as Error).message}`);
+      return undefined;
+    }
+  }
+}
+
+/**
+ * Pushes a layer that this build made or found locally to the shared store, unless it is not
+ * to be shared or the store has it. The layer is in the local store already: a failure is a
+ * notice, not a failed build.
+ */
+async function pushLayer(
+  shared: SharedUse,
+  store: LocalStore,
+  planned: PlannedLayer,
+  m: LayerManifest,
+  signal: AbortSignal | undefined,
+  emit: (e: BuildEvent) => void,
+): Promise<void> {
+  if (shared.down || !m.cacheable || !m.share) return;
+  const builtHere = planned.status === 'miss';
+  if (!builtHere && shared.found.has(m.key)) return;
+  const layer = { index: planned.index, name: planned.name, key: m.key };
+  const notice = (message: string) => emit({ type: 'notice', at: Date.now(), message });
+  const { step, onRetry } = stepper(layer, emit, 'uploading to the shared store');
+  step('uploading to the shared store');
+  try {
+    const r = await shared.store.push(store, m.key, { replace: shared.corrupt.has(m.key), signal, onRetry });
+    if (r.pushed || r.reason === 'exists') shared.found.set(m.key, r.manifest);
+    // Said for a layer built now; for an older local layer it would be said on every build.
+    else if (r.reason === 'parent-differs' && builtHere) notice(`${m.name} was not uploaded: the shared store holds another build of its parent`);
+  } catch (e) {
+    if (signal?.aborted) throw new AbortedError();
+    if ((e as { retryable?: boolean }).retryable) shared.down = true;
+    notice(`${m.name} was not uploaded to the shared store (it is in the local store): ${(e as Error).message}`);
+  }
 }
 
 /**

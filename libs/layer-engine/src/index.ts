@@ -9,6 +9,8 @@ export * from './cache-key.js';
 export * from './input-diff.js';
 export * from './new-layer.js';
 export * from './local-store.js';
+export * from './s3-config.js';
+export * from './shared-store.js';
 export * from './qemu-img.js';
 export * from './partition-table.js';
 export * from './attach-state.js';

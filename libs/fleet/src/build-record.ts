@@ -1,0 +1,44 @@
+import type { LayerKind } from '@vmlb/layer-engine';
+
+export type BuildState = 'queued' | 'building' | 'done' | 'failed' | 'cancelled';
+export type LayerStatus = 'hit' | 'queued' | 'waiting' | 'building' | 'done' | 'failed' | 'cancelled';
+
+export interface LayerRecord {
+  index: number;
+  name: string;
+  kind: LayerKind;
+  key: string;
+  status: LayerStatus;
+  /** For hits: where the layer already was. */
+  source?: 'shared';
+  worker?: string;
+  startedAt?: string;
+  seconds?: number;
+  bytes?: number;
+  exitCode?: number;
+  logTail?: string;
+}
+
+/** A build's record, `builds/<id>.json` in the shared store: the history that survives Redis. */
+export interface BuildRecord {
+  version: 1;
+  id: string;
+  team: string;
+  /** sha256 of the uploaded project. */
+  project: string;
+  createdAt: string;
+  finishedAt?: string;
+  state: BuildState;
+  layers: LayerRecord[];
+  image: { key: string; path: string; bytes: number } | null;
+  error?: string;
+}
+
+/**
+ * What a worker appends to `vmlb:events:<buildId>`: the engine's events for the layer it runs
+ * (BuildEvent, JSON in field `e`), and job transitions.
+ */
+export type FleetEvent =
+  | { type: 'job'; at: number; index: number; status: LayerStatus; worker: string; seconds?: number; bytes?: number; exitCode?: number; logTail?: string; message?: string }
+  | { type: 'flatten'; at: number; status: 'building' | 'done' | 'failed'; worker: string; image?: { key: string; path: string; bytes: number }; message?: string }
+  | { type: 'engine'; at: number; index: number; worker: string; event: import('@vmlb/layer-engine').BuildEvent };

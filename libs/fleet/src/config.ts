@@ -1,0 +1,107 @@
+import { z } from 'zod';
+import { VmlbError, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-engine';
+
+/**
+ * The fleet's configuration: the environment → one zod schema → one typed FleetConfig.
+ * Every problem is reported at once, each naming its variable (VmlbError `FLEET_CONFIG`).
+ * Each app reads only the parts it needs (`needs`), so a worker does not ask for the
+ * scheduler's port and the other way round.
+ *
+ *   REDIS_URL               @default redis://127.0.0.1:6379
+ *   VMLB_SHARED             s3://BUCKET/PREFIX: the shared store (with S3_ENDPOINT, S3_ACCESS_KEY,
+ *                           S3_SECRET_KEY, S3_REGION; see layer-engine's s3-config.ts)
+ *   VMLB_STORE              a worker's local store (the engine's cache)   @default ~/.cache/vmlb
+ *   VMLB_STORE_CAP          its size cap                                   @default 20G
+ *   VMLB_SCHEDULER_HOST     @default 127.0.0.1
+ *   VMLB_SCHEDULER_PORT     @default 8080
+ *   VMLB_TEAMS_FILE         JSON [{ team, tokenSha256, admin? }]
+ *   VMLB_WORKER_SLOTS       @default free block devices (nbd) or 4 (fuse)
+ *   VMLB_WORKER_ID          @default <hostname>-<pid>
+ *   VMLB_TEAM_MAX_RUNNING   running layer jobs per team                     @default 4
+ *   VMLB_MAX_UPLOAD         largest accepted project upload                @default 64M
+ *   VMLB_BACKEND            auto | fuse | nbd                               @default auto
+ */
+export interface FleetConfig {
+  redisUrl: string;
+  shared: S3Config;
+  store?: string;
+  storeCapBytes: number;
+  schedulerHost: string;
+  schedulerPort: number;
+  teamsFile?: string;
+  workerSlots?: number;
+  workerId?: string;
+  teamMaxRunning: number;
+  maxUploadBytes: number;
+  backend: 'auto' | 'fuse' | 'nbd';
+}
+
+const size = (name: string, dflt: string) =>
+  z
+    .string()
+    .default(dflt)
+    .transform((v, ctx) => {
+      try {
+        return parseSize(v);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
+        return z.NEVER;
+      }
+    });
+
+const positiveInt = (name: string) =>
+  z
+    .string()
+    .regex(/^\d+$/, `${name} must be a whole number`)
+    .transform(Number)
+    .refine((n) => n > 0, `${name} must be at least 1`);
+
+const schema = z.object({
+  REDIS_URL: z.string().default('redis://127.0.0.1:6379').refine((u) => /^rediss?:\/\//.test(u), 'REDIS_URL must be a redis:// or rediss:// URL'),
+  VMLB_STORE: z.string().optional(),
+  VMLB_STORE_CAP: size('VMLB_STORE_CAP', '20G'),
+  VMLB_SCHEDULER_HOST: z.string().default('127.0.0.1'),
+  VMLB_SCHEDULER_PORT: z.string().default('8080').pipe(positiveInt('VMLB_SCHEDULER_PORT')),
+  VMLB_TEAMS_FILE: z.string().optional(),
+  VMLB_WORKER_SLOTS: positiveInt('VMLB_WORKER_SLOTS').optional(),
+  VMLB_WORKER_ID: z.string().optional(),
+  VMLB_TEAM_MAX_RUNNING: z.string().default('4').pipe(positiveInt('VMLB_TEAM_MAX_RUNNING')),
+  VMLB_MAX_UPLOAD: size('VMLB_MAX_UPLOAD', '64M'),
+  VMLB_BACKEND: z.enum(['auto', 'fuse', 'nbd']).default('auto'),
+});
+
+export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { teams?: boolean } = {}): FleetConfig {
+  const problems: string[] = [];
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const name = String(issue.path[0] ?? '');
+      problems.push(issue.message.startsWith(name) ? issue.message : `${name}: ${issue.message}`);
+    }
+  }
+  let shared: S3Config | undefined;
+  try {
+    shared = s3ConfigFrom(env.VMLB_SHARED, env, { urlName: 'VMLB_SHARED' });
+  } catch (e) {
+    problems.push((e as Error).message);
+  }
+  if (needs.teams && !env.VMLB_TEAMS_FILE) problems.push('VMLB_TEAMS_FILE: not set (a JSON file of teams and token hashes)');
+  if (problems.length > 0 || !parsed.success || !shared) {
+    throw new VmlbError('FLEET_CONFIG', `the fleet configuration has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
+  }
+  const e = parsed.data;
+  return {
+    redisUrl: e.REDIS_URL,
+    shared,
+    store: e.VMLB_STORE,
+    storeCapBytes: e.VMLB_STORE_CAP,
+    schedulerHost: e.VMLB_SCHEDULER_HOST,
+    schedulerPort: e.VMLB_SCHEDULER_PORT,
+    teamsFile: e.VMLB_TEAMS_FILE,
+    workerSlots: e.VMLB_WORKER_SLOTS,
+    workerId: e.VMLB_WORKER_ID,
+    teamMaxRunning: e.VMLB_TEAM_MAX_RUNNING,
+    maxUploadBytes: e.VMLB_MAX_UPLOAD,
+    backend: e.VMLB_BACKEND,
+  };
+}

@@ -1,0 +1,5 @@
+export * from './names.js';
+export * from './jobs.js';
+export * from './build-record.js';
+export * from './config.js';
+export * from './redis.js';

@@ -1,0 +1,27 @@
+import { z } from 'zod';
+
+/** What a layer job carries: enough for any worker to rebuild the same key. */
+export const LayerJobData = z.object({
+  buildId: z.string(),
+  team: z.string(),
+  /** sha256 of the project's .tar.gz in the shared store (storePaths.project). */
+  project: z.string().regex(/^[0-9a-f]{64}$/),
+  /** The build's nonce for `# nocache` keys (computeKeys' `nonce`). */
+  nonce: z.string(),
+  index: z.number().int().nonnegative(),
+  name: z.string(),
+  key: z.string().regex(/^[0-9a-f]{64}$/),
+  /** Keys of every layer before this one, root first (the chain to pull). */
+  chain: z.array(z.string().regex(/^[0-9a-f]{64}$/)),
+  cacheable: z.boolean(),
+  share: z.boolean(),
+});
+export type LayerJobData = z.infer<typeof LayerJobData>;
+
+export const FlattenJobData = z.object({
+  buildId: z.string(),
+  team: z.string(),
+  /** The chain, root first; the image is its top flattened. */
+  chain: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1),
+});
+export type FlattenJobData = z.infer<typeof FlattenJobData>;

@@ -1,0 +1,31 @@
+/** Queue names and Redis keys shared by the scheduler and the workers (see docs/fleet.md). */
+
+export const LAYER_QUEUE = 'vmlb-layers';
+export const FLATTEN_QUEUE = 'vmlb-flatten';
+
+/** BullMQ job ids: one per layer of a build, one flatten. */
+export const layerJobId = (buildId: string, index: number): string => `${buildId}:${index}`;
+export const flattenJobId = (buildId: string): string => `${buildId}:flatten`;
+
+export const redisKeys = {
+  /** SET NX PX: who builds this layer key now (value: the claimant's id). */
+  claim: (key: string) => `vmlb:claim:${key}`,
+  /** Pub/sub channel: a layer key's manifest is now in the shared store (message: the key). */
+  layerReady: 'vmlb:layer-ready',
+  /** Stream of a build's events (XADD by workers, XREAD by the scheduler). */
+  events: (buildId: string) => `vmlb:events:${buildId}`,
+  /** A worker's registration, refreshed by its heartbeat (JSON, TTL). */
+  worker: (workerId: string) => `vmlb:worker:${workerId}`,
+  workerPattern: 'vmlb:worker:*',
+  /** Running layer jobs of a team (the per-team cap). */
+  teamRunning: (team: string) => `vmlb:team-running:${team}`,
+  /** Set when a build is cancelled; workers check it while they build. */
+  cancelled: (buildId: string) => `vmlb:cancelled:${buildId}`,
+} as const;
+
+/** Shared-store paths beside `layers/` (relative to the store's prefix). */
+export const storePaths = {
+  project: (sha256: string) => `projects/${sha256}.tar.gz`,
+  build: (buildId: string) => `builds/${buildId}.json`,
+  image: (topKey: string) => `images/${topKey}.qcow2`,
+} as const;

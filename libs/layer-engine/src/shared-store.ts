@@ -1,0 +1,558 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rm, stat } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Client } from 'minio';
+import { AbortedError, StoreError, VmlbError } from './errors.js';
+import type { LayerManifest, LocalStore } from './local-store.js';
+import type { S3Config } from './s3-config.js';
+
+/**
+ * The shared store: S3 (MinIO in production) with the local store's layout under PREFIX:
+ *
+ *   layers/<key>.qcow2   the overlay blob (uploaded from a file stream; the client switches to
+ *                        a multipart upload above 64 MiB)
+ *   layers/<key>.log     the log of the script that built it
+ *   layers/<key>.json    the manifest, written LAST: a layer exists only when it exists, so a
+ *                        reader never sees half a layer
+ *   builds/…             build records (putJson/getJson)
+ *
+ * A pull streams the blob into a temporary file in the local store's layers folder (named so
+ * that LocalStore.sweepTemp() removes it if the process dies), hashing it on the way, and
+ * publishes it only when its sha256 equals the manifest's. Transient failures (connection
+ * refused or reset, timeouts, 5xx, SlowDown) are retried with exponential backoff, then
+ * surfaced as a StoreError with `retryable: true`; a refusal (403, NoSuchBucket) is not retried.
+ *
+ * A shared manifest also records `parentSha256`, the blob its overlay was written on: a layer
+ * is pushed only when the shared store holds that exact parent, and pulled only onto it.
+ */
+
+export interface RetryOptions {
+  /** Attempts in all, the first included. @default 6 */
+  tries?: number;
+  /** The wait after the first failure; doubled after each next one. @default 250 */
+  firstDelayMs?: number;
+  /** @default 4000 */
+  maxDelayMs?: number;
+}
+
+export interface SharedStoreOptions {
+  /** @default { tries: 6, firstDelayMs: 250, maxDelayMs: 4000 } (about 8 s of waiting in all) */
+  retry?: RetryOptions;
+  /** A connection silent this long is dropped (and the request retried). @default 60_000 */
+  idleTimeoutMs?: number;
+  /** Observes every object write and retry, in order (tests, logs, metrics). */
+  onEvent?: (e: SharedStoreEvent) => void;
+}
+
+export type SharedStoreEvent =
+  | { type: 'put-start' | 'put-done'; object: string; bytes: number }
+  | { type: 'remove'; object: string }
+  | ({ type: 'retry' } & RetryInfo);
+
+export interface RetryInfo {
+  /** What was being done, e.g. `upload layers/<key>.qcow2`. */
+  what: string;
+  /** The attempt that failed (1-based), of `tries`. */
+  attempt: number;
+  tries: number;
+  delayMs: number;
+  error: string;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Called before each wait between attempts. */
+  onRetry?: (info: RetryInfo) => void;
+}
+
+export interface PushOptions extends CallOptions {
+  /**
+   * Upload even when the shared store already has the layer: for a shared copy found corrupt.
+   * Its manifest is removed first, so no reader sees the old manifest with the new blob.
+   */
+  replace?: boolean;
+}
+
+export type PushResult =
+  | { pushed: true; manifest: LayerManifest; bytes: number }
+  /** 'exists': the shared store has it already (on the same parent). */
+  | { pushed: false; reason: 'exists'; manifest: LayerManifest }
+  /** The parent is not in the shared store (e.g. it is `# noshare`): the layer would be unusable there. */
+  | { pushed: false; reason: 'parent-not-shared' }
+  /** The shared store's copy of the parent has other bytes than ours: ours cannot be used on it. */
+  | { pushed: false; reason: 'parent-differs' };
+
+/** A pulled blob whose sha256 is not the manifest's. Retryable: a second fetch may be good. */
+export class SharedBlobMismatchError extends StoreError {
+  readonly key: string;
+  readonly expected: string;
+  readonly actual: string;
+  constructor(args: { key: string; name: string; expected: string; actual: string; expectedSize: number; actualSize: number }) {
+    const sizes = args.actualSize === args.expectedSize ? '' : ` (${args.actualSize} bytes, expected ${args.expectedSize})`;
+    super(
+      `the shared copy of layer ${args.name} (${args.key}) is corrupt: its blob's sha256 is ${args.actual}, its manifest says ${args.expected}${sizes}; nothing of it was kept`,
+      { retryable: true },
+    );
+    this.key = args.key;
+    this.expected = args.expected;
+    this.actual = args.actual;
+  }
+}
+
+const KEY_RE = /^[0-9a-f]{64}$/;
+const SHA_RE = /^[0-9a-f]{64}$/;
+
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ESOCKETTIMEDOUT', 'EAI_AGAIN', 'ENETUNREACH',
+  'EHOSTUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ECONNABORTED', 'ENOTCONN', 'ERR_STREAM_PREMATURE_CLOSE',
+]);
+const S3_TRANSIENT_CODES = new Set([
+  'SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'OperationTimedOut',
+  'XMinioServerNotInitialized', 'XMinioReadQuorum', 'XMinioWriteQuorum',
+]);
+
+function errorCode(e: unknown): string {
+  return String((e as { code?: unknown })?.code ?? '');
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof Error && e.name === 'S3Error' && ['NoSuchKey', 'NotFound'].includes(errorCode(e));
+}
+
+/** Worth another try: the network, a server error, or a server asking us to slow down. */
+export function isTransientS3Error(e: unknown): boolean {
+  const code = errorCode(e);
+  if (NETWORK_CODES.has(code) || S3_TRANSIENT_CODES.has(code)) return true;
+  const msg = (e as Error)?.message ?? '';
+  // The minio client retries 5xx once itself and then throws a plain Error saying so.
+  if (/Retryable HTTP status: 5\d\d|socket hang up|Request failed after \d+ retries/.test(msg)) return true;
+  // An S3Error with no code: the reply was not S3's XML (typically a proxy's 502/504 page).
+  return e instanceof Error && e.name === 'S3Error' && code === '';
+}
+
+function describe(e: unknown): string {
+  const code = errorCode(e);
+  const msg = (e as Error)?.message || String(e);
+  return code && !msg.includes(code) ? `${code}: ${msg}` : msg;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(new AbortedError());
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** `p`, or an AbortedError as soon as `signal` fires (after `onAbort` has stopped the work). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, onAbort: () => void): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => {
+      onAbort();
+      reject(new AbortedError());
+    };
+    if (signal.aborted) return abort();
+    signal.addEventListener('abort', abort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+  });
+}
+
+function hashing(): { stream: Transform; result: () => { sha256: string; size: number } } {
+  const h = createHash('sha256');
+  let size = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      h.update(chunk);
+      size += chunk.length;
+      cb(null, chunk);
+    },
+  });
+  return { stream, result: () => ({ sha256: h.digest('hex'), size }) };
+}
+
+/**
+ * A keep-alive agent that drops a connection silent for `idleMs` (Node only reports such a
+ * socket, and the minio client does not listen): the request then fails with ETIMEDOUT and is
+ * retried instead of hanging a build forever on a stalled server.
+ */
+function idleTimeoutAgent(useSSL: boolean, idleMs: number): http.Agent {
+  const agent = useSSL ? new https.Agent({ keepAlive: true, timeout: idleMs }) : new http.Agent({ keepAlive: true, timeout: idleMs });
+  const create = agent.createConnection.bind(agent) as (...args: unknown[]) => import('node:net').Socket | undefined;
+  (agent as unknown as { createConnection: (...args: unknown[]) => unknown }).createConnection = (...args: unknown[]) => {
+    const socket = create(...args);
+    socket?.on('timeout', () => socket.destroy(Object.assign(new Error(`no data for ${idleMs} ms`), { code: 'ETIMEDOUT' })));
+    return socket;
+  };
+  return agent;
+}
+
+async function readText(stream: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function checkManifest(value: unknown, key: string, object: string): LayerManifest {
+  const m = value as Partial<LayerManifest> | null;
+  const ok =
+    !!m &&
+    m.key === key &&
+    (m.parent === null || (typeof m.parent === 'string' && KEY_RE.test(m.parent))) &&
+    typeof m.blob?.sha256 === 'string' &&
+    SHA_RE.test(m.blob.sha256) &&
+    typeof m.blob.size === 'number' &&
+    (m.parentSha256 === undefined || SHA_RE.test(m.parentSha256));
+  if (!ok) throw new StoreError(`the shared manifest ${object} is malformed (not a manifest of layer ${key})`);
+  return m as LayerManifest;
+}
+
+export class SharedStore {
+  readonly config: S3Config;
+  /** `s3://BUCKET/PREFIX`, for messages. */
+  readonly url: string;
+  private readonly client: Client;
+  private readonly agent: http.Agent;
+  private readonly retry: Required<RetryOptions>;
+  private readonly onEvent: ((e: SharedStoreEvent) => void) | undefined;
+  private closed = false;
+
+  constructor(config: S3Config, opts: SharedStoreOptions = {}) {
+    this.config = config;
+    this.url = config.url;
+    this.retry = { tries: 6, firstDelayMs: 250, maxDelayMs: 4000, ...opts.retry };
+    this.onEvent = opts.onEvent;
+    this.agent = idleTimeoutAgent(config.useSSL, opts.idleTimeoutMs ?? 60_000);
+    this.client = new Client({
+      endPoint: config.host,
+      port: config.port,
+      useSSL: config.useSSL,
+      accessKey: config.accessKey,
+      secretKey: config.secretKey,
+      // Given, so the client never asks the server for the bucket's region first.
+      region: config.region,
+      pathStyle: config.pathStyle,
+      transportAgent: this.agent,
+    });
+  }
+
+  // ---- object names ----
+
+  private layerObject(key: string, ext: 'qcow2' | 'json' | 'log'): string {
+    if (!KEY_RE.test(key)) throw new StoreError(`"${key}" is not a layer key`);
+    return `${this.config.prefix}layers/${key}.${ext}`;
+  }
+
+  /** A record's object name: relative to PREFIX, outside layers/. */
+  private recordObject(rel: string): string {
+    const clean = rel.replace(/^\/+/, '');
+    if (!clean || clean.split('/').some((p) => p === '' || p === '.' || p === '..') || clean.startsWith('layers/')) {
+      throw new StoreError(`"${rel}" is not a record path (a relative path outside layers/, e.g. builds/<id>.json)`);
+    }
+    return `${this.config.prefix}${clean}`;
+  }
+
+  // ---- the bucket ----
+
+  /** Creates the bucket when it does not exist (tests, first set-up; builds never create it). */
+  async ensureBucket(o: CallOptions = {}): Promise<void> {
+    const { bucket, region } = this.config;
+    await this.withRetry(`create the bucket ${bucket}`, async () => {
+      if (await this.client.bucketExists(bucket)) return;
+      try {
+        await this.client.makeBucket(bucket, region);
+      } catch (e) {
+        if (!['BucketAlreadyOwnedByYou', 'BucketAlreadyExists'].includes(errorCode(e))) throw e;
+      }
+    }, o);
+  }
+
+  // ---- layers ----
+
+  /** The layer's manifest, or null when the shared store does not have it. */
+  async getManifest(key: string, o: CallOptions = {}): Promise<LayerManifest | null> {
+    const object = this.layerObject(key, 'json');
+    const text = await this.getText(object, o);
+    if (text === null) return null;
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = null;
+    }
+    return checkManifest(value, key, object);
+  }
+
+  async hasLayer(key: string, o: CallOptions = {}): Promise<boolean> {
+    return (await this.getManifest(key, o)) !== null;
+  }
+
+  /** The keys of every layer (every manifest) in the shared store. */
+  async listLayers(): Promise<string[]> {
+    const dir = `${this.config.prefix}layers/`;
+    return this.withRetry(`list ${dir}`, async () => {
+      const keys: string[] = [];
+      for await (const item of this.client.listObjectsV2(this.config.bucket, dir, true)) {
+        const name = (item as { name?: string }).name ?? '';
+        const m = /([0-9a-f]{64})\.json$/.exec(name);
+        if (m && name === `${dir}${m[1]}.json`) keys.push(m[1]!);
+      }
+      return keys;
+    }, {});
+  }
+
+  /**
+   * Uploads a layer of the local store: the blob (its sha256 checked against the local
+   * manifest while it streams), then the log, then the manifest. Skipped when the shared store
+   * has the layer already on the same parent, or lacks the parent (see PushResult).
+   * @throws StoreError for a `# noshare` or `# nocache` layer: those are never uploaded.
+   */
+  async push(local: LocalStore, key: string, o: PushOptions = {}): Promise<PushResult> {
+    const m = await local.getManifest(key);
+    if (!m) throw new StoreError(`layer ${key} is not in the local store ${local.root}: there is nothing to push`);
+    if (!m.share) throw new StoreError(`layer ${m.name} (${key}) is marked # noshare: it is never uploaded to the shared store`);
+    if (!m.cacheable) throw new StoreError(`layer ${m.name} (${key}) is # nocache or built on one: it is never uploaded to the shared store`);
+
+    let parentSha256: string | undefined;
+    if (m.parent) {
+      const localParent = await local.getManifest(m.parent);
+      if (!localParent) throw new StoreError(`layer ${m.name} (${key}): its parent ${m.parent} is missing from the local store ${local.root}`);
+      const sharedParent = await this.getManifest(m.parent, o);
+      if (!sharedParent) return { pushed: false, reason: 'parent-not-shared' };
+      if (sharedParent.blob.sha256 !== localParent.blob.sha256) return { pushed: false, reason: 'parent-differs' };
+      parentSha256 = localParent.blob.sha256;
+    }
+
+    const existing = await this.getManifest(key, o);
+    // A copy whose recorded parent is no longer the shared parent is stale: replace it.
+    const stale = !!existing?.parentSha256 && !!parentSha256 && existing.parentSha256 !== parentSha256;
+    if (existing && !o.replace && !stale) return { pushed: false, reason: 'exists', manifest: existing };
+    if (existing) await this.removeObject(this.layerObject(key, 'json'), o);
+
+    await this.uploadFile(this.layerObject(key, 'qcow2'), local.blobPath(key), { sha256: m.blob.sha256, size: m.blob.size, layer: `${m.name} (${key})` }, o);
+    const logBytes = await stat(local.logPath(key)).then((s) => s.size, () => null);
+    if (logBytes !== null) await this.uploadFile(this.layerObject(key, 'log'), local.logPath(key), null, o);
+    const { parentSha256: _ignored, ...rest } = m;
+    const shared: LayerManifest = parentSha256 ? { ...rest, parentSha256 } : rest;
+    await this.putText(this.layerObject(key, 'json'), JSON.stringify(shared, null, 2) + '\n', 'application/json', o);
+    return { pushed: true, manifest: shared, bytes: m.blob.size };
+  }
+
+  /**
+   * Downloads one layer into the local store (its parent must be there already: see
+   * pullChain) and returns its local manifest, which equals the shared one.
+   * @throws SharedBlobMismatchError when the blob's sha256 is not the manifest's; nothing is kept.
+   */
+  async pull(local: LocalStore, key: string, o: CallOptions = {}): Promise<LayerManifest> {
+    await local.init();
+    const have = await local.getManifest(key);
+    if (have) return have;
+    const m = await this.getManifest(key, o);
+    if (!m) throw new StoreError(`layer ${key} is not in the shared store ${this.url}`);
+    return this.pullOne(local, m, o);
+  }
+
+  /**
+   * Pulls what the local store lacks of the chains ending at `keys` (ancestors included,
+   * found through the shared manifests), parent first. Returns the manifests it pulled.
+   */
+  async pullChain(local: LocalStore, keys: string[], o: CallOptions = {}): Promise<LayerManifest[]> {
+    await local.init();
+    const pulled: LayerManifest[] = [];
+    const ensure = async (key: string): Promise<void> => {
+      if (await local.getManifest(key)) return;
+      const m = await this.getManifest(key, o);
+      if (!m) throw new StoreError(`layer ${key} is in neither the local store nor the shared store ${this.url}`);
+      if (m.parent) await ensure(m.parent);
+      pulled.push(await this.pullOne(local, m, o));
+    };
+    for (const k of keys) await ensure(k);
+    return pulled;
+  }
+
+  private async pullOne(local: LocalStore, m: LayerManifest, o: CallOptions): Promise<LayerManifest> {
+    const { key } = m;
+    if (m.parent) {
+      const parent = await local.getManifest(m.parent);
+      if (!parent) throw new StoreError(`cannot pull layer ${m.name} (${key}): its parent ${m.parent} is not in the local store (pull the chain)`);
+      if (m.parentSha256 && m.parentSha256 !== parent.blob.sha256) {
+        throw new StoreError(`the shared copy of layer ${m.name} (${key}) was built on another copy of its parent ${m.parent} than the local one: it cannot be used on it`);
+      }
+    }
+    // Named like a blob being built, so sweepTemp() removes it if this process dies.
+    const tmp = local.tempBlobPath(key);
+    const tmpLog = tmp.replace(/\.qcow2$/, '.log');
+    try {
+      const got = await this.download(this.layerObject(key, 'qcow2'), tmp, o);
+      if (got === null) throw new StoreError(`the shared store ${this.url} has the manifest of layer ${m.name} (${key}) but not its blob`);
+      if (got.sha256 !== m.blob.sha256 || got.size !== m.blob.size) {
+        throw new SharedBlobMismatchError({ key, name: m.name, expected: m.blob.sha256, actual: got.sha256, expectedSize: m.blob.size, actualSize: got.size });
+      }
+      const log = await this.download(this.layerObject(key, 'log'), tmpLog, o);
+      return await local.publishComplete(tmp, m, log ? tmpLog : undefined);
+    } finally {
+      await rm(tmp, { force: true });
+      await rm(tmpLog, { force: true });
+    }
+  }
+
+  /** Removes a layer: its manifest first (from then on it does not exist), then blob and log. */
+  async remove(key: string, o: CallOptions = {}): Promise<void> {
+    for (const ext of ['json', 'qcow2', 'log'] as const) await this.removeObject(this.layerObject(key, ext), o);
+  }
+
+  // ---- records ----
+
+  /** Writes a JSON record under PREFIX (e.g. `builds/<id>.json`). */
+  async putJson(rel: string, value: unknown, o: CallOptions = {}): Promise<void> {
+    await this.putText(this.recordObject(rel), JSON.stringify(value, null, 2) + '\n', 'application/json', o);
+  }
+
+  /** Reads a JSON record, or null when there is none. */
+  async getJson<T = unknown>(rel: string, o: CallOptions = {}): Promise<T | null> {
+    const object = this.recordObject(rel);
+    const text = await this.getText(object, o);
+    if (text === null) return null;
+    try {
+      return JSON.parse(text) as T;
+    } catch (e) {
+      throw new StoreError(`the record ${object} in ${this.url} is not JSON: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** Drops pooled connections. Safe to call twice; the store must not be used afterwards. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.agent.destroy();
+  }
+
+  // ---- objects ----
+
+  private async getText(object: string, o: CallOptions): Promise<string | null> {
+    return this.withRetry(`read ${object}`, async () => {
+      try {
+        return await readText(await this.client.getObject(this.config.bucket, object));
+      } catch (e) {
+        if (isNotFound(e)) return null;
+        throw e;
+      }
+    }, o);
+  }
+
+  private async putText(object: string, text: string, contentType: string, o: CallOptions): Promise<void> {
+    const body = Buffer.from(text);
+    await this.withRetry(`write ${object}`, async () => {
+      this.onEvent?.({ type: 'put-start', object, bytes: body.length });
+      await this.client.putObject(this.config.bucket, object, body, body.length, { 'Content-Type': contentType });
+      this.onEvent?.({ type: 'put-done', object, bytes: body.length });
+    }, o);
+  }
+
+  private async removeObject(object: string, o: CallOptions): Promise<void> {
+    await this.withRetry(`remove ${object}`, async () => {
+      try {
+        await this.client.removeObject(this.config.bucket, object);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+      this.onEvent?.({ type: 'remove', object });
+    }, o);
+  }
+
+  /** Streams a file into an object; with `expect`, fails (and writes nothing after) unless the bytes sent hash to it. */
+  private async uploadFile(object: string, file: string, expect: { sha256: string; size: number; layer: string } | null, o: CallOptions): Promise<void> {
+    await this.withRetry(`upload ${object}`, async () => {
+      const size = expect?.size ?? (await stat(file)).size;
+      this.onEvent?.({ type: 'put-start', object, bytes: size });
+      const source = createReadStream(file, { highWaterMark: 1 << 20 });
+      const body = hashing();
+      try {
+        const feeding = pipeline(source, body.stream);
+        const put = this.client.putObject(this.config.bucket, object, body.stream, size, { 'Content-Type': 'application/octet-stream' });
+        await untilAborted(Promise.all([put, feeding]), o.signal, () => {
+          body.stream.destroy(new AbortedError());
+          this.dropConnections();
+        });
+      } finally {
+        source.destroy();
+        body.stream.destroy();
+      }
+      const sent = body.result();
+      if (expect && (sent.sha256 !== expect.sha256 || sent.size !== expect.size)) {
+        throw new StoreError(
+          `layer ${expect.layer}: the local blob ${file} does not match its manifest (sha256 ${sent.sha256}, ${sent.size} bytes; the manifest says ${expect.sha256}, ${expect.size} bytes): not uploaded; the local store is damaged, remove that layer`,
+        );
+      }
+      this.onEvent?.({ type: 'put-done', object, bytes: size });
+    }, o);
+  }
+
+  /** Streams an object into a file, hashing it on the way; null when there is no such object. */
+  private async download(object: string, file: string, o: CallOptions): Promise<{ sha256: string; size: number } | null> {
+    return this.withRetry(`download ${object}`, async () => {
+      let res: Readable;
+      try {
+        res = await this.client.getObject(this.config.bucket, object);
+      } catch (e) {
+        if (isNotFound(e)) return null;
+        throw e;
+      }
+      const h = hashing();
+      await pipeline(res, h.stream, createWriteStream(file), o.signal ? { signal: o.signal } : {});
+      return h.result();
+    }, o);
+  }
+
+  /** Cuts the connections in use, so a request stuck in the client fails now. */
+  private dropConnections(): void {
+    this.agent.destroy();
+  }
+
+  private async withRetry<T>(what: string, fn: () => Promise<T>, o: CallOptions): Promise<T> {
+    const { tries, firstDelayMs, maxDelayMs } = this.retry;
+    for (let attempt = 1; ; attempt++) {
+      if (o.signal?.aborted) throw new AbortedError();
+      try {
+        return await fn();
+      } catch (e) {
+        if (o.signal?.aborted) throw new AbortedError();
+        if (e instanceof VmlbError) throw e;
+        if (!isTransientS3Error(e)) throw this.failure(what, e, { retryable: false });
+        if (attempt >= tries) throw this.failure(what, e, { retryable: true, tries: attempt });
+        // Exponential, with ±25% jitter so a fleet of workers does not retry in step.
+        const delayMs = Math.round(Math.min(maxDelayMs, firstDelayMs * 2 ** (attempt - 1)) * (0.75 + Math.random() * 0.5));
+        const info: RetryInfo = { what, attempt, tries, delayMs, error: describe(e) };
+        this.onEvent?.({ type: 'retry', ...info });
+        o.onRetry?.(info);
+        await sleep(delayMs, o.signal);
+      }
+    }
+  }
+
+  private failure(what: string, e: unknown, f: { retryable: boolean; tries?: number }): StoreError {
+    const code = errorCode(e);
+    const hint =
+      code === 'NoSuchBucket'
+        ? `; create the bucket ${this.config.bucket} first, or fix the s3:// URL`
+        : ['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'].includes(code)
+          ? '; check S3_ACCESS_KEY and S3_SECRET_KEY, and the key\'s rights on the bucket'
+          : '';
+    const after = f.tries ? ` (tried ${f.tries} times)` : '';
+    return new StoreError(`shared store ${this.url} at ${this.config.endpoint}: ${what} failed${after}: ${describe(e)}${hint}`, {
+      retryable: f.retryable,
+      cause: e,
+    });
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * A private redis-server for a test file: a free loopback port, no persistence, stopped by
+ * its pid (TESTING.md: never the machine's default port). `stop()` and `start()` again on the
+ * same port let tests restart Redis mid-build. REDIS_URL in the environment makes the suite
+ * use an existing server instead (then stop/start are not available).
+ */
+import { execa, type ResultPromise } from 'execa';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export interface RedisServer {
+  url: string;
+  port: number;
+  /** False when the suite uses an external REDIS_URL. */
+  controllable: boolean;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = net.connect(port, '127.0.0.1', () => {
+        c.end();
+        resolve(true);
+      });
+      c.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`redis-server did not listen on ${port} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export async function startRedis(): Promise<RedisServer> {
+  if (process.env.REDIS_URL) {
+    const url = process.env.REDIS_URL;
+    return { url, port: Number(new URL(url).port || 6379), controllable: false, stop: async () => {}, start: async () => {}, close: async () => {} };
+  }
+  const port = await freePort();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlb-redis-'));
+  let child: ResultPromise | undefined;
+  const start = async () => {
+    child = execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+      stdio: 'ignore',
+      reject: false,
+      cleanup: true,
+    });
+    await waitForPort(port);
+  };
+  const stop = async () => {
+    if (!child) return;
+    child.kill('SIGKILL');
+    await child;
+    child = undefined;
+  };
+  await start();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    controllable: true,
+    stop,
+    start,
+    async close() {
+      await stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}

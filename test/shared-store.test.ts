@@ -1,0 +1,401 @@
+/**
+ * The shared store (S3) end to end: a real s3rver in a child process (test/helpers/s3-server.ts),
+ * real builds through the CLI with `--cache s3://…`, and the SharedStore class itself where a
+ * test needs to watch or disturb an upload. Each test uses its own prefix in one bucket.
+ *
+ * With S3_ENDPOINT set the suite runs against that server (e.g. a real MinIO) and skips the
+ * tests that must stop and restart the server.
+ */
+import { execa } from 'execa';
+import { Client } from 'minio';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LocalStore, type LayerManifest } from '../libs/layer-engine/src/local-store.js';
+import { s3ConfigFrom, type S3Config } from '../libs/layer-engine/src/s3-config.js';
+import { SharedBlobMismatchError, SharedStore, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import { EXTERNAL_S3_REASON, startS3Server, type S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, builtNames, cachedNames, findEvent, leftovers, sandbox, sha256sum, vmlb, writeProject, type LayerDef, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
+
+const BUCKET = 'vmlb-test';
+const MiB = 1024 * 1024;
+
+let sb: Sandbox;
+let s3: S3Server;
+let raw: Client;
+const openStores: SharedStore[] = [];
+const localStores = new Set<string>();
+
+beforeAll(async () => {
+  sb = await sandbox('shared');
+  s3 = await startS3Server();
+  const c = configFor(`s3://${BUCKET}/setup`);
+  raw = new Client({ endPoint: c.host, port: c.port, useSSL: c.useSSL, accessKey: c.accessKey, secretKey: c.secretKey, region: c.region, pathStyle: true });
+  await shared(`s3://${BUCKET}/setup`).ensureBucket();
+});
+afterEach(async () => {
+  while (openStores.length) openStores.pop()!.close();
+  expect(await leftovers(sb)).toEqual([]);
+  // Nothing half-pulled or half-built stays behind in any store a test used.
+  for (const dir of localStores) {
+    const debris = (await readdir(path.join(dir, 'layers')).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp-'));
+    expect(debris, dir).toEqual([]);
+  }
+});
+afterAll(async () => {
+  await s3?.close();
+  await sb?.cleanup();
+});
+
+if (EXTERNAL_S3_REASON) console.warn(`shared-store.test.ts: outage tests skipped: ${EXTERNAL_S3_REASON}`);
+
+// ---- helpers ----
+
+function cacheUrl(name: string): string {
+  return `s3://${BUCKET}/${name}-${randomBytes(4).toString('hex')}`;
+}
+
+function configFor(url: string): S3Config {
+  return s3ConfigFrom(url, s3.env);
+}
+
+function shared(url: string, opts: SharedStoreOptions = {}): SharedStore {
+  const s = new SharedStore(configFor(url), opts);
+  openStores.push(s);
+  return s;
+}
+
+function storeDir(name: string): string {
+  const dir = path.join(sb.dir, `store-${name}`);
+  localStores.add(dir);
+  return dir;
+}
+
+/** `vmlb build --json --cache URL` with its own local store. */
+function buildWithCache(project: string, store: string, url: string, extra: string[] = []): Promise<VmlbRun> {
+  return vmlb(sb, ['build', project, '--json', '--cache', url, ...extra], { ...s3.env, VMLB_STORE: store });
+}
+
+/** Each layer's key by its name, from the build's plan. */
+function keysByName(run: VmlbRun): Record<string, string> {
+  return Object.fromEntries((findEvent(run, 'plan')?.layers ?? []).map((l) => [l.name, l.key]));
+}
+
+function notices(run: VmlbRun): string[] {
+  return run.events.flatMap((e) => (e.type === 'notice' ? [e.message] : []));
+}
+
+/** Every object name under the URL's prefix, relative to it, sorted. */
+async function objects(url: string): Promise<string[]> {
+  const { prefix } = configFor(url);
+  const names: string[] = [];
+  for await (const item of raw.listObjectsV2(BUCKET, prefix, true)) names.push((item as { name: string }).name.slice(prefix.length));
+  return names.sort();
+}
+
+function layerObjects(...keys: string[]): string[] {
+  return keys.flatMap((k) => [`layers/${k}.json`, `layers/${k}.log`, `layers/${k}.qcow2`]).sort();
+}
+
+async function objectSha256(url: string, rel: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of await raw.getObject(BUCKET, `${configFor(url).prefix}${rel}`)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+async function sharedManifest(url: string, key: string): Promise<LayerManifest> {
+  return JSON.parse(await readFile(await download(url, `layers/${key}.json`), 'utf8')) as LayerManifest;
+}
+
+async function download(url: string, rel: string): Promise<string> {
+  const file = path.join(sb.dir, `dl-${randomBytes(4).toString('hex')}`);
+  await raw.fGetObject(BUCKET, `${configFor(url).prefix}${rel}`, file);
+  return file;
+}
+
+async function localManifest(store: string, key: string): Promise<LayerManifest> {
+  return JSON.parse(await readFile(path.join(store, 'layers', `${key}.json`), 'utf8')) as LayerManifest;
+}
+
+const threeLayers = (marker: string): Record<string, LayerDef> => ({
+  '01_base': BUSYBOX_BASE,
+  '02_two': { kind: 'build-layer', script: `echo ${marker} > /etc/two; cp /mnt/data.txt /etc/data.txt`, files: { 'data.txt': 'two\n' } },
+  '03_three': { kind: 'build-layer', script: 'cat /etc/two > /etc/three; date > /etc/built-at' },
+});
+
+// ---- tests ----
+
+describe('a project shared through S3', () => {
+  let project: string;
+  const storeA = () => storeDir('a');
+  beforeAll(async () => {
+    project = await writeProject(path.join(sb.dir, 'p3'), threeLayers('shared'));
+  });
+
+  it('a second, empty store builds nothing: every layer comes from the shared store, and the image is the same', async () => {
+    const url = cacheUrl('roundtrip');
+    const a = await buildWithCache(project, storeA(), url, ['-o', path.join(sb.dir, 'a.qcow2')]);
+    expect(a.exitCode, a.stderr).toBe(0);
+    expect(builtNames(a)).toEqual(['01_base', '02_two', '03_three']);
+    expect(notices(a)).toEqual([]);
+    const keys = keysByName(a);
+    expect(await objects(url)).toEqual(layerObjects(...Object.values(keys)));
+
+    const storeB = storeDir('b');
+    const b = await buildWithCache(project, storeB, url, ['-o', path.join(sb.dir, 'b.qcow2')]);
+    expect(b.exitCode, b.stderr).toBe(0);
+    expect(builtNames(b)).toEqual([]);
+    expect(cachedNames(b)).toEqual(['01_base', '02_two', '03_three']);
+    expect(findEvent(b, 'plan')?.layers.map((l) => `${l.status}/${l.source}`)).toEqual(['hit/shared', 'hit/shared', 'hit/shared']);
+    expect(b.events.flatMap((e) => (e.type === 'layer-cached' ? [e.source] : []))).toEqual(['shared', 'shared', 'shared']);
+    expect(findEvent(b, 'done')).toMatchObject({ built: 0, cached: 3 });
+
+    await execa('qemu-img', ['compare', '-U', path.join(sb.dir, 'a.qcow2'), path.join(sb.dir, 'b.qcow2')]);
+    for (const key of Object.values(keys)) {
+      // The same bytes, and a local manifest equal to the shared one.
+      expect(await sha256sum(path.join(storeB, 'layers', `${key}.qcow2`))).toBe(await sha256sum(path.join(storeA(), 'layers', `${key}.qcow2`)));
+      expect(await localManifest(storeB, key)).toEqual(await sharedManifest(url, key));
+      expect(await readFile(path.join(storeB, 'layers', `${key}.log`), 'utf8')).toBe(await readFile(path.join(storeA(), 'layers', `${key}.log`), 'utf8'));
+    }
+    // Each shared layer names the parent bytes it was built on.
+    expect((await sharedManifest(url, keys['03_three']!)).parentSha256).toBe((await localManifest(storeA(), keys['02_two']!)).blob.sha256);
+  });
+
+  it('a corrupt shared blob fails its sha256: the pull names the key and keeps nothing, and a build rebuilds the layer and pushes it over the bad copy', async () => {
+    // Store A has the layers (built above or now); this build pushes them to a new prefix.
+    const url = cacheUrl('corrupt');
+    const a = await buildWithCache(project, storeA(), url, ['-o', path.join(sb.dir, 'a2.qcow2')]);
+    expect(a.exitCode, a.stderr).toBe(0);
+    const keys = keysByName(a);
+    const [k1, k2, k3] = [keys['01_base']!, keys['02_two']!, keys['03_three']!];
+    expect(await objects(url)).toEqual(layerObjects(k1, k2, k3));
+
+    // Other bytes under 02's blob, its manifest kept.
+    const good = await sharedManifest(url, k2);
+    const junk = randomBytes(256 * 1024);
+    await raw.putObject(BUCKET, `${configFor(url).prefix}layers/${k2}.qcow2`, junk, junk.length);
+    const junkSha = createHash('sha256').update(junk).digest('hex');
+
+    // The class: the pull of the chain stops at 02 with a retryable error naming key and sums.
+    const probeDir = storeDir('probe');
+    const probe = new LocalStore(probeDir);
+    const err = await shared(url).pullChain(probe, [k3]).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(SharedBlobMismatchError);
+    expect((err as SharedBlobMismatchError).retryable).toBe(true);
+    expect((err as Error).message).toContain(k2);
+    expect((err as Error).message).toContain(good.blob.sha256);
+    expect((err as Error).message).toContain(junkSha);
+    expect(await probe.getManifest(k1)).not.toBeNull();
+    expect(await probe.getManifest(k2)).toBeNull();
+    expect((await readdir(path.join(probeDir, 'layers'))).filter((f) => f.includes(k2))).toEqual([]);
+
+    // A build: 01 from the shared store, 02 rebuilt (said in a notice naming the key), 03
+    // rebuilt because the shared 03 was written on the old 02; both pushed over the old copies.
+    const storeC = storeDir('c');
+    const c = await buildWithCache(project, storeC, url, ['-o', path.join(sb.dir, 'c.qcow2')]);
+    expect(c.exitCode, c.stderr).toBe(0);
+    expect(cachedNames(c)).toEqual(['01_base']);
+    expect(builtNames(c)).toEqual(['02_two', '03_three']);
+    expect(findEvent(c, 'done')).toMatchObject({ built: 2, cached: 1 });
+    expect(notices(c).some((n) => n.includes(k2) && n.includes('sha256'))).toBe(true);
+    const c2 = await localManifest(storeC, k2);
+    expect(c2.blob.sha256).not.toBe(good.blob.sha256);
+    expect((await sharedManifest(url, k2)).blob.sha256).toBe(c2.blob.sha256);
+    expect(await objectSha256(url, `layers/${k2}.qcow2`)).toBe(c2.blob.sha256);
+    expect((await sharedManifest(url, k3)).parentSha256).toBe(c2.blob.sha256);
+    expect(await objectSha256(url, `layers/${k3}.qcow2`)).toBe((await localManifest(storeC, k3)).blob.sha256);
+
+    // The repaired chain is whole: another empty store builds nothing.
+    const d = await buildWithCache(project, storeDir('d'), url, ['-o', path.join(sb.dir, 'd.qcow2')]);
+    expect(d.exitCode, d.stderr).toBe(0);
+    expect(builtNames(d)).toEqual([]);
+    expect(notices(d)).toEqual([]);
+    await execa('qemu-img', ['compare', '-U', path.join(sb.dir, 'c.qcow2'), path.join(sb.dir, 'd.qcow2')]);
+  });
+});
+
+describe('what is never uploaded', () => {
+  it('# noshare and # nocache layers (and what is built on them) stay local', async () => {
+    const url = cacheUrl('noshare');
+    const project = await writeProject(path.join(sb.dir, 'private'), {
+      '01_base': BUSYBOX_BASE,
+      '02_public': { kind: 'build-layer', script: 'echo public > /etc/public' },
+      '03_secret': { kind: 'build-layer', script: '# noshare\necho secret > /etc/secret' },
+      '04_after': { kind: 'build-layer', script: 'cat /etc/secret > /etc/after' },
+      '05_stamp': { kind: 'build-layer', script: '# nocache\ndate > /etc/stamp' },
+    });
+    const store = storeDir('private');
+    const run = await buildWithCache(project, store, url);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(builtNames(run)).toEqual(['01_base', '02_public', '03_secret', '04_after', '05_stamp']);
+    const keys = keysByName(run);
+    expect(await objects(url)).toEqual(layerObjects(keys['01_base']!, keys['02_public']!));
+    // The layers are in the local store, and the class refuses to upload the marked ones.
+    const local = new LocalStore(store);
+    expect((await local.getManifest(keys['03_secret']!))?.share).toBe(false);
+    await expect(shared(url).push(local, keys['03_secret']!)).rejects.toThrow(/# noshare/);
+    await expect(shared(url).push(local, keys['05_stamp']!)).rejects.toThrow(/# nocache/);
+    // A child of a noshare layer would be unusable there without its parent: not uploaded.
+    expect(await shared(url).push(local, keys['04_after']!)).toEqual({ pushed: false, reason: 'parent-not-shared' });
+    expect(await objects(url)).toEqual(layerObjects(keys['01_base']!, keys['02_public']!));
+  });
+});
+
+describe('a big layer', () => {
+  let project: string;
+  let store: string;
+  let keys: Record<string, string>;
+  let url: string;
+  let first: VmlbRun;
+  const bigBase = { ...BUSYBOX_BASE, script: BUSYBOX_BASE.script.replace('# disk-size 64M', '# disk-size 160M') };
+
+  beforeAll(async () => {
+    project = await writeProject(path.join(sb.dir, 'big'), {
+      '01_base': bigBase,
+      '02_big': { kind: 'build-layer', script: 'dd if=/dev/urandom of=/big bs=1M count=80 2>/dev/null; sha256sum /big > /big.sha256' },
+    });
+    store = storeDir('big');
+    url = cacheUrl('big');
+    first = await buildWithCache(project, store, url);
+    keys = keysByName(first);
+  });
+
+  it('goes through a multipart upload (> 64 MiB) and round-trips with its sha256', async () => {
+    expect(first.exitCode, first.stderr).toBe(0);
+    expect(builtNames(first)).toEqual(['01_base', '02_big']);
+    const big = keys['02_big']!;
+    const m = await sharedManifest(url, big);
+    expect(m.blob.size).toBeGreaterThan(64 * MiB);
+    if (!EXTERNAL_S3_REASON) {
+      // The server saw a multipart upload start for this blob (and for no small object).
+      expect(s3.events.filter((e) => e.event === 'multipart-initiate').map((e) => e.path)).toContain(`/${BUCKET}/${configFor(url).prefix}layers/${big}.qcow2`);
+    }
+    expect(await objectSha256(url, `layers/${big}.qcow2`)).toBe(m.blob.sha256);
+
+    const other = storeDir('big-other');
+    const pull = await buildWithCache(project, other, url);
+    expect(pull.exitCode, pull.stderr).toBe(0);
+    expect(builtNames(pull)).toEqual([]);
+    expect(await sha256sum(path.join(other, 'layers', `${big}.qcow2`))).toBe(m.blob.sha256);
+  });
+
+  it('writes the manifest last: while the blob uploads, the manifest does not exist', async () => {
+    const target = cacheUrl('order');
+    const prefix = configFor(target).prefix;
+    const big = keys['02_big']!;
+    const blob = `${prefix}layers/${big}.qcow2`;
+    const manifest = `${prefix}layers/${big}.json`;
+    const expected = (await localManifest(store, big)).blob;
+    const events: SharedStoreEvent[] = [];
+    let uploading = false;
+    const s = shared(target, {
+      onEvent: (e) => {
+        events.push(e);
+        if (e.type === 'put-start' && e.object === blob) uploading = true;
+        if (e.type === 'put-done' && e.object === blob) uploading = false;
+      },
+    });
+    const local = new LocalStore(store);
+    await s.push(local, keys['01_base']!);
+
+    // A second client watches the bucket while the push runs.
+    const seen: Array<{ manifest: boolean; blobBytes: number | null; uploading: boolean }> = [];
+    let watching = true;
+    const size = (name: string) => raw.statObject(BUCKET, name).then((st) => st.size, () => null);
+    const watcher = (async () => {
+      while (watching) {
+        const during = uploading;
+        const [m, b] = await Promise.all([size(manifest), size(blob)]);
+        seen.push({ manifest: m !== null, blobBytes: b, uploading: during && uploading });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    const result = await s.push(local, big);
+    watching = false;
+    await watcher;
+    expect(result.pushed).toBe(true);
+
+    // Order of writes: blob, then log, then manifest.
+    const writes = events.filter((e) => e.type === 'put-start' || e.type === 'put-done').map((e) => `${e.type} ${(e as { object: string }).object.slice(prefix.length)}`);
+    expect(writes.filter((w) => w.includes(big))).toEqual([
+      `put-start layers/${big}.qcow2`,
+      `put-done layers/${big}.qcow2`,
+      `put-start layers/${big}.log`,
+      `put-done layers/${big}.log`,
+      `put-start layers/${big}.json`,
+      `put-done layers/${big}.json`,
+    ]);
+    // What another reader saw: never a manifest without the whole blob; and it did look
+    // while the blob was on its way.
+    expect(seen.filter((o) => o.manifest && o.blobBytes !== expected.size)).toEqual([]);
+    expect(seen.filter((o) => o.uploading && !o.manifest).length).toBeGreaterThan(3);
+    expect(seen[seen.length - 1]).toMatchObject({ manifest: true, blobBytes: expected.size });
+  });
+
+  it.skipIf(!!EXTERNAL_S3_REASON)('a push retries while the server is down and succeeds once it is back', async () => {
+    const target = cacheUrl('outage');
+    const retries: SharedStoreEvent[] = [];
+    const s = shared(target, { onEvent: (e) => e.type === 'retry' && retries.push(e) });
+    const local = new LocalStore(store);
+    const big = keys['02_big']!;
+    await s.push(local, keys['01_base']!);
+
+    await s3.stop!();
+    const started = Date.now();
+    const pushing = s.push(local, big);
+    const back = new Promise<void>((resolve, reject) => setTimeout(() => s3.restart!().then(resolve, reject), 2000));
+    const result = await pushing;
+    await back;
+    expect(result.pushed).toBe(true);
+    expect(Date.now() - started).toBeGreaterThan(2000);
+    expect(retries.length).toBeGreaterThan(0);
+    expect(retries.every((r) => r.type === 'retry' && /ECONNREFUSED|ECONNRESET|hang up/.test(r.error))).toBe(true);
+    const m = await sharedManifest(target, big);
+    expect(m.blob.sha256).toBe((await localManifest(store, big)).blob.sha256);
+    expect(await objectSha256(target, `layers/${big}.qcow2`)).toBe(m.blob.sha256);
+  });
+
+  it.skipIf(!!EXTERNAL_S3_REASON)('a server down for good: the push fails retryable, and a build goes on with its local store', async () => {
+    const target = cacheUrl('down');
+    const s = shared(target, { retry: { tries: 3, firstDelayMs: 50 } });
+    await s3.stop!();
+    try {
+      const err = await s.push(new LocalStore(store), keys['01_base']!).then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: 'STORE_ERROR', retryable: true });
+      expect((err as Error).message).toMatch(/tried 3 times.*ECONNREFUSED/);
+
+      const run = await buildWithCache(project, store, target);
+      expect(run.exitCode, run.stderr).toBe(0);
+      expect(builtNames(run)).toEqual([]);
+      expect(cachedNames(run)).toEqual(['01_base', '02_big']);
+      const said = notices(run);
+      expect(said).toHaveLength(1);
+      expect(said[0]).toMatch(/shared store is unavailable; building with the local store only/);
+    } finally {
+      await s3.restart!();
+    }
+  });
+});
+
+describe('configuration', () => {
+  it('a --cache URL without a bucket, or missing credentials, is refused before anything runs (exit 2, the variable named)', async () => {
+    const project = await writeProject(path.join(sb.dir, 'cfg'), { '01_base': BUSYBOX_BASE });
+    const noBucket = await vmlb(sb, ['build', project, '--cache', 's3://'], s3.env);
+    expect(noBucket.exitCode).toBe(2);
+    expect(noBucket.stderr).toMatch(/--cache \(VMLB_CACHE\): "s3:\/\/" names no bucket/);
+
+    const noKeys = await vmlb(sb, ['build', project], {
+      VMLB_CACHE: `s3://${BUCKET}/cfg`,
+      S3_ENDPOINT: s3.endpoint,
+      S3_ACCESS_KEY: '',
+      S3_SECRET_KEY: '',
+      AWS_ACCESS_KEY_ID: '',
+      AWS_SECRET_ACCESS_KEY: '',
+    });
+    expect(noKeys.exitCode).toBe(2);
+    expect(noKeys.stderr).toMatch(/S3_ACCESS_KEY: is not set/);
+    expect(noKeys.stderr).toMatch(/S3_SECRET_KEY: is not set/);
+    expect(noKeys.stdout).not.toMatch(/building/);
+  });
+});
