@@ -10,8 +10,9 @@ import { importBaseImage } from './base-import.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
 import { readPartitionTable, rootPartition, GPT_LINUX_ROOT_X86_64 } from './partition-table.js';
 import { convert, createLayerOverlay, resize } from './qemu-img.js';
-import { ENGINE_BIN_DIR, runScript, type ExtraMount, type RunScriptResult } from './script-runner.js';
+import { ENGINE_BIN_DIR, runScript, type ExtraMount, type MountSource, type RunScriptResult } from './script-runner.js';
 import { DEFAULT_DISK_SIZE } from './hints.js';
+import { formatBytes } from './sizes.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
 
 export const ENGINE_VERSION = '0.1.0';
@@ -140,7 +141,39 @@ function scratchMount(): string {
   return path.join(runDir(), 'mnt', randomBytes(6).toString('hex'));
 }
 
-function checkResult(ctx: LayerBuildContext, r: RunScriptResult, logPath: string): void {
+/**
+ * Runs the layer's entry script (see script-runner.ts) with what every kind shares — the
+ * layer folder, its # timeout, the log, the abort signal — on a scratch mount point, and
+ * turns its outcome into success or the error that names the layer.
+ */
+async function runEntryScript(
+  ctx: LayerBuildContext,
+  log: string,
+  o: { mode: 'chroot' | 'host'; root?: MountSource; mounts?: ExtraMount[]; env: Record<string, string>; mountPoint?: string },
+): Promise<void> {
+  ctx.onStep?.(`running ${ctx.spec.kind}`);
+  const mount = o.mountPoint ?? scratchMount();
+  try {
+    const r = await runScript({
+      mode: o.mode,
+      layerDir: ctx.spec.dir,
+      script: ctx.spec.kind,
+      rootMount: mount,
+      root: o.root,
+      mounts: o.mounts,
+      env: o.env,
+      timeoutMs: ctx.spec.hints.timeoutMs,
+      signal: ctx.signal,
+      logFile: log,
+      onOutput: ctx.onOutput,
+    });
+    checkResult(ctx, r);
+  } finally {
+    await rm(mount, { recursive: true, force: true });
+  }
+}
+
+function checkResult(ctx: LayerBuildContext, r: RunScriptResult): void {
   if (r.aborted) throw new AbortedError(`interrupted while building ${ctx.spec.name}`);
   if (r.setupError) throw new VmlbError('LAYER_SETUP', `${ctx.spec.name}: ${r.setupError}`);
   if (r.timedOut || r.exitCode !== 0 || r.signal) {
@@ -179,22 +212,13 @@ async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
   const root = rootPartition(partitions, size);
   await withDisk(ctx, tmp, async (disk) => {
     const dev = await disk.rangeDevice(root);
-    ctx.onStep?.('running create-disk');
     const mount = scratchMount();
-    const r = await runScript({
+    await runEntryScript(ctx, log, {
       mode: 'host',
-      layerDir: ctx.spec.dir,
-      script: 'create-disk',
-      rootMount: mount,
+      mountPoint: mount,
       root: { source: dev, options: 'defaults' },
       env: scriptEnv(ctx, { PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`, VMLB_ROOT: mount, VMLB_DEVICE: dev, VMLB_IMAGE: tmp, VMLB_LAYER_DIR: ctx.spec.dir }),
-      timeoutMs: ctx.spec.hints.timeoutMs,
-      signal: ctx.signal,
-      logFile: log,
-      onOutput: ctx.onOutput,
     });
-    await rm(mount, { recursive: true, force: true });
-    checkResult(ctx, r, log);
   });
   return { virtualSize: size, partitions, root };
 }
@@ -216,23 +240,7 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
     for (const bm of hints.bindMounts) {
       mounts.push({ type: 'bind', source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
     }
-    ctx.onStep?.('running build-layer');
-    const mount = scratchMount();
-    const r = await runScript({
-      mode: 'chroot',
-      layerDir: ctx.spec.dir,
-      script: 'build-layer',
-      rootMount: mount,
-      root,
-      mounts,
-      env: scriptEnv(ctx, { PATH: CHROOT_PATH }),
-      timeoutMs: hints.timeoutMs,
-      signal: ctx.signal,
-      logFile: log,
-      onOutput: ctx.onOutput,
-    });
-    await rm(mount, { recursive: true, force: true });
-    checkResult(ctx, r, log);
+    await runEntryScript(ctx, log, { mode: 'chroot', root, mounts, env: scriptEnv(ctx, { PATH: CHROOT_PATH }) });
   });
   // A build-layer works inside the root filesystem: the partition table stays as it was.
   return { virtualSize: parent.virtualSize, partitions: parent.partitions, root: parent.root };
@@ -249,18 +257,13 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
   }
   await createLayerOverlay(tmp, parent.blob.file, parent.virtualSize, { signal: ctx.signal });
   if (want !== undefined && want > parent.virtualSize) {
-    ctx.onStep?.(`growing the disk to ${want} bytes`);
+    ctx.onStep?.(`growing the disk to ${formatBytes(want)}`);
     await resize(tmp, want, { signal: ctx.signal });
   }
   return withDisk(ctx, tmp, async (disk) => {
     const device = await disk.wholeDevice();
-    ctx.onStep?.('running modify-disk');
-    const mount = scratchMount();
-    const r = await runScript({
+    await runEntryScript(ctx, log, {
       mode: 'host',
-      layerDir: ctx.spec.dir,
-      script: 'modify-disk',
-      rootMount: mount,
       env: scriptEnv(ctx, {
         PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`,
         VMLB_DEVICE: device,
@@ -269,13 +272,7 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
         VMLB_LAYER_DIR: ctx.spec.dir,
         ...disk.helperEnv,
       }),
-      timeoutMs: ctx.spec.hints.timeoutMs,
-      signal: ctx.signal,
-      logFile: log,
-      onOutput: ctx.onOutput,
     });
-    await rm(mount, { recursive: true, force: true });
-    checkResult(ctx, r, log);
     // The script may have changed the partition table (growpart): read it as it is now.
     const partitions = await disk.partitionTable();
     return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
