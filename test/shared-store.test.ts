@@ -330,7 +330,43 @@ describe('a big layer', () => {
     // while the blob was on its way.
     expect(seen.filter((o) => o.manifest && o.blobBytes !== expected.size)).toEqual([]);
     expect(seen.filter((o) => o.uploading && !o.manifest).length).toBeGreaterThan(3);
-    expect(seen[seen.length - 1]).toMatchObject({ manifest: true, blobBytes: expected.size });
+    expect([await size(manifest), await size(blob)]).toEqual([expect.any(Number), expected.size]);
+  });
+
+  it('a push or a pull stops at once when its signal fires; the pull leaves no temporary file', async () => {
+    const target = cacheUrl('abort');
+    const big = keys['02_big']!;
+    const s = shared(target);
+    const local = new LocalStore(store);
+    await s.push(local, keys['01_base']!);
+    const pushAbort = new AbortController();
+    const pushStarted = Date.now();
+    const pushing = s.push(local, big, { signal: pushAbort.signal });
+    setTimeout(() => pushAbort.abort(), 100);
+    await expect(pushing).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(Date.now() - pushStarted).toBeLessThan(2000);
+    // The store is still usable, and the layer does not exist there.
+    expect(await s.hasLayer(big)).toBe(false);
+    expect(await s.hasLayer(keys['01_base']!)).toBe(true);
+
+    // A pull from the complete copy, stopped once its temporary blob exists.
+    const dir = storeDir('abort');
+    const into = new LocalStore(dir);
+    await into.init();
+    const pullAbort = new AbortController();
+    const pulling = shared(url).pullChain(into, [big], { signal: pullAbort.signal });
+    const settled = pulling.then(() => 'done', () => 'failed');
+    let sawTemp = false;
+    while (!pullAbort.signal.aborted && (await Promise.race([settled, new Promise((r) => setTimeout(() => r('running'), 2))])) === 'running') {
+      if ((await readdir(path.join(dir, 'layers'))).some((f) => f.startsWith(`.tmp-${big}`))) {
+        sawTemp = true;
+        pullAbort.abort();
+      }
+    }
+    await expect(pulling).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(sawTemp).toBe(true);
+    expect(await into.getManifest(big)).toBeNull();
+    expect((await readdir(path.join(dir, 'layers'))).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
   });
 
   it.skipIf(!!EXTERNAL_S3_REASON)('a push retries while the server is down and succeeds once it is back', async () => {

@@ -18,3 +18,4 @@ export * from './backends.js';
 export * from './layer-builder.js';
 export * from './build.js';
 export * from './fuse-daemon.js';
+export { exec, type ExecOptions, type ExecResult } from './exec.js';

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { rename, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import { Transform, type Readable } from 'node:stream';
@@ -75,6 +75,13 @@ export interface PushOptions extends CallOptions {
    * Its manifest is removed first, so no reader sees the old manifest with the new blob.
    */
   replace?: boolean;
+  /**
+   * Upload a `# nocache` layer (or one built on it) too. The fleet does: such a layer's key
+   * holds its build's nonce, so no other build ever takes it as a hit, and sharing it lets the
+   * build's next layer job run on any worker. The fleet removes them once the build's image
+   * is written (and `vmlb gc` removes what a failed build left).
+   */
+  uncacheable?: boolean;
 }
 
 export type PushResult =
@@ -322,7 +329,7 @@ export class SharedStore {
     const m = await local.getManifest(key);
     if (!m) throw new StoreError(`layer ${key} is not in the local store ${local.root}: there is nothing to push`);
     if (!m.share) throw new StoreError(`layer ${m.name} (${key}) is marked # noshare: it is never uploaded to the shared store`);
-    if (!m.cacheable) throw new StoreError(`layer ${m.name} (${key}) is # nocache or built on one: it is never uploaded to the shared store`);
+    if (!m.cacheable && !o.uncacheable) throw new StoreError(`layer ${m.name} (${key}) is # nocache or built on one: it is never uploaded to the shared store`);
 
     let parentSha256: string | undefined;
     if (m.parent) {
@@ -428,6 +435,30 @@ export class SharedStore {
       return JSON.parse(text) as T;
     } catch (e) {
       throw new StoreError(`the record ${object} in ${this.url} is not JSON: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  // ---- files outside layers/ (projects, images) ----
+
+  /** Uploads a local file as `rel` under PREFIX (e.g. `images/<key>.qcow2`); returns its size. */
+  async putFile(rel: string, file: string, o: CallOptions = {}): Promise<number> {
+    const object = this.recordObject(rel);
+    await this.uploadFile(object, file, null, o);
+    return (await stat(file)).size;
+  }
+
+  /**
+   * Downloads `rel` into `file` (written under a temporary name and renamed, so `file` is
+   * never half there) and returns its sha256 and size, or null when there is no such object.
+   */
+  async getFile(rel: string, file: string, o: CallOptions = {}): Promise<{ sha256: string; size: number } | null> {
+    const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(16).slice(2, 10)}`;
+    try {
+      const got = await this.download(this.recordObject(rel), tmp, o);
+      if (got) await rename(tmp, file);
+      return got;
+    } finally {
+      await rm(tmp, { force: true });
     }
   }
 
