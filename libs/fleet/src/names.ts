@@ -3,9 +3,13 @@
 export const LAYER_QUEUE = 'vmlb-layers';
 export const FLATTEN_QUEUE = 'vmlb-flatten';
 
-/** BullMQ job ids: one per layer of a build, one flatten. */
-export const layerJobId = (buildId: string, index: number): string => `${buildId}:${index}`;
-export const flattenJobId = (buildId: string): string => `${buildId}:flatten`;
+/**
+ * BullMQ job ids: one per layer of a build, one flatten. Not `<buildId>:<index>`: BullMQ 6
+ * refuses a custom id with one ':' ("Custom Id cannot contain :"; it keeps `a:b:c` for old
+ * repeatable jobs), so the separator is '-' (build ids are lowercase letters and digits).
+ */
+export const layerJobId = (buildId: string, index: number): string => `${buildId}-${index}`;
+export const flattenJobId = (buildId: string): string => `${buildId}-flatten`;
 
 export const redisKeys = {
   /** SET NX PX: who builds this layer key now (value: the claimant's id). */

@@ -1,0 +1,145 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { StoreError, VmlbError, convert, sha256File } from '@vmlb/layer-engine';
+import { ClaimLease, FlattenJobData, claimOwner, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
+import { errorMessage, isUnrecoverable } from './job-errors.js';
+import { JobEvents } from './job-events.js';
+import type { WorkerContext } from './worker-context.js';
+
+/**
+ * What sits beside `images/<top>.qcow2`, written after it: an image exists only when this
+ * does (as with layers), so a reader never takes half an upload for an image.
+ */
+export interface ImageManifest {
+  version: 1;
+  key: string;
+  chain: string[];
+  bytes: number;
+  sha256: string;
+  builtAt: string;
+  worker: string;
+}
+
+export function imageManifestPath(topKey: string): string {
+  return storePaths.image(topKey).replace(/\.qcow2$/, '.json');
+}
+
+export type FlattenJobResult = { image: { key: string; path: string; bytes: number }; reused: boolean };
+
+/**
+ * The flatten job (docs/fleet.md, step 6): one standalone qcow2 per top key, shared by every
+ * build that ends there. An image already in the shared store is reused; two builds that end
+ * on the same key at once write it once (the claim on `image:<top>`). Once written, the
+ * chain's uncacheable layers (`# nocache` and after: this build's alone) leave the shared store.
+ */
+export function flattenProcessor(ctx: WorkerContext) {
+  return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<FlattenJobResult> => {
+    const parsed = FlattenJobData.safeParse(job.data);
+    if (!parsed.success) {
+      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(data)'}: ${i.message}`).join('; ');
+      throw new UnrecoverableError(`flatten job ${job.id}: its data is not a flatten job's: ${fields}`);
+    }
+    const data = parsed.data;
+    const jobId = job.id ?? `${data.buildId}:flatten`;
+    const log = ctx.log.child({ job: jobId });
+    const events = new JobEvents(ctx.redis, data.buildId, -1, ctx.id, log);
+    const running = ctx.jobs.add(jobId, 'flatten');
+    for (const k of data.chain) running.keys.add(k);
+    ctx.metrics.busy.set(ctx.jobs.busy);
+    const unfollow = running.stop.follow(signal, 'bullmq', 'BullMQ cancelled the job');
+    const count = (outcome: string) => ctx.metrics.jobs.inc({ queue: 'flatten', outcome });
+    try {
+      if (await ctx.redis.exists(redisKeys.cancelled(data.buildId))) throw new UnrecoverableError(`build ${data.buildId} was cancelled`);
+      const r = await flatten(ctx, data, jobId, running.stop.signal, events);
+      count(r.reused ? 'reused' : 'built');
+      return r;
+    } catch (e) {
+      const msg = errorMessage(e);
+      if (running.stop.cause === 'shutdown') {
+        await events.flatten('failed', { message: `handed back to the queue: worker ${ctx.id} is stopping` });
+        await job.moveToWait(token);
+        count('handed-back');
+        throw new WaitingError();
+      }
+      const last = e instanceof UnrecoverableError || isUnrecoverable(e) || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      await events.flatten('failed', { message: last ? msg : `attempt ${job.attemptsMade + 1} failed; it will be retried: ${msg}` });
+      count(last ? 'failed' : 'retried');
+      if (last && !(e instanceof UnrecoverableError)) throw new UnrecoverableError(msg);
+      throw e;
+    } finally {
+      unfollow();
+      ctx.jobs.remove(jobId);
+      ctx.metrics.busy.set(ctx.jobs.busy);
+      await events.close();
+      ctx.evictSoon();
+    }
+  };
+}
+
+async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, signal: AbortSignal, events: JobEvents): Promise<FlattenJobResult> {
+  const top = data.chain[data.chain.length - 1]!;
+  const image = storePaths.image(top);
+  const claimKey = `image:${top}`;
+  const existing = async () => ctx.shared.getJson<ImageManifest>(imageManifestPath(top), { signal });
+  const reuse = async (m: ImageManifest) => {
+    const img = { key: top, path: image, bytes: m.bytes };
+    await events.flatten('done', { image: img, message: 'the image of this chain is in the shared store already' });
+    return { image: img, reused: true };
+  };
+
+  let lease: ClaimLease | undefined;
+  for (;;) {
+    const m = await existing();
+    if (m) return reuse(m);
+    const got = await ClaimLease.take(ctx.redis, claimKey, claimOwner(jobId, ctx.id));
+    if (got instanceof ClaimLease) {
+      lease = got;
+      break;
+    }
+    await waitUntilReady(ctx.redis, claimKey, async () => (await existing()) !== null, { signal });
+  }
+  try {
+    const m = await existing();
+    if (m) return reuse(m);
+    await events.flatten('building');
+    try {
+      await ctx.shared.pullChain(ctx.store, [top], { signal });
+    } catch (e) {
+      if (e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message)) {
+        throw new VmlbError('LAYER_UNAVAILABLE', `${e.message}; a # noshare layer lives only on the worker that built it, and this flatten job ran elsewhere`);
+      }
+      throw e;
+    }
+    const tmpDir = await mkdtemp(path.join(ctx.workDir, 'flatten-'));
+    try {
+      const file = path.join(tmpDir, `${top}.qcow2`);
+      await convert(ctx.store.blobPath(top), file, { signal });
+      const [bytes, sha256] = await Promise.all([ctx.shared.putFile(image, file, { signal }), sha256File(file)]);
+      const manifest: ImageManifest = { version: 1, key: top, chain: data.chain, bytes, sha256, builtAt: new Date().toISOString(), worker: ctx.id };
+      await ctx.shared.putJson(imageManifestPath(top), manifest, { signal });
+      await lease.release();
+      await publishReady(ctx.redis, claimKey);
+      await dropUncacheable(ctx, data.chain);
+      const img = { key: top, path: image, bytes };
+      await events.flatten('done', { image: img });
+      return { image: img, reused: false };
+    } finally {
+      await rm(tmpDir, { recursive: true, force: true });
+    }
+  } finally {
+    await lease.release().catch(() => undefined);
+  }
+}
+
+/** The chain's uncacheable layers are this build's alone: once its image exists, nobody needs them. */
+async function dropUncacheable(ctx: WorkerContext, chain: string[]): Promise<void> {
+  for (const key of chain) {
+    try {
+      const m = await ctx.shared.getManifest(key);
+      if (m && !m.cacheable) await ctx.shared.remove(key);
+    } catch (e) {
+      ctx.log.warn('could not remove an uncacheable layer from the shared store (vmlb gc will)', { key, error: errorMessage(e) });
+    }
+  }
+}

@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import type { FleetEvent } from '@vmlb/fleet';
+import { JobEvents, LOG_BATCH_MS } from './job-events.js';
+import { silentLogger } from './logger.js';
+
+/** Just enough of ioredis for appendEvent: multi().xadd().expire().exec(). */
+function fakeRedis(): { redis: Redis; appended: FleetEvent[] } {
+  const appended: FleetEvent[] = [];
+  const multi = () => {
+    const chain = {
+      xadd: (...args: unknown[]) => {
+        appended.push(JSON.parse(String(args[args.length - 1])) as FleetEvent);
+        return chain;
+      },
+      expire: () => chain,
+      exec: async () => [[null, `${appended.length}-0`]],
+    };
+    return chain;
+  };
+  return { redis: { multi } as unknown as Redis, appended };
+}
+
+const log = (chunk: string) => ({ type: 'layer-log' as const, at: Date.now(), index: 1, name: '02_x', chunk });
+
+describe('JobEvents', () => {
+  it("batches a layer's log output into one event per interval, in order with the other events", async () => {
+    const { redis, appended } = fakeRedis();
+    const ev = new JobEvents(redis, 'b1', 1, 'w1', silentLogger);
+    await ev.job('building');
+    for (let i = 0; i < 50; i++) ev.engine(log(`line ${i}\n`));
+    await new Promise((r) => setTimeout(r, LOG_BATCH_MS + 100));
+    ev.engine(log('last\n'));
+    ev.engine({ type: 'layer-step', at: Date.now(), index: 1, name: '02_x', step: 'uploading' });
+    await ev.job('done', { seconds: 1, bytes: 2 });
+    await ev.close();
+    const kinds = appended.map((e) => (e.type === 'engine' ? e.event.type : `${e.type}:${'status' in e ? e.status : ''}`));
+    expect(kinds).toEqual(['job:building', 'layer-log', 'layer-log', 'layer-step', 'job:done']);
+    const chunks = appended.flatMap((e) => (e.type === 'engine' && e.event.type === 'layer-log' ? [e.event.chunk] : []));
+    expect(chunks[0]).toBe(Array.from({ length: 50 }, (_, i) => `line ${i}\n`).join(''));
+    expect(chunks[1]).toBe('last\n');
+    expect(appended.every((e) => e.worker === 'w1')).toBe(true);
+  });
+});

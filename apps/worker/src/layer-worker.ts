@@ -1,0 +1,343 @@
+import { rm } from 'node:fs/promises';
+import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import {
+  LayerFailedError,
+  VmlbError,
+  buildLayer,
+  computeKeys,
+  loadProject,
+  type KeyedLayer,
+  type LayerManifest,
+  type RetryInfo,
+} from '@vmlb/layer-engine';
+import {
+  ClaimLease,
+  LayerJobData,
+  claimOwner,
+  extractProject,
+  fetchProject,
+  giveBackTeamSlot,
+  publishReady,
+  redisKeys,
+  renewTeamSlot,
+  takeTeamSlot,
+  waitForLayer,
+} from '@vmlb/fleet';
+import { errorMessage, isUnrecoverable } from './job-errors.js';
+import { JobEvents } from './job-events.js';
+import type { RunningJob } from './running-jobs.js';
+import type { WorkerContext } from './worker-context.js';
+
+/** How often a running job looks for its build's cancellation. */
+export const CANCEL_POLL_MS = 1000;
+/** A job over its team's cap comes back this much later. */
+export const TEAM_CAP_DELAY_MS = 2000;
+const TEAM_RENEW_EVERY = 10;
+
+export type LayerJobResult =
+  /** Built here and pushed (or kept local: see `shared`). */
+  | { key: string; outcome: 'built'; worker: string; seconds: number; bytes: number; shared: boolean }
+  /** In the shared store already, or built meanwhile by another build's job. */
+  | { key: string; outcome: 'shared-hit' | 'waited'; worker: string };
+
+/**
+ * The layer job (docs/fleet.md, steps 4–5): team cap → already shared? → claim the key (or
+ * wait for whoever holds it) → fetch and extract the project → check the key → make the
+ * parent chain local → build → push → release the claim → tell the waiters.
+ *
+ * How each failure ends the job:
+ * - the script fails (LayerFailedError) or the project is wrong: UnrecoverableError, after a
+ *   `failed` event with the exit code and log tail; the flow fails its parents at once;
+ * - anything else (S3, Redis, a host problem): rethrown, so BullMQ retries it with the job's
+ *   backoff (LAYER_JOB_OPTIONS), on this worker or another; a `queued` event says so;
+ * - the build is cancelled (`vmlb:cancelled:<id>`, looked at every second): the build is
+ *   aborted, a `cancelled` event, UnrecoverableError;
+ * - the worker is stopping past its grace period: the build is aborted and the job goes back
+ *   to the queue as it was (no attempt used).
+ *
+ * `# nocache` layers (and those built on one) are pushed too: their keys hold the build's nonce,
+ * so they are never anyone's hit, and the build's next job can run on any worker; the flatten
+ * job removes them once the image is written. `# noshare` layers are never pushed: a worker
+ * that needs one as a parent and lacks it builds it again from the project (same key).
+ */
+export function layerProcessor(ctx: WorkerContext) {
+  return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<LayerJobResult> => {
+    const parsed = LayerJobData.safeParse(job.data);
+    if (!parsed.success) {
+      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(data)'}: ${i.message}`).join('; ');
+      throw new UnrecoverableError(`layer job ${job.id}: its data is not a layer job's: ${fields}`);
+    }
+    const data = parsed.data;
+    const jobId = job.id ?? `${data.buildId}:${data.index}`;
+    const log = ctx.log.child({ job: jobId, layer: data.name });
+    const events = new JobEvents(ctx.redis, data.buildId, data.index, ctx.id, log);
+
+    if (await ctx.redis.exists(redisKeys.cancelled(data.buildId))) {
+      await events.job('cancelled', { message: 'the build was cancelled' });
+      await events.close();
+      ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'cancelled' });
+      throw new UnrecoverableError(`build ${data.buildId} was cancelled`);
+    }
+    if (!(await takeTeamSlot(ctx.redis, data.team, jobId, ctx.fleet.teamMaxRunning))) {
+      // Over the team's cap: back to delayed for a while, no attempt used.
+      await job.moveToDelayed(Date.now() + TEAM_CAP_DELAY_MS, token);
+      ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'delayed' });
+      throw new DelayedError();
+    }
+
+    const running = ctx.jobs.add(jobId, 'layer');
+    ctx.metrics.busy.set(ctx.jobs.busy);
+    const unfollow = running.stop.follow(signal, 'bullmq', 'BullMQ cancelled the job');
+    let ticks = 0;
+    const watch = setInterval(() => {
+      ticks++;
+      void ctx.redis.exists(redisKeys.cancelled(data.buildId)).then(
+        (n) => n && running.stop.stop('cancelled', `build ${data.buildId} was cancelled`),
+        () => undefined,
+      );
+      if (ticks % TEAM_RENEW_EVERY === 0) void renewTeamSlot(ctx.redis, data.team, jobId).catch(() => undefined);
+    }, CANCEL_POLL_MS);
+    try {
+      const result = await runLayerJob(ctx, data, jobId, running, events);
+      ctx.metrics.jobs.inc({ queue: 'layer', outcome: result.outcome });
+      return result;
+    } catch (e) {
+      throw await settleFailure(ctx, job, token, data, running, events, e);
+    } finally {
+      clearInterval(watch);
+      unfollow();
+      ctx.jobs.remove(jobId);
+      ctx.metrics.busy.set(ctx.jobs.busy);
+      await giveBackTeamSlot(ctx.redis, data.team, jobId).catch(() => undefined);
+      await events.close();
+      ctx.evictSoon();
+    }
+  };
+}
+
+/** Says how the job ended in the build's events and turns the error into what BullMQ should do. */
+async function settleFailure(ctx: WorkerContext, job: Job, token: string | undefined, data: LayerJobData, running: RunningJob, events: JobEvents, e: unknown): Promise<Error> {
+  const msg = errorMessage(e);
+  const count = (outcome: string) => ctx.metrics.jobs.inc({ queue: 'layer', outcome });
+  switch (running.stop.cause) {
+    case 'shutdown':
+      await events.job('queued', { message: `handed back to the queue: worker ${ctx.id} is stopping` });
+      await job.moveToWait(token);
+      count('handed-back');
+      return new WaitingError();
+    case 'cancelled':
+      await events.job('cancelled', { message: 'the build was cancelled' });
+      count('cancelled');
+      return new UnrecoverableError(`build ${data.buildId} was cancelled`);
+    default:
+      break;
+  }
+  if (e instanceof LayerFailedError) {
+    await events.job('failed', { exitCode: e.exitCode, logTail: e.logTail, message: msg });
+    count('failed');
+    return new UnrecoverableError(msg);
+  }
+  if (isUnrecoverable(e)) {
+    await events.job('failed', { message: msg });
+    count('failed');
+    return new UnrecoverableError(msg);
+  }
+  const attempts = job.opts.attempts ?? 1;
+  const last = job.attemptsMade + 1 >= attempts;
+  const why = running.stop.cause === 'claim-lost' ? `lost the claim on its layer: ${msg}` : msg;
+  await events.job(last ? 'failed' : 'queued', {
+    message: last ? why : `attempt ${job.attemptsMade + 1} of ${attempts} failed; it will be retried: ${why}`,
+  });
+  count(last ? 'failed' : 'retried');
+  ctx.log.warn(last ? 'layer job failed' : 'layer job will be retried', { job: job.id, error: why });
+  return e instanceof Error ? e : new Error(msg);
+}
+
+async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string, running: RunningJob, events: JobEvents): Promise<LayerJobResult> {
+  const { shared, redis } = ctx;
+  const signal = running.stop.signal;
+  running.keys.add(data.key);
+  for (const k of data.chain) running.keys.add(k);
+
+  // Already in the shared store, or built meanwhile by another build's job: nothing to do.
+  // A # noshare layer never gets there, and is not coordinated: each worker builds its own.
+  let lease: ClaimLease | undefined;
+  let waited = false;
+  while (data.share) {
+    if (await shared.getManifest(data.key, { signal })) {
+      await events.job('done', { message: waited ? 'built by another build' : 'already in the shared store' });
+      return { key: data.key, outcome: waited ? 'waited' : 'shared-hit', worker: ctx.id };
+    }
+    const got = await ClaimLease.take(redis, data.key, claimOwner(jobId, ctx.id));
+    if (got instanceof ClaimLease) {
+      lease = got;
+      break;
+    }
+    if (!waited) await events.job('waiting', { message: `another job (${got.holder.split('|').slice(0, 2).join(' on ')}) is building this layer` });
+    waited = true;
+    await waitForLayer(shared, redis, data.key, signal);
+  }
+  const unfollow = running.stop.follow(lease?.signal, 'claim-lost', `the claim on layer ${data.key} was lost`);
+  try {
+    // Published between our look and our claim: its holder has released it already.
+    if (lease && (await shared.getManifest(data.key, { signal }))) {
+      await events.job('done', { message: waited ? 'built by another build' : 'already in the shared store' });
+      return { key: data.key, outcome: waited ? 'waited' : 'shared-hit', worker: ctx.id };
+    }
+    const built = await buildAndPush(ctx, data, running, events, lease);
+    if (lease) {
+      // Waiters look at the claim before the manifest: release after the push, then wake them.
+      await lease.release();
+      await publishReady(redis, data.key);
+    }
+    await events.job('done', { seconds: built.seconds, bytes: built.bytes, ...(built.shared ? {} : { message: built.note }) });
+    return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared };
+  } finally {
+    unfollow();
+    await lease?.release().catch(() => undefined);
+  }
+}
+
+async function buildAndPush(
+  ctx: WorkerContext,
+  data: LayerJobData,
+  running: RunningJob,
+  events: JobEvents,
+  lease: ClaimLease | undefined,
+): Promise<{ seconds: number; bytes: number; shared: boolean; note?: string }> {
+  const signal = running.stop.signal;
+  const started = performance.now();
+  await events.job('building');
+  const tarball = await fetchProject(ctx.shared, ctx.projectCache, data.project, { signal });
+  const projectDir = await extractProject(tarball, ctx.workDir, { signal });
+  try {
+    const project = await loadProject(projectDir);
+    const keyed = computeKeys(project, { nonce: data.nonce });
+    const k = keyed[data.index];
+    if (!k || k.key !== data.key) {
+      throw new VmlbError(
+        'KEY_MISMATCH',
+        `layer ${data.index} (${data.name}) of project ${data.project}: the job says key ${data.key}, this worker computes ${k ? `${k.key} for ${k.spec.name}` : 'no such layer'} (different engine recipe versions in the fleet?)`,
+      );
+    }
+    const chain = keyed.slice(0, data.index).map((l) => l.key);
+    if (chain.join() !== data.chain.join()) {
+      throw new VmlbError('KEY_MISMATCH', `layer ${data.name}: the job's parent chain is not the one this worker computes (${data.chain.join(', ')} vs ${chain.join(', ')})`);
+    }
+
+    const parent = await ensureChain(ctx, keyed, data.index, signal, events);
+    let manifest = await ctx.store.getManifest(k.key);
+    if (!manifest) {
+      manifest = await buildOne(ctx, k, data.index, parent, signal, events);
+      ctx.metrics.layerSeconds.observe({ kind: k.spec.kind }, (performance.now() - started) / 1000);
+    }
+    const seconds = Math.round(performance.now() - started) / 1000;
+    if (!manifest.share) return { seconds, bytes: manifest.blob.size, shared: false, note: 'kept on this worker: the layer is # noshare' };
+
+    // Someone else builds this key now (our claim lapsed): let the retry find theirs.
+    if (lease && !(await lease.stillOurs())) throw new VmlbError('CLAIM_LOST', `the claim on layer ${k.key} lapsed before it was uploaded`, { retryable: true });
+    events.engine({ type: 'layer-step', at: Date.now(), index: data.index, name: k.spec.name, step: 'uploading to the shared store' });
+    const r = await ctx.shared.push(ctx.store, k.key, { signal, uncacheable: !manifest.cacheable, onRetry: retryStep(events, data.index, k.spec.name) });
+    if (r.pushed) {
+      ctx.metrics.pushedBytes.inc(r.bytes);
+      return { seconds, bytes: r.bytes, shared: true };
+    }
+    if (r.reason === 'exists') {
+      // Another copy made it first (a lapsed claim): it is the one every worker will use.
+      if (r.manifest.blob.sha256 !== manifest.blob.sha256) {
+        await ctx.store.remove([k.key]);
+        await ctx.shared.pull(ctx.store, k.key, { signal });
+      }
+      return { seconds, bytes: r.manifest.blob.size, shared: true };
+    }
+    // parent-not-shared: built on a # noshare layer; parent-differs cannot happen after ensureChain.
+    return { seconds, bytes: manifest.blob.size, shared: false, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
+  } finally {
+    await rm(projectDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Makes layers 0..index-1 local, parent first, and returns the last one's manifest. The shared
+ * store's copy of a layer is the truth (a layer is only usable on the exact parent bytes it
+ * was written over): a local copy with other bytes is replaced by it. A layer the shared store
+ * lacks and this worker has not (# noshare, or built on one) is built here from the project.
+ */
+async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], index: number, signal: AbortSignal, events: JobEvents): Promise<LayerManifest | null> {
+  let parent: LayerManifest | null = null;
+  for (const [j, k] of keyed.slice(0, index).entries()) {
+    const fromShared = await ctx.shared.getManifest(k.key, { signal });
+    let local = await ctx.store.getManifest(k.key);
+    if (fromShared) {
+      if (local && local.blob.sha256 !== fromShared.blob.sha256) {
+        await ctx.store.remove([k.key]);
+        local = null;
+      }
+      if (!local) {
+        events.engine({ type: 'layer-step', at: Date.now(), index, name: keyed[index]!.spec.name, step: `fetching ${k.spec.name} from the shared store` });
+        local = await ctx.shared.pull(ctx.store, k.key, { signal, onRetry: retryStep(events, index, keyed[index]!.spec.name) });
+        ctx.metrics.pulledLayers.inc();
+      }
+    } else if (!local) {
+      events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on this worker` });
+      local = await buildOne(ctx, k, j, parent, signal, events, { quiet: true });
+    }
+    parent = local;
+  }
+  await ctx.store.touch(keyed.slice(0, index).map((k) => k.key));
+  return parent;
+}
+
+/** The engine's buildLayer with the engine's events (layer-start, log, steps, done/failed). */
+async function buildOne(
+  ctx: WorkerContext,
+  k: KeyedLayer,
+  index: number,
+  parent: LayerManifest | null,
+  signal: AbortSignal,
+  events: JobEvents,
+  o: { quiet?: boolean } = {},
+): Promise<LayerManifest> {
+  const name = k.spec.name;
+  const started = performance.now();
+  const emit = o.quiet ? () => {} : (e: Parameters<JobEvents['engine']>[0]) => events.engine(e);
+  emit({ type: 'layer-start', at: Date.now(), index, name, kind: k.spec.kind, key: k.key });
+  try {
+    const m = await buildLayer({
+      store: ctx.store,
+      backend: ctx.backend,
+      spec: k.spec,
+      key: k.key,
+      inputs: k.inputs,
+      cacheable: k.cacheable,
+      parent,
+      signal,
+      onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
+      onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),
+    });
+    emit({ type: 'layer-done', at: Date.now(), index, name, key: k.key, seconds: (performance.now() - started) / 1000, bytes: m.blob.size });
+    return m;
+  } catch (e) {
+    if (e instanceof LayerFailedError) {
+      emit({
+        type: 'layer-failed',
+        at: Date.now(),
+        index,
+        name,
+        key: k.key,
+        seconds: (performance.now() - started) / 1000,
+        message: e.message,
+        exitCode: e.exitCode,
+        timedOut: e.timedOut,
+        logPath: e.logPath,
+        logTail: e.logTail,
+      });
+    }
+    throw e;
+  }
+}
+
+function retryStep(events: JobEvents, index: number, name: string): (r: RetryInfo) => void {
+  return (r) =>
+    events.engine({ type: 'layer-step', at: Date.now(), index, name, step: `${r.what}: retry ${r.attempt}/${r.tries - 1} in ${(r.delayMs / 1000).toFixed(1)}s (${r.error})` });
+}

@@ -1,0 +1,237 @@
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
+import {
+  ENGINE_VERSION,
+  FuseDaemon,
+  LocalStore,
+  SharedStore,
+  chooseBackend,
+  defaultStoreDir,
+  startupSweep,
+} from '@vmlb/layer-engine';
+import {
+  FLATTEN_QUEUE,
+  HEARTBEAT_MS,
+  LAYER_QUEUE,
+  pruneProjects,
+  redisConnection,
+  removeRegistration,
+  writeRegistration,
+  type FleetConfig,
+  type WorkerRegistration,
+} from '@vmlb/fleet';
+import { flattenProcessor } from './flatten-worker.js';
+import { layerProcessor } from './layer-worker.js';
+import { silentLogger, type Logger } from './logger.js';
+import { WorkerMetrics } from './metrics.js';
+import { RunningJobs } from './running-jobs.js';
+import { workerSlots } from './slots.js';
+import type { WorkerContext } from './worker-context.js';
+import { DEFAULT_WORKER_SETTINGS, type WorkerSettings } from './worker-settings.js';
+
+/** Cached projects unused this long are removed at start-up. */
+const PROJECT_CACHE_AGE_MS = 7 * 24 * 3600_000;
+/** The local store's usage is measured at most this often (it reads every manifest). */
+const USAGE_EVERY_MS = 30_000;
+/** After handing jobs back, how long close() still waits for them to let go. */
+const HAND_BACK_WAIT_MS = 30_000;
+
+export interface StartWorkerOptions extends Partial<WorkerSettings> {
+  log?: Logger;
+  /** Run the engine's start-up sweep (attachments and half-built blobs of killed runs). @default true */
+  sweep?: boolean;
+}
+
+export interface RunningWorker {
+  readonly id: string;
+  readonly slots: number;
+  readonly backend: 'fuse' | 'nbd';
+  /** The metrics port when they are served. */
+  readonly metricsPort: number | undefined;
+  /** Jobs running now. */
+  busy(): number;
+  /**
+   * Stops taking jobs and waits for the running ones, up to `graceMs` (@default the
+   * settings'); past it, or on handBack(), they are aborted and go back to the queue. Then
+   * deregisters and releases everything. Safe to call twice.
+   */
+  close(o?: { graceMs?: number }): Promise<void>;
+  /** Stops the running jobs now so they go back to the queue (a second SIGTERM). */
+  handBack(): void;
+}
+
+/**
+ * Starts a fleet worker in this process: the start-up sweep, one BullMQ worker per queue
+ * (layers: concurrency = slots; flatten), the registration and its heartbeat.
+ */
+export async function startWorker(config: FleetConfig, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
+  const settings: WorkerSettings = {
+    ...DEFAULT_WORKER_SETTINGS,
+    id: config.workerId ?? `${os.hostname()}-${process.pid}`,
+    ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+  } as WorkerSettings;
+  const log = (opts.log ?? silentLogger).child({ worker: settings.id });
+  const id = settings.id;
+
+  const store = new LocalStore(config.store ?? defaultStoreDir());
+  await store.init();
+  if (opts.sweep !== false) {
+    const swept = await startupSweep(store);
+    if (swept) log.info(swept);
+  }
+  const fleetDir = path.join(store.root, 'fleet');
+  const projectCache = path.join(fleetDir, 'projects');
+  const workDir = path.join(fleetDir, 'work', String(process.pid));
+  await sweepWorkDirs(path.dirname(workDir));
+  await mkdir(workDir, { recursive: true });
+  await pruneProjects(projectCache, PROJECT_CACHE_AGE_MS);
+
+  const backend = await chooseBackend(config.backend);
+  const slots = await workerSlots(backend.name, config.workerSlots);
+  const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
+  const shared = new SharedStore(config.shared);
+  const metrics = new WorkerMetrics(id);
+  metrics.slots.set(slots);
+  const jobs = new RunningJobs();
+
+  let evicting: Promise<unknown> = Promise.resolve();
+  const ctx: WorkerContext = {
+    id,
+    fleet: config,
+    redis,
+    shared,
+    store,
+    backend,
+    projectCache,
+    workDir,
+    jobs,
+    metrics,
+    log,
+    evictSoon() {
+      evicting = evicting.then(() =>
+        store.evict(config.storeCapBytes, jobs.protectedKeys()).then(
+          (r) => r.removed.length && log.info('evicted layers from the local store', { layers: r.removed.length, bytes: r.bytes }),
+          (e: unknown) => log.warn('eviction failed', { error: (e as Error).message }),
+        ),
+      );
+    },
+  };
+
+  const connections: Redis[] = [redis];
+  const bullWorker = (queue: string, processor: ReturnType<typeof layerProcessor> | ReturnType<typeof flattenProcessor>, concurrency: number) => {
+    const connection = redisConnection(config.redisUrl, `vmlb-worker-${id}-${queue}`);
+    connections.push(connection);
+    const w = new Worker(queue, processor, {
+      connection,
+      name: id,
+      concurrency,
+      lockDuration: settings.lockDurationMs,
+      stalledInterval: settings.stalledIntervalMs,
+      maxStalledCount: settings.maxStalledCount,
+    });
+    w.on('error', (e) => log.warn('BullMQ worker error', { queue, error: e.message }));
+    w.on('failed', (job, e) => job && log.info('job failed', { queue, job: job.id, attempt: job.attemptsMade, error: e.message.split('\n')[0] }));
+    w.on('completed', (job) => log.info('job done', { queue, job: job.id }));
+    return w;
+  };
+  const layers = bullWorker(LAYER_QUEUE, layerProcessor(ctx), slots);
+  // Flattening holds no block device; it waits on claims and streams files. As many as slots.
+  const flattens = bullWorker(FLATTEN_QUEUE, flattenProcessor(ctx), slots);
+
+  const startedAt = new Date().toISOString();
+  let state: WorkerRegistration['state'] = 'running';
+  let usage = { at: 0, bytes: 0 };
+  const register = async () => {
+    if (Date.now() - usage.at > USAGE_EVERY_MS) usage = { at: Date.now(), bytes: (await store.usage().catch(() => ({ bytes: usage.bytes }))).bytes };
+    metrics.cachedBytes.set(usage.bytes);
+    await writeRegistration(redis, {
+      id,
+      host: os.hostname(),
+      pid: process.pid,
+      backend: backend.name,
+      slots,
+      busy: jobs.busy,
+      cachedBytes: usage.bytes,
+      version: ENGINE_VERSION,
+      startedAt,
+      lastHeartbeat: new Date().toISOString(),
+      state,
+    });
+  };
+  await register();
+  let beating: Promise<void> = Promise.resolve();
+  const heartbeat = setInterval(() => {
+    beating = register().catch((e: unknown) => log.warn('heartbeat failed', { error: (e as Error).message }));
+  }, HEARTBEAT_MS);
+
+  const metricsPort = settings.metricsPort ? await metrics.serve(settings.metricsPort, settings.metricsHost) : undefined;
+  log.info('worker started', { backend: backend.name, slots, store: store.root, metricsPort });
+
+  let closing: Promise<void> | undefined;
+  const close = (o: { graceMs?: number } = {}) =>
+    (closing ??= (async () => {
+      state = 'stopping';
+      await register().catch(() => undefined);
+      log.info('stopping: no new jobs; waiting for the running ones', { busy: jobs.busy, graceMs: o.graceMs ?? settings.graceMs });
+      const closed = Promise.all([layers.close(), flattens.close()]);
+      const grace = setTimeout(() => {
+        log.warn('grace period over: handing the running jobs back to the queue', { busy: jobs.busy });
+        jobs.handBackAll();
+      }, o.graceMs ?? settings.graceMs);
+      // Handed-back jobs let go within seconds (their builds abort and release their disks);
+      // one that does not is given up on: its lock lapses and another worker takes it.
+      let giveUp: NodeJS.Timeout | undefined;
+      const gaveUp = jobs.handedBack.then(() => new Promise<'gave-up'>((r) => (giveUp = setTimeout(() => r('gave-up'), HAND_BACK_WAIT_MS))));
+      if ((await Promise.race([closed, gaveUp])) === 'gave-up') {
+        log.error('running jobs did not stop after they were handed back; leaving them to the stalled-job check', { jobs: jobs.list().map((j) => j.id) });
+      }
+      clearTimeout(grace);
+      clearTimeout(giveUp);
+      clearInterval(heartbeat);
+      // A heartbeat in flight must not write the registration again after it is removed.
+      await beating;
+      await removeRegistration(redis, id).catch(() => undefined);
+      await evicting;
+      await FuseDaemon.shutdown();
+      await metrics.close();
+      shared.close();
+      await Promise.all(connections.map((c) => c.quit().catch(() => c.disconnect())));
+      await rm(workDir, { recursive: true, force: true });
+      log.info('worker stopped');
+    })());
+
+  return {
+    id,
+    slots,
+    backend: backend.name,
+    metricsPort,
+    busy: () => jobs.busy,
+    close,
+    handBack() {
+      log.warn('handing the running jobs back to the queue', { busy: jobs.busy });
+      jobs.handBackAll();
+    },
+  };
+}
+
+/** Removes the scratch folders of worker processes that are gone. */
+async function sweepWorkDirs(parent: string): Promise<void> {
+  for (const name of await readdir(parent).catch(() => [] as string[])) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
+    await rm(path.join(parent, name), { recursive: true, force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+

@@ -1,0 +1,28 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_WORKER_SETTINGS, workerSettingsFrom } from './worker-settings.js';
+
+const base = { VMLB_SHARED: 's3://bucket/p', S3_ENDPOINT: 'http://127.0.0.1:9000', S3_ACCESS_KEY: 'a', S3_SECRET_KEY: 's' };
+
+describe('workerSettingsFrom', () => {
+  it('takes the defaults, and the worker id from VMLB_WORKER_ID', () => {
+    const { fleet, settings } = workerSettingsFrom({ ...base, VMLB_WORKER_ID: 'w1' });
+    expect(fleet.shared.bucket).toBe('bucket');
+    expect(settings).toMatchObject({ ...DEFAULT_WORKER_SETTINGS, id: 'w1' });
+  });
+
+  it('reads durations and milliseconds', () => {
+    const { settings } = workerSettingsFrom({ ...base, VMLB_WORKER_GRACE: '90s', VMLB_WORKER_LOCK_MS: '2000', VMLB_WORKER_STALLED_MS: '1000', VMLB_WORKER_METRICS_PORT: '9464' });
+    expect(settings).toMatchObject({ graceMs: 90_000, lockDurationMs: 2000, stalledIntervalMs: 1000, metricsPort: 9464 });
+  });
+
+  it("reports every problem at once, the fleet's and the worker's, each naming its variable", () => {
+    let message = '';
+    try {
+      workerSettingsFrom({ ...base, VMLB_SHARED: undefined, VMLB_WORKER_SLOTS: 'many', VMLB_WORKER_GRACE: 'soon', VMLB_WORKER_LOCK_MS: '10' });
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/4 problems/);
+    for (const name of ['VMLB_SHARED', 'VMLB_WORKER_SLOTS', 'VMLB_WORKER_GRACE', 'VMLB_WORKER_LOCK_MS']) expect(message).toContain(name);
+  });
+});

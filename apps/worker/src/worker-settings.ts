@@ -1,0 +1,104 @@
+import os from 'node:os';
+import { z } from 'zod';
+import { VmlbError, parseDuration } from '@vmlb/layer-engine';
+import { fleetConfigFrom, type FleetConfig } from '@vmlb/fleet';
+
+/**
+ * A worker's own settings, on top of the fleet configuration (libs/fleet/src/config.ts), from
+ * the environment in one pass: every problem of both is reported at once, naming the variable.
+ *
+ *   VMLB_WORKER_GRACE           how long SIGTERM waits for running jobs before handing them back
+ *                               @default 5m
+ *   VMLB_WORKER_LOCK_MS         BullMQ lock duration (renewed at half of it while a job runs)
+ *                               @default 30000
+ *   VMLB_WORKER_STALLED_MS      how often workers look for jobs whose worker died   @default 5000
+ *   VMLB_WORKER_METRICS_PORT    serve Prometheus metrics on this port (0: do not)   @default 0
+ *   VMLB_WORKER_METRICS_HOST    @default 0.0.0.0
+ *
+ * A SIGKILLed worker's job runs again after its lock lapses: within LOCK_MS + STALLED_MS.
+ */
+export interface WorkerSettings {
+  /** @default <hostname>-<pid> */
+  id: string;
+  graceMs: number;
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+  /** Stalls a job survives before it fails (a worker killed twice under the same job). @default 3 */
+  maxStalledCount: number;
+  metricsPort: number;
+  metricsHost: string;
+}
+
+export const DEFAULT_WORKER_SETTINGS = {
+  graceMs: 5 * 60_000,
+  lockDurationMs: 30_000,
+  stalledIntervalMs: 5000,
+  maxStalledCount: 3,
+  metricsPort: 0,
+  metricsHost: '0.0.0.0',
+} as const;
+
+const duration = (name: string) =>
+  z.string().transform((v, ctx) => {
+    try {
+      return parseDuration(v);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
+      return z.NEVER;
+    }
+  });
+const ms = (name: string, min: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, `${name} must be a whole number of milliseconds`)
+    .transform(Number)
+    .refine((n) => n >= min, `${name} must be at least ${min}`);
+
+const schema = z.object({
+  VMLB_WORKER_GRACE: duration('VMLB_WORKER_GRACE').optional(),
+  VMLB_WORKER_LOCK_MS: ms('VMLB_WORKER_LOCK_MS', 1000).optional(),
+  VMLB_WORKER_STALLED_MS: ms('VMLB_WORKER_STALLED_MS', 500).optional(),
+  VMLB_WORKER_METRICS_PORT: z
+    .string()
+    .regex(/^\d+$/, 'VMLB_WORKER_METRICS_PORT must be a port number')
+    .transform(Number)
+    .refine((n) => n < 65536, 'VMLB_WORKER_METRICS_PORT must be below 65536')
+    .optional(),
+  VMLB_WORKER_METRICS_HOST: z.string().optional(),
+});
+
+export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { fleet: FleetConfig; settings: WorkerSettings } {
+  const problems: string[] = [];
+  let fleet: FleetConfig | undefined;
+  try {
+    fleet = fleetConfigFrom(env);
+  } catch (e) {
+    // One problem a line, under headers like "… has 2 problems:" (the S3 part nests one).
+    const msg = (e as Error).message;
+    const lines = msg.split('\n').map((l) => l.trim()).filter((l) => l && !/\d+ problems?\)?:$/.test(l));
+    problems.push(...(lines.length ? lines : [msg]));
+  }
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const name = String(issue.path[0] ?? '');
+      problems.push(issue.message.startsWith(name) ? issue.message : `${name}: ${issue.message}`);
+    }
+  }
+  if (problems.length > 0 || !fleet || !parsed.success) {
+    throw new VmlbError('FLEET_CONFIG', `the worker configuration has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
+  }
+  const e = parsed.data;
+  return {
+    fleet,
+    settings: {
+      id: fleet.workerId ?? `${os.hostname()}-${process.pid}`,
+      graceMs: e.VMLB_WORKER_GRACE ?? DEFAULT_WORKER_SETTINGS.graceMs,
+      lockDurationMs: e.VMLB_WORKER_LOCK_MS ?? DEFAULT_WORKER_SETTINGS.lockDurationMs,
+      stalledIntervalMs: e.VMLB_WORKER_STALLED_MS ?? DEFAULT_WORKER_SETTINGS.stalledIntervalMs,
+      maxStalledCount: DEFAULT_WORKER_SETTINGS.maxStalledCount,
+      metricsPort: e.VMLB_WORKER_METRICS_PORT ?? DEFAULT_WORKER_SETTINGS.metricsPort,
+      metricsHost: e.VMLB_WORKER_METRICS_HOST ?? DEFAULT_WORKER_SETTINGS.metricsHost,
+    },
+  };
+}
