@@ -5,10 +5,13 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux" bash scripts/setup.sh
+VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux redis-server" bash scripts/setup.sh
 mkdir -p test-results
 npx --no-install tsc -p libs/layer-engine --noEmit
 npx --no-install tsc -p apps/cli --noEmit
+npx --no-install tsc -p libs/fleet --noEmit
+npx --no-install tsc -p apps/scheduler --noEmit
+npx --no-install tsc -p apps/worker --noEmit
 npx --no-install tsc -p bench
 npx --no-install tsc -p test
 set +e

@@ -1,0 +1,423 @@
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { createWriteStream } from 'node:fs';
+import { lstat, mkdir, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import * as tar from 'tar-stream';
+import { OUTPUT_DIR, VmlbError, formatBytes, loadProject, type BuildEvent } from '@vmlb/layer-engine';
+import { chooseMode, createDisplay } from './display.js';
+
+/**
+ * The fleet commands of `vmlb`: `submit` (send a project to the scheduler and show its build
+ * with the same display as a local build), `builds` (list yours), `pull` (download an image)
+ * and `cancel`. The scheduler and the token come from --server/--token, else VMLB_SERVER /
+ * VMLB_TOKEN, else ~/.config/vmlb/config.json ({ "server": "…", "token": "…" }).
+ *
+ * Errors are VmlbErrors; the codes in FLEET_USAGE_CODES are usage or authentication problems
+ * (exit 2), the rest failures (exit 1).
+ */
+
+export const FLEET_USAGE_CODES = ['FLEET_USAGE', 'FLEET_AUTH', 'FLEET_REFUSED', 'NO_SUCH_BUILD'];
+
+interface Endpoint {
+  server: string;
+  token: string;
+}
+
+interface ConnOpts {
+  server?: string;
+  token?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the scheduler is, and the token
+
+export function configFile(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_CONFIG_HOME || path.join(os.homedir(), '.config');
+  return path.join(base, 'vmlb', 'config.json');
+}
+
+async function endpointFrom(o: ConnOpts): Promise<Endpoint> {
+  let file: { server?: unknown; token?: unknown } = {};
+  const where = configFile();
+  if (!o.server || !o.token) {
+    try {
+      file = JSON.parse(await readFile(where, 'utf8')) as typeof file;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new VmlbError('FLEET_USAGE', `cannot read ${where}: ${(e as Error).message}`);
+    }
+  }
+  // An empty variable counts as unset, so the config file still applies.
+  const server = o.server || (typeof file.server === 'string' ? file.server : undefined);
+  const token = o.token || (typeof file.token === 'string' ? file.token : undefined);
+  const missing = [!server && '--server (or VMLB_SERVER)', !token && '--token (or VMLB_TOKEN)'].filter(Boolean);
+  if (missing.length > 0) {
+    throw new VmlbError('FLEET_USAGE', `which scheduler? give ${missing.join(' and ')}, or put { "server": "…", "token": "…" } in ${where} (\`npm run fleet\` prints both for a local fleet)`);
+  }
+  let url: URL;
+  try {
+    url = new URL(server!);
+  } catch {
+    throw new VmlbError('FLEET_USAGE', `--server ${server}: not a URL (e.g. http://127.0.0.1:8080)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VmlbError('FLEET_USAGE', `--server ${server}: must be an http:// or https:// URL`);
+  return { server: url.href.replace(/\/+$/, ''), token: token! };
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+interface ApiError {
+  error?: { code?: string; message?: string; entry?: string };
+}
+
+async function request(ep: Endpoint, method: string, route: string, init: { body?: Buffer; headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<Response> {
+  try {
+    return await fetch(`${ep.server}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${ep.token}`, ...init.headers },
+      body: init.body,
+      redirect: 'follow',
+      signal: init.signal,
+    });
+  } catch (e) {
+    if (init.signal?.aborted) throw e;
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    throw new VmlbError('FLEET_UNREACHABLE', `cannot reach the scheduler at ${ep.server}: ${cause?.code ?? cause?.message ?? (e as Error).message}`, { retryable: true });
+  }
+}
+
+/** Turns a refusal into a VmlbError that says what to do; passes a 2xx through. */
+async function check(res: Response, what: string): Promise<Response> {
+  if (res.ok) return res;
+  let body: ApiError = {};
+  const text = await res.text().catch(() => '');
+  try {
+    body = JSON.parse(text) as ApiError;
+  } catch {
+    /* not JSON: use the status */
+  }
+  const message = body.error?.message ?? (text.trim() || res.statusText);
+  switch (res.status) {
+    case 401:
+      throw new VmlbError('FLEET_AUTH', `${what}: the scheduler refused the token (401): check VMLB_TOKEN or --token`);
+    case 403:
+      throw new VmlbError('FLEET_AUTH', `${what}: ${message}`);
+    case 404:
+      throw new VmlbError('NO_SUCH_BUILD', `${what}: ${message}`);
+    case 400:
+    case 413:
+    case 415:
+      throw new VmlbError('FLEET_REFUSED', `${what}: the scheduler refused it: ${message}`);
+    default:
+      throw new VmlbError('FLEET_ERROR', `${what}: the scheduler answered ${res.status}: ${message}`, { retryable: res.status >= 500 });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing a project
+
+/**
+ * The project as a .tar.gz, in memory. Left out at the top: `build/` (outputs) and dot-entries
+ * (.git and the like), which the engine ignores there too. Inside layer folders everything
+ * goes, dot-files included: they are part of each layer's key, and the scheduler must compute
+ * the keys a local build would. Entries are sorted and carry no times, owners or host
+ * details, so the same project packs to the same bytes (and the scheduler stores it once).
+ */
+export async function packProject(dir: string): Promise<Buffer> {
+  const root = path.resolve(dir);
+  const pack = tar.pack();
+  const gzip = createGzip({ level: 6 });
+  const chunks: Buffer[] = [];
+  gzip.on('data', (c: Buffer) => chunks.push(c));
+  const finished = new Promise<void>((resolve, reject) => {
+    gzip.on('end', resolve);
+    gzip.on('error', reject);
+    pack.on('error', reject);
+  });
+  pack.pipe(gzip);
+
+  const mtime = new Date(0);
+  const add = (header: tar.Header | Parameters<typeof pack.entry>[0], content?: Buffer) =>
+    new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+      if (content) pack.entry(header, content, cb);
+      else pack.entry(header, cb);
+    });
+
+  const walk = async (rel: string): Promise<void> => {
+    const names = (await readdir(path.join(root, rel))).sort();
+    for (const name of names) {
+      if (rel === '' && (name.startsWith('.') || name === OUTPUT_DIR)) continue;
+      const relPath = rel ? `${rel}/${name}` : name;
+      const abs = path.join(root, relPath);
+      const st = await lstat(abs);
+      const common = { name: relPath, mtime, uid: 0, gid: 0, uname: '', gname: '' };
+      if (st.isDirectory()) {
+        await add({ ...common, type: 'directory', mode: 0o755 });
+        await walk(relPath);
+      } else if (st.isSymbolicLink()) {
+        await add({ ...common, type: 'symlink', linkname: await readlink(abs), mode: 0o777 });
+      } else if (st.isFile()) {
+        const content = await readFile(abs);
+        await add({ ...common, type: 'file', size: content.length, mode: st.mode & 0o100 ? 0o755 : 0o644 }, content);
+      } else {
+        throw new VmlbError('FLEET_USAGE', `${relPath}: not a file, folder or symlink (a device, FIFO or socket cannot be sent)`);
+      }
+    }
+  };
+  try {
+    await walk('');
+    pack.finalize();
+  } catch (e) {
+    pack.destroy(e as Error);
+    throw e;
+  }
+  await finished;
+  return Buffer.concat(chunks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-sent events
+
+interface SseMessage {
+  event: string;
+  data: string;
+  id?: string;
+}
+
+async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseMessage> {
+  const decoder = new TextDecoder();
+  let buf = '';
+  let event = 'message';
+  let data: string[] = [];
+  let id: string | undefined;
+  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).replace(/\r$/, '');
+      buf = buf.slice(nl + 1);
+      if (line === '') {
+        if (data.length > 0) yield { event, data: data.join('\n'), ...(id !== undefined ? { id } : {}) };
+        event = 'message';
+        data = [];
+        id = undefined;
+      } else if (!line.startsWith(':')) {
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+        if (field === 'data') data.push(value);
+        else if (field === 'event') event = value;
+        else if (field === 'id') id = value;
+      }
+    }
+  }
+}
+
+interface BuildRecordLite {
+  id: string;
+  team: string;
+  state: string;
+  error?: string;
+  createdAt: string;
+  finishedAt?: string;
+  image: { key: string; path: string; bytes: number } | null;
+}
+
+/**
+ * Follows a build's events until its final record, feeding each BuildEvent to `onEvent`; a
+ * dropped connection is resumed after the last event seen (Last-Event-ID), a few times.
+ */
+async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) => void, signal: AbortSignal): Promise<BuildRecordLite> {
+  let lastId: string | undefined;
+  let failures = 0;
+  for (;;) {
+    let lastError: unknown;
+    try {
+      const res = await check(
+        await request(ep, 'GET', `/v1/builds/${encodeURIComponent(id)}/events`, {
+          headers: { accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) },
+          signal,
+        }),
+        `following build ${id}`,
+      );
+      if (!res.body) throw new VmlbError('FLEET_ERROR', `following build ${id}: the scheduler sent no event stream`);
+      for await (const m of readSse(res.body)) {
+        failures = 0;
+        if (m.id) lastId = m.id;
+        if (m.event === 'end') return JSON.parse(m.data) as BuildRecordLite;
+        if (m.event === 'message') onEvent(JSON.parse(m.data) as BuildEvent);
+      }
+    } catch (e) {
+      if (signal.aborted || (e instanceof VmlbError && !e.retryable)) throw e;
+      lastError = e;
+    }
+    if (++failures > 5) {
+      throw lastError ?? new VmlbError('FLEET_ERROR', `following build ${id}: the event stream kept ending before the build did`);
+    }
+    await new Promise((r) => setTimeout(r, 1000 * failures));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+const serverOption = () => new Option('--server <url>', 'the scheduler, e.g. http://127.0.0.1:8080').env('VMLB_SERVER');
+const tokenOption = () => new Option('--token <token>', 'your team\'s token (prefer the variable: a flag shows in ps)').env('VMLB_TOKEN');
+
+function buildIdArg(v: string): string {
+  if (!/^b[0-9a-z]{8,40}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a build id (they look like b0mhx3k2p7a1b2c3d4e5; \`vmlb builds\` lists yours)`);
+  return v;
+}
+
+/** Ctrl-C while following: the build goes on in the fleet; say how to get back to it. */
+function detachOnInterrupt(ac: AbortController, id: () => string | undefined): () => void {
+  const onSignal = () => {
+    const b = id();
+    process.stderr.write(
+      b ? `\nvmlb: stopped following; build ${b} goes on in the fleet (vmlb builds; vmlb pull ${b} -o FILE; vmlb cancel ${b})\n` : '\nvmlb: interrupted\n',
+    );
+    ac.abort();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+}
+
+function ago(iso: string): string {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 90) return `${Math.round(s)}s ago`;
+  if (s < 5400) return `${Math.round(s / 60)}m ago`;
+  if (s < 48 * 3600) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86400)}d ago`;
+}
+
+function duration(b: { createdAt: string; finishedAt?: string }): string {
+  const end = b.finishedAt ? Date.parse(b.finishedAt) : Date.now();
+  const s = Math.max(0, Math.round((end - Date.parse(b.createdAt)) / 1000));
+  return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+}
+
+export function registerFleetCommands(program: Command): void {
+  program
+    .command('submit')
+    .description('send the image project in DIR to the fleet\'s scheduler and follow its build (the same display as vmlb build)')
+    .argument('[dir]', 'the image project', '.')
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .option('--detach', 'print the build id and return at once; do not follow the build')
+    .option('--json', 'print build events as JSON lines (for machines)')
+    .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
+    .action(async (dir: string, o: ConnOpts & { detach?: boolean; json?: boolean; plain?: boolean }) => {
+      const ep = await endpointFrom(o);
+      const projectDir = path.resolve(dir);
+      // The scheduler checks it again; checking here first answers a broken project at once.
+      await loadProject(projectDir);
+      const body = await packProject(projectDir);
+      const res = await check(
+        await request(ep, 'POST', '/v1/builds', { body, headers: { 'content-type': 'application/gzip' } }),
+        `submitting ${path.relative(process.cwd(), projectDir) || '.'}`,
+      );
+      const submitted = (await res.json()) as BuildRecordLite;
+      if (o.detach) {
+        process.stdout.write(o.json ? `${JSON.stringify(submitted)}\n` : `${submitted.id}\n`);
+        return;
+      }
+      const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout);
+      const ac = new AbortController();
+      const undo = detachOnInterrupt(ac, () => submitted.id);
+      let final: BuildRecordLite;
+      try {
+        display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded)` });
+        final = await followBuild(ep, submitted.id, (e) => display.onEvent(e), ac.signal);
+      } catch (e) {
+        if (ac.signal.aborted) {
+          process.exitCode = 130;
+          return;
+        }
+        throw e;
+      } finally {
+        display.close();
+        undo();
+      }
+      if (final.state !== 'done') {
+        throw new VmlbError('BUILD_FAILED', `build ${final.id} ${final.state}${final.error ? `: ${final.error.split('\n')[0]}` : ''}`);
+      }
+    });
+
+  program
+    .command('builds')
+    .description('list your team\'s builds in the fleet, newest first')
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .addOption(new Option('--state <state>', 'only builds in this state').choices(['active', 'queued', 'building', 'done', 'failed', 'cancelled']))
+    .option('--team <team>', 'another team\'s builds (admin tokens only)')
+    .option('--limit <n>', 'at most this many', '20')
+    .option('--json', 'print the list as JSON')
+    .action(async (o: ConnOpts & { state?: string; team?: string; limit: string; json?: boolean }) => {
+      const ep = await endpointFrom(o);
+      const q = new URLSearchParams({ limit: o.limit });
+      if (o.state) q.set('state', o.state);
+      if (o.team) q.set('team', o.team);
+      const res = await check(await request(ep, 'GET', `/v1/builds?${q}`), 'listing builds');
+      const { builds } = (await res.json()) as { builds: Array<{ id: string; team: string; state: string; createdAt: string; finishedAt?: string; layers: number; hits: number; built: number; error?: string }> };
+      if (o.json) {
+        process.stdout.write(JSON.stringify(builds, null, 2) + '\n');
+        return;
+      }
+      if (builds.length === 0) {
+        process.stdout.write('no builds\n');
+        return;
+      }
+      const rows = [['BUILD', 'TEAM', 'STATE', 'LAYERS', 'CREATED', 'TOOK'], ...builds.map((b) => [b.id, b.team, b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)])];
+      const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+      for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
+    });
+
+  program
+    .command('pull')
+    .description('download the image of a finished fleet build')
+    .argument('<build>', 'the build id (vmlb builds lists them)', buildIdArg)
+    .option('-o, --output <file>', 'where to write it (default: BUILD.qcow2)')
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .action(async (id: string, o: ConnOpts & { output?: string }) => {
+      const ep = await endpointFrom(o);
+      const out = path.resolve(o.output ?? `${id}.qcow2`);
+      const res = await check(await request(ep, 'GET', `/v1/builds/${id}/image`), `pulling build ${id}`);
+      if (!res.body) throw new VmlbError('FLEET_ERROR', `pulling build ${id}: the scheduler sent no image`);
+      await mkdir(path.dirname(out), { recursive: true });
+      const tmp = `${out}.part-${process.pid}`;
+      try {
+        await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), createWriteStream(tmp));
+        const expected = Number(res.headers.get('content-length') ?? NaN);
+        const got = (await lstat(tmp)).size;
+        if (Number.isFinite(expected) && got !== expected) throw new VmlbError('FLEET_ERROR', `pulling build ${id}: got ${got} bytes of ${expected}; try again`);
+        await rename(tmp, out);
+        process.stdout.write(`${path.relative(process.cwd(), out) || out}: ${formatBytes(got)}\n`);
+      } finally {
+        await rm(tmp, { force: true });
+      }
+    });
+
+  program
+    .command('cancel')
+    .description('cancel a queued or running fleet build')
+    .argument('<build>', 'the build id', buildIdArg)
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .option('--json', 'print the build\'s record as JSON')
+    .action(async (id: string, o: ConnOpts & { json?: boolean }) => {
+      const ep = await endpointFrom(o);
+      const res = await check(await request(ep, 'POST', `/v1/builds/${id}/cancel`), `cancelling build ${id}`);
+      const r = (await res.json()) as BuildRecordLite;
+      process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : `build ${id} ${r.state}\n`);
+    });
+}

@@ -1,0 +1,265 @@
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
+import { isFinal, type BuildRecords, type StoredRecord } from './build-records.js';
+import { cancelBuild, failBuild, finishBuild, foldEvent } from './record-fold.js';
+import type { Logger } from './logger.js';
+import type { SharedStore } from '@vmlb/layer-engine';
+import { findImage } from './image-manifest.js';
+
+/**
+ * The single writer of build records. It follows every unfinished build's event stream with
+ * one blocking XREAD over all of them, folds each worker event into the build's record, and
+ * writes the record (with the stream id it has folded up to) whenever its state changes, so a
+ * restarted scheduler goes on from there. It also asks BullMQ now and then how each build's
+ * flatten job stands: that is what says a build failed for good (a job failed past its
+ * attempts, or a child failed it), and it catches a worker that died without a word.
+ *
+ * Followers of one build (the SSE route) subscribe here and get each event as it is folded,
+ * then the final record.
+ */
+
+export interface StreamEntry {
+  id: string;
+  event: FleetEvent;
+}
+
+export type FollowerMessage = { type: 'event'; entry: StreamEntry } | { type: 'end'; record: StoredRecord };
+type Listener = (m: FollowerMessage) => void;
+
+interface Active {
+  record: StoredRecord;
+  cursor: string;
+  dirty: boolean;
+  listeners: Set<Listener>;
+  /** When to ask BullMQ next (ms since the epoch). */
+  nextCheck: number;
+  writing: Promise<void>;
+}
+
+export interface FollowerOptions {
+  /** How long one XREAD waits for events. @default 1000 */
+  blockMs?: number;
+  /** How often BullMQ is asked about each build; sooner after a layer failed. @default 2000 */
+  checkEveryMs?: number;
+  onFinished?: (r: StoredRecord) => void;
+}
+
+/** Stream ids are `<ms>-<seq>`: compares two of them. */
+export function compareStreamIds(a: string, b: string): number {
+  const [am = 0, as = 0] = a.split('-').map(Number);
+  const [bm = 0, bs = 0] = b.split('-').map(Number);
+  return am - bm || as - bs;
+}
+
+/** Parses one XREAD/XRANGE entry as the event stream writes it (JSON in field `e`). */
+export function parseEntry(id: string, fields: string[]): StreamEntry | null {
+  const i = fields.indexOf('e');
+  if (i < 0 || i + 1 >= fields.length) return null;
+  try {
+    return { id, event: JSON.parse(fields[i + 1]!) as FleetEvent };
+  } catch {
+    return null;
+  }
+}
+
+export class BuildFollower {
+  private readonly active = new Map<string, Active>();
+  private readonly blockMs: number;
+  private readonly checkEveryMs: number;
+  private closed = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly deps: {
+      /** For BullMQ-side questions and XRANGE. */
+      redis: Redis;
+      /** A connection of its own for the blocking XREAD. */
+      blocking: Redis;
+      records: BuildRecords;
+      shared: SharedStore;
+      queues: { layers: Queue; flatten: Queue };
+      log: Logger;
+    },
+    private readonly opts: FollowerOptions = {},
+  ) {
+    this.blockMs = opts.blockMs ?? 1000;
+    this.checkEveryMs = opts.checkEveryMs ?? 2000;
+  }
+
+  /** Starts following, first every build a previous scheduler left unfinished. */
+  async start(): Promise<number> {
+    const unfinished = await this.deps.records.unfinished();
+    for (const r of unfinished) this.track(r);
+    this.loop = this.run();
+    return unfinished.length;
+  }
+
+  /** Follows a build (its record must be stored already). */
+  track(record: StoredRecord): void {
+    if (isFinal(record) || this.active.has(record.id)) return;
+    this.active.set(record.id, { record, cursor: record.cursor ?? '0', dirty: false, listeners: new Set(), nextCheck: Date.now() + this.checkEveryMs, writing: Promise.resolve() });
+    this.wake?.();
+  }
+
+  /** The live record of a followed build (fresher than the stored one), or undefined. */
+  live(id: string): StoredRecord | undefined {
+    return this.active.get(id)?.record;
+  }
+
+  get activeCount(): number {
+    return this.active.size;
+  }
+
+  /** Gets every event folded from now on, then the final record; undefined when the build is not followed. */
+  subscribe(id: string, listener: Listener): (() => void) | undefined {
+    const a = this.active.get(id);
+    if (!a) return undefined;
+    a.listeners.add(listener);
+    return () => a.listeners.delete(listener);
+  }
+
+  /** Marks a followed build cancelled and stores it; false when it is not followed (finished already). */
+  async cancel(id: string, by: string): Promise<StoredRecord | undefined> {
+    const a = this.active.get(id);
+    if (!a) return undefined;
+    cancelBuild(a.record, by);
+    await this.persist(a);
+    return a.record;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.wake?.();
+    this.deps.blocking.disconnect();
+    await this.loop?.catch(() => undefined);
+    await Promise.all([...this.active.values()].map((a) => a.writing.catch(() => undefined)));
+  }
+
+  private async run(): Promise<void> {
+    while (!this.closed) {
+      try {
+        if (this.active.size === 0) {
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(resolve, this.blockMs);
+            this.wake = () => {
+              clearTimeout(t);
+              resolve();
+            };
+          });
+          this.wake = undefined;
+          continue;
+        }
+        await this.readOnce();
+        await this.checkJobs();
+        await this.flush();
+      } catch (e) {
+        if (this.closed) return;
+        this.deps.log.warn('following builds failed; trying again', { error: (e as Error).message });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  private async readOnce(): Promise<void> {
+    const ids = [...this.active.keys()];
+    const keys = ids.map((id) => redisKeys.events(id));
+    const cursors = ids.map((id) => this.active.get(id)!.cursor);
+    const reply = (await this.deps.blocking.xread('COUNT', 500, 'BLOCK', this.blockMs, 'STREAMS', ...keys, ...cursors)) as Array<[string, Array<[string, string[]]>]> | null;
+    for (const [key, entries] of reply ?? []) {
+      const id = key.slice(redisKeys.events('').length);
+      const a = this.active.get(id);
+      if (!a) continue;
+      for (const [streamId, fields] of entries) {
+        a.cursor = streamId;
+        const entry = parseEntry(streamId, fields);
+        if (!entry) continue;
+        if (foldEvent(a.record, entry.event)) {
+          a.dirty = true;
+          if (entry.event.type === 'job' && entry.event.status === 'failed') a.nextCheck = Date.now() + 200;
+        }
+        for (const l of a.listeners) l({ type: 'event', entry });
+      }
+      a.record.cursor = a.cursor;
+    }
+  }
+
+  /** Asks BullMQ how the builds due for a check stand. */
+  private async checkJobs(): Promise<void> {
+    const now = Date.now();
+    for (const a of this.active.values()) {
+      if (a.nextCheck > now || isFinal(a.record)) continue;
+      a.nextCheck = now + this.checkEveryMs;
+      const r = a.record;
+      const flatten = await this.deps.queues.flatten.getJob(flattenJobId(r.id));
+      const state = flatten ? await flatten.getState() : 'unknown';
+      if (state === 'failed') {
+        const why = await this.failure(r, flatten?.failedReason);
+        failBuild(r, why.message, Date.now(), why.layer);
+        a.dirty = true;
+      } else if (state === 'completed') {
+        // The flatten's own `done` event normally came first; this covers one that was lost.
+        const image = r.image ?? (await this.imageOf(r));
+        if (image) finishBuild(r, image);
+        else failBuild(r, 'the flatten job completed but left no image in the shared store');
+        a.dirty = true;
+      } else if (state === 'unknown') {
+        failBuild(r, 'its jobs are gone from the queue (was Redis emptied?): submit the project again');
+        a.dirty = true;
+      }
+    }
+  }
+
+  /** Why a build failed: the first failed layer job's reason, else the flatten's. */
+  private async failure(r: StoredRecord, flattenReason: string | undefined): Promise<{ message: string; layer?: { index: number } }> {
+    for (const l of r.layers) {
+      if (l.status === 'hit') continue;
+      const job = await this.deps.queues.layers.getJob(layerJobId(r.id, l.index));
+      if (job && (await job.getState()) === 'failed') {
+        return { message: `layer ${l.name} failed: ${job.failedReason ?? 'no reason given'}`, layer: { index: l.index } };
+      }
+    }
+    const failedLayer = r.layers.find((l) => l.status === 'failed');
+    if (failedLayer) return { message: `layer ${failedLayer.name} failed${failedLayer.exitCode !== undefined ? ` with exit code ${failedLayer.exitCode}` : ''}`, layer: { index: failedLayer.index } };
+    return { message: `flatten failed: ${flattenReason ?? 'no reason given'}` };
+  }
+
+  private async imageOf(r: StoredRecord): Promise<StoredRecord['image']> {
+    const top = r.layers[r.layers.length - 1];
+    return top ? findImage(this.deps.shared, top.key) : null;
+  }
+
+  private async flush(): Promise<void> {
+    for (const a of [...this.active.values()]) {
+      if (!a.dirty) continue;
+      try {
+        await this.persist(a);
+      } catch (e) {
+        this.deps.log.warn('could not store a build record; trying again', { buildId: a.record.id, error: (e as Error).message });
+      }
+    }
+  }
+
+  /** Writes the record (one write at a time per build, each of the latest state); a final one ends its followers. */
+  private persist(a: Active): Promise<void> {
+    a.dirty = false;
+    const write = a.writing.catch(() => undefined).then(async () => {
+      try {
+        await this.deps.records.put(structuredClone(a.record));
+      } catch (e) {
+        a.dirty = true;
+        throw e;
+      }
+      if (isFinal(a.record) && this.active.get(a.record.id) === a && !a.dirty) {
+        this.active.delete(a.record.id);
+        for (const l of a.listeners) l({ type: 'end', record: a.record });
+        a.listeners.clear();
+        this.opts.onFinished?.(a.record);
+      }
+    });
+    a.writing = write;
+    return write;
+  }
+}

@@ -1,0 +1,133 @@
+import { randomBytes } from 'node:crypto';
+import type { SharedStore } from '@vmlb/layer-engine';
+import { storePaths, type BuildRecord, type BuildState } from '@vmlb/fleet';
+import type { ObjectStore } from './object-store.js';
+
+/**
+ * Build records in the shared store, `builds/<id>.json`, and one small index per team,
+ * `builds/index/<team>.json` (newest first), so that a listing reads one object instead of every
+ * record. The scheduler is their single writer: an index is read once, then kept in memory and
+ * written through, one write at a time per team.
+ */
+
+/** What the scheduler keeps in a record beyond BuildRecord: where its event stream was folded up to. */
+export interface StoredRecord extends BuildRecord {
+  /** The last event stream id folded into this record (a restarted scheduler goes on after it). */
+  cursor?: string;
+}
+
+export interface BuildSummary {
+  id: string;
+  team: string;
+  state: BuildState;
+  project: string;
+  createdAt: string;
+  finishedAt?: string;
+  layers: number;
+  hits: number;
+  built: number;
+  error?: string;
+}
+
+export const FINAL_STATES: ReadonlySet<BuildState> = new Set(['done', 'failed', 'cancelled']);
+export const isFinal = (r: { state: BuildState }) => FINAL_STATES.has(r.state);
+
+/** Build ids: `b`, the time (base 36, so ids sort by age) and 40 random bits. */
+export function newBuildId(now = Date.now()): string {
+  return `b${now.toString(36).padStart(9, '0')}${randomBytes(5).toString('hex')}`;
+}
+export const BUILD_ID = /^b[0-9a-z]{8,40}$/;
+
+const indexPath = (team: string) => `builds/index/${team}.json`;
+
+interface IndexFile {
+  version: 1;
+  team: string;
+  builds: BuildSummary[];
+}
+
+export function summarize(r: BuildRecord): BuildSummary {
+  const s: BuildSummary = {
+    id: r.id,
+    team: r.team,
+    state: r.state,
+    project: r.project,
+    createdAt: r.createdAt,
+    layers: r.layers.length,
+    hits: r.layers.filter((l) => l.status === 'hit').length,
+    built: r.layers.filter((l) => l.status === 'done').length,
+  };
+  if (r.finishedAt) s.finishedAt = r.finishedAt;
+  if (r.error) s.error = r.error;
+  return s;
+}
+
+export class BuildRecords {
+  private readonly indexes = new Map<string, Promise<BuildSummary[]>>();
+  private readonly writes = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly shared: SharedStore,
+    private readonly objects: ObjectStore,
+  ) {}
+
+  async get(id: string): Promise<StoredRecord | null> {
+    if (!BUILD_ID.test(id)) return null;
+    return this.shared.getJson<StoredRecord>(storePaths.build(id));
+  }
+
+  /** Writes the record, and its line in the team's index when that changed. */
+  async put(record: StoredRecord): Promise<void> {
+    await this.shared.putJson(storePaths.build(record.id), record);
+    await this.updateIndex(record.team, summarize(record));
+  }
+
+  /** A team's builds, newest first. */
+  async list(team: string): Promise<BuildSummary[]> {
+    return [...(await this.index(team))];
+  }
+
+  /** The teams that have an index (every team that ever submitted). */
+  async teams(): Promise<string[]> {
+    const names = await this.objects.list('builds/index/');
+    return names.map((n) => /^builds\/index\/(.+)\.json$/.exec(n)?.[1]).filter((t): t is string => !!t);
+  }
+
+  /** Every build not finished, of every team: what a restarted scheduler goes on following. */
+  async unfinished(): Promise<StoredRecord[]> {
+    const out: StoredRecord[] = [];
+    for (const team of await this.teams()) {
+      for (const s of await this.index(team)) {
+        if (FINAL_STATES.has(s.state)) continue;
+        const r = await this.get(s.id);
+        if (r && !isFinal(r)) out.push(r);
+      }
+    }
+    return out;
+  }
+
+  private index(team: string): Promise<BuildSummary[]> {
+    let p = this.indexes.get(team);
+    if (!p) {
+      p = this.shared.getJson<IndexFile>(indexPath(team)).then((f) => f?.builds ?? []);
+      p.catch(() => this.indexes.delete(team));
+      this.indexes.set(team, p);
+    }
+    return p;
+  }
+
+  private updateIndex(team: string, summary: BuildSummary): Promise<void> {
+    const prev = this.writes.get(team) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(async () => {
+      const builds = await this.index(team);
+      const i = builds.findIndex((b) => b.id === summary.id);
+      if (i >= 0 && JSON.stringify(builds[i]) === JSON.stringify(summary)) return;
+      const updated = i >= 0 ? builds.map((b, j) => (j === i ? summary : b)) : [summary, ...builds];
+      updated.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.id < b.id ? 1 : -1));
+      await this.shared.putJson(indexPath(team), { version: 1, team, builds: updated } satisfies IndexFile);
+      this.indexes.set(team, Promise.resolve(updated));
+    });
+    this.writes.set(team, next);
+    return next;
+  }
+}

@@ -1,0 +1,23 @@
+/**
+ * An error the API answers with: an HTTP status, a stable `code` and a message that names what
+ * is wrong; `details` (e.g. the refused tar `entry`) go into the JSON body beside them:
+ * `{ "error": { "code": "UNSAFE_ENTRY", "message": "…", "entry": "../x" } }`.
+ */
+export class HttpError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly details: Record<string, unknown>;
+  constructor(status: number, code: string, message: string, details: Record<string, unknown> = {}) {
+    super(message);
+    this.name = 'HttpError';
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export const unauthorized = () =>
+  new HttpError(401, 'UNAUTHORIZED', 'a valid team token is required: send "Authorization: Bearer TOKEN"');
+
+/** Another team's build is answered exactly like a build that does not exist. */
+export const noSuchBuild = (id: string) => new HttpError(404, 'NO_SUCH_BUILD', `there is no build ${id}`);

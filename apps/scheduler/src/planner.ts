@@ -1,0 +1,47 @@
+import { LocalStore, ProjectError, planBuild, type KeyedLayer, type SharedStore } from '@vmlb/layer-engine';
+import type { LayerRecord } from '@vmlb/fleet';
+import { HttpError } from './http-error.js';
+
+export interface BuildPlan {
+  keyed: KeyedLayer[];
+  /** Each layer as the new build record starts it: `hit` (in the shared store) or `queued`. */
+  layers: LayerRecord[];
+  /** The first layer to build; -1 when every layer is a hit. */
+  firstMiss: number;
+}
+
+/**
+ * Plans a build of an extracted project: the engine's own planning (loadProject, computeKeys
+ * with the build id as nonce, each key looked up in the shared store on the parent this build
+ * will have). Every layer before the first miss is a hit; from the first miss on, every layer
+ * gets a job, even one whose key the store happens to hold, since its overlay was written on
+ * another copy of the missing parent (that job finds the manifest and finishes at once, or
+ * rebuilds on the new parent). `scratch` is an empty local store: the scheduler keeps none.
+ */
+export async function planProject(projectDir: string, shared: SharedStore, scratch: LocalStore, buildId: string): Promise<BuildPlan> {
+  let plan: Awaited<ReturnType<typeof planBuild>>;
+  try {
+    plan = await planBuild({ projectDir, store: scratch, shared, nonce: buildId });
+  } catch (e) {
+    if (e instanceof ProjectError) {
+      const lines = e.problems.map((p) => `  ${p.where}: ${p.problem}`);
+      throw new HttpError(400, 'PROJECT_INVALID', `the project has ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}:\n${lines.join('\n')}`, {
+        problems: e.problems,
+      });
+    }
+    throw e;
+  }
+  if (plan.sharedProblem) throw new HttpError(503, 'STORE_UNAVAILABLE', plan.sharedProblem);
+  const firstMiss = plan.layers.findIndex((l) => l.status !== 'hit');
+  const layers: LayerRecord[] = plan.layers.map((l, index) => {
+    const hit = firstMiss < 0 || index < firstMiss;
+    const rec: LayerRecord = { index, name: l.name, kind: l.kind, key: l.key, status: hit ? 'hit' : 'queued' };
+    if (hit) {
+      rec.source = 'shared';
+      const m = plan.manifests.get(l.key);
+      if (m) rec.bytes = m.blob.size;
+    }
+    return rec;
+  });
+  return { keyed: plan.keyed, layers, firstMiss };
+}

@@ -1,0 +1,297 @@
+import { FlowProducer, Queue } from 'bullmq';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { LocalStore, SharedStore, StoreError, VmlbError } from '@vmlb/layer-engine';
+import { FLATTEN_QUEUE, LAYER_QUEUE, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { BuildFollower, type FollowerOptions } from './build-follower.js';
+import { removeBuildJobs } from './build-flow.js';
+import { BUILD_ID, BuildRecords, FINAL_STATES, isFinal, summarize, type BuildSummary, type StoredRecord } from './build-records.js';
+import { streamBuildEvents } from './event-stream-route.js';
+import { HttpError, noSuchBuild, unauthorized } from './http-error.js';
+import { jsonLogger, type Logger } from './logger.js';
+import { SchedulerMetrics } from './metrics.js';
+import { ObjectStore } from './object-store.js';
+import type { ArchiveLimits } from './project-archive.js';
+import { publicRecord } from './public-record.js';
+import { Teams, type Team } from './teams.js';
+import { receiveUpload, type Upload } from './upload.js';
+import { submitBuild } from './submit-build.js';
+
+export interface SchedulerOptions {
+  config: FleetConfig;
+  /** @default loaded from config.teamsFile */
+  teams?: Teams;
+  /** Uploads and extracted projects go here while a submission is planned. @default a new folder in the OS temp dir */
+  workDir?: string;
+  archiveLimits?: ArchiveLimits;
+  /** How long a presigned image URL is valid. @default 3600 */
+  presignSeconds?: number;
+  follower?: FollowerOptions;
+  log?: Logger;
+}
+
+export interface Scheduler {
+  app: FastifyInstance;
+  metrics: SchedulerMetrics;
+  /** Listens on config.schedulerHost:schedulerPort (port 0: any free one); returns the base URL. */
+  listen(): Promise<string>;
+  /** Stops taking requests, ends the event streams, closes Redis and S3 connections. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** Kept 7 days: long after any job of the build could still run. */
+const CANCEL_TTL_S = 7 * 24 * 3600;
+const UPLOAD_TYPES = ['application/gzip', 'application/x-gzip', 'application/octet-stream', 'application/x-tar+gzip'];
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    team: Team | null;
+  }
+}
+
+function isUpload(v: unknown): v is Upload {
+  return !!v && typeof v === 'object' && typeof (v as Upload).discard === 'function' && typeof (v as Upload).sha256 === 'string';
+}
+
+/**
+ * The scheduler: the fleet's HTTP API (fastify) over Redis (BullMQ flows, event streams) and the
+ * shared store (projects, build records, images). See docs/fleet.md.
+ */
+export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler> {
+  const { config } = opts;
+  const log = opts.log ?? jsonLogger(process.stderr, { app: 'scheduler' });
+  const teams = opts.teams ?? (config.teamsFile ? await Teams.load(config.teamsFile) : undefined);
+  if (!teams) throw new VmlbError('FLEET_CONFIG', 'VMLB_TEAMS_FILE: not set (a JSON file of teams and token hashes)');
+  const workDir = opts.workDir ?? (await mkdtemp(path.join(os.tmpdir(), 'vmlb-scheduler-')));
+  await mkdir(workDir, { recursive: true });
+  const ownsWorkDir = !opts.workDir;
+
+  const redis: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler');
+  const blocking: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler-follow');
+  const shared = new SharedStore(config.shared);
+  const objects = new ObjectStore(config.shared);
+  const records = new BuildRecords(shared, objects);
+  const queues = { layers: new Queue(LAYER_QUEUE, { connection: redis }), flatten: new Queue(FLATTEN_QUEUE, { connection: redis }) };
+  const flows = new FlowProducer({ connection: redis });
+  const scratch = new LocalStore(path.join(workDir, 'no-local-store'));
+  const presignSeconds = opts.presignSeconds ?? 3600;
+  const imageLocation = (p: string) => objects.url(p);
+
+  let follower!: BuildFollower;
+  const metrics = new SchedulerMetrics({ queues: { [LAYER_QUEUE]: queues.layers, [FLATTEN_QUEUE]: queues.flatten }, redis, activeBuilds: () => follower.activeCount });
+  follower = new BuildFollower({ redis, blocking, records, shared, queues, log }, {
+    ...opts.follower,
+    onFinished: (r) => {
+      metrics.finished.inc({ team: r.team, state: r.state });
+      log.info('build finished', { buildId: r.id, team: r.team, state: r.state, error: r.error });
+      opts.follower?.onFinished?.(r);
+    },
+  });
+
+  const app = Fastify({ logger: false, bodyLimit: config.maxUploadBytes, return503OnClosing: true, forceCloseConnections: true });
+  app.decorateRequest('team', null);
+
+  // ---- the project upload: streamed to a temporary file under the cap, hashed on the way ----
+  app.addContentTypeParser(UPLOAD_TYPES, (req, payload, done) => {
+    if (req.method !== 'POST' || req.routeOptions.url !== '/v1/builds') {
+      payload.resume();
+      done(new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'this route takes no upload'), undefined);
+      return;
+    }
+    receiveUpload(payload, workDir, config.maxUploadBytes, req.headers['content-length']).then(
+      (u) => done(null, u),
+      (e: Error) => done(e, undefined),
+    );
+  });
+
+  // ---- every /v1 route needs a team token ----
+  app.addHook('onRequest', async (req) => {
+    if (!req.url.startsWith('/v1/')) return;
+    const token = Teams.bearer(req.headers.authorization);
+    const team = token ? teams.authenticate(token) : null;
+    if (!team) throw unauthorized();
+    req.team = team;
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    if (isUpload(req.body)) await req.body.discard();
+    const route = req.routeOptions.url ?? 'unmatched';
+    metrics.httpDuration.observe({ method: req.method, route, status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+  });
+
+  app.setErrorHandler(async (err: Error & { statusCode?: number; code?: string }, req, reply) => {
+    if (isUpload(req.body)) await req.body.discard();
+    if (err instanceof HttpError) {
+      if (err.status === 401) reply.header('www-authenticate', 'Bearer realm="vmlb"');
+      if (req.routeOptions.url === '/v1/builds' && req.method === 'POST' && err.status >= 400 && err.status < 500) {
+        metrics.uploadsRefused.inc({ reason: err.code });
+      }
+      return reply.status(err.status).send({ error: { code: err.code, message: err.message, ...err.details } });
+    }
+    if (err instanceof StoreError || (err instanceof VmlbError && err.retryable)) {
+      log.warn('shared store trouble', { url: req.url, error: err.message });
+      return reply.status(503).send({ error: { code: 'STORE_UNAVAILABLE', message: err.message } });
+    }
+    if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+      return reply.status(err.statusCode).send({ error: { code: err.code ?? 'BAD_REQUEST', message: err.message } });
+    }
+    log.error('request failed', { method: req.method, url: req.url, error: err.stack ?? err.message });
+    return reply.status(500).send({ error: { code: 'INTERNAL', message: err.message } });
+  });
+
+  app.setNotFoundHandler((req, reply) => reply.status(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
+
+  /** A build the asking team may see: its own, or any for an admin; anything else is 404. */
+  const visibleBuild = async (req: FastifyRequest): Promise<StoredRecord> => {
+    const { id } = req.params as { id: string };
+    if (!BUILD_ID.test(id)) throw noSuchBuild(id);
+    const r = follower.live(id) ?? (await records.get(id));
+    if (!r || (r.team !== req.team!.team && !req.team!.admin)) throw noSuchBuild(id);
+    return r;
+  };
+
+  // ---- routes ----
+
+  app.get('/healthz', async (_req, reply) => {
+    const check = async (fn: () => Promise<unknown>) => {
+      try {
+        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 3 s')), 3000).unref())]);
+        return 'ok';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    const [redisState, s3State] = await Promise.all([check(() => redis.ping()), check(() => objects.ping())]);
+    const ok = redisState === 'ok' && s3State === 'ok';
+    return reply.status(ok ? 200 : 503).send({ ok, redis: redisState, s3: s3State, following: follower.activeCount });
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+
+  app.post('/v1/builds', async (req, reply) => {
+    const upload = req.body;
+    if (!isUpload(upload)) {
+      throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', `send the project as a .tar.gz with Content-Type ${UPLOAD_TYPES[0]}`);
+    }
+    const team = req.team!;
+    let record: StoredRecord;
+    try {
+      record = await submitBuild({ shared, objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team.team, upload);
+    } finally {
+      await upload.discard();
+    }
+    if (isFinal(record)) metrics.finished.inc({ team: record.team, state: record.state });
+    else follower.track(record);
+    const hits = record.layers.filter((l) => l.status === 'hit').length;
+    metrics.submitted.inc({ team: team.team });
+    metrics.uploadBytes.observe(upload.bytes);
+    metrics.layersPlanned.inc({ result: 'hit' }, hits);
+    metrics.layersPlanned.inc({ result: 'miss' }, record.layers.length - hits);
+    log.info('build submitted', { buildId: record.id, team: team.team, project: upload.sha256, layers: record.layers.length, hits, state: record.state });
+    const self = `/v1/builds/${record.id}`;
+    return reply
+      .status(201)
+      .header('location', self)
+      .send({ ...publicRecord(record), links: { self, events: `${self}/events`, image: `${self}/image`, cancel: `${self}/cancel` } });
+  });
+
+  app.get('/v1/builds', async (req) => {
+    const q = req.query as { state?: string; team?: string; limit?: string };
+    const team = req.team!;
+    if (q.state !== undefined && !['queued', 'building', 'done', 'failed', 'cancelled', 'active'].includes(q.state)) {
+      throw new HttpError(400, 'BAD_QUERY', `state must be one of queued, building, done, failed, cancelled, active (not ${q.state})`);
+    }
+    const limit = q.limit === undefined ? 50 : Number(q.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, 'BAD_QUERY', 'limit must be a whole number from 1 to 1000');
+    if (q.team !== undefined && q.team !== team.team && !team.admin) {
+      throw new HttpError(403, 'FORBIDDEN', `only an admin token lists another team's builds (this token is team ${team.team}'s)`);
+    }
+    const teamsToList = q.team !== undefined ? [q.team] : team.admin ? await records.teams() : [team.team];
+    let builds: BuildSummary[] = [];
+    for (const t of teamsToList) builds.push(...(await records.list(t)));
+    // A followed build's line is fresher in memory than in its index.
+    builds = builds.map((b) => {
+      const live = follower.live(b.id);
+      return live ? summarize(live) : b;
+    });
+    if (q.state === 'active') builds = builds.filter((b) => !FINAL_STATES.has(b.state));
+    else if (q.state) builds = builds.filter((b) => b.state === q.state);
+    builds.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));
+    return { builds: builds.slice(0, limit) };
+  });
+
+  app.get('/v1/builds/:id', async (req) => publicRecord(await visibleBuild(req)));
+
+  app.get('/v1/builds/:id/events', async (req, reply) => {
+    const record = await visibleBuild(req);
+    await streamBuildEvents(req, reply, { redis, follower, records, imageLocation }, record);
+  });
+
+  app.get('/v1/builds/:id/image', async (req, reply: FastifyReply) => {
+    const r = await visibleBuild(req);
+    if (r.state !== 'done' || !r.image) {
+      const why = isFinal(r) ? `it ended ${r.state}${r.error ? `: ${r.error}` : ''}` : `it is ${r.state}; wait for it (vmlb submit follows it, or GET /v1/builds/${r.id}/events)`;
+      throw new HttpError(409, 'NO_IMAGE', `build ${r.id} has no image: ${why}`, { state: r.state });
+    }
+    const filename = `${r.id}.qcow2`;
+    if ((req.query as { redirect?: string }).redirect === '1') {
+      const url = await objects.presignedGet(r.image.path, presignSeconds, filename);
+      return reply.redirect(url, 302);
+    }
+    const st = await objects.stat(r.image.path);
+    if (!st) throw new HttpError(410, 'IMAGE_GONE', `build ${r.id}'s image ${r.image.path} is no longer in the shared store`);
+    const body = await objects.stream(r.image.path);
+    return reply
+      .header('content-type', 'application/octet-stream')
+      .header('content-length', String(st.size))
+      .header('content-disposition', `attachment; filename="${filename}"`)
+      .send(body);
+  });
+
+  app.post('/v1/builds/:id/cancel', async (req) => {
+    const r = await visibleBuild(req);
+    if (isFinal(r)) throw new HttpError(409, 'ALREADY_FINISHED', `build ${r.id} is already ${r.state}`, { state: r.state });
+    const by = req.team!.team;
+    await redis.set(redisKeys.cancelled(r.id), by, 'EX', CANCEL_TTL_S);
+    const jobs = await removeBuildJobs(queues, r.id, r.layers.filter((l) => l.status !== 'hit').map((l) => l.index));
+    const cancelled = await follower.cancel(r.id, by);
+    log.info('build cancelled', { buildId: r.id, by, removed: jobs.removed, running: jobs.running });
+    const current = cancelled ?? follower.live(r.id) ?? (await records.get(r.id)) ?? r;
+    return { ...publicRecord(current), jobs };
+  });
+
+  let closed = false;
+  const resumed = await follower.start();
+  if (resumed) log.info('following unfinished builds again', { count: resumed });
+
+  return {
+    app,
+    metrics,
+    async listen() {
+      await app.listen({ host: config.schedulerHost, port: config.schedulerPort });
+      const addr = app.server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : config.schedulerPort;
+      const host = config.schedulerHost.includes(':') ? `[${config.schedulerHost}]` : config.schedulerHost;
+      return `http://${host}:${port}`;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await app.close();
+      await follower.close();
+      await flows.close();
+      await queues.layers.close();
+      await queues.flatten.close();
+      redis.disconnect();
+      blocking.disconnect();
+      shared.close();
+      if (ownsWorkDir) await rm(workDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,57 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { formatBytes } from '@vmlb/layer-engine';
+import { HttpError } from './http-error.js';
+
+/** An uploaded project, streamed to a temporary file: its sha256 names it in the store. */
+export interface Upload {
+  file: string;
+  sha256: string;
+  bytes: number;
+  /** Removes the temporary file; safe to call twice. */
+  discard(): Promise<void>;
+}
+
+export const tooLarge = (maxBytes: number) =>
+  new HttpError(413, 'UPLOAD_TOO_LARGE', `the project is larger than the scheduler accepts (${formatBytes(maxBytes)}, VMLB_MAX_UPLOAD): leave big files out of it, or fetch them in a layer script`, {
+    maxBytes,
+  });
+
+/**
+ * Streams `body` into a new file in `dir`, hashing it on the way, and stops with a 413 as soon
+ * as it passes `maxBytes` (a Content-Length above the cap is refused before reading at all).
+ */
+export async function receiveUpload(body: Readable, dir: string, maxBytes: number, contentLength?: string): Promise<Upload> {
+  if (contentLength !== undefined && Number(contentLength) > maxBytes) {
+    body.resume();
+    throw tooLarge(maxBytes);
+  }
+  const file = path.join(dir, `upload-${process.pid}-${randomBytes(6).toString('hex')}.tar.gz`);
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      bytes += chunk.length;
+      if (bytes > maxBytes) return cb(tooLarge(maxBytes));
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  const discard = () => rm(file, { force: true });
+  try {
+    await pipeline(body, counter, createWriteStream(file, { mode: 0o600 }));
+  } catch (e) {
+    await discard();
+    if (e instanceof HttpError) throw e;
+    throw new HttpError(400, 'UPLOAD_INCOMPLETE', `the upload did not arrive whole: ${(e as Error).message}`);
+  }
+  if (bytes === 0) {
+    await discard();
+    throw new HttpError(400, 'EMPTY_UPLOAD', 'the request has no body: send the project as a .tar.gz (vmlb submit does)');
+  }
+  return { file, sha256: hash.digest('hex'), bytes, discard };
+}

@@ -1,0 +1,151 @@
+/**
+ * The fleet end to end, as a user runs it: `npm run fleet` (scripts/fleet.sh: a private
+ * redis-server, the scheduler and two real worker processes; S3 is this suite's s3rver, given
+ * as S3_ENDPOINT like a MinIO), then `vmlb submit` with the two exported variables it prints,
+ * `vmlb pull`, and Ctrl-C (SIGINT) stopping all of it.
+ *
+ * The pulled image must equal (qemu-img compare) what a local `vmlb build --flatten` makes of
+ * the same layers, taken from the shared store the fleet filled (two builds of a create-disk
+ * never give the same bytes: UUIDs and timestamps differ, so the layers must be the same ones).
+ */
+import { execa, type ResultPromise } from 'execa';
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startS3Server, type S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, REPO, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { ensureBucket, waitFor } from './helpers/fleet-api.js';
+
+const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
+const workerMissing = !existsSync(WORKER_MAIN);
+if (workerMissing) console.warn(`fleet.test.ts skipped: ${WORKER_MAIN} does not exist yet`);
+
+describe.skipIf(workerMissing)('a fleet on one machine', () => {
+  let sb: Sandbox;
+  let s3: S3Server;
+  let fleet: ResultPromise;
+  let fleetDir: string;
+  let sharedUrl: string;
+  let output = '';
+  let errors = '';
+  const exported: Record<string, string> = {};
+
+  /** What a terminal does on Ctrl-C: SIGINT to the whole foreground process group (npm, its shell, the launcher). */
+  const ctrlC = (signal: NodeJS.Signals = 'SIGINT') => {
+    try {
+      process.kill(-fleet.pid!, signal);
+    } catch {
+      /* the group is gone already */
+    }
+  };
+  const submitEnv = () => ({ VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! });
+
+  beforeAll(async () => {
+    sb = await sandbox('fleet');
+    s3 = await startS3Server();
+    sharedUrl = `s3://vmlb-test/fleet-${Date.now().toString(36)}`;
+    await ensureBucket({ ...s3.env, VMLB_SHARED: sharedUrl });
+    fleetDir = path.join(sb.dir, 'fleet');
+    fleet = execa('npm', ['run', '-s', 'fleet'], {
+      cwd: REPO,
+      env: { ...s3.env, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: fleetDir, VMLB_SERVER: '', VMLB_TOKEN: '' },
+      reject: false,
+      buffer: false,
+      stdin: 'ignore',
+      // A process group of its own, so that the test can press "Ctrl-C" on it as a terminal does.
+      detached: true,
+    });
+    fleet.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    fleet.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
+    await waitFor('the export lines of npm run fleet', async () => /export VMLB_TOKEN=\S+\n/.test(output) || fleet.exitCode !== undefined && fleet.exitCode !== null, 90_000, 200);
+    for (const m of output.matchAll(/^export (VMLB_SERVER|VMLB_TOKEN)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
+    expect(exported.VMLB_SERVER, errors).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(exported.VMLB_TOKEN).toBeTruthy();
+    // Both workers registered.
+    await waitFor('two workers', async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= 2, 60_000, 200);
+  });
+
+  afterAll(async () => {
+    if (fleet && fleet.exitCode === null && fleet.signalCode === null) {
+      ctrlC();
+      const t = setTimeout(() => ctrlC('SIGKILL'), 60_000);
+      await fleet;
+      clearTimeout(t);
+    }
+    await s3?.close();
+    await sb?.cleanup();
+  });
+
+  it('vmlb submit builds a busybox project with the local build\'s display; vmlb pull gets the image a local flatten of the same layers makes', async () => {
+    const project = await writeProject(path.join(sb.dir, 'hello'), {
+      '01_base': BUSYBOX_BASE,
+      '02_hello': { kind: 'build-layer', script: 'echo hello from the fleet > /etc/hello; echo wrote hello', files: { 'motd': 'hi\n' } },
+      '03_more': { kind: 'build-layer', script: 'cp /mnt/motd /etc/motd; ls /etc' , files: { 'motd': 'more\n' } },
+    });
+    const run = await vmlb(sb, ['submit', project, '--plain'], submitEnv());
+    expect(run.exitCode, `${run.stdout}\n${run.stderr}\n${errors.slice(-3000)}`).toBe(0);
+    expect(run.stdout).toMatch(/^3 layers: 0 cached, 3 to build$/m);
+    expect(run.stdout).toMatch(/#1 \[1\/3\] 01_base create-disk building/);
+    expect(run.stdout).toMatch(/#1 base ready/);
+    expect(run.stdout).toMatch(/#2 wrote hello/);
+    expect(run.stdout).toMatch(/#3 DONE/);
+    expect(run.stdout).toMatch(/-- on worker dev-worker-\d/);
+    expect(run.stdout).toMatch(/^image: s3:\/\/.*\(flattened, /m);
+    expect(run.stdout).toMatch(/^built 3, cached 0 in /m);
+    const id = /as build (b[0-9a-z]+)/.exec(run.stdout)![1]!;
+
+    const pulled = path.join(sb.dir, 'fleet.qcow2');
+    const pull = await vmlb(sb, ['pull', id, '-o', pulled], submitEnv());
+    expect(pull.exitCode, pull.stderr).toBe(0);
+
+    // The same project locally, its layers from the shared store the fleet filled: all hits, flattened here.
+    const local = path.join(sb.dir, 'local.qcow2');
+    const lb = await vmlb(sb, ['build', project, '--flatten', '--json', '--cache', sharedUrl, '-o', local], { ...s3.env, VMLB_STORE: path.join(sb.dir, 'local-store') });
+    expect(lb.exitCode, lb.stderr).toBe(0);
+    expect(lb.events.filter((e) => e.type === 'layer-cached').length).toBe(3);
+    const cmp = await execa('qemu-img', ['compare', pulled, local], { reject: false });
+    expect(cmp.exitCode, `${cmp.stdout}${cmp.stderr}`).toBe(0);
+    expect(String(cmp.stdout)).toMatch(/identical/);
+
+    // Again: every layer a hit, the image there already: done at once.
+    const again = await vmlb(sb, ['submit', project, '--plain'], submitEnv());
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/built 0, cached 3/);
+    const list = await vmlb(sb, ['builds', '--json'], submitEnv());
+    expect((JSON.parse(list.stdout) as Array<{ id: string; state: string }>).find((b) => b.id === id)?.state).toBe('done');
+  });
+
+  it('a failing layer fails the build: vmlb submit shows its log and exits 1', async () => {
+    const project = await writeProject(path.join(sb.dir, 'broken'), {
+      '01_base': BUSYBOX_BASE,
+      '02_broken': { kind: 'build-layer', script: 'echo about to fail; exit 3' },
+      '03_never': { kind: 'build-layer', script: 'echo never' },
+    });
+    const run = await vmlb(sb, ['submit', project, '--plain'], submitEnv());
+    expect(run.exitCode, `${run.stdout}\n${run.stderr}`).toBe(1);
+    expect(run.stdout).toMatch(/01_base CACHED \(shared/);
+    expect(run.stdout).toMatch(/#2 about to fail/);
+    expect(run.stdout).toMatch(/#2 ERROR exit 3/);
+    expect(run.stdout).not.toMatch(/never/);
+    expect(run.stderr).toMatch(/vmlb: build b[0-9a-z]+ failed: layer 02_broken failed/);
+  });
+
+  it('Ctrl-C stops the whole fleet and leaves nothing behind', async () => {
+    ctrlC();
+    await fleet;
+    expect(errors).toMatch(/fleet: SIGINT: stopping the fleet/);
+    expect(errors).toMatch(/fleet: stopped\n/);
+    // No process of this fleet is left: none names its folder, none has a store in it.
+    const ps = await execa('ps', ['-eo', 'pid,args']);
+    expect(String(ps.stdout).split('\n').filter((l) => l.includes(fleetDir))).toEqual([]);
+    const strays: string[] = [];
+    for (const pid of await readdir('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      const environ = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+      if (environ.includes(fleetDir) && Number(pid) !== process.pid) strays.push(pid);
+    }
+    expect(strays).toEqual([]);
+    expect(await leftovers(sb)).toEqual([]);
+  });
+});
