@@ -20,7 +20,7 @@ const USAGE = `usage: bash scripts/bench.sh [--quick] [--only NAME[,NAME...]]
 
   --quick        fewer repetitions (a quick look, not numbers for the README)
   --only NAMES   run only these benchmarks (comma-separated):
-${BENCHMARKS.map((b) => `                   ${b.name.padEnd(12)} ${b.title}`).join('\n')}
+${BENCHMARKS.map((b) => `                   ${b.name.padEnd(17)} ${b.title}`).join('\n')}
 
 Prints one markdown table on stdout (progress on stderr) and writes it to bench/results.md.`;
 

@@ -1,5 +1,6 @@
 /**
- * A private redis-server for a test file: a free loopback port, no persistence, stopped by
+ * A private redis-server for a test file: a free loopback port, no persistence (unless
+ * `appendOnly`), stopped by
  * its pid (TESTING.md: never the machine's default port). `stop()` and `start()` again on the
  * same port let tests restart Redis mid-build. REDIS_URL in the environment makes the suite
  * use an existing server instead (then stop/start are not available).
@@ -47,7 +48,16 @@ async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
   }
 }
 
-export async function startRedis(): Promise<RedisServer> {
+export interface StartRedisOptions {
+  /**
+   * Persist every write (`--appendonly yes --appendfsync always`), as a production Redis for
+   * BullMQ runs: `stop()` then `start()` comes back from the same folder with the queue as it
+   * was. Without it a restart is a Redis with nothing in it.
+   */
+  appendOnly?: boolean;
+}
+
+export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisServer> {
   if (process.env.REDIS_URL) {
     const url = process.env.REDIS_URL;
     return { url, port: Number(new URL(url).port || 6379), controllable: false, stop: async () => {}, start: async () => {}, close: async () => {} };
@@ -56,7 +66,8 @@ export async function startRedis(): Promise<RedisServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlb-redis-'));
   let child: ResultPromise | undefined;
   const start = async () => {
-    child = execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    const persistence = opts.appendOnly ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
+    child = execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, '--dir', dir], {
       stdio: 'ignore',
       reject: false,
       cleanup: true,
