@@ -4,6 +4,8 @@
  * few minutes); `quick` makes them fewer still.
  */
 import { mkdir, rm } from 'node:fs/promises';
+import { debian } from './debian.js';
+import { FLEET_BENCHMARKS } from './fleet.js';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -413,4 +415,6 @@ export const BENCHMARKS: Benchmark[] = [
   { name: 'hit-size', title: 'cached rebuild with a 1 GiB layer vs a 10 MiB layer', run: hitSize },
   { name: 'flatten', title: '--flatten vs bare qemu-img convert of the same chain', run: flatten },
   { name: 'write', title: 'writing 500 MiB inside a build-layer vs on a plain loop device', run: write },
+  { name: 'debian', title: 'examples/debian: first, no-op and edit-last-layer builds; boot to the marker; diff of two layers', run: debian },
+  ...FLEET_BENCHMARKS,
 ];

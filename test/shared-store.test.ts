@@ -87,10 +87,11 @@ function notices(run: VmlbRun): string[] {
 }
 
 /** Every object name under the URL's prefix, relative to it, sorted. */
+/** The layer objects under the prefix (builds also write use records under uses/: gc.test.ts checks those). */
 async function objects(url: string): Promise<string[]> {
   const { prefix } = configFor(url);
   const names: string[] = [];
-  for await (const item of raw.listObjectsV2(BUCKET, prefix, true)) names.push((item as { name: string }).name.slice(prefix.length));
+  for await (const item of raw.listObjectsV2(BUCKET, `${prefix}layers/`, true)) names.push((item as { name: string }).name.slice(prefix.length));
   return names.sort();
 }
 

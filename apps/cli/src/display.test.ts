@@ -15,7 +15,7 @@ const LAYERS: PlannedLayer[] = [
   },
   {
     index: 3, name: '04_app', kind: 'build-layer', key: KEY('d'), status: 'miss', cacheable: true,
-    changes: [{ what: 'parent', detail: `${KEY('9')} → ${KEY('c')}` }],
+    changes: [{ what: 'parent', detail: `parent changed: ${KEY('9')} → ${KEY('c')}` }],
   },
   {
     index: 4, name: '05_grow_disk', kind: 'modify-disk', key: KEY('e'), status: 'miss', cacheable: true,
@@ -186,10 +186,11 @@ describe('formatPlan and describeChange', () => {
   it('says each change in words', () => {
     const cases: [InputChange, string][] = [
       [{ what: 'new', detail: 'no earlier build of this layer' }, 'new: no earlier build of this layer'],
-      [{ what: 'parent', detail: '3f2a9c1d → 77ab0e12' }, 'parent changed: 3f2a9c1d → 77ab0e12'],
-      [{ what: 'kind', detail: 'create-disk → build-layer' }, 'kind changed: create-disk → build-layer'],
-      [{ what: 'recipe', detail: '3 → 4' }, 'recipe changed: 3 → 4'],
-      [{ what: 'nocache', detail: 'parent 03_users is # nocache' }, 'nocache: parent 03_users is # nocache'],
+      // As libs/layer-engine/src/input-diff.ts words them: the detail is the whole phrase.
+      [{ what: 'parent', detail: 'parent changed: 3f2a9c1d → 77ab0e12' }, 'parent changed: 3f2a9c1d → 77ab0e12'],
+      [{ what: 'kind', detail: 'kind changed: create-disk → build-layer' }, 'kind changed: create-disk → build-layer'],
+      [{ what: 'recipe', detail: 'engine recipe changed: v3 → v4' }, 'engine recipe changed: v3 → v4'],
+      [{ what: 'nocache', detail: 'follows a # nocache layer' }, 'follows a # nocache layer'],
       [{ what: 'file-added', path: 'files/a', detail: '' }, 'added: files/a'],
       [{ what: 'file-removed', path: 'files/b', detail: '' }, 'removed: files/b'],
       [{ what: 'file-changed', path: 'build-layer', detail: 'content' }, 'changed: build-layer'],

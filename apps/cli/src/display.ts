@@ -57,14 +57,12 @@ export function describeChange(c: InputChange): string {
   switch (c.what) {
     case 'new':
       return `new: ${shortKeys(c.detail)}`;
+    // The engine's detail is already the whole phrase (`parent changed: 3f2a… → 77ab…`).
     case 'parent':
-      return `parent changed: ${shortKeys(c.detail)}`;
     case 'kind':
-      return `kind changed: ${c.detail}`;
     case 'recipe':
-      return `recipe changed: ${c.detail}`;
     case 'nocache':
-      return `nocache: ${c.detail}`;
+      return shortKeys(c.detail);
     case 'file-added':
       return `added: ${c.path}`;
     case 'file-removed':

@@ -19,6 +19,8 @@ import {
   formatBytes,
 } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
+import { FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
+import { registerImageCommands } from './image-commands.js';
 import { VERSION } from './version.js';
 
 /**
@@ -168,11 +170,14 @@ program
     else process.stdout.write(`${store.root}: ${u.layers} layers, ${formatBytes(u.bytes)}\n`);
   });
 
+registerFleetCommands(program);
+registerImageCommands(program);
 
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
   if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && FLEET_USAGE_CODES.includes(e.code)) return EXIT_USAGE;
   return EXIT_FAILED;
 }
 

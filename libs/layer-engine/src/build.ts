@@ -13,6 +13,7 @@ import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
 import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
 import { SharedBlobMismatchError, type RetryInfo, type SharedStore } from './shared-store.js';
+import { writeUseRecord } from './shared-gc.js';
 import type { ImageProject } from './types.js';
 
 /** The local store's size cap when none is given: 20 GiB. */
@@ -149,12 +150,18 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const emit = (e: BuildEvent) => opts.onEvent?.(e);
   const store = opts.store ?? new LocalStore();
   const flatten = opts.flatten || opts.compat === '0.10';
+  let releaseActive: (() => Promise<void>) | undefined;
   try {
     await store.init();
     const swept = await startupSweep(store);
     if (swept) emit({ type: 'notice', at: Date.now(), message: swept });
 
-    const plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
+    let plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
+    // From here on gc and eviction leave this build's chain alone. A gc that removed a hit
+    // between planning and this record is caught by planning again.
+    releaseActive = await store.markActive(plan.keyed.map((k) => k.key), `vmlb build ${plan.project.dir}`);
+    if (await hitsVanished(store, plan)) plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
+    if (opts.shared && !plan.sharedProblem) await recordSharedUse(opts.shared, plan, emit);
     const output = path.resolve(opts.output ?? path.join(plan.project.dir, OUTPUT_DIR, 'image.qcow2'));
     if (plan.sharedProblem) emit({ type: 'notice', at: Date.now(), message: plan.sharedProblem });
     emit({ type: 'plan', at: Date.now(), project: plan.project.dir, layers: plan.layers, total: plan.layers.length });
@@ -180,6 +187,25 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   } finally {
     // The disks of this build are all released; the daemon that served them goes too.
     await FuseDaemon.shutdown();
+    await releaseActive?.();
+  }
+}
+
+/** Whether a local hit of the plan is gone (a gc ran between planning and marking the build active). */
+async function hitsVanished(store: LocalStore, plan: Plan): Promise<boolean> {
+  for (const l of plan.layers) if (l.status === 'hit' && l.source === 'local' && !(await store.getManifest(l.key))) return true;
+  return false;
+}
+
+/**
+ * Tells the shared store that this build uses its chain (`uses/…`, see shared-gc.ts): what
+ * `vmlb gc --shared` keeps. Best effort: a failure is a notice.
+ */
+async function recordSharedUse(shared: SharedStore, plan: Plan, emit: (e: BuildEvent) => void): Promise<void> {
+  try {
+    await writeUseRecord(shared, plan.keyed.filter((k) => k.cacheable).map((k) => k.key), { project: plan.project.dir });
+  } catch (e) {
+    emit({ type: 'notice', at: Date.now(), message: `could not record this build's use of the shared store (gc --shared may prune its layers): ${(e as Error).message}` });
   }
 }
 

@@ -27,3 +27,5 @@ export * from './vm-boot.js';
 export * from './path-filter.js';
 export * from './tree-diff.js';
 export * from './image-diff.js';
+export * from './rollup.js';
+export * from './shared-gc.js';

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { link, mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { processIdentity, isRunning, type ProcessIdentity } from './attach-state.js';
 import { StoreError } from './errors.js';
 import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.js';
 
@@ -15,6 +16,8 @@ import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.
  *   history/<project>/<layer name>.json   the inputs of the last build of that layer name,
  *                        so `explain` can say what changed (project = hash of its path)
  *   pins/<id>.json       outputs (build/image.qcow2) whose chain must not be evicted
+ *   active/<pid>-<rand>.json   the keys of a build in progress (its owner's pid and start
+ *                        time): gc and eviction never remove them while it runs
  *
  * A blob being built sits in layers/ as `.tmp-<key>.<pid>.<rand>.qcow2` (it must be beside
  * its parent for the relative backing path) and is published by link(2), which never
@@ -51,6 +54,35 @@ export interface LayerManifest {
    * UUIDs), so a shared layer is used only on top of that parent.
    */
   parentSha256?: string;
+}
+
+/** A layer that gc or eviction would remove, and why. */
+export interface RemovalCandidate {
+  key: string;
+  name: string;
+  kind: LayerKind;
+  cacheable: boolean;
+  /** Blob and log. */
+  bytes: number;
+  lastUsed: number;
+  reason: 'age' | 'size';
+}
+
+export interface RemovalPlan {
+  /** Descendants before their ancestors, the order they are removed in. */
+  layers: RemovalCandidate[];
+  bytes: number;
+  /** The store before: layers and bytes. */
+  before: { layers: number; bytes: number };
+  /** Layers kept because an output on disk or a build in progress needs them. */
+  protectedLayers: number;
+}
+
+interface ActiveRecord {
+  owner: ProcessIdentity;
+  what: string;
+  keys: string[];
+  at: string;
 }
 
 export interface StorePin {
@@ -107,7 +139,7 @@ export class LocalStore {
   /** Creates the folders once. */
   init(): Promise<void> {
     this.ready ??= (async () => {
-      for (const d of ['layers', 'history', 'pins']) await mkdir(path.join(this.root, d), { recursive: true });
+      for (const d of ['layers', 'history', 'pins', 'active']) await mkdir(path.join(this.root, d), { recursive: true });
     })().catch((e) => {
       throw new StoreError(`cannot create the store at ${this.root}: ${(e as Error).message}`, { cause: e });
     });
@@ -199,6 +231,22 @@ export class LocalStore {
     } catch {
       return undefined;
     }
+  }
+
+  /** The key of the last build of a layer name in a project (what `diff 03_users …` names), if any. */
+  async lastBuiltKey(projectDir: string, layerName: string): Promise<string | undefined> {
+    try {
+      const j = JSON.parse(await readFile(this.historyFile(projectDir, layerName), 'utf8')) as { key?: string };
+      return typeof j.key === 'string' && KEY_RE.test(j.key) ? j.key : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The keys of the layers in the store that start with `prefix` (a key as `explain` shows it). */
+  async keysStartingWith(prefix: string): Promise<string[]> {
+    const names = await readdir(this.layersDir).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith('.json') && n.startsWith(prefix) && KEY_RE.test(n.slice(0, -5))).map((n) => n.slice(0, -5));
   }
 
   async recordInputs(projectDir: string, layerName: string, key: string, inputs: LayerInputs): Promise<void> {
@@ -297,47 +345,136 @@ export class LocalStore {
     return [...doomed];
   }
 
+  // ---- builds in progress ----
+
   /**
-   * Evicts least-recently-used layers until the store holds at most `capBytes`. Never
-   * evicts `protect` (the chain being built or output) nor chains pinned by outputs on disk.
-   * Uncacheable layers (`# nocache` and after) no output references go first.
+   * Records that a build in progress uses `keys` (its whole chain): until the returned
+   * release is called, or its process is gone, gc and eviction keep them and their ancestors.
    */
-  async evict(capBytes: number, protect: Iterable<string> = []): Promise<{ removed: string[]; bytes: number }> {
+  async markActive(keys: string[], what: string): Promise<() => Promise<void>> {
+    await this.init();
+    const owner = await processIdentity(process.pid);
+    if (!owner) throw new StoreError(`cannot read this process's identity (/proc/${process.pid}/stat)`);
+    const file = path.join(this.root, 'active', `${process.pid}-${randomBytes(4).toString('hex')}.json`);
+    await writeJsonAtomic(file, { owner, what, keys, at: new Date().toISOString() } satisfies ActiveRecord);
+    return () => rm(file, { force: true });
+  }
+
+  /** The keys of the builds in progress (records of processes that are gone are removed). */
+  async activeKeys(): Promise<Set<string>> {
+    const keys = new Set<string>();
+    const dir = path.join(this.root, 'active');
+    for (const f of await readdir(dir).catch(() => [] as string[])) {
+      if (!f.endsWith('.json')) continue;
+      const file = path.join(dir, f);
+      try {
+        const r = JSON.parse(await readFile(file, 'utf8')) as ActiveRecord;
+        if (await isRunning(r.owner)) for (const k of r.keys) keys.add(k);
+        else await rm(file, { force: true });
+      } catch {
+        /* being written or removed right now */
+      }
+    }
+    return keys;
+  }
+
+  // ---- eviction and gc ----
+
+  /** `keys` and every ancestor of them in the store. */
+  private withAncestors(keys: Iterable<string>, byKey: Map<string, { manifest: LayerManifest }>): Set<string> {
+    const out = new Set<string>();
+    for (const k of keys) {
+      for (let cur: string | null | undefined = k; cur && !out.has(cur); cur = byKey.get(cur)?.manifest.parent) out.add(cur);
+    }
+    return out;
+  }
+
+  /**
+   * What gc (or eviction) would remove: layers last used before `olderThanMs` ago, then
+   * least-recently-used layers until the store holds at most `capBytes` (uncacheable layers
+   * first; on a tie, deeper layers first). A layer goes with every layer built on it; never
+   * `protect`, a chain an output on disk uses (pins), or a chain of a build in progress.
+   */
+  async planRemoval(o: { capBytes?: number; olderThanMs?: number; protect?: Iterable<string>; now?: number }): Promise<RemovalPlan> {
     const all = await this.list();
-    let total = all.reduce((s, l) => s + l.bytes, 0);
-    if (total <= capBytes) return { removed: [], bytes: 0 };
-    const keep = await this.pinnedKeys();
-    for (const k of protect) keep.add(k);
+    const totalBefore = all.reduce((s, l) => s + l.bytes, 0);
+    const plan: RemovalPlan = { layers: [], bytes: 0, before: { layers: all.length, bytes: totalBefore }, protectedLayers: 0 };
+    const overCap = o.capBytes !== undefined && totalBefore > o.capBytes;
+    if (!overCap && o.olderThanMs === undefined) return plan;
     const byKey = new Map(all.map((l) => [l.manifest.key, l]));
+    const keep = this.withAncestors([...(await this.pinnedKeys()), ...(await this.activeKeys()), ...(o.protect ?? [])], byKey);
+    plan.protectedLayers = all.filter((l) => keep.has(l.manifest.key)).length;
     const depth = (k: string): number => {
       let d = 0;
       for (let m = byKey.get(k)?.manifest; m?.parent; m = byKey.get(m.parent)?.manifest) d++;
       return d;
     };
-    // A chain is touched as a whole when used, so a parent is never older than its
-    // children; on a tie, deeper layers go first.
-    const candidates = all
-      .filter((l) => !keep.has(l.manifest.key))
-      .sort((a, b) => Number(a.manifest.cacheable) - Number(b.manifest.cacheable) || a.lastUsed - b.lastUsed || depth(b.manifest.key) - depth(a.manifest.key));
-    const removed: string[] = [];
-    let freed = 0;
-    for (const c of candidates) {
-      if (total <= capBytes) break;
-      if (removed.includes(c.manifest.key)) continue;
+    const doomed = new Map<string, RemovalCandidate>();
+    let total = totalBefore;
+    const take = (k: string, reason: RemovalCandidate['reason']): boolean => {
       // A layer under a kept one stays (a kept layer's chain is kept whole).
-      const doomed = this.withDescendants([c.manifest.key], all);
-      if ([...doomed].some((k) => keep.has(k))) continue;
-      const gone = await this.remove(doomed, all);
-      for (const k of gone) {
-        const l = byKey.get(k);
-        if (l) {
-          total -= l.bytes;
-          freed += l.bytes;
-        }
-        removed.push(k);
+      const group = this.withDescendants([k], all);
+      if ([...group].some((g) => keep.has(g))) return false;
+      for (const g of group) {
+        const l = byKey.get(g);
+        if (!l || doomed.has(g)) continue;
+        doomed.set(g, { key: g, name: l.manifest.name, kind: l.manifest.kind, cacheable: l.manifest.cacheable, bytes: l.bytes, lastUsed: l.lastUsed, reason });
+        total -= l.bytes;
+      }
+      return true;
+    };
+    if (o.olderThanMs !== undefined) {
+      const cutoff = (o.now ?? Date.now()) - o.olderThanMs;
+      for (const l of all) if (l.lastUsed < cutoff && !doomed.has(l.manifest.key)) take(l.manifest.key, 'age');
+    }
+    if (o.capBytes !== undefined && total > o.capBytes) {
+      // A chain is touched as a whole when used, so a parent is never older than its
+      // children; on a tie, deeper layers go first.
+      const candidates = all
+        .filter((l) => !keep.has(l.manifest.key))
+        .sort((a, b) => Number(a.manifest.cacheable) - Number(b.manifest.cacheable) || a.lastUsed - b.lastUsed || depth(b.manifest.key) - depth(a.manifest.key));
+      for (const c of candidates) {
+        if (total <= o.capBytes) break;
+        if (!doomed.has(c.manifest.key)) take(c.manifest.key, 'size');
       }
     }
-    return { removed, bytes: freed };
+    plan.layers = [...doomed.values()].sort((a, b) => depth(b.key) - depth(a.key) || a.key.localeCompare(b.key));
+    plan.bytes = plan.layers.reduce((s, l) => s + l.bytes, 0);
+    return plan;
+  }
+
+  /**
+   * Removes the layers of a plan, except any that a build started since needs (the builds in
+   * progress are read again before each removal). Returns the keys removed and their bytes.
+   */
+  async removePlanned(plan: RemovalPlan): Promise<{ removed: string[]; bytes: number }> {
+    if (plan.layers.length === 0) return { removed: [], bytes: 0 };
+    const all = await this.list();
+    const byKey = new Map(all.map((l) => [l.manifest.key, l]));
+    const removed: string[] = [];
+    let bytes = 0;
+    for (const l of plan.layers) {
+      // Read again before each removal: a build that starts now and finds this layer a hit has
+      // recorded it by then, or plans again when it finds it gone (build.ts).
+      if (this.withAncestors(await this.activeKeys(), byKey).has(l.key)) continue;
+      // Manifest first: from that moment the layer no longer exists for any reader.
+      await rm(this.manifestPath(l.key), { force: true });
+      await rm(this.blobPath(l.key), { force: true });
+      await rm(this.logPath(l.key), { force: true });
+      removed.push(l.key);
+      bytes += l.bytes;
+    }
+    return { removed, bytes };
+  }
+
+  /**
+   * Evicts least-recently-used layers until the store holds at most `capBytes`. Never
+   * evicts `protect` (the chain being built or output), chains pinned by outputs on disk, nor
+   * the chains of builds in progress. Uncacheable layers (`# nocache` and after) no output
+   * references go first.
+   */
+  async evict(capBytes: number, protect: Iterable<string> = []): Promise<{ removed: string[]; bytes: number }> {
+    return this.removePlanned(await this.planRemoval({ capBytes, protect }));
   }
 
   /** Removes temporary blobs whose building process is gone (a killed run's debris). */

@@ -40,10 +40,10 @@ export async function imageInfo(path: string, opts: { signal?: AbortSignal } = {
 export async function createOverlay(
   path: string,
   backing: string,
-  opts: { size?: number; compat?: string; signal?: AbortSignal } = {},
+  opts: { size?: number; compat?: string; signal?: AbortSignal; backingFormat?: string } = {},
 ): Promise<void> {
   const o = ['-o', `compat=${opts.compat ?? '1.1'}`];
-  const argv = ['qemu-img', 'create', '-q', '-f', 'qcow2', ...o, '-b', backing, '-F', 'qcow2', path];
+  const argv = ['qemu-img', 'create', '-q', '-f', 'qcow2', ...o, '-b', backing, '-F', opts.backingFormat ?? 'qcow2', path];
   if (opts.size !== undefined) argv.push(String(opts.size));
   await exec(argv, { signal: opts.signal });
 }

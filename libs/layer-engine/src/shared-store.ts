@@ -307,15 +307,20 @@ export class SharedStore {
 
   /** The keys of every layer (every manifest) in the shared store. */
   async listLayers(): Promise<string[]> {
+    return (await this.listManifests()).map((m) => m.key);
+  }
+
+  /** Every layer manifest with when it was written (a layer's upload ends with its manifest). */
+  async listManifests(): Promise<Array<{ key: string; lastModified: Date }>> {
     const dir = `${this.config.prefix}layers/`;
     return this.withRetry(`list ${dir}`, async () => {
-      const keys: string[] = [];
+      const out: Array<{ key: string; lastModified: Date }> = [];
       for await (const item of this.client.listObjectsV2(this.config.bucket, dir, true)) {
-        const name = (item as { name?: string }).name ?? '';
+        const { name = '', lastModified } = item as { name?: string; lastModified?: Date };
         const m = /([0-9a-f]{64})\.json$/.exec(name);
-        if (m && name === `${dir}${m[1]}.json`) keys.push(m[1]!);
+        if (m && name === `${dir}${m[1]}.json`) out.push({ key: m[1]!, lastModified: lastModified ?? new Date(0) });
       }
-      return keys;
+      return out;
     }, {});
   }
 
@@ -436,6 +441,24 @@ export class SharedStore {
     } catch (e) {
       throw new StoreError(`the record ${object} in ${this.url} is not JSON: ${(e as Error).message}`, { cause: e });
     }
+  }
+
+  /** The records under `relDir` (e.g. `uses/`), with their names relative to PREFIX. */
+  async listRecords(relDir: string, o: CallOptions = {}): Promise<Array<{ rel: string; lastModified: Date; size: number }>> {
+    const dir = `${this.recordObject(relDir.replace(/\/+$/, ''))}/`;
+    return this.withRetry(`list ${dir}`, async () => {
+      const out: Array<{ rel: string; lastModified: Date; size: number }> = [];
+      for await (const item of this.client.listObjectsV2(this.config.bucket, dir, true)) {
+        const { name, lastModified, size } = item as { name?: string; lastModified?: Date; size?: number };
+        if (name) out.push({ rel: name.slice(this.config.prefix.length), lastModified: lastModified ?? new Date(0), size: size ?? 0 });
+      }
+      return out;
+    }, o);
+  }
+
+  /** Removes a record (nothing happens when there is none). */
+  async removeRecord(rel: string, o: CallOptions = {}): Promise<void> {
+    await this.removeObject(this.recordObject(rel), o);
   }
 
   // ---- files outside layers/ (projects, images) ----
