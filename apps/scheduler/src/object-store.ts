@@ -1,6 +1,6 @@
-import { Client } from 'minio';
+import type { Client } from 'minio';
 import type { Readable } from 'node:stream';
-import { StoreError, type S3Config } from '@vmlb/layer-engine';
+import { StoreError, minioClient, type S3Config } from '@vmlb/layer-engine';
 
 /**
  * The few object calls the scheduler needs beside the engine's SharedStore (which owns layers,
@@ -12,15 +12,7 @@ export class ObjectStore {
   private readonly client: Client;
 
   constructor(private readonly config: S3Config) {
-    this.client = new Client({
-      endPoint: config.host,
-      port: config.port,
-      useSSL: config.useSSL,
-      accessKey: config.accessKey,
-      secretKey: config.secretKey,
-      region: config.region,
-      pathStyle: config.pathStyle,
-    });
+    this.client = minioClient(config);
   }
 
   /** `s3://BUCKET/PREFIX/rel`, for messages and build events. */

@@ -225,6 +225,21 @@ function checkManifest(value: unknown, key: string, object: string): LayerManife
   return m as LayerManifest;
 }
 
+/** The `minio` client for a store's configuration (one place that maps S3Config onto it). */
+export function minioClient(config: S3Config, transportAgent?: ConstructorParameters<typeof Client>[0]['transportAgent']): Client {
+  return new Client({
+    endPoint: config.host,
+    port: config.port,
+    useSSL: config.useSSL,
+    accessKey: config.accessKey,
+    secretKey: config.secretKey,
+    // Given, so the client never asks the server for the bucket's region first.
+    region: config.region,
+    pathStyle: config.pathStyle,
+    ...(transportAgent ? { transportAgent } : {}),
+  });
+}
+
 export class SharedStore {
   readonly config: S3Config;
   /** `s3://BUCKET/PREFIX`, for messages. */
@@ -241,17 +256,7 @@ export class SharedStore {
     this.retry = { tries: 6, firstDelayMs: 250, maxDelayMs: 4000, ...opts.retry };
     this.onEvent = opts.onEvent;
     this.agent = idleTimeoutAgent(config.useSSL, opts.idleTimeoutMs ?? 60_000);
-    this.client = new Client({
-      endPoint: config.host,
-      port: config.port,
-      useSSL: config.useSSL,
-      accessKey: config.accessKey,
-      secretKey: config.secretKey,
-      // Given, so the client never asks the server for the bucket's region first.
-      region: config.region,
-      pathStyle: config.pathStyle,
-      transportAgent: this.agent,
-    });
+    this.client = minioClient(config, this.agent);
   }
 
   // ---- object names ----
