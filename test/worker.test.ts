@@ -303,13 +303,14 @@ describe('fleet workers', () => {
     expect(await shared.getManifest(b.chain[1]!)).toBeNull();
   });
 
-  it('three builds of one project at once: each layer is built exactly once, and all three complete', async () => {
+  it('three teams build one project at once: each layer is built exactly once, and all three complete', async () => {
     const p3 = await writeProject(path.join(sb.dir, 'p3'), {
       '01_base': { ...BUSYBOX_BASE, files: { marker: 'p3\n' } },
       '02_x': { kind: 'build-layer', script: 'sleep 1; echo x > /etc/x' },
       '03_y': { kind: 'build-layer', script: 'echo y > /etc/y' },
     });
-    const builds = await Promise.all([submit(p3), submit(p3), submit(p3)]);
+    const builds = await Promise.all(['web', 'data', 'infra'].map((team) => submit(p3, { team })));
+    expect(builds.map((b) => b.team)).toEqual(['web', 'data', 'infra']);
     expect(new Set(builds.map((b) => b.chain.join())).size).toBe(1);
     expect(await Promise.all(builds.map((b) => finished(b)))).toEqual(['completed', 'completed', 'completed']);
 
