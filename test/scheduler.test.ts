@@ -361,6 +361,11 @@ describe('a submission', () => {
     // The record is in the shared store.
     const stored = await shared.getJson<BuildRecord>(storePaths.build(b.id));
     expect(stored).toMatchObject({ id: b.id, team: 'web', state: 'queued', project: b.project });
+    // And a use record naming its chain, so `vmlb gc --shared` keeps these layers.
+    const uses = await Promise.all(
+      (await shared.listRecords('uses')).map((r) => shared.getJson<{ project?: string; keys: string[] }>(r.rel)),
+    );
+    expect(uses).toContainEqual(expect.objectContaining({ project: b.project, keys: b.layers.map((l) => l.key) }));
     await emptyQueues();
   });
 

@@ -1,7 +1,7 @@
 import type { FlowProducer } from 'bullmq';
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { LocalStore, SharedStore } from '@vmlb/layer-engine';
+import { writeUseRecord, type LocalStore, type SharedStore } from '@vmlb/layer-engine';
 import { storePaths } from '@vmlb/fleet';
 import { buildFlow } from './build-flow.js';
 import { isFinal, newBuildId, type BuildRecords, type StoredRecord } from './build-records.js';
@@ -40,6 +40,13 @@ export async function submitBuild(ctx: SubmitContext, team: string, upload: Uplo
 
     const projectPath = storePaths.project(upload.sha256);
     if (!(await ctx.objects.stat(projectPath))) await ctx.shared.putFile(projectPath, upload.file);
+    // `vmlb gc --shared` keeps the layers that recent builds used: this build uses its
+    // cacheable chain (its # nocache layers are removed by the flatten job anyway).
+    await writeUseRecord(
+      ctx.shared,
+      plan.keyed.filter((k) => k.cacheable).map((k) => k.key),
+      { project: upload.sha256 },
+    );
 
     const record: StoredRecord = { version: 1, id, team, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, image: null };
     if (plan.firstMiss < 0) {
