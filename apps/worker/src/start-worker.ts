@@ -10,6 +10,7 @@ import {
   SharedStore,
   chooseBackend,
   defaultStoreDir,
+  pidAlive,
   startupSweep,
 } from '@vmlb/layer-engine';
 import {
@@ -221,17 +222,8 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
 async function sweepWorkDirs(parent: string): Promise<void> {
   for (const name of await readdir(parent).catch(() => [] as string[])) {
     const pid = Number(name);
-    if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
+    if (!Number.isInteger(pid) || pid === process.pid || pidAlive(pid)) continue;
     await rm(path.join(parent, name), { recursive: true, force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

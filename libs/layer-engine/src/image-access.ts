@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { runDir } from './attach-state.js';
+import { pidAlive } from './local-store.js';
 import { chooseBackend, type BackendPreference } from './backends.js';
 import type { AttachedDisk } from './disk-backend.js';
 import { createOverlay, imageInfo } from './qemu-img.js';
@@ -47,19 +48,10 @@ export async function withReadOnlyImage<T>(
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Overlays and mount points (`<pid>-…`, `diff-<pid>-…`) of processes that are gone (killed). */
 async function removeOrphans(dir: string): Promise<void> {
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     const pid = Number(/^(?:diff-)?(\d+)-/.exec(name)?.[1]);
-    if (pid && !alive(pid)) await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
+    if (pid && !pidAlive(pid)) await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
   }
 }

@@ -117,7 +117,8 @@ async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   await rename(tmp, file);
 }
 
-function pidAlive(pid: number): boolean {
+/** Whether a process with this pid exists (a pid alone; see attach-state.ts for pid + start time). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
