@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import {
   LayerFailedError,
   VmlbError,
-  buildLayer,
+  buildLayerReporting,
   computeKeys,
   loadProject,
   type KeyedLayer,
@@ -288,8 +288,8 @@ async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], index: numbe
   return parent;
 }
 
-/** The engine's buildLayer with the engine's events (layer-start, log, steps, done/failed). */
-async function buildOne(
+/** The engine's buildLayer with its events; only a script's failure is a layer-failed (others are retried). */
+function buildOne(
   ctx: WorkerContext,
   k: KeyedLayer,
   index: number,
@@ -298,43 +298,16 @@ async function buildOne(
   events: JobEvents,
   o: { quiet?: boolean } = {},
 ): Promise<LayerManifest> {
-  const name = k.spec.name;
-  const started = performance.now();
-  const emit = o.quiet ? () => {} : (e: Parameters<JobEvents['engine']>[0]) => events.engine(e);
-  emit({ type: 'layer-start', at: Date.now(), index, name, kind: k.spec.kind, key: k.key });
-  try {
-    const m = await buildLayer({
-      store: ctx.store,
-      backend: ctx.backend,
-      spec: k.spec,
-      key: k.key,
-      inputs: k.inputs,
-      cacheable: k.cacheable,
-      parent,
-      signal,
-      onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
-      onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),
-    });
-    emit({ type: 'layer-done', at: Date.now(), index, name, key: k.key, seconds: (performance.now() - started) / 1000, bytes: m.blob.size });
-    return m;
-  } catch (e) {
-    if (e instanceof LayerFailedError) {
-      emit({
-        type: 'layer-failed',
-        at: Date.now(),
-        index,
-        name,
-        key: k.key,
-        seconds: (performance.now() - started) / 1000,
-        message: e.message,
-        exitCode: e.exitCode,
-        timedOut: e.timedOut,
-        logPath: e.logPath,
-        logTail: e.logTail,
-      });
-    }
-    throw e;
-  }
+  return buildLayerReporting({
+    store: ctx.store,
+    backend: ctx.backend,
+    index,
+    layer: k,
+    parent,
+    signal,
+    emit: o.quiet ? () => {} : (e) => events.engine(e),
+    isFailure: (e) => e instanceof LayerFailedError,
+  });
 }
 
 function retryStep(events: JobEvents, index: number, name: string): (r: RetryInfo) => void {

@@ -227,7 +227,7 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
       emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: planned.source ?? 'local', bytes: manifest.blob.size });
     } else {
       backend ??= await chooseBackend(opts.backend ?? 'auto');
-      manifest = await buildMissingLayer(store, backend, i, k, parent, opts.signal, emit);
+      manifest = await buildLayerReporting({ store, backend, index: i, layer: k, parent, signal: opts.signal, emit });
     }
     if (shared && plan.layers[i]!.source !== 'shared') await pushLayer(shared, store, plan.layers[i]!, manifest, opts.signal, emit);
     await store.recordInputs(plan.project.dir, k.spec.name, k.key, k.inputs);
@@ -238,49 +238,61 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
   return chain;
 }
 
-async function buildMissingLayer(
-  store: LocalStore,
-  backend: Awaited<ReturnType<typeof chooseBackend>>,
-  i: number,
-  k: KeyedLayer,
-  parent: LayerManifest | null,
-  signal: AbortSignal | undefined,
-  emit: (e: BuildEvent) => void,
-): Promise<LayerManifest> {
-  const layerStarted = performance.now();
-  emit({ type: 'layer-start', at: Date.now(), index: i, name: k.spec.name, kind: k.spec.kind, key: k.key });
+/**
+ * The engine's buildLayer with the build's events around it: layer-start, the script's
+ * output and steps, then layer-done or layer-failed. Used by `vmlb build` and by the fleet
+ * worker, which reports as layer-failed only what will not be retried (`isFailure`).
+ */
+export async function buildLayerReporting(o: {
+  store: LocalStore;
+  backend: Awaited<ReturnType<typeof chooseBackend>>;
+  index: number;
+  layer: KeyedLayer;
+  parent: LayerManifest | null;
+  signal: AbortSignal | undefined;
+  emit: (e: BuildEvent) => void;
+  /** Which errors are reported as layer-failed. @default every error */
+  isFailure?: (e: unknown) => boolean;
+}): Promise<LayerManifest> {
+  const { index, layer: k, emit } = o;
+  const name = k.spec.name;
+  const started = performance.now();
+  const seconds = () => (performance.now() - started) / 1000;
+  emit({ type: 'layer-start', at: Date.now(), index, name, kind: k.spec.kind, key: k.key });
   let manifest: LayerManifest;
   try {
     manifest = await buildLayer({
-      store,
-      backend,
+      store: o.store,
+      backend: o.backend,
       spec: k.spec,
       key: k.key,
       inputs: k.inputs,
       cacheable: k.cacheable,
-      parent,
-      signal,
-      onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index: i, name: k.spec.name, chunk }),
-      onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index: i, name: k.spec.name, step }),
+      parent: o.parent,
+      signal: o.signal,
+      onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
+      onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),
     });
   } catch (e) {
-    const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string };
-    emit({
-      type: 'layer-failed',
-      at: Date.now(),
-      index: i,
-      name: k.spec.name,
-      key: k.key,
-      seconds: (performance.now() - layerStarted) / 1000,
-      message: err.message,
-      exitCode: err.exitCode,
-      timedOut: err.timedOut ?? false,
-      logPath: err.logPath ?? '',
-      logTail: err.logTail ?? '',
-    });
+    if (o.isFailure?.(e) ?? true) {
+      const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string };
+      emit({
+        type: 'layer-failed',
+        at: Date.now(),
+        index,
+        name,
+        key: k.key,
+        seconds: seconds(),
+        message: err.message,
+        exitCode: err.exitCode,
+        timedOut: err.timedOut ?? false,
+        logPath: err.logPath ?? '',
+        logTail: err.logTail ?? '',
+      });
+    }
     throw e;
   }
-  emit({ type: 'layer-done', at: Date.now(), index: i, name: k.spec.name, key: k.key, seconds: (performance.now() - layerStarted) / 1000, bytes: manifest.blob.size });
+  emit({ type: 'layer-done', at: Date.now(), index, name, key: k.key, seconds: seconds(), bytes: manifest.blob.size });
   return manifest;
 }
 
