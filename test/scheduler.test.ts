@@ -548,12 +548,14 @@ describe('/healthz and /metrics', () => {
     expect(text).toMatch(/^# TYPE process_cpu_user_seconds_total counter$/m);
     expect(text).toMatch(/^# TYPE vmlb_builds_submitted_total counter$/m);
     expect(text).toMatch(/^vmlb_builds_submitted_total\{team="web"\} [1-9]\d*$/m);
-    expect(text).toMatch(/^vmlb_layers_planned_total\{result="miss"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^# TYPE vmlb_layer_cache_lookups_total counter$/m);
+    expect(text).toMatch(/^vmlb_shared_store_up 1$/m);
+    expect(text).toMatch(/^vmlb_queue_oldest_job_age_seconds\{queue="vmlb-layers"\} \d+(\.\d+)?$/m);
     expect(text).toMatch(/^vmlb_uploads_refused_total\{reason="UNSAFE_ENTRY"\} [1-9]\d*$/m);
     expect(text).toMatch(/^vmlb_queue_jobs\{queue="vmlb-layers",state="waiting"\} \d+$/m);
     expect(text).toMatch(/^vmlb_http_request_duration_seconds_bucket\{le="0.1",method="GET",route="\/v1\/builds\/:id",status="200"\} \d+$/m);
     expect(text).toMatch(/^vmlb_builds_active \d+$/m);
-    expect(text).toMatch(/^vmlb_workers \d+$/m);
+    expect(text).toMatch(/^vmlb_fleet_workers \d+$/m);
   });
 });
 

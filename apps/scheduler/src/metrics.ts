@@ -1,32 +1,55 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { listWorkers } from '@vmlb/fleet';
+import { listKnownWorkers } from '@vmlb/fleet';
+
+/** Jobs in these states are waiting to run (waiting-children wait on their parent layer instead). */
+export const QUEUED_STATES = ['waiting', 'prioritized', 'delayed'] as const;
+export const JOB_STATES = ['waiting', 'waiting-children', 'active', 'delayed', 'prioritized', 'completed', 'failed'] as const;
+
+export interface MetricSources {
+  /** By queue name. */
+  queues: Record<string, Queue>;
+  redis: Redis;
+  activeBuilds: () => number;
+  /** The shared store's latest probe: true when it answered. */
+  sharedStoreUp: () => Promise<boolean>;
+}
 
 /**
  * The scheduler's Prometheus metrics, on a registry of its own (so two schedulers in one
  * process, as in tests, do not collide): prom-client's default process metrics, and the
- * fleet's own with the `vmlb_` prefix. Queue depths and the worker count are read from Redis
- * when Prometheus scrapes.
+ * fleet's own with the `vmlb_` prefix (the catalog is in docs/metrics.md). Queue depths, the
+ * workers and the shared store's state are read when Prometheus scrapes.
  */
 export class SchedulerMetrics {
   readonly registry = new Registry();
   readonly submitted: Counter<'team'>;
-  readonly finished: Counter<'team' | 'state'>;
-  readonly layersPlanned: Counter<'result'>;
+  /** Builds by final state. */
+  readonly builds: Counter<'team' | 'state'>;
+  readonly buildSeconds: Histogram<'state'>;
+  /** Plan-time hits: layers the shared store had when the build was submitted (workers count the rest). */
+  readonly lookups: Counter<'result' | 'source' | 'team'>;
   readonly uploadsRefused: Counter<'reason'>;
   readonly uploadBytes: Histogram;
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
 
-  constructor(sources: { queues: Record<string, Queue>; redis: Redis; activeBuilds: () => number }) {
+  constructor(sources: MetricSources) {
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
     this.submitted = new Counter({ name: 'vmlb_builds_submitted_total', help: 'Builds accepted by the scheduler.', labelNames: ['team'], registers });
-    this.finished = new Counter({ name: 'vmlb_builds_finished_total', help: 'Builds that reached a final state.', labelNames: ['team', 'state'], registers });
-    this.layersPlanned = new Counter({
-      name: 'vmlb_layers_planned_total',
-      help: 'Layers of submitted builds, by whether the shared store had them (hit) or a job was queued (miss).',
-      labelNames: ['result'],
+    this.builds = new Counter({ name: 'vmlb_builds_total', help: 'Builds that reached a final state (done, failed, cancelled).', labelNames: ['team', 'state'], registers });
+    this.buildSeconds = new Histogram({
+      name: 'vmlb_build_duration_seconds',
+      help: 'Builds end to end, from submission to their final state.',
+      labelNames: ['state'],
+      buckets: [0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600],
+      registers,
+    });
+    this.lookups = new Counter({
+      name: 'vmlb_layer_cache_lookups_total',
+      help: 'Layer cache lookups, by result (hit, miss), source (local, shared) and team; the scheduler counts plan-time hits, workers the rest.',
+      labelNames: ['result', 'source', 'team'],
       registers,
     });
     this.uploadsRefused = new Counter({ name: 'vmlb_uploads_refused_total', help: 'Project uploads refused, by reason (error code).', labelNames: ['reason'], registers });
@@ -57,20 +80,78 @@ export class SchedulerMetrics {
       labelNames: ['queue', 'state'],
       registers,
       async collect() {
+        const counts = await Promise.all(Object.entries(sources.queues).map(async ([name, q]) => [name, await q.getJobCounts(...JOB_STATES)] as const));
         this.reset();
-        for (const [name, q] of Object.entries(sources.queues)) {
-          const counts = await q.getJobCounts('waiting', 'waiting-children', 'active', 'delayed', 'prioritized', 'completed', 'failed');
-          for (const [state, n] of Object.entries(counts)) this.set({ queue: name, state }, n);
-        }
+        for (const [name, byState] of counts) for (const [state, n] of Object.entries(byState)) this.set({ queue: name, state }, n);
       },
     });
     new Gauge({
-      name: 'vmlb_workers',
-      help: 'Workers registered (heartbeat younger than its TTL).',
+      name: 'vmlb_queue_oldest_job_age_seconds',
+      help: 'Age of the oldest job waiting to run (waiting, prioritized or delayed), by queue; 0 when none waits.',
+      labelNames: ['queue'],
       registers,
       async collect() {
-        this.set((await listWorkers(sources.redis)).length);
+        const ages = await Promise.all(Object.entries(sources.queues).map(async ([name, q]) => [name, await oldestQueuedAge(q)] as const));
+        this.reset();
+        for (const [name, age] of ages) this.set({ queue: name }, age ?? 0);
+      },
+    });
+    // One read of the workers serves the four fleet gauges of a scrape.
+    let fleet: Promise<Awaited<ReturnType<typeof listKnownWorkers>>> | undefined;
+    const workers = () => (fleet ??= listKnownWorkers(sources.redis).finally(() => setImmediate(() => (fleet = undefined))));
+    new Gauge({
+      name: 'vmlb_fleet_workers',
+      help: 'Workers alive now (their heartbeat registration has not expired).',
+      registers,
+      async collect() {
+        this.set((await workers()).filter((w) => w.live).length);
+      },
+    });
+    new Gauge({
+      name: 'vmlb_fleet_slots',
+      help: 'Layer job slots of the live workers.',
+      registers,
+      async collect() {
+        this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.slots, 0));
+      },
+    });
+    new Gauge({
+      name: 'vmlb_fleet_busy_slots',
+      help: 'Jobs running on the live workers.',
+      registers,
+      async collect() {
+        this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.busy, 0));
+      },
+    });
+    new Gauge({
+      name: 'vmlb_worker_last_heartbeat_timestamp_seconds',
+      help: 'Unix time of each worker\'s last heartbeat, for workers seen within a day that did not stop cleanly.',
+      labelNames: ['worker'],
+      registers,
+      async collect() {
+        this.reset();
+        for (const w of await workers()) this.set({ worker: w.id }, Date.parse(w.lastHeartbeat) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'vmlb_shared_store_up',
+      help: 'Whether the shared store (S3) answered the scheduler\'s latest probe (1) or not (0).',
+      registers,
+      async collect() {
+        this.set((await sources.sharedStoreUp()) ? 1 : 0);
       },
     });
   }
+}
+
+/** Seconds since the oldest job waiting to run was queued, or null when none waits. */
+export async function oldestQueuedAge(q: Queue, now = Date.now()): Promise<number | null> {
+  let first = Infinity;
+  for (const state of QUEUED_STATES) {
+    // Waiting is a list in arrival order (asc: oldest first); delayed and prioritized are sorted
+    // by due time and priority, not age, so their first few are looked at.
+    const jobs = state === 'waiting' ? await q.getJobs([state], 0, 0, true) : await q.getJobs([state], 0, 49, true);
+    for (const j of jobs) if (j?.timestamp) first = Math.min(first, j.timestamp);
+  }
+  return first === Infinity ? null : Math.max(0, (now - first) / 1000);
 }

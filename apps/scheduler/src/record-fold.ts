@@ -29,6 +29,8 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
       if (ev.bytes !== undefined) l.bytes = ev.bytes;
       if (ev.exitCode !== undefined) l.exitCode = ev.exitCode;
       if (ev.logTail !== undefined) l.logTail = ev.logTail;
+      if (ev.status === 'done' || ev.status === 'failed') l.finishedAt = new Date(ev.at).toISOString();
+      else delete l.finishedAt;
       if (ev.status === 'done' && ev.seconds === undefined && l.startedAt === undefined) {
         // The job found the layer in the shared store (built meanwhile for another build): a hit.
         l.status = 'hit';
@@ -57,7 +59,13 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
       break;
     }
     case 'flatten': {
-      if (ev.status === 'building') startBuilding(r);
+      if (ev.status === 'building') {
+        startBuilding(r);
+        r.flatten = { worker: ev.worker, startedAt: new Date(ev.at).toISOString() };
+      } else if (r.flatten && ev.worker === r.flatten.worker) {
+        r.flatten.finishedAt = new Date(ev.at).toISOString();
+        r.flatten.seconds = Math.round(ev.at - Date.parse(r.flatten.startedAt)) / 1000;
+      }
       else if (ev.status === 'done' && ev.image) {
         r.image = ev.image;
         r.state = 'done';

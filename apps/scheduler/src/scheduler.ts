@@ -19,6 +19,7 @@ import { publicRecord } from './public-record.js';
 import { Teams, type Team } from './teams.js';
 import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
+import { registerInsightRoutes } from './insight-routes.js';
 
 export interface SchedulerOptions {
   config: FleetConfig;
@@ -41,6 +42,9 @@ export interface Scheduler {
   /** Stops taking requests, ends the event streams, closes Redis and S3 connections. Safe to call twice. */
   close(): Promise<void>;
 }
+
+/** The shared store is probed at most this often for the vmlb_shared_store_up gauge. */
+const STORE_PROBE_MS = 10_000;
 
 /** Kept 7 days: long after any job of the build could still run. */
 const CANCEL_TTL_S = 7 * 24 * 3600;
@@ -81,11 +85,22 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   const imageLocation = (p: string) => objects.url(p);
 
   let follower!: BuildFollower;
-  const metrics = new SchedulerMetrics({ queues: { [LAYER_QUEUE]: queues.layers, [FLATTEN_QUEUE]: queues.flatten }, redis, activeBuilds: () => follower.activeCount });
+  const storeProbe = probeEvery(STORE_PROBE_MS, () => withTimeout(objects.ping(), 3000));
+  const metrics = new SchedulerMetrics({
+    queues: { [LAYER_QUEUE]: queues.layers, [FLATTEN_QUEUE]: queues.flatten },
+    redis,
+    activeBuilds: () => follower.activeCount,
+    sharedStoreUp: storeProbe,
+  });
+  const countFinished = (r: StoredRecord) => {
+    metrics.builds.inc({ team: r.team, state: r.state });
+    const seconds = (Date.parse(r.finishedAt ?? new Date().toISOString()) - Date.parse(r.createdAt)) / 1000;
+    metrics.buildSeconds.observe({ state: r.state }, Math.max(0, seconds));
+  };
   follower = new BuildFollower({ redis, blocking, records, shared, queues, log }, {
     ...opts.follower,
     onFinished: (r) => {
-      metrics.finished.inc({ team: r.team, state: r.state });
+      countFinished(r);
       log.info('build finished', { buildId: r.id, team: r.team, state: r.state, error: r.error });
       opts.follower?.onFinished?.(r);
     },
@@ -155,10 +170,12 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   // ---- routes ----
 
+  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild });
+
   app.get('/healthz', async (_req, reply) => {
     const check = async (fn: () => Promise<unknown>) => {
       try {
-        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 3 s')), 3000).unref())]);
+        await withTimeout(fn(), 3000);
         return 'ok';
       } catch (e) {
         return (e as Error).message;
@@ -186,13 +203,13 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     } finally {
       await upload.discard();
     }
-    if (isFinal(record)) metrics.finished.inc({ team: record.team, state: record.state });
-    else follower.track(record);
     const hits = record.layers.filter((l) => l.status === 'hit').length;
     metrics.submitted.inc({ team: team.team });
     metrics.uploadBytes.observe(upload.bytes);
-    metrics.layersPlanned.inc({ result: 'hit' }, hits);
-    metrics.layersPlanned.inc({ result: 'miss' }, record.layers.length - hits);
+    // Misses are counted by the workers, when their jobs settle (see WorkerMetrics.lookups).
+    metrics.lookups.inc({ result: 'hit', source: 'shared', team: team.team }, hits);
+    if (isFinal(record)) countFinished(record);
+    else follower.track(record);
     log.info('build submitted', { buildId: record.id, team: team.team, project: upload.sha256, layers: record.layers.length, hits, state: record.state });
     const self = `/v1/builds/${record.id}`;
     return reply
@@ -293,5 +310,21 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       shared.close();
       if (ownsWorkDir) await rm(workDir, { recursive: true, force: true });
     },
+  };
+}
+
+/** Rejects when `p` has not settled within `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms).unref()));
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/** A probe run at most once per `ms` (scrapes in between get its last answer): true when `fn` resolved. */
+function probeEvery(ms: number, fn: () => Promise<unknown>): () => Promise<boolean> {
+  let last: { at: number; ok: Promise<boolean> } | undefined;
+  return () => {
+    if (!last || Date.now() - last.at >= ms) last = { at: Date.now(), ok: fn().then(() => true, () => false) };
+    return last.ok;
   };
 }

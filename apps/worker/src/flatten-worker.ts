@@ -51,8 +51,10 @@ export function flattenProcessor(ctx: WorkerContext) {
     const count = (outcome: string) => ctx.metrics.jobs.inc({ queue: 'flatten', outcome });
     try {
       if (await ctx.redis.exists(redisKeys.cancelled(data.buildId))) throw new UnrecoverableError(`build ${data.buildId} was cancelled`);
+      const started = performance.now();
       const r = await flatten(ctx, data, jobId, running.stop.signal, events);
       count(r.reused ? 'reused' : 'built');
+      if (!r.reused) ctx.metrics.flattenSeconds.observe((performance.now() - started) / 1000);
       return r;
     } catch (e) {
       const msg = errorMessage(e);
@@ -104,7 +106,8 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
     if (m) return reuse(m);
     await events.flatten('building');
     try {
-      await ctx.shared.pullChain(ctx.store, [top], { signal });
+      const pulled = await ctx.shared.pullChain(ctx.store, [top], { signal });
+      for (const m of pulled) ctx.metrics.pulledBytes.inc({ object: 'layer' }, m.blob.size);
     } catch (e) {
       if (e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message)) {
         throw new VmlbError('LAYER_UNAVAILABLE', `${e.message}; a # noshare layer lives only on the worker that built it, and this flatten job ran elsewhere`);
@@ -116,6 +119,7 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
       const file = path.join(tmpDir, `${top}.qcow2`);
       await convert(ctx.store.blobPath(top), file, { signal });
       const [bytes, sha256] = await Promise.all([ctx.shared.putFile(image, file, { signal }), sha256File(file)]);
+      ctx.metrics.pushedBytes.inc({ object: 'image' }, bytes);
       const manifest: ImageManifest = { version: 1, key: top, chain: data.chain, bytes, sha256, builtAt: new Date().toISOString(), worker: ctx.id };
       await ctx.shared.putJson(imageManifestPath(top), manifest, { signal });
       await lease.release();

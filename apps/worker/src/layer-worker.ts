@@ -35,8 +35,8 @@ export const TEAM_CAP_DELAY_MS = 2000;
 const TEAM_RENEW_EVERY = 10;
 
 export type LayerJobResult =
-  /** Built here and pushed (or kept local: see `shared`). */
-  | { key: string; outcome: 'built'; worker: string; seconds: number; bytes: number; shared: boolean }
+  /** Built here and pushed (or kept local: see `shared`); `localHit`: not built, this worker's store had it (a `# noshare` layer). */
+  | { key: string; outcome: 'built'; worker: string; seconds: number; bytes: number; shared: boolean; localHit: boolean }
   /** In the shared store already, or built meanwhile by another build's job. */
   | { key: string; outcome: 'shared-hit' | 'waited'; worker: string };
 
@@ -100,6 +100,7 @@ export function layerProcessor(ctx: WorkerContext) {
     try {
       const result = await runLayerJob(ctx, data, jobId, running, events);
       ctx.metrics.jobs.inc({ queue: 'layer', outcome: result.outcome });
+      ctx.metrics.lookups.inc({ ...lookupOf(result, data), team: data.team });
       return result;
     } catch (e) {
       throw await settleFailure(ctx, job, token, data, running, events, e);
@@ -115,10 +116,21 @@ export function layerProcessor(ctx: WorkerContext) {
   };
 }
 
+/** How a finished job's layer counts as a cache lookup (see WorkerMetrics.lookups). */
+function lookupOf(r: LayerJobResult, data: LayerJobData): { result: 'hit' | 'miss'; source: 'local' | 'shared' } {
+  if (r.outcome !== 'built') return { result: 'hit', source: 'shared' };
+  if (r.localHit) return { result: 'hit', source: 'local' };
+  return { result: 'miss', source: data.share ? 'shared' : 'local' };
+}
+
 /** Says how the job ended in the build's events and turns the error into what BullMQ should do. */
 async function settleFailure(ctx: WorkerContext, job: Job, token: string | undefined, data: LayerJobData, running: RunningJob, events: JobEvents, e: unknown): Promise<Error> {
   const msg = errorMessage(e);
-  const count = (outcome: string) => ctx.metrics.jobs.inc({ queue: 'layer', outcome });
+  const count = (outcome: string) => {
+    ctx.metrics.jobs.inc({ queue: 'layer', outcome });
+    // A layer that failed for good was a miss (it had to be built); a retried one is counted when it ends.
+    if (outcome === 'failed') ctx.metrics.lookups.inc({ result: 'miss', source: data.share ? 'shared' : 'local', team: data.team });
+  };
   switch (running.stop.cause) {
     case 'shutdown':
       await events.job('queued', { message: `handed back to the queue: worker ${ctx.id} is stopping` });
@@ -191,7 +203,7 @@ async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string
       await publishReady(redis, data.key);
     }
     await events.job('done', { seconds: built.seconds, bytes: built.bytes, ...(built.shared ? {} : { message: built.note }) });
-    return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared };
+    return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared, localHit: built.localHit };
   } finally {
     unfollow();
     await lease?.release().catch(() => undefined);
@@ -204,7 +216,7 @@ async function buildAndPush(
   running: RunningJob,
   events: JobEvents,
   lease: ClaimLease | undefined,
-): Promise<{ seconds: number; bytes: number; shared: boolean; note?: string }> {
+): Promise<{ seconds: number; bytes: number; shared: boolean; localHit: boolean; note?: string }> {
   const signal = running.stop.signal;
   const started = performance.now();
   await events.job('building');
@@ -227,20 +239,21 @@ async function buildAndPush(
 
     const parent = await ensureChain(ctx, keyed, data.index, signal, events);
     let manifest = await ctx.store.getManifest(k.key);
+    const localHit = manifest !== null;
     if (!manifest) {
       manifest = await buildOne(ctx, k, data.index, parent, signal, events);
       ctx.metrics.layerSeconds.observe({ kind: k.spec.kind }, (performance.now() - started) / 1000);
     }
     const seconds = Math.round(performance.now() - started) / 1000;
-    if (!manifest.share) return { seconds, bytes: manifest.blob.size, shared: false, note: 'kept on this worker: the layer is # noshare' };
+    if (!manifest.share) return { seconds, bytes: manifest.blob.size, shared: false, localHit, note: 'kept on this worker: the layer is # noshare' };
 
     // Someone else builds this key now (our claim lapsed): let the retry find theirs.
     if (lease && !(await lease.stillOurs())) throw new VmlbError('CLAIM_LOST', `the claim on layer ${k.key} lapsed before it was uploaded`, { retryable: true });
     events.engine({ type: 'layer-step', at: Date.now(), index: data.index, name: k.spec.name, step: 'uploading to the shared store' });
     const r = await ctx.shared.push(ctx.store, k.key, { signal, uncacheable: !manifest.cacheable, onRetry: retryStep(events, data.index, k.spec.name) });
     if (r.pushed) {
-      ctx.metrics.pushedBytes.inc(r.bytes);
-      return { seconds, bytes: r.bytes, shared: true };
+      ctx.metrics.pushedBytes.inc({ object: 'layer' }, r.bytes);
+      return { seconds, bytes: r.bytes, shared: true, localHit };
     }
     if (r.reason === 'exists') {
       // Another copy made it first (a lapsed claim): it is the one every worker will use.
@@ -248,10 +261,10 @@ async function buildAndPush(
         await ctx.store.remove([k.key]);
         await ctx.shared.pull(ctx.store, k.key, { signal });
       }
-      return { seconds, bytes: r.manifest.blob.size, shared: true };
+      return { seconds, bytes: r.manifest.blob.size, shared: true, localHit };
     }
     // parent-not-shared: built on a # noshare layer; parent-differs cannot happen after ensureChain.
-    return { seconds, bytes: manifest.blob.size, shared: false, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
+    return { seconds, bytes: manifest.blob.size, shared: false, localHit, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
   } finally {
     await rm(projectDir, { recursive: true, force: true });
   }
@@ -276,7 +289,7 @@ async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], index: numbe
       if (!local) {
         events.engine({ type: 'layer-step', at: Date.now(), index, name: keyed[index]!.spec.name, step: `fetching ${k.spec.name} from the shared store` });
         local = await ctx.shared.pull(ctx.store, k.key, { signal, onRetry: retryStep(events, index, keyed[index]!.spec.name) });
-        ctx.metrics.pulledLayers.inc();
+        ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
       }
     } else if (!local) {
       events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on this worker` });

@@ -10,9 +10,18 @@ export class WorkerMetrics {
   readonly registry = new Registry();
   /** Jobs finished, by queue (layer, flatten) and outcome (built, shared-hit, waited, failed, retried, handed-back, cancelled, delayed). */
   readonly jobs: Counter<'queue' | 'outcome'>;
+  /**
+   * The layer cache lookups this worker settles: a job's layer found in the shared store (built
+   * meanwhile by another build: hit/shared) or in its own store (a `# noshare` layer: hit/local),
+   * or built (miss; source is the store it was looked up in). Together with the scheduler's
+   * plan-time hits, each layer of each build is counted once.
+   */
+  readonly lookups: Counter<'result' | 'source' | 'team'>;
   readonly layerSeconds: Histogram<'kind'>;
-  readonly pushedBytes: Counter;
-  readonly pulledLayers: Counter;
+  readonly flattenSeconds: Histogram;
+  readonly pushedBytes: Counter<'object'>;
+  readonly pulledBytes: Counter<'object'>;
+  readonly storeRetries: Counter;
   readonly slots: Gauge;
   readonly busy: Gauge;
   readonly cachedBytes: Gauge;
@@ -21,20 +30,33 @@ export class WorkerMetrics {
   constructor(workerId: string) {
     this.registry.setDefaultLabels({ worker: workerId });
     const registers = [this.registry];
-    this.jobs = new Counter({ name: 'vmlb_worker_jobs_total', help: 'Jobs this worker finished, by queue and outcome', labelNames: ['queue', 'outcome'], registers });
-    this.layerSeconds = new Histogram({
-      name: 'vmlb_worker_layer_build_seconds',
-      help: 'Time to build one layer (script, disk attach, publish)',
-      labelNames: ['kind'],
-      buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600],
+    this.jobs = new Counter({ name: 'vmlb_worker_jobs_total', help: 'Jobs this worker finished, by queue and outcome.', labelNames: ['queue', 'outcome'], registers });
+    this.lookups = new Counter({
+      name: 'vmlb_layer_cache_lookups_total',
+      help: 'Layer cache lookups, by result (hit, miss), source (local, shared) and team; the scheduler counts plan-time hits, workers the rest.',
+      labelNames: ['result', 'source', 'team'],
       registers,
     });
-    this.pushedBytes = new Counter({ name: 'vmlb_worker_pushed_bytes_total', help: 'Layer blob bytes uploaded to the shared store', registers });
-    this.pulledLayers = new Counter({ name: 'vmlb_worker_pulled_layers_total', help: 'Layers fetched from the shared store', registers });
-    this.slots = new Gauge({ name: 'vmlb_worker_slots', help: 'Layer jobs this worker runs at once', registers });
-    this.busy = new Gauge({ name: 'vmlb_worker_busy_slots', help: 'Jobs running now', registers });
-    this.cachedBytes = new Gauge({ name: 'vmlb_worker_cached_bytes', help: 'Bytes in the local store', registers });
-    collectDefaultMetrics({ register: this.registry, prefix: 'vmlb_worker_' });
+    this.layerSeconds = new Histogram({
+      name: 'vmlb_layer_build_duration_seconds',
+      help: 'Time to build one layer on a worker, by kind: fetching the project and the parent chain, attaching the disk, the script; not the upload.',
+      labelNames: ['kind'],
+      buckets: [0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600],
+      registers,
+    });
+    this.flattenSeconds = new Histogram({
+      name: 'vmlb_flatten_duration_seconds',
+      help: 'Time to write a build\'s image: fetch the chain, qemu-img convert, upload.',
+      buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800],
+      registers,
+    });
+    this.pushedBytes = new Counter({ name: 'vmlb_shared_store_pushed_bytes_total', help: 'Bytes uploaded to the shared store, by object (layer, image).', labelNames: ['object'], registers });
+    this.pulledBytes = new Counter({ name: 'vmlb_shared_store_pulled_bytes_total', help: 'Bytes fetched from the shared store, by object (layer).', labelNames: ['object'], registers });
+    this.storeRetries = new Counter({ name: 'vmlb_shared_store_retries_total', help: 'Shared-store requests that failed and were tried again.', registers });
+    this.slots = new Gauge({ name: 'vmlb_worker_slots', help: 'Layer jobs this worker runs at once.', registers });
+    this.busy = new Gauge({ name: 'vmlb_worker_busy_slots', help: 'Jobs running now.', registers });
+    this.cachedBytes = new Gauge({ name: 'vmlb_worker_cached_bytes', help: 'Bytes in the local store.', registers });
+    collectDefaultMetrics({ register: this.registry });
   }
 
   /** Serves GET /metrics; returns the port (0 picks a free one). */

@@ -93,12 +93,13 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const backend = await chooseBackend(config.backend);
   const slots = await workerSlots(backend.name, config.workerSlots);
   const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
-  const shared = new SharedStore(config.shared);
   const metrics = new WorkerMetrics(id);
+  const shared = new SharedStore(config.shared, { onEvent: (e) => e.type === 'retry' && metrics.storeRetries.inc() });
   metrics.slots.set(slots);
   const jobs = new RunningJobs();
 
   let evicting: Promise<unknown> = Promise.resolve();
+  let usage = { at: 0, bytes: 0 };
   const ctx: WorkerContext = {
     id,
     fleet: config,
@@ -112,6 +113,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     metrics,
     log,
     evictSoon() {
+      usage.at = 0; // a job ended: the next heartbeat measures the store again
       evicting = evicting.then(() =>
         store.evict(config.storeCapBytes, jobs.protectedKeys()).then(
           (r) => r.removed.length && log.info('evicted layers from the local store', { layers: r.removed.length, bytes: r.bytes }),
@@ -144,7 +146,6 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
 
   const startedAt = new Date().toISOString();
   let state: WorkerRegistration['state'] = 'running';
-  let usage = { at: 0, bytes: 0 };
   const register = async () => {
     if (Date.now() - usage.at > USAGE_EVERY_MS) usage = { at: Date.now(), bytes: (await store.usage().catch(() => ({ bytes: usage.bytes }))).bytes };
     metrics.cachedBytes.set(usage.bytes);

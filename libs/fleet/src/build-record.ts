@@ -12,7 +12,9 @@ export interface LayerRecord {
   /** For hits: where the layer already was. */
   source?: 'shared';
   worker?: string;
+  /** When a worker started on it (ISO); with finishedAt, its bar on the build's time line. */
   startedAt?: string;
+  finishedAt?: string;
   seconds?: number;
   bytes?: number;
   exitCode?: number;
@@ -31,6 +33,8 @@ export interface BuildRecord {
   state: BuildState;
   layers: LayerRecord[];
   image: { key: string; path: string; bytes: number } | null;
+  /** The flatten job, once a worker took it. */
+  flatten?: { worker: string; startedAt: string; finishedAt?: string; seconds?: number };
   error?: string;
 }
 

@@ -21,6 +21,8 @@ export const redisKeys = {
   /** A worker's registration, refreshed by its heartbeat (JSON, TTL). */
   worker: (workerId: string) => `vmlb:worker:${workerId}`,
   workerPattern: 'vmlb:worker:*',
+  /** Hash: worker id → its last registration, kept after its TTL so a dead worker stays visible. */
+  workersSeen: 'vmlb:workers-seen',
   /** Running layer jobs of a team (the per-team cap). */
   teamRunning: (team: string) => `vmlb:team-running:${team}`,
   /** Set when a build is cancelled; workers check it while they build. */

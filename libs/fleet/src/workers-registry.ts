@@ -29,12 +29,45 @@ export interface WorkerRegistration {
   state: 'running' | 'stopping';
 }
 
+/**
+ * Writes a worker's registration (with its TTL) and its line in `vmlb:workers-seen`, a hash that
+ * outlives the TTL: a worker that died is still listed there, with its last heartbeat, until
+ * SEEN_KEEP_MS have passed. That is what the dashboard and the heartbeat alert show.
+ */
 export async function writeRegistration(redis: Redis, reg: WorkerRegistration, ttlMs = REGISTRATION_TTL_MS): Promise<void> {
-  await redis.set(redisKeys.worker(reg.id), JSON.stringify(reg), 'PX', ttlMs);
+  const text = JSON.stringify(reg);
+  await redis.multi().set(redisKeys.worker(reg.id), text, 'PX', ttlMs).hset(redisKeys.workersSeen, reg.id, text).exec();
 }
 
+/** A clean stop: the worker is gone from both views. */
 export async function removeRegistration(redis: Redis, workerId: string): Promise<void> {
-  await redis.del(redisKeys.worker(workerId));
+  await redis.multi().del(redisKeys.worker(workerId)).hdel(redisKeys.workersSeen, workerId).exec();
+}
+
+/** How long a worker that stopped without a word stays listed (as not live). */
+export const SEEN_KEEP_MS = 24 * 3600_000;
+
+export interface SeenWorker extends WorkerRegistration {
+  /** Its registration has not expired: the heartbeat goes on. */
+  live: boolean;
+}
+
+/**
+ * Every worker registered now, and those whose heartbeat stopped within SEEN_KEEP_MS (live:
+ * false); older ones are dropped from the hash here.
+ */
+export async function listKnownWorkers(redis: Redis, now = Date.now()): Promise<SeenWorker[]> {
+  const [live, seen] = await Promise.all([listWorkers(redis), redis.hgetall(redisKeys.workersSeen)]);
+  const byId = new Map<string, SeenWorker>(live.map((w) => [w.id, { ...w, live: true }]));
+  const stale: string[] = [];
+  for (const [id, text] of Object.entries(seen)) {
+    if (byId.has(id)) continue;
+    const r = parse(text);
+    if (!r || now - Date.parse(r.lastHeartbeat) > SEEN_KEEP_MS) stale.push(id);
+    else byId.set(id, { ...r, live: false });
+  }
+  if (stale.length) await redis.hdel(redisKeys.workersSeen, ...stale);
+  return [...byId.values()].sort((a, b) => a.id.localeCompare(b.id));
 }
 
 export async function readRegistration(redis: Redis, workerId: string): Promise<WorkerRegistration | null> {

@@ -1,0 +1,115 @@
+import type { Queue } from 'bullmq';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import { listKnownWorkers } from '@vmlb/fleet';
+import type { BuildRecords, StoredRecord } from './build-records.js';
+import type { BuildFollower } from './build-follower.js';
+import { parseEntry } from './build-follower.js';
+import { hitRateSeries } from './cache-stats.js';
+import { HttpError } from './http-error.js';
+import { JOB_STATES, QUEUED_STATES, oldestQueuedAge } from './metrics.js';
+import type { ObjectStore } from './object-store.js';
+import { redisKeys } from '@vmlb/fleet';
+
+/**
+ * The read-only routes the web dashboard (apps/web-dashboard) is made of, beside the build
+ * routes of scheduler.ts:
+ *
+ *   GET /v1/whoami                         { team, admin }
+ *   GET /v1/fleet                          workers (live and recently lost), queue depths
+ *   GET /v1/stats/cache?hours&bucketMinutes&team
+ *                                          layer cache hit rate over time, overall and per team
+ *   GET /v1/builds/:id/layers/:index/log   one layer's log, text/plain
+ *
+ * The fleet view is the same for every team (it holds no build of anyone's); hit rates and
+ * logs follow the build visibility rules: a team sees its own, an admin all.
+ */
+export function registerInsightRoutes(
+  app: FastifyInstance,
+  deps: {
+    redis: Redis;
+    queues: { layers: Queue; flatten: Queue };
+    records: BuildRecords;
+    follower: BuildFollower;
+    objects: ObjectStore;
+    visibleBuild: (req: FastifyRequest) => Promise<StoredRecord>;
+  },
+): void {
+  const { redis, queues, records, follower, objects } = deps;
+
+  app.get('/v1/whoami', async (req) => ({ team: req.team!.team, admin: req.team!.admin }));
+
+  app.get('/v1/fleet', async () => {
+    const [workers, layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
+      listKnownWorkers(redis),
+      queues.layers.getJobCounts(...JOB_STATES),
+      queues.flatten.getJobCounts(...JOB_STATES),
+      oldestQueuedAge(queues.layers),
+      oldestQueuedAge(queues.flatten),
+    ]);
+    const now = Date.now();
+    const queued = QUEUED_STATES.reduce((n, s) => n + (layers[s] ?? 0) + (flatten[s] ?? 0), 0);
+    const ages = [oldestLayers, oldestFlatten].filter((a): a is number => a !== null);
+    return {
+      workers: workers.map((w) => ({ ...w, heartbeatAgeSeconds: Math.max(0, (now - Date.parse(w.lastHeartbeat)) / 1000) })),
+      queues: { layers, flatten },
+      queued,
+      oldestQueuedSeconds: ages.length ? Math.max(...ages) : null,
+    };
+  });
+
+  app.get('/v1/stats/cache', async (req) => {
+    const q = req.query as { hours?: string; bucketMinutes?: string; team?: string };
+    const hours = q.hours === undefined ? 24 : Number(q.hours);
+    const bucketMinutes = q.bucketMinutes === undefined ? 60 : Number(q.bucketMinutes);
+    if (!(hours > 0 && hours <= 24 * 90)) throw new HttpError(400, 'BAD_QUERY', `hours must be a number above 0 and at most 2160 (not ${q.hours})`);
+    if (!(Number.isInteger(bucketMinutes) && bucketMinutes >= 1 && bucketMinutes <= 24 * 60)) {
+      throw new HttpError(400, 'BAD_QUERY', `bucketMinutes must be a whole number from 1 to 1440 (not ${q.bucketMinutes})`);
+    }
+    if ((hours * 60) / bucketMinutes > 2000) throw new HttpError(400, 'BAD_QUERY', `hours/bucketMinutes gives more than 2000 buckets: use larger buckets`);
+    const team = req.team!;
+    if (q.team !== undefined && q.team !== team.team && !team.admin) {
+      throw new HttpError(403, 'FORBIDDEN', `only an admin token sees another team's builds (this token is team ${team.team}'s)`);
+    }
+    const teams = q.team !== undefined ? [q.team] : team.admin ? await records.teams() : [team.team];
+    const builds = (await Promise.all(teams.map((t) => records.list(t)))).flat().map((b) => {
+      const live = follower.live(b.id);
+      return live ? { ...b, hits: live.layers.filter((l) => l.status === 'hit').length } : b;
+    });
+    return hitRateSeries(builds, { now: Date.now(), hours, bucketSeconds: bucketMinutes * 60, teams });
+  });
+
+  app.get('/v1/builds/:id/layers/:index/log', async (req, reply) => {
+    const record = await deps.visibleBuild(req);
+    const { index: raw } = req.params as { index: string };
+    const index = Number(raw);
+    const layer = /^\d+$/.test(raw) ? record.layers[index] : undefined;
+    if (!layer) throw new HttpError(404, 'NO_SUCH_LAYER', `build ${record.id} has no layer ${raw} (it has ${record.layers.length}, numbered from 0)`);
+    reply.type('text/plain; charset=utf-8').header('cache-control', 'no-cache');
+    // A finished layer's whole log is in the shared store (a hit's is the one of the build that made it).
+    if (layer.status === 'hit' || layer.status === 'done') {
+      const rel = `layers/${layer.key}.log`;
+      if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
+    }
+    // Running, failed, or kept on a worker (# noshare): what the workers streamed, while Redis has it.
+    const chunks = await streamedLog(redis, record.id, index);
+    if (chunks !== null) return reply.send(chunks);
+    if (layer.logTail) return reply.send(layer.logTail);
+    throw new HttpError(404, 'NO_LOG', `layer ${layer.name} of build ${record.id} has no log (yet)`);
+  });
+}
+
+/** The layer-log chunks of one layer in a build's event stream, or null when there are none. */
+async function streamedLog(redis: Redis, buildId: string, index: number): Promise<string | null> {
+  const entries = await redis.xrange(redisKeys.events(buildId), '-', '+');
+  let text = '';
+  let any = false;
+  for (const [id, fields] of entries) {
+    const e = parseEntry(id, fields)?.event;
+    if (e?.type === 'engine' && e.index === index && e.event.type === 'layer-log') {
+      text += e.event.chunk;
+      any = true;
+    }
+  }
+  return any ? text : null;
+}

@@ -1,0 +1,270 @@
+/**
+ * The fleet's Prometheus metrics move by the right amounts: a real scheduler (in this process)
+ * and real worker processes over a private redis-server and s3rver, real builds submitted
+ * through the API, then /metrics of the scheduler and of each worker read and compared with
+ * what the builds did (layers built, hits, bytes in the build records). Also what the alert
+ * rules of deploy/ watch: the oldest queued job, no live worker, a worker whose heartbeat
+ * stopped (SIGKILL), the shared store unreachable.
+ *
+ * Tests run in order: later ones build on the layers earlier ones put in the shared store.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packProject } from './helpers/fleet-submit.js';
+import { TOKENS, apiFor, ensureBucket, fleetEnv, startScheduler, waitFor, type RunningScheduler } from './helpers/fleet-api.js';
+import { metricValue, hasMetric } from './helpers/prom-text.js';
+import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
+import { EXTERNAL_S3_REASON, startS3Server, type S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, leftovers, sandbox, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
+
+const BUCKET = 'vmlb-metrics';
+
+let sb: Sandbox;
+let redis: RedisServer;
+let s3: S3Server;
+let env: Record<string, string>;
+let sharedUrl: string;
+let sched: RunningScheduler;
+const workers = new Map<string, WorkerProcess & { metricsPort: number }>();
+const api = apiFor(() => sched.url, TOKENS.web);
+
+const P1: Record<string, LayerDef> = {
+  '01_base': BUSYBOX_BASE,
+  '02_a': { kind: 'build-layer', script: 'echo layer a; echo a > /a' },
+  '03_b': { kind: 'build-layer', script: 'echo layer b; echo b > /b' },
+};
+
+async function startWorker(name: string): Promise<WorkerProcess & { metricsPort: number }> {
+  const metricsPort = await freePort();
+  const w = Object.assign(
+    startWorkerProcess({ name, dir: sb.dir, redisUrl: redis.url, sharedUrl, s3env: s3.env, env: { VMLB_WORKER_METRICS_PORT: String(metricsPort), VMLB_WORKER_METRICS_HOST: '127.0.0.1' } }),
+    { metricsPort },
+  );
+  workers.set(name, w);
+  await waitFor(`worker ${name}'s /metrics`, () => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.ok, () => false), 60_000);
+  return w;
+}
+
+const schedulerMetrics = async () => (await fetch(`${sched.url}/metrics`)).text();
+const workerMetrics = async (w: { metricsPort: number }) => (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+
+/** Submits a project folder through the API (as `vmlb submit` does); returns the build id. */
+async function submit(name: string, layers: Record<string, LayerDef>, token: string): Promise<string> {
+  const dir = await writeProject(path.join(sb.dir, name), layers);
+  const tgz = path.join(sb.dir, `${name}-${randomBytes(3).toString('hex')}.tar.gz`);
+  await packProject(dir, tgz);
+  const r = await api.json('POST', '/v1/builds', { token, body: await readFile(tgz) });
+  expect(r.status, JSON.stringify(r.body)).toBe(201);
+  return r.body.id as string;
+}
+
+async function finished(id: string, token: string, timeoutMs = 120_000): Promise<any> {
+  return waitFor(
+    `build ${id} to finish\n${workerLogs(workers.values())}`,
+    async () => {
+      const r = await api.json('GET', `/v1/builds/${id}`, { token });
+      return ['done', 'failed', 'cancelled'].includes(r.body?.state) ? r.body : undefined;
+    },
+    timeoutMs,
+    200,
+  );
+}
+
+/** Waits until a worker's counter reaches `want` (a job's metrics are counted just after its events), then returns the scrape. */
+async function workerSettles(w: { metricsPort: number }, name: string, labels: Record<string, string>, want: number): Promise<string> {
+  let text = '';
+  await waitFor(
+    `${name}${JSON.stringify(labels)} = ${want}`,
+    async () => {
+      text = await workerMetrics(w);
+      return metricValue(text, name, labels) >= want;
+    },
+    12_000,
+  ).catch(() => undefined);
+  return text;
+}
+
+beforeAll(async () => {
+  sb = await sandbox('metrics');
+  [redis, s3] = await Promise.all([startRedis(), startS3Server()]);
+  sharedUrl = `s3://${BUCKET}/metrics-${randomBytes(4).toString('hex')}`;
+  env = fleetEnv(redis.url, s3.env, sharedUrl);
+  await ensureBucket(env);
+  sched = await startScheduler(env);
+});
+
+afterAll(async () => {
+  for (const w of workers.values()) {
+    if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGTERM');
+    await w.exited;
+  }
+  await sched?.close();
+  await Promise.all([redis?.close(), s3?.close()]);
+  const left = sb ? await leftovers(sb) : [];
+  await sb?.cleanup();
+  expect(left).toEqual([]);
+});
+
+describe('fleet metrics', () => {
+  let first: any;
+
+  it('a build from scratch: three misses and their build times on the worker, one done build on the scheduler', async () => {
+    const a = await startWorker('a');
+    const id = await submit('p1', P1, TOKENS.web);
+    first = await finished(id, TOKENS.web);
+    expect(first.state, first.error).toBe('done');
+
+    const s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_builds_submitted_total', { team: 'web' })).toBe(1);
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'done' })).toBe(1);
+    expect(metricValue(s, 'vmlb_builds_total')).toBe(1);
+    expect(metricValue(s, 'vmlb_build_duration_seconds_count', { state: 'done' })).toBe(1);
+    expect(metricValue(s, 'vmlb_build_duration_seconds_sum', { state: 'done' })).toBeGreaterThan(0);
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total')).toBe(0);
+    expect(metricValue(s, 'vmlb_fleet_workers')).toBe(1);
+    expect(metricValue(s, 'vmlb_fleet_slots')).toBe(2);
+    expect(metricValue(s, 'vmlb_shared_store_up')).toBe(1);
+    expect(hasMetric(s, 'process_cpu_seconds_total')).toBe(true);
+
+    const w = await workerSettles(a, 'vmlb_flatten_duration_seconds_count', {}, 1);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'miss', source: 'shared', team: 'web', worker: 'w-a' })).toBe(3);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'hit' })).toBe(0);
+    expect(metricValue(w, 'vmlb_layer_build_duration_seconds_count', { kind: 'create-disk' })).toBe(1);
+    expect(metricValue(w, 'vmlb_layer_build_duration_seconds_count', { kind: 'build-layer' })).toBe(2);
+    expect(metricValue(w, 'vmlb_worker_jobs_total', { queue: 'layer', outcome: 'built' })).toBe(3);
+    expect(metricValue(w, 'vmlb_worker_jobs_total', { queue: 'flatten', outcome: 'built' })).toBe(1);
+    expect(metricValue(w, 'vmlb_flatten_duration_seconds_count')).toBe(1);
+    // Bytes pushed are exactly the layer blobs and the image the build record names.
+    const layerBytes = first.layers.reduce((n: number, l: { bytes: number }) => n + l.bytes, 0);
+    expect(layerBytes).toBeGreaterThan(0);
+    expect(metricValue(w, 'vmlb_shared_store_pushed_bytes_total', { object: 'layer' })).toBe(layerBytes);
+    expect(metricValue(w, 'vmlb_shared_store_pushed_bytes_total', { object: 'image' })).toBe(first.image.bytes);
+    // The chain was built here: nothing was fetched.
+    expect(metricValue(w, 'vmlb_shared_store_pulled_bytes_total')).toBe(0);
+    expect(metricValue(w, 'vmlb_worker_slots')).toBe(2);
+    expect(metricValue(w, 'vmlb_worker_busy_slots')).toBe(0);
+    // Measured again at the heartbeat after a job (every 5 s).
+    expect(metricValue(await workerSettles(a, 'vmlb_worker_cached_bytes', {}, 1), 'vmlb_worker_cached_bytes')).toBeGreaterThan(layerBytes);
+    expect(hasMetric(w, 'process_resident_memory_bytes', { worker: 'w-a' })).toBe(true);
+  });
+
+  it('the same project from another team: three plan-time hits on the scheduler, nothing on the worker; the hit rate is 50 %', async () => {
+    const a = workers.get('a')!;
+    const id = await submit('p1-again', P1, TOKENS.data);
+    const b = await finished(id, TOKENS.data);
+    expect(b.state).toBe('done');
+    expect(b.layers.map((l: { status: string }) => l.status)).toEqual(['hit', 'hit', 'hit']);
+
+    const s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { result: 'hit', source: 'shared', team: 'data' })).toBe(3);
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { team: 'web' })).toBe(0);
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'data', state: 'done' })).toBe(1);
+    const w = await workerMetrics(a);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total')).toBe(3);
+
+    // The two views of the hit rate agree: the metrics (scheduler + workers) and the API's series.
+    const lookups = metricValue(s, 'vmlb_layer_cache_lookups_total') + metricValue(w, 'vmlb_layer_cache_lookups_total');
+    const hits = metricValue(s, 'vmlb_layer_cache_lookups_total', { result: 'hit' }) + metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'hit' });
+    expect(hits / lookups).toBe(0.5);
+    const stats = await api.json('GET', '/v1/stats/cache?hours=1&bucketMinutes=60', { token: TOKENS.ops });
+    expect(stats.status).toBe(200);
+    const sum = (series: Array<{ lookups: number; hits: number }>) => series.reduce((n, x) => ({ lookups: n.lookups + x.lookups, hits: n.hits + x.hits }), { lookups: 0, hits: 0 });
+    expect(sum(stats.body.overall)).toEqual({ lookups: 6, hits: 3 });
+    expect(sum(stats.body.teams.web)).toEqual({ lookups: 3, hits: 0 });
+    expect(sum(stats.body.teams.data)).toEqual({ lookups: 3, hits: 3 });
+    // A team sees only its own.
+    const mine = await api.json('GET', '/v1/stats/cache?hours=1', { token: TOKENS.data });
+    expect(Object.keys(mine.body.teams)).toEqual(['data']);
+    expect(sum(mine.body.overall)).toEqual({ lookups: 3, hits: 3 });
+    expect((await api.json('GET', '/v1/stats/cache?team=web', { token: TOKENS.data })).status).toBe(403);
+    expect((await api.json('GET', '/v1/stats/cache?bucketMinutes=0', { token: TOKENS.data })).status).toBe(400);
+  });
+
+  it('with no worker: a queued job ages, no live worker; a new worker pulls the chain (bytes pulled = the layers)', async () => {
+    const a = workers.get('a')!;
+    expect((await a.stop()).exitCode).toBe(0);
+    let s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_fleet_workers')).toBe(0);
+    // A clean stop is not a lost heartbeat.
+    expect(hasMetric(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-a' })).toBe(false);
+
+    const id = await submit('p2', { ...P1, '04_c': { kind: 'build-layer', script: 'echo layer c; echo c > /c' } }, TOKENS.web);
+    await new Promise((r) => setTimeout(r, 1500));
+    s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-layers', state: 'waiting' })).toBe(1);
+    expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-flatten', state: 'waiting-children' })).toBe(1);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { queue: 'vmlb-layers' })).toBeGreaterThanOrEqual(1.4);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { queue: 'vmlb-flatten' })).toBe(0);
+    expect(metricValue(s, 'vmlb_builds_active')).toBe(1);
+    const fleet = await api.json('GET', '/v1/fleet');
+    expect(fleet.body.queued).toBe(1);
+    expect(fleet.body.oldestQueuedSeconds).toBeGreaterThanOrEqual(1.4);
+    expect(fleet.body.workers).toEqual([]);
+
+    const b = await startWorker('b');
+    const r = await finished(id, TOKENS.web);
+    expect(r.state, r.error).toBe('done');
+    const w = await workerSettles(b, 'vmlb_flatten_duration_seconds_count', {}, 1);
+    const chainBytes = first.layers.reduce((n: number, l: { bytes: number }) => n + l.bytes, 0);
+    expect(metricValue(w, 'vmlb_shared_store_pulled_bytes_total', { object: 'layer' })).toBe(chainBytes);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'miss', team: 'web' })).toBe(1);
+    expect(metricValue(w, 'vmlb_shared_store_pushed_bytes_total', { object: 'layer' })).toBe(r.layers[3].bytes);
+    s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { result: 'hit', team: 'web' })).toBe(3);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { queue: 'vmlb-layers' })).toBe(0);
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'done' })).toBe(2);
+  });
+
+  it('a failing layer: a failed build by team, a miss and a failed job on the worker', async () => {
+    const b = workers.get('b')!;
+    const id = await submit('p3', { ...P1, '04_fail': { kind: 'build-layer', script: 'echo about to fail; exit 3' } }, TOKENS.web);
+    const r = await finished(id, TOKENS.web);
+    expect(r.state).toBe('failed');
+    const s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'failed' })).toBe(1);
+    expect(metricValue(s, 'vmlb_build_duration_seconds_count', { state: 'failed' })).toBe(1);
+    const w = await workerSettles(b, 'vmlb_worker_jobs_total', { queue: 'layer', outcome: 'failed' }, 1);
+    expect(metricValue(w, 'vmlb_worker_jobs_total', { queue: 'layer', outcome: 'failed' })).toBe(1);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'miss', team: 'web' })).toBe(2);
+    // Its log is there for the dashboard.
+    const log = await api('GET', `/v1/builds/${id}/layers/3/log`);
+    expect(log.status).toBe(200);
+    expect(await log.text()).toContain('about to fail');
+  });
+
+  it.skipIf(EXTERNAL_S3_REASON)('what the alerts watch: a SIGKILLed worker keeps its last heartbeat, an unreachable store reads 0', async () => {
+    const b = workers.get('b')!;
+    let s = await schedulerMetrics();
+    const beat = metricValue(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-b' });
+    expect(Math.abs(beat - Date.now() / 1000)).toBeLessThan(30);
+
+    b.child.kill('SIGKILL');
+    await b.exited;
+    await s3.stop!();
+    try {
+      // The registration lapses after its TTL (15 s); the last heartbeat stays.
+      await waitFor('w-b to be listed as lost', async () => {
+        const f = await api.json('GET', '/v1/fleet');
+        return f.body.workers.length === 1 && f.body.workers[0].id === 'w-b' && f.body.workers[0].live === false;
+      }, 30_000, 500);
+      await waitFor('vmlb_shared_store_up 0', async () => metricValue(await schedulerMetrics(), 'vmlb_shared_store_up') === 0 && hasMetric(await schedulerMetrics(), 'vmlb_shared_store_up'), 30_000, 500);
+      s = await schedulerMetrics();
+      expect(metricValue(s, 'vmlb_fleet_workers')).toBe(0);
+      const last = metricValue(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-b' });
+      expect(last).toBeGreaterThanOrEqual(beat);
+      expect(Date.now() / 1000 - last).toBeGreaterThan(10);
+    } finally {
+      await s3.restart!();
+    }
+    await waitFor('vmlb_shared_store_up 1', async () => metricValue(await schedulerMetrics(), 'vmlb_shared_store_up') === 1, 30_000, 500);
+    // The same worker back (its start-up sweep clears what the SIGKILL left): live again.
+    workers.delete('b');
+    const again = await startWorker('b');
+    const f = await api.json('GET', '/v1/fleet');
+    expect(f.body.workers.map((w: { id: string; live: boolean }) => [w.id, w.live])).toEqual([['w-b', true]]);
+    expect((await again.stop()).exitCode).toBe(0);
+  });
+});
