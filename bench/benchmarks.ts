@@ -6,6 +6,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { debian } from './debian.js';
 import { FLEET_BENCHMARKS } from './fleet.js';
+import { API_BENCHMARKS } from './api.js';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -417,4 +418,5 @@ export const BENCHMARKS: Benchmark[] = [
   { name: 'write', title: 'writing 500 MiB inside a build-layer vs on a plain loop device', run: write },
   { name: 'debian', title: 'examples/debian: first, no-op and edit-last-layer builds; boot to the marker; diff of two layers', run: debian },
   ...FLEET_BENCHMARKS,
+  ...API_BENCHMARKS,
 ];

@@ -8,6 +8,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 echo "bench: building the TypeScript" >&2
 npx --no-install tsc -p libs/layer-engine && npx --no-install tsc -p apps/cli
+# The fleet benchmarks run the scheduler and worker processes as deployed (their dist/).
+npx --no-install tsc -p libs/fleet && npx --no-install tsc -p apps/scheduler && npx --no-install tsc -p apps/worker
 # apps/cli/bin/vmlb.js loads an esbuild bundle of apps/cli/dist (engine included): rebuild it
 # too, or the benchmarks would time the CLI as it was at the last full build.
 if [ -f apps/cli/bundle.mjs ]; then

