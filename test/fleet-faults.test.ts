@@ -5,7 +5,6 @@
  * two real worker processes (`node --import tsx apps/worker/src/main.ts`, each with its own
  * local store), and builds added as the scheduler adds them (test/helpers/fleet-submit.ts).
  */
-import { execa, type ResultPromise } from 'execa';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
@@ -22,20 +21,12 @@ import { FLATTEN_QUEUE, LAYER_QUEUE, redisKeys } from '../libs/fleet/src/names.j
 import { submitProject, type SubmittedBuild } from './helpers/fleet-submit.js';
 import { startRedis, type RedisServer } from './helpers/redis-server.js';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, REPO, leftovers, sandbox, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { WORKER_MAIN, startWorkerProcess, workerLogs as logsOf, type WorkerProcess } from './helpers/worker-process.js';
+import { BUSYBOX_BASE, leftovers, sandbox, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 const BUCKET = 'vmlb-faults';
-const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 const external = process.env.REDIS_URL ? 'REDIS_URL is set: the suite cannot restart that Redis' : !existsSync(WORKER_MAIN) ? `${WORKER_MAIN} does not exist` : null;
 if (external) console.warn(`fleet-faults.test.ts skipped: ${external}`);
-
-interface WorkerProcess {
-  name: string;
-  id: string;
-  child: ResultPromise;
-  log: string[];
-  exited: Promise<{ exitCode?: number; signal?: string }>;
-}
 
 describe.skipIf(external !== null)('fleet faults', () => {
   let sb: Sandbox;
@@ -49,35 +40,12 @@ describe.skipIf(external !== null)('fleet faults', () => {
   const workers: WorkerProcess[] = [];
 
   function startWorker(name: string): WorkerProcess {
-    const id = `wf-${name}`;
-    const child = execa(process.execPath, ['--import', 'tsx', WORKER_MAIN], {
-      cwd: REPO,
-      env: {
-        ...s3.env,
-        REDIS_URL: redisServer.url,
-        VMLB_SHARED: sharedUrl,
-        VMLB_STORE: path.join(sb.dir, `store-${name}`),
-        VMLB_RUN_DIR: path.join(sb.dir, `run-${name}`),
-        VMLB_WORKER_ID: id,
-        VMLB_WORKER_SLOTS: '2',
-        VMLB_BACKEND: 'fuse',
-      },
-      reject: false,
-      stdin: 'ignore',
-      buffer: false,
-    });
-    const log: string[] = [];
-    child.stderr!.on('data', (b: Buffer) => {
-      log.push(...b.toString().split('\n').filter(Boolean));
-      if (process.env.VMLB_TEST_DEBUG) process.stderr.write(`[${name}] ${b.toString()}`);
-    });
-    child.stdout!.resume();
-    const w = { name, id, child, log, exited: child.then((r) => ({ exitCode: r.exitCode, signal: r.signal })) };
+    const w = startWorkerProcess({ name, id: `wf-${name}`, dir: sb.dir, redisUrl: redisServer.url, sharedUrl, s3env: s3.env, shortLocks: false });
     workers.push(w);
     return w;
   }
 
-  const workerLogs = () => workers.map((w) => `--- ${w.name}\n${w.log.slice(-40).join('\n')}`).join('\n');
+  const workerLogs = () => logsOf(workers, 40);
 
   async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
     const deadline = Date.now() + timeoutMs;

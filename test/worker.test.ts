@@ -4,7 +4,6 @@
  * on two hosts), and builds submitted as the scheduler would (test/helpers/fleet-submit.ts).
  * Tests run in order: later ones reuse the layers earlier ones put in the shared store.
  */
-import { execa, type ResultPromise } from 'execa';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
@@ -21,12 +20,12 @@ import { giveBackTeamSlot, takeTeamSlot, teamRunning } from '../libs/fleet/src/t
 import { FLATTEN_QUEUE, LAYER_QUEUE, layerJobId, redisKeys, storePaths } from '../libs/fleet/src/names.js';
 import type { WorkerRegistration } from '../libs/fleet/src/workers-registry.js';
 import { submitProject, type SubmittedBuild } from './helpers/fleet-submit.js';
+import { startWorkerProcess as startWorker, workerLogs as logsOf, type WorkerProcess } from './helpers/worker-process.js';
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, REPO, builtNames, cachedNames, leftovers, sandbox, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, builtNames, cachedNames, leftovers, sandbox, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
 
 const BUCKET = 'vmlb-fleet';
-const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 
 let sb: Sandbox;
 let redisServer: RedisServer;
@@ -39,44 +38,8 @@ let flattenQueue: Queue;
 const workers = new Map<string, WorkerProcess>();
 let metricsPort = 0;
 
-interface WorkerProcess {
-  name: string;
-  id: string;
-  child: ResultPromise;
-  log: string[];
-  exited: Promise<{ exitCode?: number; signal?: string }>;
-}
-
 function startWorkerProcess(name: string, extraEnv: Record<string, string> = {}): WorkerProcess {
-  const id = `w-${name}`;
-  const child = execa(process.execPath, ['--import', 'tsx', WORKER_MAIN], {
-    cwd: REPO,
-    env: {
-      ...s3.env,
-      REDIS_URL: redisServer.url,
-      VMLB_SHARED: sharedUrl,
-      VMLB_STORE: path.join(sb.dir, `store-${name}`),
-      VMLB_RUN_DIR: path.join(sb.dir, `run-${name}`),
-      VMLB_WORKER_ID: id,
-      VMLB_WORKER_SLOTS: '2',
-      VMLB_BACKEND: 'fuse',
-      // A SIGKILLed worker's job runs again within about 3 s (TESTING.md).
-      VMLB_WORKER_LOCK_MS: '2000',
-      VMLB_WORKER_STALLED_MS: '1000',
-      ...extraEnv,
-    },
-    reject: false,
-    stdin: 'ignore',
-    buffer: false,
-  });
-  const log: string[] = [];
-  child.stderr!.on('data', (b: Buffer) => {
-    log.push(...b.toString().split('\n').filter(Boolean));
-    if (process.env.VMLB_TEST_DEBUG) process.stderr.write(`[${name}] ${b.toString()}`);
-  });
-  child.stdout!.resume();
-  const exited = child.then((r) => ({ exitCode: r.exitCode, signal: r.signal }));
-  const w = { name, id, child, log, exited };
+  const w = startWorker({ name, dir: sb.dir, redisUrl: redisServer.url, sharedUrl, s3env: s3.env, env: extraEnv });
   workers.set(name, w);
   return w;
 }
@@ -91,9 +54,7 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | null | f
   }
 }
 
-function workerLogs(): string {
-  return [...workers.values()].map((w) => `--- ${w.name}\n${w.log.slice(-30).join('\n')}`).join('\n');
-}
+const workerLogs = () => logsOf(workers.values());
 
 async function registration(id: string): Promise<WorkerRegistration | null> {
   const text = await redis.get(redisKeys.worker(id));

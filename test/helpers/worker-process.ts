@@ -26,11 +26,15 @@ export interface WorkerProcessOptions {
   redisUrl: string;
   sharedUrl: string;
   s3env: Record<string, string>;
+  /** @default `w-NAME` */
+  id?: string;
+  /** A 2 s job lock, so a SIGKILLed worker's job runs again within about 3 s (TESTING.md); false keeps the production 30 s. @default true */
+  shortLocks?: boolean;
   env?: Record<string, string>;
 }
 
 export function startWorkerProcess(o: WorkerProcessOptions): WorkerProcess {
-  const id = `w-${o.name}`;
+  const id = o.id ?? `w-${o.name}`;
   const child = execa(process.execPath, ['--import', 'tsx', WORKER_MAIN], {
     cwd: REPO,
     env: {
@@ -42,9 +46,7 @@ export function startWorkerProcess(o: WorkerProcessOptions): WorkerProcess {
       VMLB_WORKER_ID: id,
       VMLB_WORKER_SLOTS: '2',
       VMLB_BACKEND: 'fuse',
-      // A SIGKILLed worker's job runs again within about 3 s (TESTING.md).
-      VMLB_WORKER_LOCK_MS: '2000',
-      VMLB_WORKER_STALLED_MS: '1000',
+      ...(o.shortLocks === false ? {} : { VMLB_WORKER_LOCK_MS: '2000', VMLB_WORKER_STALLED_MS: '1000' }),
       ...o.env,
     },
     reject: false,
