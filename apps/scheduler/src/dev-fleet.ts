@@ -229,6 +229,7 @@ async function main(): Promise<number> {
     }
 
     say(`up: scheduler ${server}, Redis ${redisUrl}, shared store ${sharedUrl}${s3env.S3_ENDPOINT ? ` at ${s3env.S3_ENDPOINT}` : ''}, ${existsSync(WORKER_MAIN) ? workers : 0} workers; state in ${dir}`);
+    say(`dashboard: ${server}/ (sign in with the token below); metrics: ${server}/metrics`);
     say('paste these two lines into your shell, then `vmlb submit DIR`; Ctrl-C here stops the fleet');
     process.stdout.write(`export VMLB_SERVER=${server}\nexport VMLB_TOKEN=${token}\n`);
 

@@ -20,6 +20,7 @@ import { Teams, type Team } from './teams.js';
 import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
 import { registerInsightRoutes } from './insight-routes.js';
+import { registerDashboard } from '@vmlb/web-dashboard';
 
 export interface SchedulerOptions {
   config: FleetConfig;
@@ -172,6 +173,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   // ---- routes ----
 
   registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild });
+  // The web dashboard at `/` (its files; it reads the /v1 routes with the user's token).
+  await registerDashboard(app);
 
   app.get('/healthz', async (_req, reply) => {
     const check = async (fn: () => Promise<unknown>) => {
