@@ -12,6 +12,8 @@ npx --no-install tsc -p apps/cli --noEmit
 npx --no-install tsc -p libs/fleet --noEmit
 npx --no-install tsc -p apps/scheduler --noEmit
 npx --no-install tsc -p apps/worker --noEmit
+npx --no-install tsc -p apps/web-dashboard --noEmit
+npx --no-install tsc -p apps/web-dashboard/tsconfig.ui.json
 npx --no-install tsc -p bench
 npx --no-install tsc -p test
 set +e

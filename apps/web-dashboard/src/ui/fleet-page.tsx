@@ -1,0 +1,144 @@
+import { formatAgo, formatBytes, formatSeconds, formatTime, plural } from './format';
+import { useNow, usePoll } from './hooks';
+import { useSession } from './session';
+import type { Fleet, FleetWorker } from './types';
+import { Badge, Card, Empty, ErrorNote, Loading, Meter, Mono, Stat } from './ui-kit';
+
+/** BullMQ's job states, in the order a job goes through them. */
+const QUEUE_STATES = ['waiting', 'prioritized', 'waiting-children', 'delayed', 'active', 'completed', 'failed'] as const;
+
+/** `#/fleet`: the workers, their slots and caches, and the queues. */
+export function FleetPage() {
+  const { api } = useSession();
+  const now = useNow();
+  const fleet = usePoll((signal) => api.json<Fleet>('/v1/fleet', signal), [api]);
+  const f = fleet.data;
+  if (!f) {
+    return (
+      <div class="page">
+        <div class="page-head">
+          <h1>Fleet</h1>
+        </div>
+        {fleet.error ? <ErrorNote error={fleet.error} what="the fleet" /> : <Loading what="the fleet" />}
+      </div>
+    );
+  }
+  const live = f.workers.filter((w) => w.live);
+  const slots = live.reduce((n, w) => n + w.slots, 0);
+  const busy = live.reduce((n, w) => n + w.busy, 0);
+  const cached = f.workers.reduce((n, w) => n + w.cachedBytes, 0);
+  const dead = f.workers.length - live.length;
+
+  return (
+    <div class="page">
+      <div class="page-head">
+        <h1>Fleet</h1>
+        <div class="page-sub">{plural(f.workers.length, 'worker')}</div>
+      </div>
+      <ErrorNote error={fleet.error} what="the latest state" />
+      <div class="stats">
+        <Stat label="Workers" value={`${live.length}`} sub={dead ? `${dead} not answering` : 'all answering'} tone={dead ? 'bad' : undefined} testid="stat-workers" />
+        <Stat label="Busy slots" value={`${busy} / ${slots}`} sub={<Meter value={busy} max={slots} />} testid="stat-slots" />
+        <Stat label="Queue depth" value={String(f.queued)} sub={f.oldestQueuedSeconds !== null ? `oldest waits ${formatSeconds(f.oldestQueuedSeconds)}` : 'nothing waiting'} tone={f.queued > slots && slots > 0 ? 'warn' : undefined} testid="stat-queued" />
+        <Stat label="Cached on workers" value={formatBytes(cached)} sub="local stores, together" testid="stat-cached" />
+      </div>
+      <Card title="Workers">
+        {f.workers.length === 0 ? (
+          <Empty>No worker has registered. Start one with <Mono>vmlb-worker</Mono> (see apps/worker/README.md).</Empty>
+        ) : (
+          <table class="table" data-testid="workers-table">
+            <thead>
+              <tr>
+                <th>Worker</th>
+                <th>State</th>
+                <th>Slots</th>
+                <th class="num">Cached</th>
+                <th>Backend</th>
+                <th>Version</th>
+                <th>Up since</th>
+                <th>Last heartbeat</th>
+              </tr>
+            </thead>
+            <tbody>
+              {f.workers.map((w) => (
+                <WorkerRow key={w.id} w={w} now={now} polledAt={fleet.updatedAt} />
+              ))}
+            </tbody>
+          </table>
+        )}
+      </Card>
+      <Card title="Queues">
+        <table class="table queues-table" data-testid="queues-table">
+          <thead>
+            <tr>
+              <th>Queue</th>
+              {QUEUE_STATES.map((s) => (
+                <th class="num" key={s}>
+                  {s}
+                </th>
+              ))}
+            </tr>
+          </thead>
+          <tbody>
+            {(['layers', 'flatten'] as const).map((q) => (
+              <tr key={q} data-queue={q}>
+                <td>
+                  <strong>{q}</strong>
+                </td>
+                {QUEUE_STATES.map((s) => {
+                  const n = f.queues[q]?.[s] ?? 0;
+                  return (
+                    <td class={`num ${n === 0 ? 'zero' : ''} ${s === 'failed' && n > 0 ? 'bad' : ''}`} key={s} data-state={s}>
+                      {n}
+                    </td>
+                  );
+                })}
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </Card>
+    </div>
+  );
+}
+
+/** "4 s ago", from the scheduler's own count when it gives one (clocks differ). */
+function heartbeatAgo(w: FleetWorker, polledAt: number, now: number): string {
+  if (w.heartbeatAgeSeconds === undefined) return formatAgo(w.lastHeartbeat, now);
+  const s = Math.round(w.heartbeatAgeSeconds + Math.max(0, now - polledAt) / 1000);
+  return s < 90 ? `${s} s ago` : formatAgo(new Date(now - s * 1000).toISOString(), now);
+}
+
+function WorkerRow({ w, now, polledAt }: { w: FleetWorker; now: number; polledAt: number }) {
+  const status = !w.live ? 'dead' : w.state === 'stopping' ? 'stopping' : w.busy > 0 ? 'busy' : 'idle';
+  return (
+    <tr data-worker={w.id} data-live={String(w.live)} class={w.live ? '' : 'row-bad'}>
+      <td>
+        <Mono>{w.id}</Mono>
+        <div class="cell-sub">
+          {w.host} · pid {w.pid}
+        </div>
+      </td>
+      <td>
+        <Badge status={status} />
+      </td>
+      <td>
+        <div class="slots">
+          <span>
+            {w.busy} / {w.slots} busy
+          </span>
+          <Meter value={w.busy} max={w.slots} />
+        </div>
+      </td>
+      <td class="num">{formatBytes(w.cachedBytes)}</td>
+      <td>{w.backend}</td>
+      <td>
+        <Mono>{w.version}</Mono>
+      </td>
+      <td title={formatTime(w.startedAt)}>{formatAgo(w.startedAt, now)}</td>
+      <td title={formatTime(w.lastHeartbeat)} class={w.live ? '' : 'bad'}>
+        {w.live ? heartbeatAgo(w, polledAt, now) : `last heartbeat ${heartbeatAgo(w, polledAt, now)}`}
+      </td>
+    </tr>
+  );
+}
