@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { SharedStore } from '@vmlb/layer-engine';
-import { storePaths, type BuildRecord, type BuildState } from '@vmlb/fleet';
+import { storePaths, type BuildRecord, type BuildState, type BuildSummary } from '@vmlb/fleet';
+
+export type { BuildSummary };
 import type { ObjectStore } from './object-store.js';
 
 /**
@@ -14,19 +16,6 @@ import type { ObjectStore } from './object-store.js';
 export interface StoredRecord extends BuildRecord {
   /** The last event stream id folded into this record (a restarted scheduler goes on after it). */
   cursor?: string;
-}
-
-export interface BuildSummary {
-  id: string;
-  team: string;
-  state: BuildState;
-  project: string;
-  createdAt: string;
-  finishedAt?: string;
-  layers: number;
-  hits: number;
-  built: number;
-  error?: string;
 }
 
 export const FINAL_STATES: ReadonlySet<BuildState> = new Set(['done', 'failed', 'cancelled']);

@@ -1,22 +1,4 @@
-import type { BuildSummary } from './build-records.js';
-
-/** One bucket of the cache hit rate: layers of the builds submitted in [t, t + bucketSeconds). */
-export interface HitRateBucket {
-  /** ISO time the bucket starts. */
-  t: string;
-  lookups: number;
-  hits: number;
-  /** hits / lookups, or null for a bucket with no build. */
-  rate: number | null;
-}
-
-export interface HitRateSeries {
-  from: string;
-  to: string;
-  bucketSeconds: number;
-  overall: HitRateBucket[];
-  teams: Record<string, HitRateBucket[]>;
-}
+import type { BuildSummary, HitRateBucket, HitRateSeries } from '@vmlb/fleet';
 
 /**
  * The layer cache hit rate over time, from build summaries: each build's layers are its

@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { listKnownWorkers } from '@vmlb/fleet';
+import { listKnownWorkers, redisKeys, type FleetView, type WhoAmI } from '@vmlb/fleet';
 import type { BuildRecords, StoredRecord } from './build-records.js';
 import type { BuildFollower } from './build-follower.js';
 import { parseEntry } from './build-follower.js';
@@ -9,7 +9,6 @@ import { hitRateSeries } from './cache-stats.js';
 import { HttpError } from './http-error.js';
 import { JOB_STATES, QUEUED_STATES, oldestQueuedAge } from './metrics.js';
 import type { ObjectStore } from './object-store.js';
-import { redisKeys } from '@vmlb/fleet';
 
 /**
  * The read-only routes the web dashboard (apps/web-dashboard) is made of, beside the build
@@ -37,9 +36,9 @@ export function registerInsightRoutes(
 ): void {
   const { redis, queues, records, follower, objects } = deps;
 
-  app.get('/v1/whoami', async (req) => ({ team: req.team!.team, admin: req.team!.admin }));
+  app.get('/v1/whoami', async (req): Promise<WhoAmI> => ({ team: req.team!.team, admin: req.team!.admin }));
 
-  app.get('/v1/fleet', async () => {
+  app.get('/v1/fleet', async (): Promise<FleetView> => {
     const [workers, layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
       listKnownWorkers(redis),
       queues.layers.getJobCounts(...JOB_STATES),

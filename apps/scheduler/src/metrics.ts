@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { listKnownWorkers } from '@vmlb/fleet';
+import { DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers } from '@vmlb/fleet';
 
 /** Jobs in these states are waiting to run (waiting-children wait on their parent layer instead). */
 export const QUEUED_STATES = ['waiting', 'prioritized', 'delayed'] as const;
@@ -55,15 +55,10 @@ export class SchedulerMetrics {
       name: 'vmlb_build_duration_seconds',
       help: 'Builds end to end, from submission to their final state.',
       labelNames: ['state'],
-      buckets: [0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600],
+      buckets: [0.1, ...DURATION_BUCKETS],
       registers,
     });
-    this.lookups = new Counter({
-      name: 'vmlb_layer_cache_lookups_total',
-      help: 'Layer cache lookups, by result (hit, miss), source (local, shared) and team; the scheduler counts plan-time hits, workers the rest.',
-      labelNames: ['result', 'source', 'team'],
-      registers,
-    });
+    this.lookups = new Counter({ ...LAYER_CACHE_LOOKUPS, labelNames: [...LAYER_CACHE_LOOKUPS.labelNames], registers });
     this.uploadsRefused = new Counter({ name: 'vmlb_uploads_refused_total', help: 'Project uploads refused, by reason (error code).', labelNames: ['reason'], registers });
     this.uploadBytes = new Histogram({
       name: 'vmlb_upload_bytes',

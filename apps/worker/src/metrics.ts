@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { DURATION_BUCKETS, LAYER_CACHE_LOOKUPS } from '@vmlb/fleet';
 
 /**
  * The worker's Prometheus metrics, on their own registry (a process may run two workers in
@@ -31,17 +32,12 @@ export class WorkerMetrics {
     this.registry.setDefaultLabels({ worker: workerId });
     const registers = [this.registry];
     this.jobs = new Counter({ name: 'vmlb_worker_jobs_total', help: 'Jobs this worker finished, by queue and outcome.', labelNames: ['queue', 'outcome'], registers });
-    this.lookups = new Counter({
-      name: 'vmlb_layer_cache_lookups_total',
-      help: 'Layer cache lookups, by result (hit, miss), source (local, shared) and team; the scheduler counts plan-time hits, workers the rest.',
-      labelNames: ['result', 'source', 'team'],
-      registers,
-    });
+    this.lookups = new Counter({ ...LAYER_CACHE_LOOKUPS, labelNames: [...LAYER_CACHE_LOOKUPS.labelNames], registers });
     this.layerSeconds = new Histogram({
       name: 'vmlb_layer_build_duration_seconds',
       help: 'Time to build one layer on a worker, by kind: fetching the project and the parent chain, attaching the disk, the script; not the upload.',
       labelNames: ['kind'],
-      buckets: [0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600],
+      buckets: DURATION_BUCKETS,
       registers,
     });
     this.flattenSeconds = new Histogram({

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { SeenWorker } from './api-types.js';
 import { redisKeys } from './names.js';
 
 /**
@@ -46,11 +47,6 @@ export async function removeRegistration(redis: Redis, workerId: string): Promis
 
 /** How long a worker that stopped without a word stays listed (as not live). */
 export const SEEN_KEEP_MS = 24 * 3600_000;
-
-export interface SeenWorker extends WorkerRegistration {
-  /** Its registration has not expired: the heartbeat goes on. */
-  live: boolean;
-}
 
 /**
  * Every worker registered now, and those whose heartbeat stopped within SEEN_KEEP_MS (live:

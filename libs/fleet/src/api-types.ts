@@ -1,0 +1,68 @@
+import type { BuildState } from './build-record.js';
+import type { WorkerRegistration } from './workers-registry.js';
+
+/**
+ * What the scheduler's read-only API answers beside build records (docs/fleet.md): the types
+ * the scheduler writes and the web dashboard reads (type-only: nothing of this package runs in
+ * the browser).
+ */
+
+/** A line of `GET /v1/builds`: a build without its layers. */
+export interface BuildSummary {
+  id: string;
+  team: string;
+  state: BuildState;
+  project: string;
+  createdAt: string;
+  finishedAt?: string;
+  layers: number;
+  hits: number;
+  built: number;
+  error?: string;
+}
+
+/** `GET /v1/whoami` */
+export interface WhoAmI {
+  team: string;
+  admin: boolean;
+}
+
+/** A worker as `GET /v1/fleet` lists it: live, or lost (its heartbeat stopped) within a day. */
+export interface SeenWorker extends WorkerRegistration {
+  /** Its registration has not expired: the heartbeat goes on. */
+  live: boolean;
+}
+
+export interface FleetWorker extends SeenWorker {
+  /** Seconds since its last heartbeat, by the scheduler's clock. */
+  heartbeatAgeSeconds: number;
+}
+
+/** `GET /v1/fleet` */
+export interface FleetView {
+  workers: FleetWorker[];
+  /** BullMQ job counts by state. */
+  queues: { layers: Record<string, number>; flatten: Record<string, number> };
+  /** Jobs waiting to run (waiting, prioritized, delayed) in both queues. */
+  queued: number;
+  oldestQueuedSeconds: number | null;
+}
+
+/** One bucket of the cache hit rate: layers of the builds submitted in [t, t + bucketSeconds). */
+export interface HitRateBucket {
+  /** ISO time the bucket starts. */
+  t: string;
+  lookups: number;
+  hits: number;
+  /** hits / lookups, or null for a bucket with no build. */
+  rate: number | null;
+}
+
+/** `GET /v1/stats/cache` */
+export interface HitRateSeries {
+  from: string;
+  to: string;
+  bucketSeconds: number;
+  overall: HitRateBucket[];
+  teams: Record<string, HitRateBucket[]>;
+}
