@@ -73,19 +73,26 @@ async function finished(id: string, token: string, timeoutMs = 120_000): Promise
   );
 }
 
-/** Waits until a worker's counter reaches `want` (a job's metrics are counted just after its events), then returns the scrape. */
-async function workerSettles(w: { metricsPort: number }, name: string, labels: Record<string, string>, want: number): Promise<string> {
+/**
+ * Waits until a counter reaches `want`, then returns the scrape (the assertions that follow say
+ * what is wrong when it does not): a worker counts a job just after its last event, and the
+ * scheduler counts a finished build once its final record is stored, a moment after the API
+ * shows it final.
+ */
+async function settles(scrape: () => Promise<string>, name: string, labels: Record<string, string>, want: number): Promise<string> {
   let text = '';
   await waitFor(
     `${name}${JSON.stringify(labels)} = ${want}`,
     async () => {
-      text = await workerMetrics(w);
+      text = await scrape();
       return metricValue(text, name, labels) >= want;
     },
     12_000,
   ).catch(() => undefined);
   return text;
 }
+const workerSettles = (w: { metricsPort: number }, name: string, labels: Record<string, string>, want: number) => settles(() => workerMetrics(w), name, labels, want);
+const schedulerSettles = (name: string, labels: Record<string, string>, want: number) => settles(schedulerMetrics, name, labels, want);
 
 beforeAll(async () => {
   sb = await sandbox('metrics');
@@ -117,7 +124,7 @@ describe('fleet metrics', () => {
     first = await finished(id, TOKENS.web);
     expect(first.state, first.error).toBe('done');
 
-    const s = await schedulerMetrics();
+    const s = await schedulerSettles('vmlb_builds_total', { team: 'web', state: 'done' }, 1);
     expect(metricValue(s, 'vmlb_builds_submitted_total', { team: 'web' })).toBe(1);
     expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'done' })).toBe(1);
     expect(metricValue(s, 'vmlb_builds_total')).toBe(1);
@@ -212,7 +219,7 @@ describe('fleet metrics', () => {
     expect(metricValue(w, 'vmlb_shared_store_pulled_bytes_total', { object: 'layer' })).toBe(chainBytes);
     expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'miss', team: 'web' })).toBe(1);
     expect(metricValue(w, 'vmlb_shared_store_pushed_bytes_total', { object: 'layer' })).toBe(r.layers[3].bytes);
-    s = await schedulerMetrics();
+    s = await schedulerSettles('vmlb_builds_total', { team: 'web', state: 'done' }, 2);
     expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { result: 'hit', team: 'web' })).toBe(3);
     expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { queue: 'vmlb-layers' })).toBe(0);
     expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'done' })).toBe(2);
@@ -223,7 +230,7 @@ describe('fleet metrics', () => {
     const id = await submit('p3', { ...P1, '04_fail': { kind: 'build-layer', script: 'echo about to fail; exit 3' } }, TOKENS.web);
     const r = await finished(id, TOKENS.web);
     expect(r.state).toBe('failed');
-    const s = await schedulerMetrics();
+    const s = await schedulerSettles('vmlb_builds_total', { team: 'web', state: 'failed' }, 1);
     expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'failed' })).toBe(1);
     expect(metricValue(s, 'vmlb_build_duration_seconds_count', { state: 'failed' })).toBe(1);
     const w = await workerSettles(b, 'vmlb_worker_jobs_total', { queue: 'layer', outcome: 'failed' }, 1);
