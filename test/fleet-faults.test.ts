@@ -158,6 +158,47 @@ describe.skipIf(external !== null)('fleet faults', () => {
     await until('both workers to heartbeat into the restarted Redis', async () => (await registered('wf-a')) && (await registered('wf-b')), 15_000);
   });
 
+  it('a # noshare layer lives on the worker that built it: when that worker stops before the flatten, the next worker builds it again from the project', async () => {
+    for (const w of workers) w.child.kill('SIGTERM');
+    for (const w of workers) expect(await w.exited, w.name).toEqual({ exitCode: 0, signal: undefined });
+    const c = startWorker('c');
+    await until('worker c to register', () => registered('wf-c'), 60_000);
+    const project = await writeProject(path.join(sb.dir, 'secret'), {
+      '01_base': BUSYBOX_BASE,
+      '02_secret': { kind: 'build-layer', script: '# noshare\necho secret-start\nsleep 2\necho s3cret > /etc/secret' },
+    });
+    const b = await submitProject(project, { redisUrl: redisServer.url, shared });
+    await until(
+      'the # noshare layer to run on c',
+      async () => (await events(b.buildId)).some((e) => e.type === 'engine' && e.event.type === 'layer-log' && e.event.chunk.includes('secret-start')),
+      60_000,
+    );
+    // A clean stop: c finishes the layer it runs, then takes nothing more (not the flatten).
+    c.child.kill('SIGTERM');
+    expect(await c.exited).toEqual({ exitCode: 0, signal: undefined });
+    expect(await (await flattenQueue.getJob(b.flattenJobId))!.getState()).toBe('waiting');
+    expect(await shared.getManifest(b.chain[1]!)).toBeNull();
+
+    startWorker('d');
+    const state = await until(
+      `build ${b.buildId}'s flatten`,
+      async () => {
+        const st = await (await flattenQueue.getJob(b.flattenJobId))?.getState();
+        return st === 'completed' || st === 'failed' ? st : undefined;
+      },
+      90_000,
+      200,
+    );
+    const all = await events(b.buildId);
+    expect(state, JSON.stringify(all.filter((e) => e.type === 'flatten'))).toBe('completed');
+    const notices = all.flatMap((e) => (e.type === 'engine' && e.event.type === 'notice' ? [e.event.message] : []));
+    expect(notices).toContain('02_secret is not in the shared store (# noshare): building it again on worker wf-d');
+    expect(all.filter((e) => e.type === 'flatten' && e.status === 'done').map((e) => (e as { worker: string }).worker)).toEqual(['wf-d']);
+    // The image is there; the # noshare layer still is not.
+    expect((await shared.listRecords('images')).map((r) => r.rel)).toContain(`images/${b.chain[1]}.qcow2`);
+    expect(await shared.getManifest(b.chain[1]!)).toBeNull();
+  });
+
   it('the workers stop cleanly afterwards: exit 0, nothing left attached, no temp blobs', async () => {
     for (const w of workers) w.child.kill('SIGTERM');
     for (const w of workers) expect(await w.exited, w.name).toEqual({ exitCode: 0, signal: undefined });

@@ -112,7 +112,7 @@ export async function submitProject(dir: string, o: SubmitOptions): Promise<Subm
       children: index > firstMiss ? [layerNode(index - 1)] : undefined,
     };
   };
-  const flatten: FlattenJobData = { buildId, team, chain };
+  const flatten: FlattenJobData = { buildId, team, chain, project, nonce: buildId };
   const flow: FlowJob = {
     name: 'flatten',
     queueName: FLATTEN_QUEUE,

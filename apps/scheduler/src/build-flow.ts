@@ -24,7 +24,7 @@ const KEEP = { removeOnComplete: { age: KEEP_COMPLETED_S }, removeOnFail: { age:
  */
 export function buildFlow(b: { id: string; team: string; project: string }, keyed: KeyedLayer[], firstMiss: number): FlowJob {
   const keys = keyed.map((k) => k.key);
-  const flatten: FlattenJobData = { buildId: b.id, team: b.team, chain: keys };
+  const flatten: FlattenJobData = { buildId: b.id, team: b.team, chain: keys, project: b.project, nonce: b.id };
   let child: FlowJobNode | undefined;
   if (firstMiss >= 0) {
     for (let i = firstMiss; i < keyed.length; i++) {

@@ -46,6 +46,8 @@ export class DisplayEvents {
     if (ev.type === 'engine') {
       const l = this.record.layers[ev.index];
       const e = ev.event;
+      // A notice is about the build (the flatten job's have no layer).
+      if (e.type === 'notice') return [e];
       if (!l) return out;
       switch (e.type) {
         case 'layer-start':
@@ -63,9 +65,6 @@ export class DisplayEvents {
         case 'layer-step':
           this.ensureStarted(l.index, e.at, out);
           out.push({ ...e, index: l.index, name: l.name });
-          return out;
-        case 'notice':
-          out.push(e);
           return out;
         default:
           // A worker's plan, output, done or failed is about its one-layer run, not this build.

@@ -6,6 +6,7 @@ import { ClaimLease, FlattenJobData, claimOwner, publishReady, redisKeys, storeP
 import { errorMessage, isUnrecoverable } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
+import { checkChain, ensureChain, openProject } from './layer-chain.js';
 
 /**
  * What sits beside `images/<top>.qcow2`, written after it: an image exists only when this
@@ -105,15 +106,7 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
     const m = await existing();
     if (m) return reuse(m);
     await events.flatten('building');
-    try {
-      const pulled = await ctx.shared.pullChain(ctx.store, [top], { signal });
-      for (const m of pulled) ctx.metrics.pulledBytes.inc({ object: 'layer' }, m.blob.size);
-    } catch (e) {
-      if (e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message)) {
-        throw new VmlbError('LAYER_UNAVAILABLE', `${e.message}; a # noshare layer lives only on the worker that built it, and this flatten job ran elsewhere`);
-      }
-      throw e;
-    }
+    await makeChainLocal(ctx, data, signal, events);
     const tmpDir = await mkdtemp(path.join(ctx.workDir, 'flatten-'));
     try {
       const file = path.join(tmpDir, `${top}.qcow2`);
@@ -133,6 +126,32 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
     }
   } finally {
     await lease.release().catch(() => undefined);
+  }
+}
+
+/**
+ * Pulls the chain from the shared store. A `# noshare` layer (or one built on it) is not
+ * there: it lives on the worker that built it, and when this is another worker it is built
+ * here again from the project (same key, same inputs), its parents pulled.
+ */
+async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: AbortSignal, events: JobEvents): Promise<void> {
+  const top = data.chain[data.chain.length - 1]!;
+  try {
+    const pulled = await ctx.shared.pullChain(ctx.store, [top], { signal });
+    for (const m of pulled) ctx.metrics.pulledBytes.inc({ object: 'layer' }, m.blob.size);
+    return;
+  } catch (e) {
+    if (!(e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message))) throw e;
+    if (!data.project || data.nonce === undefined) {
+      throw new VmlbError('LAYER_UNAVAILABLE', `${e.message}; a # noshare layer lives only on the worker that built it, and this flatten job (from a scheduler that does not say its project) ran elsewhere`);
+    }
+  }
+  const opened = await openProject(ctx, { project: data.project, nonce: data.nonce }, signal);
+  try {
+    checkChain('flatten', opened.keyed.map((k) => k.key), data.chain);
+    await ensureChain(ctx, opened.keyed, opened.keyed.length, signal, events, null);
+  } finally {
+    await opened.close();
   }
 }
 

@@ -1,21 +1,9 @@
-import { rm } from 'node:fs/promises';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import {
-  LayerFailedError,
-  VmlbError,
-  buildLayerReporting,
-  computeKeys,
-  loadProject,
-  type KeyedLayer,
-  type LayerManifest,
-  type RetryInfo,
-} from '@vmlb/layer-engine';
+import { LayerFailedError, VmlbError } from '@vmlb/layer-engine';
 import {
   ClaimLease,
   LayerJobData,
   claimOwner,
-  extractProject,
-  fetchProject,
   giveBackTeamSlot,
   publishReady,
   redisKeys,
@@ -27,6 +15,7 @@ import { errorMessage, isUnrecoverable } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
+import { buildOne, checkChain, ensureChain, openProject, retryStep } from './layer-chain.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -220,11 +209,9 @@ async function buildAndPush(
   const signal = running.stop.signal;
   const started = performance.now();
   await events.job('building');
-  const tarball = await fetchProject(ctx.shared, ctx.projectCache, data.project, { signal });
-  const projectDir = await extractProject(tarball, ctx.workDir, { signal });
+  const opened = await openProject(ctx, data, signal);
   try {
-    const project = await loadProject(projectDir);
-    const keyed = computeKeys(project, { nonce: data.nonce });
+    const keyed = opened.keyed;
     const k = keyed[data.index];
     if (!k || k.key !== data.key) {
       throw new VmlbError(
@@ -232,12 +219,9 @@ async function buildAndPush(
         `layer ${data.index} (${data.name}) of project ${data.project}: the job says key ${data.key}, this worker computes ${k ? `${k.key} for ${k.spec.name}` : 'no such layer'} (different engine recipe versions in the fleet?)`,
       );
     }
-    const chain = keyed.slice(0, data.index).map((l) => l.key);
-    if (chain.join() !== data.chain.join()) {
-      throw new VmlbError('KEY_MISMATCH', `layer ${data.name}: the job's parent chain is not the one this worker computes (${data.chain.join(', ')} vs ${chain.join(', ')})`);
-    }
+    checkChain(`layer ${data.name}`, keyed.slice(0, data.index).map((l) => l.key), data.chain);
 
-    const parent = await ensureChain(ctx, keyed, data.index, signal, events);
+    const parent = await ensureChain(ctx, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
     let manifest = await ctx.store.getManifest(k.key);
     const localHit = manifest !== null;
     if (!manifest) {
@@ -266,64 +250,7 @@ async function buildAndPush(
     // parent-not-shared: built on a # noshare layer; parent-differs cannot happen after ensureChain.
     return { seconds, bytes: manifest.blob.size, shared: false, localHit, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
   } finally {
-    await rm(projectDir, { recursive: true, force: true });
+    await opened.close();
   }
 }
 
-/**
- * Makes layers 0..index-1 local, parent first, and returns the last one's manifest. The shared
- * store's copy of a layer is the truth (a layer is only usable on the exact parent bytes it
- * was written over): a local copy with other bytes is replaced by it. A layer the shared store
- * lacks and this worker has not (# noshare, or built on one) is built here from the project.
- */
-async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], index: number, signal: AbortSignal, events: JobEvents): Promise<LayerManifest | null> {
-  let parent: LayerManifest | null = null;
-  for (const [j, k] of keyed.slice(0, index).entries()) {
-    const fromShared = await ctx.shared.getManifest(k.key, { signal });
-    let local = await ctx.store.getManifest(k.key);
-    if (fromShared) {
-      if (local && local.blob.sha256 !== fromShared.blob.sha256) {
-        await ctx.store.remove([k.key]);
-        local = null;
-      }
-      if (!local) {
-        events.engine({ type: 'layer-step', at: Date.now(), index, name: keyed[index]!.spec.name, step: `fetching ${k.spec.name} from the shared store` });
-        local = await ctx.shared.pull(ctx.store, k.key, { signal, onRetry: retryStep(events, index, keyed[index]!.spec.name) });
-        ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
-      }
-    } else if (!local) {
-      events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on this worker` });
-      local = await buildOne(ctx, k, j, parent, signal, events, { quiet: true });
-    }
-    parent = local;
-  }
-  await ctx.store.touch(keyed.slice(0, index).map((k) => k.key));
-  return parent;
-}
-
-/** The engine's buildLayer with its events; only a script's failure is a layer-failed (others are retried). */
-function buildOne(
-  ctx: WorkerContext,
-  k: KeyedLayer,
-  index: number,
-  parent: LayerManifest | null,
-  signal: AbortSignal,
-  events: JobEvents,
-  o: { quiet?: boolean } = {},
-): Promise<LayerManifest> {
-  return buildLayerReporting({
-    store: ctx.store,
-    backend: ctx.backend,
-    index,
-    layer: k,
-    parent,
-    signal,
-    emit: o.quiet ? () => {} : (e) => events.engine(e),
-    isFailure: (e) => e instanceof LayerFailedError,
-  });
-}
-
-function retryStep(events: JobEvents, index: number, name: string): (r: RetryInfo) => void {
-  return (r) =>
-    events.engine({ type: 'layer-step', at: Date.now(), index, name, step: `${r.what}: retry ${r.attempt}/${r.tries - 1} in ${(r.delayMs / 1000).toFixed(1)}s (${r.error})` });
-}

@@ -23,5 +23,12 @@ export const FlattenJobData = z.object({
   team: z.string(),
   /** The chain, root first; the image is its top flattened. */
   chain: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1),
+  /**
+   * The project and nonce, as in the layer jobs: a worker that lacks a `# noshare` layer of the
+   * chain (it lives only on the worker that built it) builds it again from them. Optional:
+   * jobs queued by an older scheduler have none, and fail as LAYER_UNAVAILABLE instead.
+   */
+  project: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  nonce: z.string().optional(),
 });
 export type FlattenJobData = z.infer<typeof FlattenJobData>;

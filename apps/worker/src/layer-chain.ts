@@ -1,0 +1,100 @@
+import { rm } from 'node:fs/promises';
+import { LayerFailedError, VmlbError, buildLayerReporting, computeKeys, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
+import { extractProject, fetchProject } from '@vmlb/fleet';
+import type { JobEvents } from './job-events.js';
+import type { WorkerContext } from './worker-context.js';
+
+/**
+ * What a job needs of its project on a worker: the project fetched (through the worker's
+ * project cache) and extracted, its layers keyed with the build's nonce, and a parent chain
+ * made local — pulled from the shared store, or built here again when it is a `# noshare`
+ * layer that lives only on the worker that built it. Used by layer jobs (the chain below their
+ * layer) and by flatten jobs (the whole chain, when part of it was never shared).
+ */
+
+export interface OpenedProject {
+  keyed: KeyedLayer[];
+  /** Removes the extracted copy. */
+  close(): Promise<void>;
+}
+
+/** Fetches, extracts and keys a build's project; close() it when done. */
+export async function openProject(ctx: WorkerContext, p: { project: string; nonce: string }, signal: AbortSignal): Promise<OpenedProject> {
+  const tarball = await fetchProject(ctx.shared, ctx.projectCache, p.project, { signal });
+  const dir = await extractProject(tarball, ctx.workDir, { signal });
+  const close = () => rm(dir, { recursive: true, force: true });
+  try {
+    return { keyed: computeKeys(await loadProject(dir), { nonce: p.nonce }), close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** Throws KEY_MISMATCH unless the worker computes the keys the job was planned with. */
+export function checkChain(what: string, computed: string[], planned: string[]): void {
+  if (computed.join() !== planned.join()) {
+    throw new VmlbError('KEY_MISMATCH', `${what}: the job's chain is not the one this worker computes (${planned.join(', ')} vs ${computed.join(', ')}; different engine recipe versions in the fleet?)`);
+  }
+}
+
+/** The layer whose job this is, for the progress steps it shows; null for a flatten job (notices only). */
+export type StepsFor = { index: number; name: string } | null;
+
+/**
+ * Makes layers 0..count-1 local, parent first, and returns the last one's manifest. The shared
+ * store's copy of a layer is the truth (a layer is only usable on the exact parent bytes it
+ * was written over): a local copy with other bytes is replaced by it. A layer the shared store
+ * lacks and this worker has not (# noshare, or built on one) is built here from the project.
+ */
+export async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], count: number, signal: AbortSignal, events: JobEvents, steps: StepsFor): Promise<LayerManifest | null> {
+  let parent: LayerManifest | null = null;
+  for (const [j, k] of keyed.slice(0, count).entries()) {
+    const fromShared = await ctx.shared.getManifest(k.key, { signal });
+    let local = await ctx.store.getManifest(k.key);
+    if (fromShared) {
+      if (local && local.blob.sha256 !== fromShared.blob.sha256) {
+        await ctx.store.remove([k.key]);
+        local = null;
+      }
+      if (!local) {
+        if (steps) events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store` });
+        local = await ctx.shared.pull(ctx.store, k.key, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
+        ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
+      }
+    } else if (!local) {
+      events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on worker ${ctx.id}` });
+      local = await buildOne(ctx, k, j, parent, signal, events, { quiet: true });
+    }
+    parent = local;
+  }
+  await ctx.store.touch(keyed.slice(0, count).map((k) => k.key));
+  return parent;
+}
+
+/** The engine's buildLayer with its events; only a script's failure is a layer-failed (others are retried). */
+export function buildOne(
+  ctx: WorkerContext,
+  k: KeyedLayer,
+  index: number,
+  parent: LayerManifest | null,
+  signal: AbortSignal,
+  events: JobEvents,
+  o: { quiet?: boolean } = {},
+): Promise<LayerManifest> {
+  return buildLayerReporting({
+    store: ctx.store,
+    backend: ctx.backend,
+    index,
+    layer: k,
+    parent,
+    signal,
+    emit: o.quiet ? () => {} : (e) => events.engine(e),
+    isFailure: (e) => e instanceof LayerFailedError,
+  });
+}
+
+export function retryStep(events: JobEvents, index: number, name: string): (r: RetryInfo) => void {
+  return (r) =>
+    events.engine({ type: 'layer-step', at: Date.now(), index, name, step: `${r.what}: retry ${r.attempt}/${r.tries - 1} in ${(r.delayMs / 1000).toFixed(1)}s (${r.error})` });
+}
