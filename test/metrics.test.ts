@@ -274,4 +274,32 @@ describe('fleet metrics', () => {
     expect(f.body.workers.map((w: { id: string; live: boolean }) => [w.id, w.live])).toEqual([['w-b', true]]);
     expect((await again.stop()).exitCode).toBe(0);
   });
+
+  it('Redis down: submissions and the fleet view answer 503 at once, /metrics answers without the Redis gauges and says vmlb_redis_up 0', async () => {
+    await redis.stop();
+    try {
+      await waitFor('vmlb_redis_up 0', async () => metricValue(await schedulerMetrics(), 'vmlb_redis_up') === 0 && hasMetric(await schedulerMetrics(), 'vmlb_redis_up'), 10_000, 100);
+      const t0 = Date.now();
+      const dir = await writeProject(path.join(sb.dir, 'p-outage'), P1);
+      const tgz = path.join(sb.dir, 'p-outage.tar.gz');
+      await packProject(dir, tgz);
+      const r = await api.json('POST', '/v1/builds', { body: await readFile(tgz) });
+      expect(r.status).toBe(503);
+      expect(r.body.error.code).toBe('REDIS_UNAVAILABLE');
+      expect(r.body.error.message).toMatch(/nothing was queued/);
+      expect((await api.json('GET', '/v1/fleet')).status).toBe(503);
+      const s = await schedulerMetrics();
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(hasMetric(s, 'vmlb_queue_jobs')).toBe(false);
+      expect(hasMetric(s, 'vmlb_queue_oldest_job_age_seconds')).toBe(false);
+      expect(metricValue(s, 'vmlb_redis_up')).toBe(0);
+      expect(metricValue(s, 'vmlb_builds_total', { team: 'web', state: 'done' })).toBe(2);
+      // What needs no Redis still answers: the build list comes from the shared store.
+      expect((await api.json('GET', '/v1/builds')).status).toBe(200);
+    } finally {
+      await redis.start();
+    }
+    await waitFor('vmlb_redis_up 1', async () => metricValue(await schedulerMetrics(), 'vmlb_redis_up') === 1, 20_000, 200);
+    expect((await api.json('GET', '/v1/fleet')).status).toBe(200);
+  });
 });

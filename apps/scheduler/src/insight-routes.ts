@@ -32,13 +32,15 @@ export function registerInsightRoutes(
     follower: BuildFollower;
     objects: ObjectStore;
     visibleBuild: (req: FastifyRequest) => Promise<StoredRecord>;
+    /** Route options that answer 503 at once while Redis is down. */
+    needsRedis: { onRequest: () => Promise<void> };
   },
 ): void {
   const { redis, queues, records, follower, objects } = deps;
 
   app.get('/v1/whoami', async (req): Promise<WhoAmI> => ({ team: req.team!.team, admin: req.team!.admin }));
 
-  app.get('/v1/fleet', async (): Promise<FleetView> => {
+  app.get('/v1/fleet', deps.needsRedis, async (): Promise<FleetView> => {
     const [workers, layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
       listKnownWorkers(redis),
       queues.layers.getJobCounts(...JOB_STATES),
@@ -91,7 +93,7 @@ export function registerInsightRoutes(
       if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
     }
     // Running, failed, or kept on a worker (# noshare): what the workers streamed, while Redis has it.
-    const chunks = await streamedLog(redis, record.id, index);
+    const chunks = redis.status === 'ready' ? await streamedLog(redis, record.id, index) : null;
     if (chunks !== null) return reply.send(chunks);
     if (layer.logTail) return reply.send(layer.logTail);
     throw new HttpError(404, 'NO_LOG', `layer ${layer.name} of build ${record.id} has no log (yet)`);

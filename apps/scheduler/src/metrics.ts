@@ -47,6 +47,7 @@ export class SchedulerMetrics {
   }
 
   constructor(sources: MetricSources) {
+    const redisReady = () => sources.redis.status === 'ready';
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
     this.submitted = new Counter({ name: 'vmlb_builds_submitted_total', help: 'Builds accepted by the scheduler.', labelNames: ['team'], registers });
@@ -87,6 +88,8 @@ export class SchedulerMetrics {
       labelNames: ['queue', 'state'],
       registers,
       async collect() {
+        this.reset();
+        if (!redisReady()) return;
         const counts = await Promise.all(Object.entries(sources.queues).map(async ([name, q]) => [name, await q.getJobCounts(...JOB_STATES)] as const));
         this.reset();
         for (const [name, byState] of counts) for (const [state, n] of Object.entries(byState)) this.set({ queue: name, state }, n);
@@ -98,19 +101,33 @@ export class SchedulerMetrics {
       labelNames: ['queue'],
       registers,
       async collect() {
+        this.reset();
+        if (!redisReady()) return;
         const ages = await Promise.all(Object.entries(sources.queues).map(async ([name, q]) => [name, await oldestQueuedAge(q)] as const));
         this.reset();
         for (const [name, age] of ages) this.set({ queue: name }, age ?? 0);
       },
     });
     // One read of the workers serves the four fleet gauges of a scrape.
+    // While Redis is down a scrape must not wait for it to come back: the labelled gauges that
+    // read it are left out, the unlabelled ones keep the last value read, and vmlb_redis_up says
+    // why.
     let fleet: Promise<Awaited<ReturnType<typeof listKnownWorkers>>> | undefined;
     const workers = () => (fleet ??= listKnownWorkers(sources.redis).finally(() => setImmediate(() => (fleet = undefined))));
+    new Gauge({
+      name: 'vmlb_redis_up',
+      help: 'Whether the scheduler\'s Redis connection (queues, event streams, workers) is ready (1) or not (0).',
+      registers,
+      collect() {
+        this.set(redisReady() ? 1 : 0);
+      },
+    });
     new Gauge({
       name: 'vmlb_fleet_workers',
       help: 'Workers alive now (their heartbeat registration has not expired).',
       registers,
       async collect() {
+        if (!redisReady()) return; // the last value read
         this.set((await workers()).filter((w) => w.live).length);
       },
     });
@@ -119,6 +136,7 @@ export class SchedulerMetrics {
       help: 'Layer job slots of the live workers.',
       registers,
       async collect() {
+        if (!redisReady()) return; // the last value read
         this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.slots, 0));
       },
     });
@@ -127,6 +145,7 @@ export class SchedulerMetrics {
       help: 'Jobs running on the live workers.',
       registers,
       async collect() {
+        if (!redisReady()) return; // the last value read
         this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.busy, 0));
       },
     });
@@ -137,6 +156,7 @@ export class SchedulerMetrics {
       registers,
       async collect() {
         this.reset();
+        if (!redisReady()) return;
         for (const w of await workers()) this.set({ worker: w.id }, Date.parse(w.lastHeartbeat) / 1000);
       },
     });

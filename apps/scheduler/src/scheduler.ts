@@ -10,7 +10,7 @@ import { BuildFollower, type FollowerOptions } from './build-follower.js';
 import { removeBuildJobs } from './build-flow.js';
 import { BUILD_ID, BuildRecords, FINAL_STATES, isFinal, summarize, type BuildSummary, type StoredRecord } from './build-records.js';
 import { streamBuildEvents } from './event-stream-route.js';
-import { HttpError, noSuchBuild, unauthorized } from './http-error.js';
+import { HttpError, noSuchBuild, redisUnavailable, unauthorized } from './http-error.js';
 import { jsonLogger, type Logger } from './logger.js';
 import { SchedulerMetrics } from './metrics.js';
 import { ObjectStore } from './object-store.js';
@@ -161,6 +161,12 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   app.setNotFoundHandler((req, reply) => reply.status(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
 
+  /**
+   * For the routes that need Redis (queueing, cancelling, event streams, the fleet view): a 503
+   * before anything else (before an upload is read) while its connection is down.
+   */
+  const needsRedis = { onRequest: async () => requireRedis(redis) };
+
   /** A build the asking team may see: its own, or any for an admin; anything else is 404. */
   const visibleBuild = async (req: FastifyRequest): Promise<StoredRecord> => {
     const { id } = req.params as { id: string };
@@ -172,7 +178,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   // ---- routes ----
 
-  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild });
+  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild, needsRedis });
   // The web dashboard at `/` (its files; it reads the /v1 routes with the user's token).
   await registerDashboard(app);
 
@@ -195,7 +201,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     return reply.type(metrics.registry.contentType).send(text);
   });
 
-  app.post('/v1/builds', async (req, reply) => {
+  app.post('/v1/builds', needsRedis, async (req, reply) => {
     const upload = req.body;
     if (!isUpload(upload)) {
       throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', `send the project as a .tar.gz with Content-Type ${UPLOAD_TYPES[0]}`);
@@ -249,7 +255,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   app.get('/v1/builds/:id', async (req) => publicRecord(await visibleBuild(req)));
 
-  app.get('/v1/builds/:id/events', async (req, reply) => {
+  app.get('/v1/builds/:id/events', needsRedis, async (req, reply) => {
     const record = await visibleBuild(req);
     await streamBuildEvents(req, reply, { redis, follower, records, imageLocation }, record);
   });
@@ -275,7 +281,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       .send(body);
   });
 
-  app.post('/v1/builds/:id/cancel', async (req) => {
+  app.post('/v1/builds/:id/cancel', needsRedis, async (req) => {
     const r = await visibleBuild(req);
     if (isFinal(r)) throw new HttpError(409, 'ALREADY_FINISHED', `build ${r.id} is already ${r.state}`, { state: r.state });
     const by = req.team!.team;
@@ -315,6 +321,11 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       if (ownsWorkDir) await rm(workDir, { recursive: true, force: true });
     },
   };
+}
+
+/** Throws the 503 of redisUnavailable unless the connection is ready. */
+export function requireRedis(redis: Redis): void {
+  if (redis.status !== 'ready') throw redisUnavailable(`connection ${redis.status}`);
 }
 
 /** Rejects when `p` has not settled within `ms`. */
