@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BUSYBOX_BASE } from '../test/helpers/vmlb.js';
 
 export const REPO = fileURLToPath(new URL('../', import.meta.url));
 export const BENCH_DIR = fileURLToPath(new URL('./', import.meta.url));
@@ -298,20 +299,10 @@ export type LayerDef = {
   script: string;
 };
 
-/** A busybox root filesystem on a blank disk (as test/helpers/vmlb.ts BUSYBOX_BASE). */
+/** A busybox root filesystem on a blank disk of `diskSize`: test/helpers/vmlb.ts BUSYBOX_BASE. */
 export function busyboxBase(diskSize: string): LayerDef {
-  return {
-    kind: 'create-disk',
-    script: `# disk-size ${diskSize}
-set -eu
-cd "$VMLB_ROOT"
-mkdir -p bin etc proc sys dev tmp mnt root
-cp "$(command -v busybox)" bin/busybox
-for a in $(bin/busybox --list); do [ -e "bin/$a" ] || ln -s busybox "bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > etc/passwd
-: > etc/resolv.conf
-echo base ready`,
-  };
+  if (!BUSYBOX_BASE.script.includes('# disk-size 64M')) throw new Error('BUSYBOX_BASE no longer has its # disk-size 64M line');
+  return { kind: 'create-disk', script: BUSYBOX_BASE.script.replace('# disk-size 64M', `# disk-size ${diskSize}`) };
 }
 
 /** Layer folder names NN_name, numbered from 01 in the order given. */

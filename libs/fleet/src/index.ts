@@ -3,6 +3,7 @@ export * from './jobs.js';
 export * from './build-record.js';
 export * from './api-types.js';
 export * from './metric-defs.js';
+export * from './loopback-port.js';
 export * from './config.js';
 export * from './redis.js';
 export * from './claims.js';
