@@ -94,6 +94,11 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     expect(run.stdout).toMatch(/^image: s3:\/\/.*\(flattened, /m);
     expect(run.stdout).toMatch(/^built 3, cached 0 in /m);
     const id = /as build (b[0-9a-z]+)/.exec(run.stdout)![1]!;
+    // The build on the dashboard `npm run fleet`'s scheduler serves.
+    expect(run.stdout).toContain(`on the dashboard: ${exported.VMLB_SERVER}/#/builds/${id}`);
+    const page = await fetch(`${exported.VMLB_SERVER}/`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toMatch(/<script[^>]+src="[^"]*assets\/app-[^"]+\.js"/);
 
     const pulled = path.join(sb.dir, 'fleet.qcow2');
     const pull = await vmlb(sb, ['pull', id, '-o', pulled], submitEnv());

@@ -335,7 +335,7 @@ export function registerFleetCommands(program: Command): void {
       const undo = detachOnInterrupt(ac, () => submitted.id);
       let final: BuildRecordLite;
       try {
-        display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded)` });
+        display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded); on the dashboard: ${ep.server.replace(/\/+$/, '')}/#/builds/${submitted.id}` });
         final = await followBuild(ep, submitted.id, (e) => display.onEvent(e), ac.signal);
       } catch (e) {
         if (ac.signal.aborted) {
