@@ -6,7 +6,8 @@
  *
  *   the token form → the builds list, live → a build's time line and logs, live → a second,
  *   all-hit build moves the cache hit rate → the fleet → what each team (and the admin) sees →
- *   a bad token → one build followed through the proxy, with its event stream.
+ *   a bad token → one build followed through the proxy, with its event stream → a build
+ *   cancelled from its page while a layer runs.
  *
  * Tests run in order and share the builds. A screenshot of each page goes to
  * test-results/dashboard/.
@@ -16,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ensureDashboardBundle, launchDashboardBrowser, signIn, type DashboardBrowser } from './helpers/dashboard-browser.js';
 import { TOKENS, apiFor, ensureBucket, fleetEnv, startScheduler, tarGz, waitFor, type RunningScheduler, type TarEntry } from './helpers/fleet-api.js';
 import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
@@ -351,6 +352,100 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await page.locator('[data-testid=log][data-layer="2"]', { hasText: 'proxy layer finished' }).waitFor();
     expect(await stillSameDocument(page)).toBe(true);
     await ui.screenshot(page, '12-proxy-build-done');
+  });
+
+  it('cancels a running build from its page: asks first, disables the button meanwhile, shows a refusal, then goes cancelled live', async () => {
+    const { page } = await ui.newPage();
+    await signIn(page, appUrl, TOKENS.web, 'web');
+    // The base is a hit; the second layer would run for ten minutes (the worker must stop it,
+    // not wait it out); the third never starts.
+    const body = await tarGz([
+      { name: '01_base/create-disk', content: `#!/bin/sh\n${BUSYBOX_BASE.script}\n` },
+      { name: '02_long/build-layer', content: '#!/bin/sh\necho long-start\nsleep 600\necho long-end\n' },
+      { name: '03_after/build-layer', content: '#!/bin/sh\necho after\n' },
+    ]);
+    const failedBefore = (await api.json<{ queues: { layers: Record<string, number> } }>('GET', '/v1/fleet')).body.queues.layers.failed ?? 0;
+    const id = await submit(body, TOKENS.web);
+    // Should the page fail to cancel it, the ten-minute layer must not outlive the test.
+    onTestFinished(async () => {
+      await api.json('POST', `/v1/builds/${id}/cancel`);
+    });
+    await page.goto(`${appUrl}/#/builds/${id}`);
+    await markDocument(page);
+    await layerRow(page, 1).and(page.locator('[data-status=building]')).waitFor({ timeout: SLOW });
+    await page.locator('[data-testid=log][data-layer="1"]', { hasText: 'long-start' }).waitFor({ timeout: SLOW });
+    const head = page.locator('.build-head');
+    const button = page.locator('[data-testid=cancel-build]');
+    const confirm = page.locator('[data-testid=cancel-confirm]');
+    const yes = page.locator('[data-testid=cancel-confirm-yes]');
+    const cancelRoute = (url: URL) => url.pathname === `/v1/builds/${id}/cancel`;
+
+    // Asked in the page first; "Keep it" leaves the build alone.
+    await button.click();
+    await expect(confirm.textContent()).resolves.toContain('Cancel this build?');
+    await expect(button.count()).resolves.toBe(0);
+    await confirm.getByRole('button', { name: 'Keep it' }).click();
+    await button.waitFor();
+    await expect(confirm.count()).resolves.toBe(0);
+
+    // A refusal is shown with the server's message, and the button comes back. (The answer is
+    // made up here, in the API's error shape: the real fleet has no reason to refuse.)
+    await page.route(cancelRoute, (route) => route.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: { code: 'REDIS_UNAVAILABLE', message: 'Redis does not answer (made up by the test)' } }) }), { times: 1 });
+    await button.click();
+    await expect(yes.textContent()).resolves.toBe('Cancel build');
+    await yes.click();
+    const refusal = page.locator('[data-testid=cancel-error]');
+    await refusal.waitFor();
+    await expect(refusal.textContent()).resolves.toMatch(/Could not cancel the build.*503 REDIS_UNAVAILABLE.*Redis does not answer \(made up by the test\)/);
+    await button.waitFor();
+    await expect(head.locator('.badge').textContent()).resolves.toBe('building');
+
+    // The real request, held on its way until the page has been looked at: both answers are disabled meanwhile.
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    await page.route(cancelRoute, async (route) => {
+      await held;
+      await route.continue();
+    }, { times: 1 });
+    await button.click();
+    await yes.click();
+    await page.locator('[data-testid=cancel-confirm][aria-busy=true]').waitFor();
+    await expect(yes.isDisabled()).resolves.toBe(true);
+    await expect(confirm.getByRole('button', { name: 'Keep it' }).isDisabled()).resolves.toBe(true);
+    await expect(confirm.textContent()).resolves.toContain('Cancelling…');
+    release();
+
+    // The page follows by itself: the build and the layers that had not finished go cancelled.
+    const soon = { timeout: 15_000 };
+    await page.locator(`[data-build="${id}"][data-state=cancelled]`).waitFor(soon);
+    await expect(head.locator('.badge').textContent()).resolves.toBe('cancelled');
+    await layerRow(page, 1).and(page.locator('[data-status=cancelled]')).waitFor(soon);
+    await layerRow(page, 2).and(page.locator('[data-status=cancelled]')).waitFor(soon);
+    await expect(layerRow(page, 0).getAttribute('data-status')).resolves.toBe('hit');
+    await expect(layerRow(page, 1).locator('.badge').textContent()).resolves.toBe('cancelled');
+    await page.locator('.activity li', { hasText: 'build cancelled: cancelled by web' }).waitFor(soon);
+    await expect(button.count()).resolves.toBe(0);
+    await expect(confirm.count()).resolves.toBe(0);
+    await expect(refusal.count()).resolves.toBe(0);
+    // What the layer printed before it was stopped stays readable.
+    await page.locator('[data-testid=log][data-layer="1"]', { hasText: 'long-start' }).waitFor();
+    expect(await stillSameDocument(page)).toBe(true);
+    await ui.screenshot(page, '13-build-cancelled');
+
+    // The scheduler's record, and the worker: it stopped the running layer (its job failed as
+    // cancelled, minutes before the script's sleep would have ended) and is idle again.
+    const record = (await api.json<{ state: string; error: string; layers: Array<{ status: string }> }>('GET', `/v1/builds/${id}`)).body;
+    expect(record.state).toBe('cancelled');
+    expect(record.error).toBe('cancelled by web');
+    expect(record.layers.map((l) => l.status)).toEqual(['hit', 'cancelled', 'cancelled']);
+    await waitFor('the worker to stop the cancelled layer', async () => {
+      const f = (await api.json<{ queues: { layers: Record<string, number> }; workers: Array<{ id: string; busy: number }> }>('GET', '/v1/fleet')).body;
+      return f.queues.layers.active === 0 && (f.queues.layers.failed ?? 0) > failedBefore && f.workers.find((w) => w.id === worker.id)?.busy === 0;
+    }, SLOW, 250);
+    const log = await fetch(`${appUrl}/v1/builds/${id}/layers/1/log`, { headers: { authorization: `Bearer ${TOKENS.web}` } });
+    const text = await log.text();
+    expect(text).toContain('long-start');
+    expect(text).not.toContain('long-end');
   });
 
   it('no page threw an uncaught error', () => {

@@ -121,6 +121,7 @@ export class BuildFollower {
   }
 
   /** Marks a followed build cancelled and stores it; false when it is not followed (finished already). */
+  /** Marks a followed build cancelled at once (before the first await), then stores it. */
   async cancel(id: string, by: string): Promise<StoredRecord | undefined> {
     const a = this.active.get(id);
     if (!a) return undefined;

@@ -286,8 +286,11 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     if (isFinal(r)) throw new HttpError(409, 'ALREADY_FINISHED', `build ${r.id} is already ${r.state}`, { state: r.state });
     const by = req.team!.team;
     await redis.set(redisKeys.cancelled(r.id), by, 'EX', CANCEL_TTL_S);
+    // The record is marked cancelled first (synchronously, inside cancel()): a job check of the
+    // follower running meanwhile would otherwise find the flatten job removed and fail the build.
+    const marking = follower.cancel(r.id, by);
     const jobs = await removeBuildJobs(queues, r.id, r.layers.filter((l) => l.status !== 'hit').map((l) => l.index));
-    const cancelled = await follower.cancel(r.id, by);
+    const cancelled = await marking;
     log.info('build cancelled', { buildId: r.id, by, removed: jobs.removed, running: jobs.running });
     const current = cancelled ?? follower.live(r.id) ?? (await records.get(r.id)) ?? r;
     return { ...publicRecord(current), jobs };

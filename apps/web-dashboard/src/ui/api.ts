@@ -62,6 +62,12 @@ export class Api {
     return (await res.json()) as T;
   }
 
+  /** A POST without a body (e.g. cancel), answered with JSON. */
+  async post<T>(path: string, signal?: AbortSignal): Promise<T> {
+    const res = await this.request(path, { method: 'POST', accept: 'application/json', signal: signal ?? null });
+    return (await res.json()) as T;
+  }
+
   async text(path: string, signal?: AbortSignal): Promise<string> {
     const res = await this.request(path, { accept: 'text/plain', signal: signal ?? null });
     return res.text();

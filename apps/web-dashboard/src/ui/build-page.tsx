@@ -1,11 +1,12 @@
 import { useEffect, useState } from 'preact/hooks';
 import { useBuildStream } from './build-stream';
+import { CancelBuildControl, useCancelBuild } from './cancel-build';
 import { elapsed, formatAgo, formatClock, formatBytes, formatSeconds, formatTime, shortHash } from './format';
 import { href, useNow, usePoll, useThrottled } from './hooks';
 import { LogPanel } from './log-panel';
 import { useSession } from './session';
 import { Timeline } from './timeline';
-import { isFinal, type BuildRecord } from './types';
+import { isFinal, type BuildRecord, type LayerStatus } from './types';
 import { Badge, Card, ErrorNote, Loading, Mono } from './ui-kit';
 
 /** The layer the log shows when nobody picked one: the one building, else the most telling one. */
@@ -31,6 +32,8 @@ export function BuildPage({ id }: { id: string }) {
     refetch();
   });
   useEffect(() => setStreaming(stream.connected), [stream.connected]);
+  // The server's answer is the cancelled record: shown at once, before the stream's end says so.
+  const cancel = useCancelBuild(api, id, (r) => isFinal(r.state) && setFinal(r), refetch);
 
   // The stream's final record, unless a later poll says more (e.g. a record written after it).
   const record = current.data && (!final || isFinal(current.data.state)) ? current.data : (final ?? current.data);
@@ -49,6 +52,8 @@ export function BuildPage({ id }: { id: string }) {
   const bytesBuilt = record.layers.reduce((n, l) => n + (l.status === 'done' ? (l.bytes ?? 0) : 0), 0);
   const running = !isFinal(record.state);
   const duration = elapsed(record.createdAt, record.finishedAt, now);
+  const legend: LayerStatus[] = ['hit', 'queued', 'building', 'done', 'failed'];
+  if (record.layers.some((l) => l.status === 'cancelled')) legend.push('cancelled');
 
   return (
     <div class="page" data-build={record.id} data-state={record.state}>
@@ -61,7 +66,9 @@ export function BuildPage({ id }: { id: string }) {
         <span class={`stream-state ${stream.connected ? 'on' : ''}`} title={stream.connected ? 'following the build\'s event stream' : stream.ended ? 'the build is over' : 'not connected to the event stream; polling'}>
           {stream.connected ? 'streaming' : stream.ended || !running ? '' : 'polling'}
         </span>
+        {running && <CancelBuildControl action={cancel} />}
       </div>
+      <ErrorNote error={cancel.error} title="Could not cancel the build" testid="cancel-error" />
       <dl class="facts">
         <div>
           <dt>Team</dt>
@@ -119,7 +126,7 @@ export function BuildPage({ id }: { id: string }) {
       <Card title="Layers" testid="layers-card">
         <Timeline record={record} now={now} selected={selected} onSelect={setPicked} />
         <div class="legend" aria-hidden="true">
-          {(['hit', 'queued', 'building', 'done', 'failed'] as const).map((s) => (
+          {legend.map((s) => (
             <span key={s} class={`legend-item st-${s}`}>
               <span class={`legend-swatch seg-${s === 'hit' ? 'hit-swatch' : s}`} />
               {s === 'hit' ? 'cached' : s}

@@ -11,7 +11,8 @@ type Fetched = { text: string } | { missing: string } | { error: Error } | null;
  */
 function useStoredLog(api: Api, buildId: string, layer: LayerRecord | undefined): Fetched {
   const [state, setState] = useState<Fetched>(null);
-  const finished = layer && (layer.status === 'done' || layer.status === 'failed' || layer.status === 'hit');
+  // A layer cancelled while it ran has what it printed until then.
+  const finished = layer && (layer.status === 'done' || layer.status === 'failed' || layer.status === 'hit' || (layer.status === 'cancelled' && layer.startedAt !== undefined));
   const key = layer ? `${buildId}/${layer.index}/${layer.status}` : '';
   useEffect(() => {
     setState(null);
@@ -47,7 +48,7 @@ export function LogPanel({ api, record, logs, selected, onSelect, streamVersion 
   else if (layer.status === 'queued') note = 'Queued: the log starts when a worker takes this layer.';
   else if (layer.status === 'waiting') note = 'Waiting: another build is making this same layer.';
   else if (layer.status === 'building') note = 'Building: waiting for output…';
-  else if (layer.status === 'cancelled') note = 'Cancelled before it ran.';
+  else if (layer.status === 'cancelled' && layer.startedAt === undefined) note = 'Cancelled before it ran.';
   else if (stored && 'missing' in stored) text = layer.logTail ?? '';
   else if (stored && 'error' in stored) note = `The log could not be read: ${stored.error.message}`;
   else if (!stored) note = 'Loading the log…';

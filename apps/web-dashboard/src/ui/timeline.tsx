@@ -48,7 +48,8 @@ function layerRow(l: LayerRecord, created: number, buildEnd: number | undefined,
   const row: Row = { key: `l${l.index}`, index: l.index, name: l.name, kind: l.kind, status: l.status, detail: parts.join(' · ') };
   if (l.worker !== undefined) row.worker = l.worker;
   if (l.seconds !== undefined) row.seconds = l.seconds;
-  else if (hasStart && l.status === 'building' && end !== undefined) row.seconds = (end - started) / 1000;
+  // Still running, or stopped by a cancel: how long it has run (until the build ended).
+  else if (hasStart && (l.status === 'building' || l.status === 'cancelled') && end !== undefined) row.seconds = (end - started) / 1000;
   if (l.bytes !== undefined) row.bytes = l.bytes;
   if (hasStart) row.start = started;
   if (end !== undefined) row.end = end;

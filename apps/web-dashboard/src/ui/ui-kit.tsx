@@ -35,12 +35,12 @@ export function Stat({ label, value, sub, tone, testid }: { label: string; value
 }
 
 /** An error from the API, with its message as the server wrote it. */
-export function ErrorNote({ error, what }: { error: Error | undefined; what?: string }) {
+export function ErrorNote({ error, what, title, testid }: { error: Error | undefined; what?: string; title?: string; testid?: string }) {
   if (!error) return null;
   const code = error instanceof ApiError ? `${error.status} ${error.code}` : error.name;
   return (
-    <div class="error-note" role="alert">
-      <strong>{what ? `Could not load ${what}` : 'Error'}</strong>
+    <div class="error-note" role="alert" data-testid={testid}>
+      <strong>{title ?? (what ? `Could not load ${what}` : 'Error')}</strong>
       <span class="error-code">{code}</span>
       <span class="error-message">{error.message}</span>
     </div>
