@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers } from '@vmlb/fleet';
+import { DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers, type SeenWorker } from '@vmlb/fleet';
 
 /** Jobs in these states are waiting to run (waiting-children wait on their parent layer instead). */
 export const QUEUED_STATES = ['waiting', 'prioritized', 'delayed'] as const;
@@ -108,11 +108,11 @@ export class SchedulerMetrics {
         for (const [name, age] of ages) this.set({ queue: name }, age ?? 0);
       },
     });
-    // One read of the workers serves the four fleet gauges of a scrape.
+    // One read of the workers serves the fleet gauges and the heartbeats of a scrape.
     // While Redis is down a scrape must not wait for it to come back: the labelled gauges that
     // read it are left out, the unlabelled ones keep the last value read, and vmlb_redis_up says
     // why.
-    let fleet: Promise<Awaited<ReturnType<typeof listKnownWorkers>>> | undefined;
+    let fleet: Promise<SeenWorker[]> | undefined;
     const workers = () => (fleet ??= listKnownWorkers(sources.redis).finally(() => setImmediate(() => (fleet = undefined))));
     new Gauge({
       name: 'vmlb_redis_up',
@@ -122,33 +122,23 @@ export class SchedulerMetrics {
         this.set(redisReady() ? 1 : 0);
       },
     });
-    new Gauge({
-      name: 'vmlb_fleet_workers',
-      help: 'Workers alive now (their heartbeat registration has not expired).',
-      registers,
-      async collect() {
-        if (!redisReady()) return; // the last value read
-        this.set((await workers()).filter((w) => w.live).length);
-      },
-    });
-    new Gauge({
-      name: 'vmlb_fleet_slots',
-      help: 'Layer job slots of the live workers.',
-      registers,
-      async collect() {
-        if (!redisReady()) return; // the last value read
-        this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.slots, 0));
-      },
-    });
-    new Gauge({
-      name: 'vmlb_fleet_busy_slots',
-      help: 'Jobs running on the live workers.',
-      registers,
-      async collect() {
-        if (!redisReady()) return; // the last value read
-        this.set((await workers()).filter((w) => w.live).reduce((n, w) => n + w.busy, 0));
-      },
-    });
+    const sum = (ws: SeenWorker[], field: 'slots' | 'busy') => ws.reduce((n, w) => n + w[field], 0);
+    const fleetGauges: Array<[name: string, help: string, value: (live: SeenWorker[]) => number]> = [
+      ['vmlb_fleet_workers', 'Workers alive now (their heartbeat registration has not expired).', (ws) => ws.length],
+      ['vmlb_fleet_slots', 'Layer job slots of the live workers.', (ws) => sum(ws, 'slots')],
+      ['vmlb_fleet_busy_slots', 'Jobs running on the live workers.', (ws) => sum(ws, 'busy')],
+    ];
+    for (const [name, help, value] of fleetGauges) {
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          if (!redisReady()) return; // the last value read
+          this.set(value((await workers()).filter((w) => w.live)));
+        },
+      });
+    }
     new Gauge({
       name: 'vmlb_worker_last_heartbeat_timestamp_seconds',
       help: 'Unix time of each worker\'s last heartbeat, for workers seen within a day that did not stop cleanly.',

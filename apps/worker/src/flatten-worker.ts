@@ -3,7 +3,7 @@ import path from 'node:path';
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import { StoreError, VmlbError, convert, sha256File } from '@vmlb/layer-engine';
 import { ClaimLease, FlattenJobData, claimOwner, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
-import { errorMessage, isUnrecoverable } from './job-errors.js';
+import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
 import { checkChain, ensureChain, openProject } from './layer-chain.js';
@@ -36,12 +36,7 @@ export type FlattenJobResult = { image: { key: string; path: string; bytes: numb
  */
 export function flattenProcessor(ctx: WorkerContext) {
   return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<FlattenJobResult> => {
-    const parsed = FlattenJobData.safeParse(job.data);
-    if (!parsed.success) {
-      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(data)'}: ${i.message}`).join('; ');
-      throw new UnrecoverableError(`flatten job ${job.id}: its data is not a flatten job's: ${fields}`);
-    }
-    const data = parsed.data;
+    const data = parseJobData(FlattenJobData, job, 'flatten');
     const jobId = job.id ?? `${data.buildId}:flatten`;
     const log = ctx.log.child({ job: jobId });
     const events = new JobEvents(ctx.redis, data.buildId, -1, ctx.id, log);

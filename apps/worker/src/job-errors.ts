@@ -1,3 +1,5 @@
+import { UnrecoverableError, type Job } from 'bullmq';
+import type { z } from 'zod';
 import { LayerFailedError, ProjectError, VmlbError } from '@vmlb/layer-engine';
 
 /**
@@ -31,6 +33,14 @@ const PROJECT_CODES = new Set([
 export function isUnrecoverable(e: unknown): boolean {
   if (e instanceof LayerFailedError || e instanceof ProjectError) return true;
   return e instanceof VmlbError && !e.retryable && PROJECT_CODES.has(e.code);
+}
+
+/** The job's data by its schema; data that does not fit fails the job for good, naming each field. */
+export function parseJobData<T>(schema: z.ZodType<T>, job: Job, kind: 'layer' | 'flatten'): T {
+  const parsed = schema.safeParse(job.data);
+  if (parsed.success) return parsed.data;
+  const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(data)'}: ${i.message}`).join('; ');
+  throw new UnrecoverableError(`${kind} job ${job.id}: its data is not a ${kind} job's: ${fields}`);
 }
 
 export function errorMessage(e: unknown): string {

@@ -11,7 +11,7 @@ import {
   takeTeamSlot,
   waitForLayer,
 } from '@vmlb/fleet';
-import { errorMessage, isUnrecoverable } from './job-errors.js';
+import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
@@ -51,12 +51,7 @@ export type LayerJobResult =
  */
 export function layerProcessor(ctx: WorkerContext) {
   return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<LayerJobResult> => {
-    const parsed = LayerJobData.safeParse(job.data);
-    if (!parsed.success) {
-      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(data)'}: ${i.message}`).join('; ');
-      throw new UnrecoverableError(`layer job ${job.id}: its data is not a layer job's: ${fields}`);
-    }
-    const data = parsed.data;
+    const data = parseJobData(LayerJobData, job, 'layer');
     const jobId = job.id ?? `${data.buildId}:${data.index}`;
     const log = ctx.log.child({ job: jobId, layer: data.name });
     const events = new JobEvents(ctx.redis, data.buildId, data.index, ctx.id, log);
