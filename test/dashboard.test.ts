@@ -13,22 +13,23 @@
  * test-results/dashboard/.
  */
 import { execa, type ResultPromise } from 'execa';
-import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ensureDashboardBundle, launchDashboardBrowser, signIn, type DashboardBrowser } from './helpers/dashboard-browser.js';
-import { TOKENS, apiFor, ensureBucket, fleetEnv, startScheduler, tarGz, waitFor, type RunningScheduler, type TarEntry } from './helpers/fleet-api.js';
-import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
-import { startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, REPO, sandbox, type Sandbox } from './helpers/vmlb.js';
+import { TOKENS, apiFor, startScheduler, tarGz, waitFor, type RunningScheduler, type TarEntry } from './helpers/fleet-api.js';
+import { freePort, type RedisServer } from './helpers/redis-server.js';
+import type { S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, REPO, type Sandbox } from './helpers/vmlb.js';
+import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
 
 const DASHBOARD_MAIN = path.join(REPO, 'apps/web-dashboard/src/main.ts');
 /** Generous: two cores shared with other test runs. Never a claim about speed. */
 const SLOW = 120_000;
 
+let services: FleetServices;
 let sb: Sandbox;
 let redis: RedisServer;
 let s3: S3Server;
@@ -74,11 +75,9 @@ const layerRow = (page: Page, index: number) => page.locator(`.timeline [data-la
 beforeAll(async () => {
   await ensureDashboardBundle();
 
-  sb = await sandbox('dashboard');
-  [redis, s3] = await Promise.all([startRedis(), startS3Server()]);
-  const sharedUrl = `s3://vmlb-test/dash-${randomBytes(4).toString('hex')}`;
-  const env = fleetEnv(redis.url, s3.env, sharedUrl);
-  await ensureBucket(env);
+  services = await startFleetServices('dashboard');
+  ({ sb, redis, s3 } = services);
+  const { sharedUrl, env } = services;
   const workDir = path.join(sb.dir, 'scheduler-work');
   await mkdir(workDir, { recursive: true });
   sched = await startScheduler(env, { workDir });
@@ -122,9 +121,7 @@ afterAll(async () => {
   }
   await worker?.stop();
   await sched?.close();
-  await s3?.close();
-  await redis?.close();
-  await sb?.cleanup();
+  await services?.close();
 });
 
 describe('the web dashboard, in Chromium, over a real fleet', () => {

@@ -7,28 +7,28 @@
  */
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../libs/layer-engine/src/local-store.js';
-import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
 import { SharedStore } from '../libs/layer-engine/src/shared-store.js';
 import type { FleetEvent } from '../libs/fleet/src/build-record.js';
 import { readEvents } from '../libs/fleet/src/event-stream.js';
-import { FLATTEN_QUEUE, LAYER_QUEUE, redisKeys } from '../libs/fleet/src/names.js';
+import { redisKeys } from '../libs/fleet/src/names.js';
 import { submitProject, type SubmittedBuild } from './helpers/fleet-submit.js';
-import { startRedis, type RedisServer } from './helpers/redis-server.js';
-import { startS3Server, type S3Server } from './helpers/s3-server.js';
+import type { RedisServer } from './helpers/redis-server.js';
+import type { S3Server } from './helpers/s3-server.js';
 import { WORKER_MAIN, startWorkerProcess, workerLogs as logsOf, type WorkerProcess } from './helpers/worker-process.js';
-import { BUSYBOX_BASE, leftovers, sandbox, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, leftovers, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { fleetClients, startFleetServices, type FleetClients, type FleetServices } from './helpers/fleet-services.js';
 
-const BUCKET = 'vmlb-faults';
 const external = process.env.REDIS_URL ? 'REDIS_URL is set: the suite cannot restart that Redis' : !existsSync(WORKER_MAIN) ? `${WORKER_MAIN} does not exist` : null;
 if (external) console.warn(`fleet-faults.test.ts skipped: ${external}`);
 
 describe.skipIf(external !== null)('fleet faults', () => {
+  let services: FleetServices;
+  let clients: FleetClients;
   let sb: Sandbox;
   let redisServer: RedisServer;
   let s3: S3Server;
@@ -63,16 +63,11 @@ describe.skipIf(external !== null)('fleet faults', () => {
   const registered = async (id: string) => (await redis.get(redisKeys.worker(id))) !== null;
 
   beforeAll(async () => {
-    sb = await sandbox('faults');
-    [redisServer, s3] = await Promise.all([startRedis({ appendOnly: true }), startS3Server()]);
-    redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
-    // Expected while Redis is down: the client reconnects by itself.
-    redis.on('error', () => {});
-    sharedUrl = `s3://${BUCKET}/f-${randomBytes(4).toString('hex')}`;
-    shared = new SharedStore(s3ConfigFrom(sharedUrl, s3.env));
-    await shared.ensureBucket();
-    layerQueue = new Queue(LAYER_QUEUE, { connection: redis });
-    flattenQueue = new Queue(FLATTEN_QUEUE, { connection: redis });
+    services = await startFleetServices('faults', { appendOnly: true });
+    ({ sb, redis: redisServer, s3, sharedUrl } = services);
+    // Its clients reconnect by themselves while Redis is down.
+    clients = fleetClients(services);
+    ({ redis, shared, layerQueue, flattenQueue } = clients);
     layerQueue.on('error', () => {});
     flattenQueue.on('error', () => {});
     startWorker('a');
@@ -89,12 +84,8 @@ describe.skipIf(external !== null)('fleet faults', () => {
       if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGKILL');
       await w.exited;
     }
-    await layerQueue?.close().catch(() => {});
-    await flattenQueue?.close().catch(() => {});
-    redis?.disconnect();
-    shared?.close();
-    await Promise.all([redisServer?.close(), s3?.close()]);
-    await sb?.cleanup();
+    await clients?.close();
+    await services?.close();
   });
 
   it('Redis restarted (from its append-only file) while layer 2 builds: the build completes, every layer built once, nothing half-published', async () => {

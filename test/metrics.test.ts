@@ -13,15 +13,16 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packProject } from './helpers/fleet-submit.js';
-import { TOKENS, apiFor, ensureBucket, fleetEnv, startScheduler, waitFor, type RunningScheduler } from './helpers/fleet-api.js';
+import { TOKENS, apiFor, startScheduler, waitFor, type RunningScheduler } from './helpers/fleet-api.js';
 import { metricValue, hasMetric } from './helpers/prom-text.js';
-import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
-import { EXTERNAL_S3_REASON, startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, leftovers, sandbox, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { freePort, type RedisServer } from './helpers/redis-server.js';
+import { EXTERNAL_S3_REASON, type S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, leftovers, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
 
-const BUCKET = 'vmlb-metrics';
 
+let services: FleetServices;
 let sb: Sandbox;
 let redis: RedisServer;
 let s3: S3Server;
@@ -95,11 +96,8 @@ const workerSettles = (w: { metricsPort: number }, name: string, labels: Record<
 const schedulerSettles = (name: string, labels: Record<string, string>, want: number) => settles(schedulerMetrics, name, labels, want);
 
 beforeAll(async () => {
-  sb = await sandbox('metrics');
-  [redis, s3] = await Promise.all([startRedis(), startS3Server()]);
-  sharedUrl = `s3://${BUCKET}/metrics-${randomBytes(4).toString('hex')}`;
-  env = fleetEnv(redis.url, s3.env, sharedUrl);
-  await ensureBucket(env);
+  services = await startFleetServices('metrics');
+  ({ sb, redis, s3, sharedUrl, env } = services);
   sched = await startScheduler(env);
 });
 
@@ -109,9 +107,8 @@ afterAll(async () => {
     await w.exited;
   }
   await sched?.close();
-  await Promise.all([redis?.close(), s3?.close()]);
   const left = sb ? await leftovers(sb) : [];
-  await sb?.cleanup();
+  await services?.close();
   expect(left).toEqual([]);
 });
 

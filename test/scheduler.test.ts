@@ -29,15 +29,14 @@ import {
   type FleetEvent,
 } from '../libs/fleet/src/index.js';
 import { s3ConfigFrom, SharedStore } from '../libs/layer-engine/src/index.js';
-import { startRedis, type RedisServer } from './helpers/redis-server.js';
-import { startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, sandbox, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import type { RedisServer } from './helpers/redis-server.js';
+import type { S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import {
   MINIMAL_LAYER,
   TOKENS,
   apiFor,
-  ensureBucket,
-  fleetEnv,
   readEvents,
   startScheduler,
   tarGz,
@@ -45,8 +44,8 @@ import {
   type RunningScheduler,
 } from './helpers/fleet-api.js';
 
-const BUCKET = 'vmlb-test';
 
+let services: FleetServices;
 let sb: Sandbox;
 let redis: RedisServer;
 let s3: S3Server;
@@ -58,17 +57,15 @@ let queues: { layers: Queue; flatten: Queue };
 let shared: SharedStore;
 let raw: Client;
 let prefix: string;
+let bucket: string;
 
 const api = apiFor(() => sched.url, TOKENS.web);
 const cli = (args: string[], token: string = TOKENS.web) => vmlb(sb, args, { VMLB_SERVER: sched.url, VMLB_TOKEN: token });
 
 beforeAll(async () => {
-  sb = await sandbox('scheduler');
-  redis = await startRedis();
-  s3 = await startS3Server();
-  const sharedUrl = `s3://${BUCKET}/sched-${randomBytes(4).toString('hex')}`;
-  env = fleetEnv(redis.url, s3.env, sharedUrl, { VMLB_MAX_UPLOAD: '256K' });
-  await ensureBucket(env);
+  services = await startFleetServices('scheduler', { env: { VMLB_MAX_UPLOAD: '256K' } });
+  ({ sb, redis, s3, env } = services);
+  const { sharedUrl } = services;
   workDir = path.join(sb.dir, 'scheduler-work');
   await mkdir(workDir, { recursive: true });
   sched = await startScheduler(env, { workDir });
@@ -76,6 +73,7 @@ beforeAll(async () => {
   queues = { layers: new Queue(LAYER_QUEUE, { connection: conn }), flatten: new Queue(FLATTEN_QUEUE, { connection: conn }) };
   const c = s3ConfigFrom(sharedUrl, env);
   prefix = c.prefix;
+  bucket = c.bucket;
   shared = new SharedStore(c);
   raw = new Client({ endPoint: c.host, port: c.port, useSSL: c.useSSL, accessKey: c.accessKey, secretKey: c.secretKey, region: c.region, pathStyle: true });
 });
@@ -92,22 +90,20 @@ afterAll(async () => {
   await queues?.flatten.close();
   conn?.disconnect();
   shared?.close();
-  await s3?.close();
-  await redis?.close();
-  await sb?.cleanup();
+  await services?.close();
 });
 
 // ---- helpers ----
 
 async function objectNames(under = ''): Promise<string[]> {
   const names: string[] = [];
-  for await (const item of raw.listObjectsV2(BUCKET, `${prefix}${under}`, true)) names.push((item as { name: string }).name.slice(prefix.length));
+  for await (const item of raw.listObjectsV2(bucket, `${prefix}${under}`, true)) names.push((item as { name: string }).name.slice(prefix.length));
   return names.sort();
 }
 
 async function objectSha256(rel: string): Promise<string> {
   const h = createHash('sha256');
-  for await (const chunk of await raw.getObject(BUCKET, `${prefix}${rel}`)) h.update(chunk as Buffer);
+  for await (const chunk of await raw.getObject(bucket, `${prefix}${rel}`)) h.update(chunk as Buffer);
   return h.digest('hex');
 }
 
@@ -330,7 +326,7 @@ describe('a submission', () => {
     expect(await objectSha256(storePaths.project(b.project))).toBe(b.project);
     // Packed without build/ and .git, with the layer's dot-file.
     const tarball = path.join(sb.dir, 'project.tar.gz');
-    await raw.fGetObject(BUCKET, `${prefix}${storePaths.project(b.project)}`, tarball);
+    await raw.fGetObject(bucket, `${prefix}${storePaths.project(b.project)}`, tarball);
     const { execa } = await import('execa');
     const listing = String((await execa('tar', ['-tzf', tarball])).stdout).split('\n');
     expect(listing).toContain('03_app/.hidden');

@@ -11,22 +11,23 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../libs/layer-engine/src/local-store.js';
-import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
 import { SharedStore } from '../libs/layer-engine/src/shared-store.js';
 import type { FleetEvent } from '../libs/fleet/src/build-record.js';
 import { ClaimLease, claimOwner, releaseClaim, renewClaim, takeClaim } from '../libs/fleet/src/claims.js';
 import { appendEvent, readEvents } from '../libs/fleet/src/event-stream.js';
 import { giveBackTeamSlot, takeTeamSlot, teamRunning } from '../libs/fleet/src/team-cap.js';
-import { FLATTEN_QUEUE, LAYER_QUEUE, layerJobId, redisKeys, storePaths } from '../libs/fleet/src/names.js';
+import { layerJobId, redisKeys, storePaths } from '../libs/fleet/src/names.js';
 import type { WorkerRegistration } from '../libs/fleet/src/workers-registry.js';
 import { submitProject, type SubmittedBuild } from './helpers/fleet-submit.js';
 import { startWorkerProcess as startWorker, workerLogs as logsOf, type WorkerProcess } from './helpers/worker-process.js';
-import { freePort, startRedis, type RedisServer } from './helpers/redis-server.js';
-import { startS3Server, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, builtNames, cachedNames, leftovers, sandbox, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { freePort, type RedisServer } from './helpers/redis-server.js';
+import type { S3Server } from './helpers/s3-server.js';
+import { BUSYBOX_BASE, builtNames, cachedNames, leftovers, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { fleetClients, startFleetServices, type FleetClients, type FleetServices } from './helpers/fleet-services.js';
 
-const BUCKET = 'vmlb-fleet';
 
+let services: FleetServices;
+let clients: FleetClients;
 let sb: Sandbox;
 let redisServer: RedisServer;
 let s3: S3Server;
@@ -89,14 +90,10 @@ function submit(dir: string, extra: Partial<Parameters<typeof submitProject>[1]>
 }
 
 beforeAll(async () => {
-  sb = await sandbox('worker');
-  [redisServer, s3] = await Promise.all([startRedis(), startS3Server()]);
-  redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
-  sharedUrl = `s3://${BUCKET}/w-${randomBytes(4).toString('hex')}`;
-  shared = new SharedStore(s3ConfigFrom(sharedUrl, s3.env));
-  await shared.ensureBucket();
-  layerQueue = new Queue(LAYER_QUEUE, { connection: redis });
-  flattenQueue = new Queue(FLATTEN_QUEUE, { connection: redis });
+  services = await startFleetServices('worker');
+  ({ sb, redis: redisServer, s3, sharedUrl } = services);
+  clients = fleetClients(services);
+  ({ redis, shared, layerQueue, flattenQueue } = clients);
   metricsPort = await freePort();
   startWorkerProcess('a', { VMLB_WORKER_METRICS_PORT: String(metricsPort), VMLB_WORKER_METRICS_HOST: '127.0.0.1' });
   startWorkerProcess('b');
@@ -112,13 +109,9 @@ afterAll(async () => {
     if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGKILL');
     await w.exited;
   }
-  await layerQueue?.close();
-  await flattenQueue?.close();
-  redis?.disconnect();
-  shared?.close();
-  await Promise.all([redisServer?.close(), s3?.close()]);
-  // Whatever a killed worker left was swept by its restart; a last sweep here, in case.
-  await sb?.cleanup();
+  await clients?.close();
+  // Whatever a killed worker left was swept by its restart.
+  await services?.close();
 });
 
 const threeLayers: Record<string, LayerDef> = {
