@@ -76,6 +76,18 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   const redis: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler');
   const blocking: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler-follow');
+  // While Redis is down ioredis reconnects by itself; say so once per outage, in the log.
+  for (const [name, c] of [['main', redis], ['follow', blocking]] as const) {
+    let down = false;
+    c.on('error', (e: Error) => {
+      if (!down) log.warn('Redis connection lost; reconnecting', { connection: name, error: e.message });
+      down = true;
+    });
+    c.on('ready', () => {
+      if (down) log.info('Redis connection back', { connection: name });
+      down = false;
+    });
+  }
   const shared = new SharedStore(config.shared);
   const objects = new ObjectStore(config.shared);
   const records = new BuildRecords(shared, objects);
