@@ -69,6 +69,15 @@ function sharedFrom(opts: { cache?: string }): SharedStore | undefined {
   return new SharedStore(s3ConfigFrom(opts.cache, process.env, { urlName: '--cache (VMLB_CACHE)' }));
 }
 
+/** Whether layers run sandboxed: yes unless --no-sandbox or VMLB_SANDBOX=0. */
+function sandboxFrom(opts: { sandbox?: boolean }): boolean {
+  const env = process.env.VMLB_SANDBOX;
+  if (env !== undefined && env !== '' && env !== '0' && env !== '1') {
+    throw new VmlbError('BAD_SETTING', `VMLB_SANDBOX must be 0 (layers run unconfined) or 1 (sandboxed, the default), not "${env}"`);
+  }
+  return opts.sandbox !== false && env !== '0';
+}
+
 const program = new Command();
 program
   .name('vmlb')
@@ -94,9 +103,11 @@ program
   .addOption(storeOption())
   .addOption(cacheOption())
   .addOption(new Option('--store-cap <size>', 'evict least-recently-used layers above this size').argParser(sizeArg).env('VMLB_STORE_CAP'))
+  .option('--no-sandbox', 'run layer scripts unconfined, as root of this host, for debugging (also VMLB_SANDBOX=0)')
   .option('--json', 'print build events as JSON lines (for machines)')
   .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
   .action(async (dir: string, o) => {
+    const sandboxed = sandboxFrom(o);
     const shared = sharedFrom(o);
     const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout, { verbose: o.explain });
     try {
@@ -110,6 +121,7 @@ program
         compat: o.compat,
         last: o.last,
         storeCapBytes: o.storeCap,
+        sandbox: { enabled: sandboxed },
         signal: interruptSignal(),
         onEvent: (e) => display.onEvent(e),
       });
@@ -176,7 +188,7 @@ registerImageCommands(program);
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
-  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE'].includes(e.code)) return EXIT_USAGE;
   if (e instanceof VmlbError && FLEET_USAGE_CODES.includes(e.code)) return EXIT_USAGE;
   return EXIT_FAILED;
 }

@@ -8,7 +8,8 @@ import { chooseBackend } from './backends.js';
 import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
 import { diffInputs } from './input-diff.js';
-import { buildLayer } from './layer-builder.js';
+import { buildLayer, type LayerSandbox } from './layer-builder.js';
+import { checkSandboxTools, type SandboxOptions } from './sandbox.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
 import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
@@ -42,6 +43,8 @@ export interface BuildOptions {
    * push fails, the build goes on with the local store and says so in a notice.
    */
   shared?: SharedStore;
+  /** How layer scripts are confined. @default sandboxed, with the host's and link-local addresses denied */
+  sandbox?: SandboxOptions;
   signal?: AbortSignal;
   onEvent?: BuildEventSink;
 }
@@ -164,6 +167,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     if (opts.shared && !plan.sharedProblem) await recordSharedUse(opts.shared, plan, emit);
     const output = path.resolve(opts.output ?? path.join(plan.project.dir, OUTPUT_DIR, 'image.qcow2'));
     if (plan.sharedProblem) emit({ type: 'notice', at: Date.now(), message: plan.sharedProblem });
+    if (opts.sandbox?.enabled === false) {
+      emit({ type: 'notice', at: Date.now(), message: 'sandbox off (--no-sandbox, VMLB_SANDBOX=0): layer scripts run unconfined, as root of this host' });
+    }
     emit({ type: 'plan', at: Date.now(), project: plan.project.dir, layers: plan.layers, total: plan.layers.length });
 
     const chain = await takeHitsAndBuildMissing(plan, store, opts, emit);
@@ -214,6 +220,7 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
   const chain: string[] = [];
   let parent: LayerManifest | null = null;
   let backend: Awaited<ReturnType<typeof chooseBackend>> | undefined;
+  let sandbox: LayerSandbox | null | undefined;
   for (const [i, k] of plan.keyed.entries()) {
     if (opts.signal?.aborted) throw new AbortedError();
     const planned = plan.layers[i]!;
@@ -227,7 +234,8 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
       emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: planned.source ?? 'local', bytes: manifest.blob.size });
     } else {
       backend ??= await chooseBackend(opts.backend ?? 'auto');
-      manifest = await buildLayerReporting({ store, backend, index: i, layer: k, parent, signal: opts.signal, emit });
+      sandbox ??= await layerSandbox(opts.sandbox, store);
+      manifest = await buildLayerReporting({ store, backend, sandbox: sandbox ?? undefined, index: i, layer: k, parent, signal: opts.signal, emit });
     }
     if (shared && plan.layers[i]!.source !== 'shared') await pushLayer(shared, store, plan.layers[i]!, manifest, opts.signal, emit);
     await store.recordInputs(plan.project.dir, k.spec.name, k.key, k.inputs);
@@ -239,6 +247,17 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
 }
 
 /**
+ * The sandbox as a build's layers get it (null: off), once the host is known to have what it
+ * needs (checked before the first layer is built, so that an all-hits build needs none of it).
+ */
+export async function layerSandbox(o: SandboxOptions | undefined, store: LocalStore, cacheScope?: string): Promise<LayerSandbox | null> {
+  if (o?.enabled === false) return null;
+  await checkSandboxTools();
+  const cacheDir = path.join(store.root, 'cache-mounts', ...(cacheScope ? [cacheScope] : []));
+  return { deny: o?.deny ?? [], cacheDir };
+}
+
+/**
  * The engine's buildLayer with the build's events around it: layer-start, the script's
  * output and steps, then layer-done or layer-failed. Used by `vmlb build` and by the fleet
  * worker, which reports as layer-failed only what will not be retried (`isFailure`).
@@ -246,6 +265,8 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
 export async function buildLayerReporting(o: {
   store: LocalStore;
   backend: Awaited<ReturnType<typeof chooseBackend>>;
+  /** See layerSandbox(); unset: unsandboxed. */
+  sandbox?: LayerSandbox;
   index: number;
   layer: KeyedLayer;
   parent: LayerManifest | null;
@@ -269,6 +290,7 @@ export async function buildLayerReporting(o: {
       inputs: k.inputs,
       cacheable: k.cacheable,
       parent: o.parent,
+      sandbox: o.sandbox,
       signal: o.signal,
       onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
       onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),

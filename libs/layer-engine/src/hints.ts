@@ -4,13 +4,13 @@ import { parseDuration, parseSize } from './sizes.js';
 /** The size of the blank disk a create-disk layer gets when its script has no `# disk-size`. */
 export const DEFAULT_DISK_SIZE = 2 * 1024 ** 3;
 
-export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'disk-size' | 'timeout';
+export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'cache-mount' | 'disk-size' | 'timeout' | 'network';
 
 /**
  * A hint is a whole comment line: `# name` or `# name ARGS`. Anything else after `#` is an
  * ordinary comment, so prose such as `# hints: timeout DURATION` is never read as a hint.
  */
-const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|disk-size|timeout)(?:\s+(.*?))?\s*$/;
+const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network)(?:\s+(.*?))?\s*$/;
 
 const SCRIPT_KINDS: readonly LayerKind[] = ['create-disk', 'build-layer', 'modify-disk'];
 
@@ -22,6 +22,8 @@ const APPLIES_TO: Record<HintName, readonly LayerKind[]> = {
   'disk-size': ['create-disk', 'modify-disk'],
   'chroot-bind-mount': ['build-layer'],
   'chroot-mount': ['build-layer'],
+  'cache-mount': ['build-layer'],
+  network: SCRIPT_KINDS,
 };
 
 export function emptyHints(): LayerHints {
@@ -105,6 +107,25 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
         return;
       }
 
+      case 'cache-mount': {
+        if (args.length !== 1) {
+          return problem(`expects one TARGET, e.g. "# cache-mount /var/cache/apt" (found ${describeArgs(arg)})`);
+        }
+        const target = args[0]!;
+        const bad = checkTarget(target);
+        if (bad) return problem(bad);
+        if (!claimTarget(target, lineNo)) return;
+        (hints.cacheMounts ??= []).push({ target });
+        return;
+      }
+
+      case 'network': {
+        if (previous !== undefined) return problem(`given twice (first on line ${previous}); keep one`);
+        if (arg !== 'none') return problem(`the only setting is "# network none" (found ${describeArgs(arg)}); without it a layer has outbound network`);
+        hints.network = 'none';
+        return;
+      }
+
       case 'chroot-mount': {
         if (args.length !== 2) {
           return problem(`expects PARTITION TARGET, e.g. "# chroot-mount 1 /boot/efi" (found ${describeArgs(arg)})`);
@@ -136,7 +157,7 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
   return { hints, problems };
 }
 
-/** Why a chroot mount TARGET is not acceptable, or null. */
+/** Why a mount TARGET inside the image is not acceptable, or null. */
 function checkTarget(target: string): string | null {
   if (!target.startsWith('/')) return `TARGET must be an absolute path inside the image, e.g. /var/cache (found "${target}")`;
   if (target.split('/').includes('..')) return `TARGET must not contain "..", it has to stay inside the image (found "${target}")`;

@@ -16,6 +16,7 @@ export * from './partition-table.js';
 export * from './attach-state.js';
 export * from './backends.js';
 export * from './layer-builder.js';
+export * from './sandbox.js';
 export * from './build.js';
 export * from './fuse-daemon.js';
 export { exec, type ExecOptions, type ExecResult } from './exec.js';

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { AbortedError, LayerFailedError, VmlbError } from './errors.js';
@@ -11,6 +11,7 @@ import type { LayerManifest, LocalStore } from './local-store.js';
 import { readPartitionTable, rootPartition, GPT_LINUX_ROOT_X86_64 } from './partition-table.js';
 import { convert, createLayerOverlay, resize } from './qemu-img.js';
 import { ENGINE_BIN_DIR, runScript, type ExtraMount, type MountSource, type RunScriptResult } from './script-runner.js';
+import { cacheMountDir, denyRoutes, pickUidBase, sandboxResolvConf, SANDBOX_DEVICE_DIR, SANDBOX_STAGE_PATHS, type SandboxRun } from './sandbox.js';
 import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
@@ -29,6 +30,16 @@ export interface LayerBuildContext {
   signal?: AbortSignal;
   onOutput?: (chunk: string) => void;
   onStep?: (step: string) => void;
+  /** How scripts are confined (see sandbox.ts); unset: unsandboxed, as the host's root. */
+  sandbox?: LayerSandbox;
+}
+
+/** The sandbox as one build applies it to each layer. */
+export interface LayerSandbox {
+  /** Addresses no layer may reach (besides the host's own and link-local ones). */
+  deny: readonly string[];
+  /** Where this build's `# cache-mount` folders are kept (per store, or per team on a worker). */
+  cacheDir: string;
 }
 
 /** Host variables a script may rely on for network access; passed through when set. */
@@ -149,12 +160,36 @@ function scratchMount(): string {
 async function runEntryScript(
   ctx: LayerBuildContext,
   log: string,
-  o: { mode: 'chroot' | 'host'; root?: MountSource; mounts?: ExtraMount[]; env: Record<string, string>; mountPoint?: string },
+  o: {
+    mode: 'chroot' | 'host';
+    root?: MountSource;
+    mounts?: ExtraMount[];
+    env: Record<string, string>;
+    mountPoint?: string;
+    /** Sandboxed create-disk and modify-disk: what they get of the host. */
+    devices?: string[];
+    readOnlyFiles?: string[];
+    partitionServer?: Record<string, string>;
+  },
 ): Promise<void> {
-  ctx.onStep?.(`running ${ctx.spec.kind}`);
+  ctx.onStep?.(`running ${ctx.spec.kind}${ctx.sandbox ? '' : ' (no sandbox)'}`);
   const mount = o.mountPoint ?? scratchMount();
+  let sandbox: SandboxRun | undefined;
+  if (ctx.sandbox) {
+    const network = ctx.spec.hints.network !== 'none';
+    sandbox = {
+      uidBase: pickUidBase(),
+      network,
+      routes: network ? await denyRoutes(ctx.sandbox.deny) : [],
+      resolvConf: await sandboxResolvConf(network),
+      devices: o.devices ?? [],
+      readOnlyFiles: o.readOnlyFiles ?? [],
+      partitionServer: o.partitionServer,
+    };
+  }
   try {
     const r = await runScript({
+      sandbox,
       mode: o.mode,
       layerDir: ctx.spec.dir,
       script: ctx.spec.kind,
@@ -217,7 +252,16 @@ async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
       mode: 'host',
       mountPoint: mount,
       root: { source: dev, options: 'defaults' },
-      env: scriptEnv(ctx, { PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`, VMLB_ROOT: mount, VMLB_DEVICE: dev, VMLB_IMAGE: tmp, VMLB_LAYER_DIR: ctx.spec.dir }),
+      env: scriptEnv(ctx, {
+        PATH: hostScriptPath(ctx),
+        VMLB_ROOT: ctx.sandbox ? SANDBOX_STAGE_PATHS.root : mount,
+        VMLB_DEVICE: dev,
+        VMLB_IMAGE: tmp,
+        VMLB_LAYER_DIR: ctx.spec.dir,
+        ...(ctx.sandbox ? { VMLB_HOST_REQUESTS: SANDBOX_DEVICE_DIR } : {}),
+      }),
+      devices: [dev],
+      readOnlyFiles: [tmp],
     });
   });
   return { virtualSize: size, partitions, root };
@@ -239,6 +283,11 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
     }
     for (const bm of hints.bindMounts) {
       mounts.push({ type: 'bind', source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
+    }
+    for (const cm of hints.cacheMounts ?? []) {
+      const source = cacheMountDir(ctx.sandbox?.cacheDir ?? path.join(ctx.store.root, 'cache-mounts'), cm.target);
+      await mkdir(source, { recursive: true });
+      mounts.push({ type: 'cache', source, target: cm.target });
     }
     await runEntryScript(ctx, log, { mode: 'chroot', root, mounts, env: scriptEnv(ctx, { PATH: CHROOT_PATH }) });
   });
@@ -265,18 +314,41 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
     await runEntryScript(ctx, log, {
       mode: 'host',
       env: scriptEnv(ctx, {
-        PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}`,
+        PATH: hostScriptPath(ctx),
         VMLB_DEVICE: device,
         VMLB_IMAGE: tmp,
         VMLB_DISK_SIZE: String(disk.size),
         VMLB_LAYER_DIR: ctx.spec.dir,
-        ...disk.helperEnv,
+        // Sandboxed, vmlb-partition asks the run for each partition's device (see vmlb-run-layer).
+        ...(ctx.sandbox ? { VMLB_HOST_REQUESTS: SANDBOX_DEVICE_DIR } : disk.helperEnv),
       }),
+      devices: [device, ...(await partitionNodesOf(device))],
+      readOnlyFiles: [tmp],
+      partitionServer: disk.helperEnv,
     });
     // The script may have changed the partition table (growpart): read it as it is now.
     const partitions = await disk.partitionTable();
     return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
   });
+}
+
+/**
+ * A create-disk's or modify-disk's PATH: the host's, after the engine's helpers (vmlb-partition)
+ * and, sandboxed, the shims that ask the engine for what needs the host's root (bin/sandbox/).
+ */
+function hostScriptPath(ctx: LayerBuildContext): string {
+  const bin = ENGINE_BIN_DIR.replace(/\/+$/, '');
+  return `${ctx.sandbox ? `${bin}/sandbox:` : ''}${bin}:${HOST_PATH}`;
+}
+
+/**
+ * The kernel's partition nodes of a whole-disk device (/dev/nbd0p1, …; a loop device made by
+ * the engine has none): tools such as growpart look for them by name, so the sandbox gets them.
+ */
+async function partitionNodesOf(device: string): Promise<string[]> {
+  const name = path.basename(device);
+  const names = await readdir(path.dirname(device)).catch(() => [] as string[]);
+  return names.filter((n) => n.startsWith(`${name}p`) && /^\d+$/.test(n.slice(name.length + 1))).map((n) => path.join(path.dirname(device), n));
 }
 
 function requireParent(ctx: LayerBuildContext): LayerManifest {

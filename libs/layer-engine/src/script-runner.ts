@@ -1,12 +1,13 @@
 import { createWriteStream, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
+import { IDMAP_HELPER, SANDBOX_STAGE, sandboxArgs, type SandboxRun } from './sandbox.js';
 
 /**
  * The engine's own helper scripts (vmlb-run-layer, vmlb-partition): `bin/` beside `src/` or
@@ -27,7 +28,8 @@ export interface MountSource {
   options: string;
 }
 
-export type ExtraMount = { type: 'bind'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
+/** bind: a host path (local builds); cache: a kept `# cache-mount` folder; part: a partition of the disk. */
+export type ExtraMount = { type: 'bind' | 'cache'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
 
 export interface RunScriptOptions {
   /** chroot: build-layer, in the image's root; host: create-disk and modify-disk. */
@@ -46,6 +48,8 @@ export interface RunScriptOptions {
   signal?: AbortSignal;
   logFile: string;
   onOutput?: (chunk: string) => void;
+  /** Run sandboxed (see sandbox.ts); unset: as the host's root (`--no-sandbox`). */
+  sandbox?: SandboxRun;
 }
 
 export interface RunScriptResult {
@@ -69,6 +73,7 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   await mkdir(o.rootMount, { recursive: true });
   const statusFile = `${o.rootMount}.status`;
   await rm(statusFile, { force: true });
+  const scratch = runScratch(o.rootMount);
   const env: Record<string, string> = {
     VMLB_MODE: o.mode,
     VMLB_LAYER_DIR: o.layerDir,
@@ -82,12 +87,13 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     env.VMLB_ROOT_OPTS = o.root.options;
   }
   if (o.mounts?.length) {
-    const lines = o.mounts.map((m) => (m.type === 'bind' ? ['bind', m.source, '-', m.target] : ['part', m.from.source, m.from.options, m.target]));
+    const lines = o.mounts.map((m) => (m.type === 'part' ? ['part', m.from.source, m.from.options, m.target] : [m.type, m.source, '-', m.target]));
     for (const l of lines) {
       if (l.some((f) => /\s/.test(f))) throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${l[1]} ${l[3]}`);
     }
     env.VMLB_MOUNTS = lines.map((l) => l.join(' ')).join('\n');
   }
+  if (o.sandbox) Object.assign(env, await writeSandboxFiles(o, scratch));
 
   const log = createWriteStream(o.logFile, { flags: 'a' });
   let recent = '';
@@ -101,10 +107,11 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   const child = spawnChild(
     [
       'setpriv', '--pdeathsig', 'KILL', '--',
-      'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--',
+      // Sandboxed, the run names its helpers' namespaces by /proc/PID: a /proc of its own pid namespace.
+      'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', ...(o.sandbox ? ['--mount-proc'] : []), '--',
       '/bin/sh', path.join(ENGINE_BIN_DIR, 'vmlb-run-layer'), ...scriptEnv,
     ],
-    { env: { ...env, PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` } },
+    { env: { ...env, ...(o.sandbox?.partitionServer ?? {}), PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` } },
   );
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
@@ -157,9 +164,59 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   await rm(statusFile, { force: true });
   await rm(`${o.rootMount}.fstab`, { force: true });
   await waitForAutoclearLoops(`${o.rootMount}.loops`);
+  // The sandbox's scratch files (its staged mounts went with the run's mount namespace).
+  await Promise.all(Object.values(scratch).map((f) => rm(f, { recursive: true, force: true })));
   const seconds = (performance.now() - started) / 1000;
   debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
   return { exitCode, signal, timedOut, aborted, setupError, logTail: tail(recent, 20), seconds };
+}
+
+/** A sandboxed run's scratch files beside its mount point; vmlb-run-layer names them the same way. */
+function runScratch(rootMount: string) {
+  return {
+    status: `${rootMount}.bwrap-status`,
+    netLog: `${rootMount}.net.log`,
+    args: `${rootMount}.sandbox`,
+    routes: `${rootMount}.routes`,
+    resolv: `${rootMount}.resolv`,
+  };
+}
+
+/** Writes what vmlb-run-layer's sandbox reads (bwrap's arguments, routes, resolv.conf); returns its variables. */
+async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof runScratch>): Promise<Record<string, string>> {
+  const sb = o.sandbox!;
+  const args = await sandboxArgs({
+    mode: o.mode,
+    layerDir: o.layerDir,
+    hostRoot: o.mode === 'host' && o.root !== undefined,
+    engineBinDir: ENGINE_BIN_DIR.replace(/\/+$/, ''),
+    readOnlyFiles: sb.readOnlyFiles,
+    devices: sb.devices,
+    env: o.env,
+  });
+  await mkdir(SANDBOX_STAGE, { recursive: true, mode: 0o755 });
+  for (const f of [...sb.readOnlyFiles, ...sb.devices]) {
+    if (/\s/.test(f)) throw new VmlbError('BAD_MOUNT', `a path given to the sandbox may not contain white space: ${f}`);
+  }
+  for (const a of args) if (a.includes('\0')) throw new VmlbError('BAD_ENV', `the layer's environment cannot hold a NUL byte (${a.slice(0, 40)}…)`);
+  await Promise.all([
+    writeFile(scratch.args, args.map((a) => `${a}\0`).join('')),
+    writeFile(scratch.routes, sb.routes.map((r) => `${r}\n`).join('')),
+    writeFile(scratch.resolv, sb.resolvConf),
+  ]);
+  return {
+    VMLB_SANDBOX: '1',
+    VMLB_SANDBOX_UID: String(sb.uidBase),
+    VMLB_SANDBOX_NET: sb.network ? 'on' : 'none',
+    VMLB_SANDBOX_ROUTES: scratch.routes,
+    VMLB_SANDBOX_ARGS: scratch.args,
+    VMLB_SANDBOX_RESOLV: scratch.resolv,
+    VMLB_SANDBOX_DEVICES: sb.devices.join(' '),
+    VMLB_SANDBOX_FILES: sb.readOnlyFiles.join(' '),
+    VMLB_SANDBOX_STAGE: SANDBOX_STAGE,
+    VMLB_ENGINE_BIN: ENGINE_BIN_DIR,
+    VMLB_IDMAP: IDMAP_HELPER,
+  };
 }
 
 /** How long the kernel may take to auto-clear a loop device after its last unmount. */

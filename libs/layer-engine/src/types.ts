@@ -13,6 +13,14 @@ export interface LayerHints {
   bindMounts: { source: string; target: string }[];
   /** `# chroot-mount PARTITION TARGET` (build-layer): partition number N of the disk mounted at TARGET inside the chroot. */
   partitionMounts: { partition: number; target: string }[];
+  /**
+   * `# cache-mount TARGET` (build-layer): a folder kept across builds (per store locally, per
+   * team on a fleet worker) mounted at TARGET, outside the key, like BuildKit's
+   * `--mount=type=cache`. Unset when there is none.
+   */
+  cacheMounts?: { target: string }[];
+  /** `# network none`: the script gets no network at all (a loopback only). Unset: outbound network. */
+  network?: 'none';
   /** `# disk-size SIZE` (create-disk, modify-disk), in bytes. */
   diskSize?: number;
   /** `# timeout DURATION`, in milliseconds. */

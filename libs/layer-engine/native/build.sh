@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Compiles the engine's one native helper (vmlb-idmap-mount, see its source) into dist/native/.
+# Needs a C compiler and the kernel headers of libc (Debian: gcc, libc6-dev; setup installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p dist/native
+out=dist/native/vmlb-idmap-mount
+src=native/vmlb-idmap-mount.c
+if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
+  cc -O2 -Wall -Wextra -Werror -o "$out.tmp" "$src"
+  mv "$out.tmp" "$out"
+fi
