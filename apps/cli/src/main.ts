@@ -103,7 +103,7 @@ program
   .addOption(storeOption())
   .addOption(cacheOption())
   .addOption(new Option('--store-cap <size>', 'evict least-recently-used layers above this size').argParser(sizeArg).env('VMLB_STORE_CAP'))
-  .option('--no-sandbox', 'run layer scripts unconfined, as root of this host, for debugging (also VMLB_SANDBOX=0)')
+  .option('--no-sandbox', 'run layer scripts unconfined, as root of this host, for debugging (also VMLB_SANDBOX=0); VMLB_SANDBOX_DENY=ADDR,… adds addresses layers may not reach')
   .option('--json', 'print build events as JSON lines (for machines)')
   .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
   .action(async (dir: string, o) => {
@@ -121,7 +121,7 @@ program
         compat: o.compat,
         last: o.last,
         storeCapBytes: o.storeCap,
-        sandbox: { enabled: sandboxed },
+        sandbox: { enabled: sandboxed, deny: (process.env.VMLB_SANDBOX_DENY ?? '').split(',').map((x) => x.trim()).filter(Boolean) },
         signal: interruptSignal(),
         onEvent: (e) => display.onEvent(e),
       });

@@ -1,4 +1,4 @@
-import { LocalStore, ProjectError, planBuild, type KeyedLayer, type SharedStore } from '@vmlb/layer-engine';
+import { LocalStore, ProjectError, hostPathProblems, planBuild, type KeyedLayer, type SharedStore } from '@vmlb/layer-engine';
 import type { LayerRecord } from '@vmlb/fleet';
 import { HttpError } from './http-error.js';
 
@@ -22,6 +22,9 @@ export async function planProject(projectDir: string, shared: SharedStore, scrat
   let plan: Awaited<ReturnType<typeof planBuild>>;
   try {
     plan = await planBuild({ projectDir, store: scratch, shared, nonce: buildId });
+    // A submission is another team's code: it names no host path (see hostPathProblems).
+    const hostPaths = hostPathProblems(plan.project);
+    if (hostPaths.length > 0) throw new ProjectError(projectDir, hostPaths);
   } catch (e) {
     if (e instanceof ProjectError) {
       const lines = e.problems.map((p) => `  ${p.where}: ${p.problem}`);

@@ -144,7 +144,7 @@ async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: 
   const opened = await openProject(ctx, { project: data.project, nonce: data.nonce }, signal);
   try {
     checkChain('flatten', opened.keyed.map((k) => k.key), data.chain);
-    await ensureChain(ctx, opened.keyed, opened.keyed.length, signal, events, null);
+    await ensureChain(ctx, data.team, opened.keyed, opened.keyed.length, signal, events, null);
   } finally {
     await opened.close();
   }

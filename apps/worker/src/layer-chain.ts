@@ -1,5 +1,5 @@
 import { rm } from 'node:fs/promises';
-import { LayerFailedError, VmlbError, buildLayerReporting, computeKeys, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
+import { LayerFailedError, ProjectError, VmlbError, buildLayerReporting, computeKeys, hostPathProblems, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
 import { extractProject, fetchProject } from '@vmlb/fleet';
 import type { JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
@@ -18,13 +18,20 @@ export interface OpenedProject {
   close(): Promise<void>;
 }
 
-/** Fetches, extracts and keys a build's project; close() it when done. */
+/**
+ * Fetches, extracts and keys a build's project; close() it when done. A project that names a
+ * host path is refused here too (the scheduler refuses it at submission): a job is not trusted
+ * to have come from the scheduler.
+ */
 export async function openProject(ctx: WorkerContext, p: { project: string; nonce: string }, signal: AbortSignal): Promise<OpenedProject> {
   const tarball = await fetchProject(ctx.shared, ctx.projectCache, p.project, { signal });
   const dir = await extractProject(tarball, ctx.workDir, { signal });
   const close = () => rm(dir, { recursive: true, force: true });
   try {
-    return { keyed: computeKeys(await loadProject(dir), { nonce: p.nonce }), close };
+    const project = await loadProject(dir);
+    const hostPaths = hostPathProblems(project);
+    if (hostPaths.length > 0) throw new ProjectError(`project ${p.project}`, hostPaths);
+    return { keyed: computeKeys(project, { nonce: p.nonce }), close };
   } catch (e) {
     await close();
     throw e;
@@ -47,7 +54,15 @@ export type StepsFor = { index: number; name: string } | null;
  * was written over): a local copy with other bytes is replaced by it. A layer the shared store
  * lacks and this worker has not (# noshare, or built on one) is built here from the project.
  */
-export async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], count: number, signal: AbortSignal, events: JobEvents, steps: StepsFor): Promise<LayerManifest | null> {
+export async function ensureChain(
+  ctx: WorkerContext,
+  team: string,
+  keyed: KeyedLayer[],
+  count: number,
+  signal: AbortSignal,
+  events: JobEvents,
+  steps: StepsFor,
+): Promise<LayerManifest | null> {
   let parent: LayerManifest | null = null;
   for (const [j, k] of keyed.slice(0, count).entries()) {
     const fromShared = await ctx.shared.getManifest(k.key, { signal });
@@ -64,7 +79,7 @@ export async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], count
       }
     } else if (!local) {
       events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on worker ${ctx.id}` });
-      local = await buildOne(ctx, k, j, parent, signal, events, { quiet: true });
+      local = await buildOne(ctx, team, k, j, parent, signal, events, { quiet: true });
     }
     parent = local;
   }
@@ -72,9 +87,13 @@ export async function ensureChain(ctx: WorkerContext, keyed: KeyedLayer[], count
   return parent;
 }
 
-/** The engine's buildLayer with its events; only a script's failure is a layer-failed (others are retried). */
+/**
+ * The engine's buildLayer with its events, sandboxed as the team's layers are on this worker;
+ * only a script's failure is a layer-failed (others are retried).
+ */
 export function buildOne(
   ctx: WorkerContext,
+  team: string,
   k: KeyedLayer,
   index: number,
   parent: LayerManifest | null,
@@ -85,6 +104,7 @@ export function buildOne(
   return buildLayerReporting({
     store: ctx.store,
     backend: ctx.backend,
+    sandbox: ctx.sandboxFor(team),
     index,
     layer: k,
     parent,

@@ -216,11 +216,11 @@ async function buildAndPush(
     }
     checkChain(`layer ${data.name}`, keyed.slice(0, data.index).map((l) => l.key), data.chain);
 
-    const parent = await ensureChain(ctx, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
+    const parent = await ensureChain(ctx, data.team, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
     let manifest = await ctx.store.getManifest(k.key);
     const localHit = manifest !== null;
     if (!manifest) {
-      manifest = await buildOne(ctx, k, data.index, parent, signal, events);
+      manifest = await buildOne(ctx, data.team, k, data.index, parent, signal, events);
       ctx.metrics.layerSeconds.observe({ kind: k.spec.kind }, (performance.now() - started) / 1000);
     }
     const seconds = Math.round(performance.now() - started) / 1000;

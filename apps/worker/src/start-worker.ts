@@ -8,6 +8,7 @@ import {
   FuseDaemon,
   LocalStore,
   SharedStore,
+  checkSandboxTools,
   chooseBackend,
   defaultStoreDir,
   pidAlive,
@@ -39,6 +40,17 @@ const PROJECT_CACHE_AGE_MS = 7 * 24 * 3600_000;
 const USAGE_EVERY_MS = 30_000;
 /** After handing jobs back, how long close() still waits for them to let go. */
 const HAND_BACK_WAIT_MS = 30_000;
+
+/**
+ * What no layer on this worker may reach, besides what the sandbox always refuses (the host's
+ * own addresses, link-local ones): the fleet's services — Redis, the shared store, the
+ * scheduler — and VMLB_SANDBOX_DENY. Wildcard listen addresses name no host.
+ */
+export function fleetDenyList(config: FleetConfig, extra: readonly string[]): string[] {
+  const hosts = [new URL(config.redisUrl).hostname, config.shared.host, config.schedulerHost];
+  const named = hosts.map((h) => h.replace(/^\[|\]$/g, '')).filter((h) => h && h !== '0.0.0.0' && h !== '::');
+  return [...new Set([...named, ...extra])];
+}
 
 export interface StartWorkerOptions extends Partial<WorkerSettings> {
   log?: Logger;
@@ -90,6 +102,9 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   await mkdir(workDir, { recursive: true });
   await pruneProjects(projectCache, PROJECT_CACHE_AGE_MS);
 
+  // Every layer runs sandboxed: a host that cannot, cannot be a worker.
+  await checkSandboxTools();
+  const sandboxDeny = fleetDenyList(config, settings.sandboxDeny);
   const backend = await chooseBackend(config.backend);
   const slots = await workerSlots(backend.name, config.workerSlots);
   const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
@@ -107,6 +122,8 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     shared,
     store,
     backend,
+    // Each team's # cache-mount folders are its own: another team's layers never see them.
+    sandboxFor: (team) => ({ deny: sandboxDeny, cacheDir: path.join(store.root, 'cache-mounts', team), projectBindsOnly: true }),
     projectCache,
     workDir,
     jobs,

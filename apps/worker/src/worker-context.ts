@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { DiskBackend, LocalStore, SharedStore } from '@vmlb/layer-engine';
+import type { DiskBackend, LayerSandbox, LocalStore, SharedStore } from '@vmlb/layer-engine';
 import type { FleetConfig } from '@vmlb/fleet';
 import type { Logger } from './logger.js';
 import type { WorkerMetrics } from './metrics.js';
@@ -14,6 +14,8 @@ export interface WorkerContext {
   shared: SharedStore;
   store: LocalStore;
   backend: DiskBackend;
+  /** How a team's layers are confined on this worker (its deny list; its # cache-mount folders). */
+  sandboxFor(team: string): LayerSandbox;
   /** Project tarballs by hash. */
   projectCache: string;
   /** This process's scratch folder (extracted projects, images being written). */

@@ -25,4 +25,10 @@ describe('workerSettingsFrom', () => {
     expect(message).toMatch(/4 problems/);
     for (const name of ['VMLB_SHARED', 'VMLB_WORKER_SLOTS', 'VMLB_WORKER_GRACE', 'VMLB_WORKER_LOCK_MS']) expect(message).toContain(name);
   });
+
+  it('reads the sandbox deny list, and refuses to run unsandboxed', () => {
+    expect(workerSettingsFrom({ ...base, VMLB_SANDBOX_DENY: '10.0.0.0/8, redis.internal ,fd00::/8' }).settings.sandboxDeny).toEqual(['10.0.0.0/8', 'redis.internal', 'fd00::/8']);
+    expect(workerSettingsFrom({ ...base, VMLB_SANDBOX: '1' }).settings.sandboxDeny).toEqual([]);
+    expect(() => workerSettingsFrom({ ...base, VMLB_SANDBOX: '0' })).toThrow(/VMLB_SANDBOX: a worker runs every layer sandboxed/);
+  });
 });

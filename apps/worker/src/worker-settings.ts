@@ -14,6 +14,11 @@ import { fleetConfigFrom, type FleetConfig } from '@vmlb/fleet';
  *   VMLB_WORKER_STALLED_MS      how often workers look for jobs whose worker died   @default 5000
  *   VMLB_WORKER_METRICS_PORT    serve Prometheus metrics on this port (0: do not)   @default 0
  *   VMLB_WORKER_METRICS_HOST    @default 0.0.0.0
+ *   VMLB_SANDBOX_DENY           addresses no layer may reach besides those always refused (the
+ *                               host's own, link-local, the fleet's Redis, S3 and scheduler):
+ *                               host names, IP addresses or CIDR ranges, comma-separated
+ *                               (e.g. the site's internal networks)   @default none
+ *   VMLB_SANDBOX                must not be 0: a worker runs every layer sandboxed
  *
  * A SIGKILLed worker's job runs again after its lock lapses: within LOCK_MS + STALLED_MS.
  */
@@ -27,6 +32,8 @@ export interface WorkerSettings {
   maxStalledCount: number;
   metricsPort: number;
   metricsHost: string;
+  /** VMLB_SANDBOX_DENY, split. */
+  sandboxDeny: string[];
 }
 
 export const DEFAULT_WORKER_SETTINGS = {
@@ -36,6 +43,7 @@ export const DEFAULT_WORKER_SETTINGS = {
   maxStalledCount: 3,
   metricsPort: 0,
   metricsHost: '0.0.0.0',
+  sandboxDeny: [] as string[],
 } as const;
 
 const duration = (name: string) =>
@@ -65,6 +73,16 @@ const schema = z.object({
     .refine((n) => n < 65536, 'VMLB_WORKER_METRICS_PORT must be below 65536')
     .optional(),
   VMLB_WORKER_METRICS_HOST: z.string().optional(),
+  VMLB_SANDBOX_DENY: z
+    .string()
+    .optional()
+    .transform((v) => (v ?? '').split(',').map((x) => x.trim()).filter(Boolean)),
+  VMLB_SANDBOX: z
+    .string()
+    .optional()
+    .refine((v) => v === undefined || v === '' || v === '1', {
+      message: 'VMLB_SANDBOX: a worker runs every layer sandboxed (the layers are other teams\' code); VMLB_SANDBOX=0 and --no-sandbox are for local debugging with vmlb build only',
+    }),
 });
 
 export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { fleet: FleetConfig; settings: WorkerSettings } {
@@ -99,6 +117,7 @@ export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { flee
       maxStalledCount: DEFAULT_WORKER_SETTINGS.maxStalledCount,
       metricsPort: e.VMLB_WORKER_METRICS_PORT ?? DEFAULT_WORKER_SETTINGS.metricsPort,
       metricsHost: e.VMLB_WORKER_METRICS_HOST ?? DEFAULT_WORKER_SETTINGS.metricsHost,
+      sandboxDeny: e.VMLB_SANDBOX_DENY,
     },
   };
 }

@@ -40,6 +40,11 @@ export interface LayerSandbox {
   deny: readonly string[];
   /** Where this build's `# cache-mount` folders are kept (per store, or per team on a worker). */
   cacheDir: string;
+  /**
+   * The project is someone else's (a fleet worker's job): a `# chroot-bind-mount` may only
+   * bind a folder of the project, read-only. @default false (local builds bind what they name)
+   */
+  projectBindsOnly?: boolean;
 }
 
 /** Host variables a script may rely on for network access; passed through when set. */
@@ -177,11 +182,12 @@ async function runEntryScript(
   let sandbox: SandboxRun | undefined;
   if (ctx.sandbox) {
     const network = ctx.spec.hints.network !== 'none';
+    const routes = network ? await denyRoutes(ctx.sandbox.deny) : [];
     sandbox = {
       uidBase: pickUidBase(),
       network,
-      routes: network ? await denyRoutes(ctx.sandbox.deny) : [],
-      resolvConf: await sandboxResolvConf(network),
+      routes,
+      resolvConf: await sandboxResolvConf(network, routes),
       devices: o.devices ?? [],
       readOnlyFiles: o.readOnlyFiles ?? [],
       partitionServer: o.partitionServer,
@@ -282,7 +288,14 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
       mounts.push({ type: 'part', from: await disk.mountSource(part), target: pm.target });
     }
     for (const bm of hints.bindMounts) {
-      mounts.push({ type: 'bind', source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
+      const source = path.resolve(ctx.spec.dir, bm.source);
+      if (ctx.sandbox?.projectBindsOnly) {
+        const project = path.dirname(ctx.spec.dir);
+        if (path.isAbsolute(bm.source) || !(source === project || source.startsWith(project + path.sep))) {
+          throw new VmlbError('PROJECT_INVALID', `${ctx.spec.name}: # chroot-bind-mount ${bm.source} ${bm.target}: a submitted project names no host path`);
+        }
+      }
+      mounts.push({ type: bindType(ctx), source, target: bm.target });
     }
     for (const cm of hints.cacheMounts ?? []) {
       const source = cacheMountDir(ctx.sandbox?.cacheDir ?? path.join(ctx.store.root, 'cache-mounts'), cm.target);
@@ -330,6 +343,11 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
     const partitions = await disk.partitionTable();
     return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
   });
+}
+
+/** A `# chroot-bind-mount` is read-only when the project is someone else's. */
+function bindType(ctx: LayerBuildContext): 'bind' | 'bind-ro' {
+  return ctx.sandbox?.projectBindsOnly ? 'bind-ro' : 'bind';
 }
 
 /**

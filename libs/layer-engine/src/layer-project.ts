@@ -412,3 +412,28 @@ function errText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
   return err.code ? `${err.code} (${err.message})` : String(err?.message ?? e);
 }
+
+/**
+ * What a project may not do when it comes from someone else (a fleet submission): name a host
+ * path. A `# chroot-bind-mount` whose source is absolute or leads out of the project is one
+ * problem each, naming the layer, the line's hint and what to use instead. Locally, host binds
+ * are the user's own business and allowed.
+ */
+export function hostPathProblems(project: ImageProject): ProjectProblem[] {
+  const problems: ProjectProblem[] = [];
+  for (const layer of project.layers) {
+    for (const b of layer.hints.bindMounts) {
+      const resolved = path.resolve(layer.dir, b.source);
+      const inside = resolved === project.dir || resolved.startsWith(project.dir + path.sep);
+      if (path.isAbsolute(b.source) || !inside) {
+        problems.push({
+          where: layer.name,
+          problem: `# chroot-bind-mount ${b.source} ${b.target}: a submitted project names no host path (${
+            path.isAbsolute(b.source) ? 'the source is absolute' : 'the source leads out of the project'
+          }); bind a folder of the project, or keep a folder across builds with # cache-mount ${b.target}`,
+        });
+      }
+    }
+  }
+  return problems;
+}

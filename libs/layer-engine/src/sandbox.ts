@@ -42,8 +42,8 @@ export interface SandboxRun {
   network: boolean;
   /** Prohibit routes of the run's network namespace, as `ip -batch` lines. */
   routes: string[];
-  /** The resolv.conf the layer gets. */
-  resolvConf: string;
+  /** The resolv.conf the layer gets: null for the host's own file (see sandboxResolvConf). */
+  resolvConf: string | null;
   /** Host block devices a create-disk or modify-disk gets, at their own paths (e.g. /dev/loop5). */
   devices: string[];
   /** Host files a create-disk or modify-disk gets read-only at the same path (its overlay). */
@@ -176,15 +176,46 @@ async function resolveDenied(entry: string): Promise<string[]> {
 }
 
 /**
- * The resolv.conf a layer gets: with network, slirp4netns' DNS forwarder (it asks the host's
- * resolvers, loopback ones such as systemd-resolved's included) and the host's search domains;
- * without, the host's file as it is (nothing answers).
+ * The resolv.conf a layer gets: the host's file as it is (null), which tools such as mmdebstrap
+ * copy into the image, unless the layer could not reach its resolvers through slirp4netns —
+ * loopback ones (systemd-resolved's stub) or denied ones; then a file naming slirp4netns' DNS
+ * forwarder, which asks the host's resolvers from the host, with the host's search domains.
+ * Without network, the host's file (nothing answers).
  */
-export async function sandboxResolvConf(network: boolean): Promise<string> {
-  const host = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
-  if (!network) return host;
-  const search = host.split('\n').filter((l) => /^\s*(search|domain|options)\s/.test(l) && !/\bedns0\b|\btrust-ad\b/.test(l));
+export async function sandboxResolvConf(network: boolean, routes: readonly string[]): Promise<string | null> {
+  return network ? resolvConfFor(await readFile('/etc/resolv.conf', 'utf8').catch(() => ''), routes) : null;
+}
+
+/** sandboxResolvConf's choice for a host resolv.conf's text, with network on. */
+export function resolvConfFor(host: string, routes: readonly string[]): string | null {
+  const servers = [...host.matchAll(/^\s*nameserver\s+(\S+)/gm)].map((m) => m[1]!.split('%')[0]!);
+  const denied = routes.map((r) => r.replace(/^route add prohibit /, ''));
+  if (servers.length > 0 && servers.every((ns) => !isLoopback(ns) && !denied.some((c) => inCidr(ns, c)))) return null;
+  const search = host.split('\n').filter((l) => /^\s*(search|domain)\s/.test(l));
   return [`# vm-layer-builder sandbox: the host's resolvers through slirp4netns`, `nameserver ${SLIRP_DNS}`, ...search, ''].join('\n');
+}
+
+function isLoopback(address: string): boolean {
+  return address === '::1' || /^127\./.test(address);
+}
+
+/** Whether an address is in a CIDR range (IPv4 ranges; an IPv6 address only matches its own /128). */
+export function inCidr(address: string, cidr: string): boolean {
+  const [net, bitsText] = cidr.split('/');
+  if (!net || !bitsText) return false;
+  if (isIP(address) === 6 || isIP(net) === 6) return net === address && bitsText === '128';
+  const ip = ipv4(address);
+  const base = ipv4(net);
+  const bits = Number(bitsText);
+  if (ip === null || base === null || !(bits >= 0 && bits <= 32)) return false;
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+  return ((ip & mask) >>> 0) === ((base & mask) >>> 0);
+}
+
+function ipv4(a: string): number | null {
+  const parts = a.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) return null;
+  return ((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0;
 }
 
 export interface SandboxArgsInput {
@@ -233,7 +264,9 @@ export async function sandboxArgs(o: SandboxArgsInput): Promise<string[]> {
     for (const d of o.devices) args.push('--dev-bind', `${stage.dev}/${path.basename(d)}`, d);
     args.push('--ro-bind', stage.bin, o.engineBinDir);
     o.readOnlyFiles.forEach((f, i) => args.push('--ro-bind', stage.file(i), f));
-    if (o.hostRoot) args.push('--bind', stage.root, stage.root);
+    // The disk a create-disk fills, with the device nodes the engine makes in it (bwrap's
+    // --bind would add nodev; a chroot's root keeps it, see vmlb-idmap-mount).
+    if (o.hostRoot) args.push('--dev-bind', stage.root, stage.root);
     args.push('--ro-bind', stage.layer, o.layerDir, '--chdir', o.layerDir);
   }
   args.push('--clearenv');

@@ -28,8 +28,8 @@ export interface MountSource {
   options: string;
 }
 
-/** bind: a host path (local builds); cache: a kept `# cache-mount` folder; part: a partition of the disk. */
-export type ExtraMount = { type: 'bind' | 'cache'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
+/** bind: a host path (bind-ro: read-only); cache: a kept `# cache-mount` folder; part: a partition of the disk. */
+export type ExtraMount = { type: 'bind' | 'bind-ro' | 'cache'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
 
 export interface RunScriptOptions {
   /** chroot: build-layer, in the image's root; host: create-disk and modify-disk. */
@@ -202,7 +202,7 @@ async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof
   await Promise.all([
     writeFile(scratch.args, args.map((a) => `${a}\0`).join('')),
     writeFile(scratch.routes, sb.routes.map((r) => `${r}\n`).join('')),
-    writeFile(scratch.resolv, sb.resolvConf),
+    sb.resolvConf === null ? rm(scratch.resolv, { force: true }) : writeFile(scratch.resolv, sb.resolvConf),
   ]);
   return {
     VMLB_SANDBOX: '1',
@@ -210,7 +210,7 @@ async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof
     VMLB_SANDBOX_NET: sb.network ? 'on' : 'none',
     VMLB_SANDBOX_ROUTES: scratch.routes,
     VMLB_SANDBOX_ARGS: scratch.args,
-    VMLB_SANDBOX_RESOLV: scratch.resolv,
+    VMLB_SANDBOX_RESOLV: sb.resolvConf === null ? '/etc/resolv.conf' : scratch.resolv,
     VMLB_SANDBOX_DEVICES: sb.devices.join(' '),
     VMLB_SANDBOX_FILES: sb.readOnlyFiles.join(' '),
     VMLB_SANDBOX_STAGE: SANDBOX_STAGE,
