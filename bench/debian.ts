@@ -1,7 +1,7 @@
 /**
- * The Debian example (examples/debian) in a fresh store: the first build (mmdebstrap, a kernel,
- * systemd — from the host's apt sources), a no-op rebuild and an edit of the last cached layer,
- * side by side; a boot to the marker a layer wrote, under KVM where a guest boots under it and
+ * The Debian example (examples/debian) in a fresh store, sandboxed (the default): the first
+ * build (mmdebstrap, a kernel, systemd — from the host's apt sources), a no-op rebuild and an
+ * edit of the last cached layer, side by side, the edit also unsandboxed; a boot to the marker a layer wrote, under KVM where a guest boots under it and
  * under software emulation; and `vmlb diff` of two of its layers.
  */
 import { appendFile, cp, open } from 'node:fs/promises';
@@ -30,14 +30,18 @@ export async function debian(o: BenchOptions): Promise<Row[]> {
     const noop: number[] = [];
     const edit: number[] = [];
     const editLayer: number[] = [];
+    const editPlain: number[] = [];
     for (let r = 0; r < Math.max(reps, 3); r++) {
-      progress(`debian: no-op rebuild, then 05_config edited (${r + 1})`);
+      progress(`debian: no-op rebuild, then 05_config edited, sandboxed and --no-sandbox (${r + 1})`);
       // Only the # nocache stamp is built on a no-op rebuild.
       noop.push((await build(sb, project, 1)).ms);
       await appendFile(path.join(project, '05_config/files/issue'), `edit ${r}\n`);
       const b = await build(sb, project, 2);
       edit.push(b.ms);
       editLayer.push(eventsOf(b, 'layer-done').find((e) => e.name === '05_config')?.seconds as number);
+      // The same edit unsandboxed, on the same cached chain (the sandbox is not in a key).
+      await appendFile(path.join(project, '05_config/files/issue'), `edit ${r} unsandboxed\n`);
+      editPlain.push((await build(sb, project, 2, ['--no-sandbox'])).ms);
     }
 
     const boot = async (accel: 'tcg' | 'auto') => {
@@ -83,7 +87,7 @@ export async function debian(o: BenchOptions): Promise<Row[]> {
     return [
       {
         benchmark: title,
-        what: `first build, empty store: wall of \`vmlb build\` (01_base mmdebstrap ${secs(layerSecs['01_base'] ?? NaN)}, 02_packages apt-get ${secs(layerSecs['02_packages'] ?? NaN)}, the other four ${secs(['03_grow', '04_user', '05_config', '06_stamp'].reduce((s, n) => s + (layerSecs[n] ?? 0), 0))}); one run`,
+        what: `first build, empty store, sandboxed: wall of \`vmlb build\` (01_base mmdebstrap ${secs(layerSecs['01_base'] ?? NaN)}, 02_packages apt-get ${secs(layerSecs['02_packages'] ?? NaN)}, the other four ${secs(['03_grow', '04_user', '05_config', '06_stamp'].reduce((s, n) => s + (layerSecs[n] ?? 0), 0))}); one run`,
         result: `${f.toFixed(1)} s`,
         target: '—',
         ratio: '',
@@ -97,10 +101,17 @@ export async function debian(o: BenchOptions): Promise<Row[]> {
       },
       {
         benchmark: title,
-        what: `05_config (the last cached layer) edited: 05_config and the stamp built, 4 cached; wall; ${times(edit.length)} (05_config's own \`seconds\` ${secs(median(editLayer))})`,
+        what: `05_config (the last cached layer) edited, sandboxed: 05_config and the stamp built, 4 cached; wall; ${times(edit.length)} (05_config's own \`seconds\` ${secs(median(editLayer))})`,
         result: summary(edit.map((x) => x / 1000), 2, 's'),
         target: 'seconds, not the base\'s minute',
         ratio: `${ratio(median(edit) / 1000, f)} first`,
+      },
+      {
+        benchmark: title,
+        what: `the same edit with \`--no-sandbox\`, in turns with the sandboxed one; wall; ${times(editPlain.length)}`,
+        result: summary(editPlain.map((x) => x / 1000), 2, 's'),
+        target: '—',
+        ratio: `${ratio(median(edit), median(editPlain))} (sandboxed ÷ this)`,
       },
       {
         benchmark: 'Debian example: boot to the marker',

@@ -1,7 +1,8 @@
 /**
  * examples/debian end to end: a real Debian (mmdebstrap, kernel, systemd) built into layers,
- * edited and rebuilt, booted under qemu until the console shows what a layer wrote, compared
- * layer to layer, and rolled up into a base that gives the same files.
+ * sandboxed, edited and rebuilt, booted under qemu until the console shows what a layer wrote,
+ * compared layer to layer and with the same project built unsandboxed, and rolled up into a
+ * base that gives the same files.
  *
  * The Debian layers are kept in a fixed store between runs (VMLB_DEBIAN_STORE, default
  * /var/tmp/vmlb-test-debian-store), so only the first run pays for mmdebstrap (2–3 minutes
@@ -86,6 +87,22 @@ describe('examples/debian', () => {
       'A /etc/systemd/system/vmlb-ready.service',
     ]);
   });
+
+  it('is the same image as built unsandboxed (--no-sandbox), but for what differs between any two builds', async () => {
+    // Unsandboxed into a store of its own (kept between runs like the sandboxed one).
+    const unsandboxed = path.join(sb.dir, 'unsandboxed.qcow2');
+    const plain = await vmlb(sb, ['build', project, '--json', '--no-sandbox', '-o', unsandboxed], { VMLB_STORE: `${STORE}-unsandboxed` });
+    expect(plain.exitCode, plain.stderr).toBe(0);
+    // Random host keys, dated logs and caches, the initramfs (file times inside), the stamp:
+    // these differ between any two builds of the project, sandboxed or not. Nothing else may:
+    // no owner, mode, type, link or other content (vmlb diff compares all of them).
+    const noise = ['/etc/vmlb-build-info', '/etc/ssh/ssh_host_*', '/boot/initrd.img-*', '/var/log', '/var/cache/ldconfig/aux-cache'];
+    const d = await vmlb(sb, ['diff', unsandboxed, image(), ...noise.flatMap((n) => ['--exclude', n])], { VMLB_STORE: STORE });
+    expect(d.exitCode, d.stderr).toBe(0);
+    expect(d.stdout).toBe('');
+    expect(d.stderr).toContain('no differences');
+    await vmlb(sb, ['gc', '--keep-size', '4G'], { VMLB_STORE: `${STORE}-unsandboxed` }).catch(() => undefined);
+  }, 10 * 60_000);
 
   it('rollup 04_user, then build: the image has the same files as the un-rolled one', async () => {
     const before = path.join(sb.dir, 'before.qcow2');

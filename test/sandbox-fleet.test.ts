@@ -15,7 +15,7 @@ import { ensureBucket, waitFor } from './helpers/fleet-api.js';
 import { buildEscapeTool, escapeLayer, escapeLines, hostAddresses, hostMarker, hostToolsAttack, listen, type Listener } from './helpers/hostile.js';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
 import { startWorkerProcess } from './helpers/worker-process.js';
-import { BUSYBOX_BASE, REPO, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, REPO, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let s3: S3Server;
@@ -41,7 +41,8 @@ beforeAll(async () => {
   await ensureBucket({ ...s3.env, VMLB_SHARED: sharedUrl });
   fleet = execa('npm', ['run', '-s', 'fleet'], {
     cwd: REPO,
-    env: { ...s3.env, S3_SECRET_KEY: SECRET, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_SERVER: '', VMLB_TOKEN: '' },
+    // One worker with two slots: two builds' jobs run side by side on the same host.
+    env: { ...s3.env, S3_SECRET_KEY: SECRET, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_FLEET_WORKERS: '1', VMLB_WORKER_SLOTS: '2', VMLB_SERVER: '', VMLB_TOKEN: '' },
     reject: false,
     buffer: false,
     stdin: 'ignore',
@@ -55,7 +56,7 @@ beforeAll(async () => {
   const up = upLine.exec(errors);
   expect(up, errors).not.toBeNull();
   ports = { scheduler: Number(up![1]), redis: Number(up![2]), s3: Number(new URL(s3.env.S3_ENDPOINT!).port) };
-  await waitFor('two workers', async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= 2, 60_000, 200);
+  await waitFor('the worker', async () => /"msg":"worker started"/.test(errors), 60_000, 200);
 });
 
 afterAll(async () => {
@@ -71,7 +72,10 @@ afterAll(async () => {
   }
   await loopback?.close();
   await s3?.close();
+  // Nothing the workers attached outlives the fleet.
+  const left = sb ? await leftovers(sb) : [];
   await sb?.cleanup();
+  expect(left).toEqual([]);
 });
 
 describe('the sandbox through the fleet', () => {
@@ -124,6 +128,38 @@ describe('the sandbox through the fleet', () => {
     }
     expect(run.stdout).toMatch(/ESCAPE-SUMMARY 0 open/);
     expect(loopback.connections()).toBe(before);
+  });
+
+  it("cannot see another build's files running at the same time on the same worker", async () => {
+    const secretName = `other-build-${Math.random().toString(36).slice(2)}`;
+    const a = await writeProject(path.join(sb.dir, 'job-a'), {
+      '01_base': BUSYBOX_BASE,
+      // # nocache: built again by the second submission, while B's layer looks.
+      '02_secret': { kind: 'build-layer', script: `# nocache\nset -eu\necho secret > /root/${secretName}\necho "written at $(date +%s)"; sleep 8` },
+    });
+    const b = await writeProject(path.join(sb.dir, 'job-b'), {
+      '01_base': BUSYBOX_BASE,
+      '02_look': {
+        kind: 'build-layer',
+        script: [
+          'sleep 3',
+          'echo "looking at $(date +%s)"',
+          `if find / -name '${secretName}' 2>/dev/null | grep -q .; then echo "ESCAPE other-build OPEN"; else echo "ESCAPE other-build blocked"; fi`,
+          `if grep -q 'vmlb' /proc/mounts; then echo "ESCAPE engine-mounts OPEN $(grep vmlb /proc/mounts | head -2)"; else echo "ESCAPE engine-mounts blocked"; fi`,
+        ].join('\n'),
+      },
+    });
+    // The shared base first, then both builds at once on the one worker.
+    expect((await vmlb(sb, ['submit', a, '--plain'], submitEnv())).exitCode).toBe(0);
+    const [ra, rb] = await Promise.all([vmlb(sb, ['submit', a, '--plain'], submitEnv()), vmlb(sb, ['submit', b, '--plain'], submitEnv())]);
+    expect(ra.exitCode, ra.stdout).toBe(0);
+    expect(rb.exitCode, rb.stdout).toBe(0);
+    expect(escapeLines(rb.stdout).map((t) => `${t.name} ${t.outcome}`)).toEqual(['other-build blocked', 'engine-mounts blocked']);
+    // B looked while A's layer, with its file written, was still running.
+    const wrote = Number(/written at (\d+)/.exec(ra.stdout)?.[1]);
+    const looked = Number(/looking at (\d+)/.exec(rb.stdout)?.[1]);
+    expect(looked - wrote, `${ra.stdout}\n${rb.stdout}`).toBeGreaterThanOrEqual(0);
+    expect(looked - wrote).toBeLessThan(8);
   });
 
   it("keeps the worker's credentials out of every job's data in Redis", async () => {

@@ -164,7 +164,7 @@ describe('a hostile layer, sandboxed', () => {
     const secretName = `other-build-${Math.random().toString(36).slice(2)}`;
     const a = await writeProject(path.join(sb.dir, 'job-a'), {
       '01_base': BUSYBOX_BASE,
-      '02_secret': { kind: 'build-layer', script: `set -eu\necho secret > /root/${secretName}\necho written; sleep 6` },
+      '02_secret': { kind: 'build-layer', script: `set -eu\necho secret > /root/${secretName}\necho "written at $(date +%s)"; sleep 6` },
     });
     const b = await writeProject(path.join(sb.dir, 'job-b'), {
       '01_base': BUSYBOX_BASE,
@@ -172,6 +172,7 @@ describe('a hostile layer, sandboxed', () => {
         kind: 'build-layer',
         script: [
           'sleep 2',
+          'echo "looking at $(date +%s)"',
           `if find / -name '${secretName}' 2>/dev/null | grep -q .; then echo "ESCAPE other-build OPEN"; else echo "ESCAPE other-build blocked"; fi`,
           `if grep -q 'vmlb-sandbox\\|/run/vmlb' /proc/mounts; then echo "ESCAPE engine-mounts OPEN $(grep vmlb /proc/mounts | head -2)"; else echo "ESCAPE engine-mounts blocked"; fi`,
           `if [ "$(ls /proc | grep -c '^[0-9]')" -gt 6 ]; then echo "ESCAPE processes OPEN $(ls /proc | grep '^[0-9]' | tr '\\n' ' ')"; else echo "ESCAPE processes blocked"; fi`,
@@ -185,6 +186,11 @@ describe('a hostile layer, sandboxed', () => {
     expect(rb.exitCode, rb.stderr).toBe(0);
     const tries = escapeLines(layerLog(rb, '02_look'));
     expect(tries.map((t) => `${t.name} ${t.outcome}`)).toEqual(['other-build blocked', 'engine-mounts blocked', 'processes blocked']);
+    // B looked while A's layer, with its file written, was still running.
+    const wrote = Number(/written at (\d+)/.exec(layerLog(ra, '02_secret'))?.[1]);
+    const looked = Number(/looking at (\d+)/.exec(layerLog(rb, '02_look'))?.[1]);
+    expect(looked - wrote).toBeGreaterThanOrEqual(0);
+    expect(looked - wrote).toBeLessThan(6);
   });
 });
 
