@@ -78,14 +78,14 @@ export const SANDBOX_STAGE_PATHS = {
 const SLIRP_GATEWAY = '10.0.2.2';
 const SLIRP_DNS = '10.0.2.3';
 
-/** The engine's compiled helper (native/vmlb-idmap-mount.c), in dist/native of the package. */
-export const IDMAP_HELPER = findIdmapHelper();
+/** The engine's compiled helper (native/vmlb-sandbox-mount.c), in dist/native of the package. */
+export const SANDBOX_MOUNT_HELPER = findMountHelper();
 
-function findIdmapHelper(): string {
-  const beside = fileURLToPath(new URL('../dist/native/vmlb-idmap-mount', import.meta.url));
+function findMountHelper(): string {
+  const beside = fileURLToPath(new URL('../dist/native/vmlb-sandbox-mount', import.meta.url));
   if (existsSync(beside)) return beside;
   const pkg = createRequire(import.meta.url).resolve('@vmlb/layer-engine/package.json');
-  return path.join(path.dirname(pkg), 'dist', 'native', 'vmlb-idmap-mount');
+  return path.join(path.dirname(pkg), 'dist', 'native', 'vmlb-sandbox-mount');
 }
 
 /**
@@ -111,7 +111,7 @@ export function checkSandboxTools(): Promise<void> {
     ] as const) {
       if (!(await commandOnPath(cmd))) missing.push(`${cmd} (Debian package ${pkg})`);
     }
-    if (!existsSync(IDMAP_HELPER)) missing.push(`${IDMAP_HELPER} (built by npm run setup; it needs gcc and libc6-dev)`);
+    if (!existsSync(SANDBOX_MOUNT_HELPER)) missing.push(`${SANDBOX_MOUNT_HELPER} (built by npm run setup; it needs gcc and libc6-dev)`);
     const max = await readFile('/proc/sys/user/max_user_namespaces', 'utf8').catch(() => '1');
     if (Number(max.trim()) === 0) missing.push('user namespaces (sysctl user.max_user_namespaces is 0)');
     if (missing.length > 0) {
@@ -265,7 +265,7 @@ export async function sandboxArgs(o: SandboxArgsInput): Promise<string[]> {
     args.push('--ro-bind', stage.bin, o.engineBinDir);
     o.readOnlyFiles.forEach((f, i) => args.push('--ro-bind', stage.file(i), f));
     // The disk a create-disk fills, with the device nodes the engine makes in it (bwrap's
-    // --bind would add nodev; a chroot's root keeps it, see vmlb-idmap-mount).
+    // --bind would add nodev; a chroot's root keeps it, see vmlb-sandbox-mount).
     if (o.hostRoot) args.push('--dev-bind', stage.root, stage.root);
     args.push('--ro-bind', stage.layer, o.layerDir, '--chdir', o.layerDir);
   }

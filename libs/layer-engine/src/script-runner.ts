@@ -7,7 +7,7 @@ import path from 'node:path';
 import { exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
-import { IDMAP_HELPER, SANDBOX_STAGE, sandboxArgs, type SandboxRun } from './sandbox.js';
+import { SANDBOX_MOUNT_HELPER, SANDBOX_STAGE, sandboxArgs, type SandboxRun } from './sandbox.js';
 
 /**
  * The engine's own helper scripts (vmlb-run-layer, vmlb-partition): `bin/` beside `src/` or
@@ -215,7 +215,7 @@ async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof
     VMLB_SANDBOX_FILES: sb.readOnlyFiles.join(' '),
     VMLB_SANDBOX_STAGE: SANDBOX_STAGE,
     VMLB_ENGINE_BIN: ENGINE_BIN_DIR,
-    VMLB_IDMAP: IDMAP_HELPER,
+    VMLB_SANDBOX_MOUNT: SANDBOX_MOUNT_HELPER,
   };
 }
 
