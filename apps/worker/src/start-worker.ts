@@ -8,6 +8,7 @@ import {
   FuseDaemon,
   LocalStore,
   SharedStore,
+  cacheMountsDir,
   checkSandboxTools,
   chooseBackend,
   defaultStoreDir,
@@ -32,7 +33,7 @@ import { WorkerMetrics } from './metrics.js';
 import { RunningJobs } from './running-jobs.js';
 import { workerSlots } from './slots.js';
 import type { WorkerContext } from './worker-context.js';
-import { DEFAULT_WORKER_SETTINGS, type WorkerSettings } from './worker-settings.js';
+import { DEFAULT_WORKER_SETTINGS, fleetDenyList, type WorkerSettings } from './worker-settings.js';
 
 /** Cached projects unused this long are removed at start-up. */
 const PROJECT_CACHE_AGE_MS = 7 * 24 * 3600_000;
@@ -40,17 +41,6 @@ const PROJECT_CACHE_AGE_MS = 7 * 24 * 3600_000;
 const USAGE_EVERY_MS = 30_000;
 /** After handing jobs back, how long close() still waits for them to let go. */
 const HAND_BACK_WAIT_MS = 30_000;
-
-/**
- * What no layer on this worker may reach, besides what the sandbox always refuses (the host's
- * own addresses, link-local ones): the fleet's services — Redis, the shared store, the
- * scheduler — and VMLB_SANDBOX_DENY. Wildcard listen addresses name no host.
- */
-export function fleetDenyList(config: FleetConfig, extra: readonly string[]): string[] {
-  const hosts = [new URL(config.redisUrl).hostname, config.shared.host, config.schedulerHost];
-  const named = hosts.map((h) => h.replace(/^\[|\]$/g, '')).filter((h) => h && h !== '0.0.0.0' && h !== '::');
-  return [...new Set([...named, ...extra])];
-}
 
 export interface StartWorkerOptions extends Partial<WorkerSettings> {
   log?: Logger;
@@ -123,7 +113,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     store,
     backend,
     // Each team's # cache-mount folders are its own: another team's layers never see them.
-    sandboxFor: (team) => ({ deny: sandboxDeny, cacheDir: path.join(store.root, 'cache-mounts', team), projectBindsOnly: true }),
+    sandboxFor: (team) => ({ deny: sandboxDeny, cacheDir: cacheMountsDir(store, team), projectBindsOnly: true }),
     projectCache,
     workDir,
     jobs,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_WORKER_SETTINGS, workerSettingsFrom } from './worker-settings.js';
+import { DEFAULT_WORKER_SETTINGS, fleetDenyList, workerSettingsFrom } from './worker-settings.js';
 
 const base = { VMLB_SHARED: 's3://bucket/p', S3_ENDPOINT: 'http://127.0.0.1:9000', S3_ACCESS_KEY: 'a', S3_SECRET_KEY: 's' };
 
@@ -30,5 +30,16 @@ describe('workerSettingsFrom', () => {
     expect(workerSettingsFrom({ ...base, VMLB_SANDBOX_DENY: '10.0.0.0/8, redis.internal ,fd00::/8' }).settings.sandboxDeny).toEqual(['10.0.0.0/8', 'redis.internal', 'fd00::/8']);
     expect(workerSettingsFrom({ ...base, VMLB_SANDBOX: '1' }).settings.sandboxDeny).toEqual([]);
     expect(() => workerSettingsFrom({ ...base, VMLB_SANDBOX: '0' })).toThrow(/VMLB_SANDBOX: a worker runs every layer sandboxed/);
+  });
+
+  it("denies layers the fleet's Redis, S3 endpoint and scheduler, and VMLB_SANDBOX_DENY", () => {
+    const { fleet, settings } = workerSettingsFrom({
+      ...base,
+      REDIS_URL: 'redis://:pw@redis.internal:6379',
+      S3_ENDPOINT: 'http://[fd00::9]:9000',
+      VMLB_SCHEDULER_HOST: '0.0.0.0',
+      VMLB_SANDBOX_DENY: '10.0.0.0/8',
+    });
+    expect(fleetDenyList(fleet, settings.sandboxDeny)).toEqual(['redis.internal', 'fd00::9', '10.0.0.0/8']);
   });
 });

@@ -121,3 +121,14 @@ export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { flee
     },
   };
 }
+
+/**
+ * What no layer on this worker may reach, besides what the sandbox always refuses (the host's
+ * own addresses, link-local ones): the fleet's services — Redis, the shared store, the
+ * scheduler — and VMLB_SANDBOX_DENY. Wildcard listen addresses name no host.
+ */
+export function fleetDenyList(config: FleetConfig, extra: readonly string[]): string[] {
+  const hosts = [new URL(config.redisUrl).hostname, config.shared.host, config.schedulerHost];
+  const named = hosts.map((h) => h.replace(/^\[|\]$/g, '')).filter((h) => h && h !== '0.0.0.0' && h !== '::');
+  return [...new Set([...named, ...extra])];
+}

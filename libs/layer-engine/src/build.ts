@@ -9,7 +9,7 @@ import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
 import { diffInputs } from './input-diff.js';
 import { buildLayer, type LayerSandbox } from './layer-builder.js';
-import { checkSandboxTools, type SandboxOptions } from './sandbox.js';
+import { cacheMountsDir, checkSandboxTools, type SandboxOptions } from './sandbox.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
 import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
@@ -250,11 +250,10 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
  * The sandbox as a build's layers get it (null: off), once the host is known to have what it
  * needs (checked before the first layer is built, so that an all-hits build needs none of it).
  */
-export async function layerSandbox(o: SandboxOptions | undefined, store: LocalStore, cacheScope?: string): Promise<LayerSandbox | null> {
+export async function layerSandbox(o: SandboxOptions | undefined, store: LocalStore): Promise<LayerSandbox | null> {
   if (o?.enabled === false) return null;
   await checkSandboxTools();
-  const cacheDir = path.join(store.root, 'cache-mounts', ...(cacheScope ? [cacheScope] : []));
-  return { deny: o?.deny ?? [], cacheDir };
+  return { deny: o?.deny ?? [], cacheDir: cacheMountsDir(store) };
 }
 
 /**

@@ -8,10 +8,11 @@ import type { AttachedDisk, DiskBackend } from './disk-backend.js';
 import { runDir } from './attach-state.js';
 import { importBaseImage } from './base-import.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
+import { hostBindReason } from './layer-project.js';
 import { readPartitionTable, rootPartition, GPT_LINUX_ROOT_X86_64 } from './partition-table.js';
 import { convert, createLayerOverlay, resize } from './qemu-img.js';
 import { ENGINE_BIN_DIR, runScript, type ExtraMount, type MountSource, type RunScriptResult } from './script-runner.js';
-import { cacheMountDir, denyRoutes, pickUidBase, sandboxResolvConf, SANDBOX_DEVICE_DIR, SANDBOX_STAGE_PATHS, type SandboxRun } from './sandbox.js';
+import { cacheMountDir, cacheMountsDir, denyRoutes, pickUidBase, sandboxResolvConf, SANDBOX_DEVICE_DIR, SANDBOX_STAGE_PATHS, type SandboxRun } from './sandbox.js';
 import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
@@ -288,17 +289,12 @@ async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): 
       mounts.push({ type: 'part', from: await disk.mountSource(part), target: pm.target });
     }
     for (const bm of hints.bindMounts) {
-      const source = path.resolve(ctx.spec.dir, bm.source);
-      if (ctx.sandbox?.projectBindsOnly) {
-        const project = path.dirname(ctx.spec.dir);
-        if (path.isAbsolute(bm.source) || !(source === project || source.startsWith(project + path.sep))) {
-          throw new VmlbError('PROJECT_INVALID', `${ctx.spec.name}: # chroot-bind-mount ${bm.source} ${bm.target}: a submitted project names no host path`);
-        }
-      }
-      mounts.push({ type: bindType(ctx), source, target: bm.target });
+      const why = ctx.sandbox?.projectBindsOnly ? hostBindReason(path.dirname(ctx.spec.dir), ctx.spec.dir, bm.source) : null;
+      if (why) throw new VmlbError('PROJECT_INVALID', `${ctx.spec.name}: # chroot-bind-mount ${bm.source} ${bm.target}: a submitted project names no host path (${why})`);
+      mounts.push({ type: bindType(ctx), source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
     }
     for (const cm of hints.cacheMounts ?? []) {
-      const source = cacheMountDir(ctx.sandbox?.cacheDir ?? path.join(ctx.store.root, 'cache-mounts'), cm.target);
+      const source = cacheMountDir(ctx.sandbox?.cacheDir ?? cacheMountsDir(ctx.store), cm.target);
       await mkdir(source, { recursive: true });
       mounts.push({ type: 'cache', source, target: cm.target });
     }

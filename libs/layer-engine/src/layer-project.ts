@@ -423,17 +423,21 @@ export function hostPathProblems(project: ImageProject): ProjectProblem[] {
   const problems: ProjectProblem[] = [];
   for (const layer of project.layers) {
     for (const b of layer.hints.bindMounts) {
-      const resolved = path.resolve(layer.dir, b.source);
-      const inside = resolved === project.dir || resolved.startsWith(project.dir + path.sep);
-      if (path.isAbsolute(b.source) || !inside) {
+      const why = hostBindReason(project.dir, layer.dir, b.source);
+      if (why) {
         problems.push({
           where: layer.name,
-          problem: `# chroot-bind-mount ${b.source} ${b.target}: a submitted project names no host path (${
-            path.isAbsolute(b.source) ? 'the source is absolute' : 'the source leads out of the project'
-          }); bind a folder of the project, or keep a folder across builds with # cache-mount ${b.target}`,
+          problem: `# chroot-bind-mount ${b.source} ${b.target}: a submitted project names no host path (${why}); bind a folder of the project, or keep a folder across builds with # cache-mount ${b.target}`,
         });
       }
     }
   }
   return problems;
+}
+
+/** Why a `# chroot-bind-mount` source names a host path (absolute, or out of the project), or null. */
+export function hostBindReason(projectDir: string, layerDir: string, source: string): string | null {
+  if (path.isAbsolute(source)) return 'the source is absolute';
+  const resolved = path.resolve(layerDir, source);
+  return resolved === projectDir || resolved.startsWith(projectDir + path.sep) ? null : 'the source leads out of the project';
 }

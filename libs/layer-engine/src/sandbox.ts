@@ -274,6 +274,11 @@ export async function sandboxArgs(o: SandboxArgsInput): Promise<string[]> {
   return args;
 }
 
+/** Where a store keeps its `# cache-mount` folders (a fleet worker: one folder per team under it). */
+export function cacheMountsDir(store: { root: string }, scope?: string): string {
+  return path.join(store.root, 'cache-mounts', ...(scope ? [scope] : []));
+}
+
 /**
  * The kept folder of a `# cache-mount TARGET` under `cacheDir`: one per target path, named
  * after it (readable in the store) with a short hash (two targets never share a folder).

@@ -182,6 +182,9 @@ function runScratch(rootMount: string) {
   };
 }
 
+/** The stage's mount point exists (made once per process). */
+let stageReady: Promise<void> | undefined;
+
 /** Writes what vmlb-run-layer's sandbox reads (bwrap's arguments, routes, resolv.conf); returns its variables. */
 async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof runScratch>): Promise<Record<string, string>> {
   const sb = o.sandbox!;
@@ -194,7 +197,8 @@ async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof
     devices: sb.devices,
     env: o.env,
   });
-  await mkdir(SANDBOX_STAGE, { recursive: true, mode: 0o755 });
+  stageReady ??= mkdir(SANDBOX_STAGE, { recursive: true, mode: 0o755 }).then(() => undefined);
+  await stageReady;
   for (const f of [...sb.readOnlyFiles, ...sb.devices]) {
     if (/\s/.test(f)) throw new VmlbError('BAD_MOUNT', `a path given to the sandbox may not contain white space: ${f}`);
   }
