@@ -18,6 +18,8 @@ export interface Sandbox {
   store: string;
   runDir: string;
   env: Record<string, string>;
+  /** When it was made (Date.now()): sandbox helpers started since are this test file's. */
+  createdAt: number;
   cleanup(): Promise<void>;
 }
 
@@ -32,6 +34,7 @@ export async function sandbox(name: string): Promise<Sandbox> {
     store,
     runDir,
     env: { VMLB_STORE: store, VMLB_RUN_DIR: runDir },
+    createdAt: Date.now(),
     async cleanup() {
       await rm(dir, { recursive: true, force: true });
     },
@@ -168,9 +171,13 @@ async function leftoversNow(sb: Sandbox): Promise<string[]> {
   }
   const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
   for (const line of mountinfo.split('\n')) if (line.includes(sb.dir)) found.push(`mount ${line}`);
-  const ps = await execa('ps', ['-eo', 'pid,args'], { reject: false });
-  for (const line of String(ps.stdout).split('\n')) {
+  const ps = await execa('ps', ['-eo', 'pid,etimes,comm,args'], { reject: false });
+  const lived = (Date.now() - sb.createdAt) / 1000;
+  for (const line of String(ps.stdout).split('\n').slice(1)) {
     if (line.includes(sb.dir) && !line.includes('vitest') && !/\bps -eo\b/.test(line)) found.push(`process ${line.trim()}`);
+    // The sandbox's helpers name no path of the test: any started since the sandbox was made.
+    const [, , etimes, comm] = /^\s*(\d+)\s+(\d+)\s+(\S+)/.exec(line) ?? [];
+    if (comm && ['bwrap', 'slirp4netns'].includes(comm) && Number(etimes) <= lived + 1) found.push(`process ${line.trim()}`);
   }
   return found;
 }
