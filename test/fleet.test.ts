@@ -8,14 +8,15 @@
  * the same layers, taken from the shared store the fleet filled (two builds of a create-disk
  * never give the same bytes: UUIDs and timestamps differ, so the layers must be the same ones).
  */
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, REPO, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
-import { ensureBucket, waitFor } from './helpers/fleet-api.js';
+import { ensureBucket } from './helpers/fleet-api.js';
+import { startDevFleet, type DevFleet } from './helpers/dev-fleet.js';
 
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 const workerMissing = !existsSync(WORKER_MAIN);
@@ -24,22 +25,10 @@ if (workerMissing) console.warn(`fleet.test.ts skipped: ${WORKER_MAIN} does not 
 describe.skipIf(workerMissing)('a fleet on one machine', () => {
   let sb: Sandbox;
   let s3: S3Server;
-  let fleet: ResultPromise;
+  let fleet: DevFleet;
   let fleetDir: string;
   let sharedUrl: string;
-  let output = '';
-  let errors = '';
-  const exported: Record<string, string> = {};
-
-  /** What a terminal does on Ctrl-C: SIGINT to the whole foreground process group (npm, its shell, the launcher). */
-  const ctrlC = (signal: NodeJS.Signals = 'SIGINT') => {
-    try {
-      process.kill(-fleet.pid!, signal);
-    } catch {
-      /* the group is gone already */
-    }
-  };
-  const submitEnv = () => ({ VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! });
+  const submitEnv = () => fleet.exported;
 
   beforeAll(async () => {
     sb = await sandbox('fleet');
@@ -47,32 +36,11 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     sharedUrl = `s3://vmlb-test/fleet-${Date.now().toString(36)}`;
     await ensureBucket({ ...s3.env, VMLB_SHARED: sharedUrl });
     fleetDir = path.join(sb.dir, 'fleet');
-    fleet = execa('npm', ['run', '-s', 'fleet'], {
-      cwd: REPO,
-      env: { ...s3.env, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: fleetDir, VMLB_SERVER: '', VMLB_TOKEN: '' },
-      reject: false,
-      buffer: false,
-      stdin: 'ignore',
-      // A process group of its own, so that the test can press "Ctrl-C" on it as a terminal does.
-      detached: true,
-    });
-    fleet.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-    fleet.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
-    await waitFor('the export lines of npm run fleet', async () => /export VMLB_TOKEN=\S+\n/.test(output) || fleet.exitCode !== undefined && fleet.exitCode !== null, 90_000, 200);
-    for (const m of output.matchAll(/^export (VMLB_SERVER|VMLB_TOKEN)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
-    expect(exported.VMLB_SERVER, errors).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    expect(exported.VMLB_TOKEN).toBeTruthy();
-    // Both workers registered.
-    await waitFor('two workers', async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= 2, 60_000, 200);
+    fleet = await startDevFleet({ env: { ...s3.env, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: fleetDir }, workers: 2 });
   });
 
   afterAll(async () => {
-    if (fleet && fleet.exitCode === null && fleet.signalCode === null) {
-      ctrlC();
-      const t = setTimeout(() => ctrlC('SIGKILL'), 60_000);
-      await fleet;
-      clearTimeout(t);
-    }
+    await fleet?.stop();
     await s3?.close();
     await sb?.cleanup();
   });
@@ -84,7 +52,7 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
       '03_more': { kind: 'build-layer', script: 'cp /mnt/motd /etc/motd; ls /etc' , files: { 'motd': 'more\n' } },
     });
     const run = await vmlb(sb, ['submit', project, '--plain'], submitEnv());
-    expect(run.exitCode, `${run.stdout}\n${run.stderr}\n${errors.slice(-3000)}`).toBe(0);
+    expect(run.exitCode, `${run.stdout}\n${run.stderr}\n${fleet.errors.slice(-3000)}`).toBe(0);
     expect(run.stdout).toMatch(/^3 layers: 0 cached, 3 to build$/m);
     expect(run.stdout).toMatch(/#1 \[1\/3\] 01_base create-disk building/);
     expect(run.stdout).toMatch(/#1 base ready/);
@@ -95,8 +63,8 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     expect(run.stdout).toMatch(/^built 3, cached 0 in /m);
     const id = /as build (b[0-9a-z]+)/.exec(run.stdout)![1]!;
     // The build on the dashboard `npm run fleet`'s scheduler serves.
-    expect(run.stdout).toContain(`on the dashboard: ${exported.VMLB_SERVER}/#/builds/${id}`);
-    const page = await fetch(`${exported.VMLB_SERVER}/`);
+    expect(run.stdout).toContain(`on the dashboard: ${fleet.exported.VMLB_SERVER}/#/builds/${id}`);
+    const page = await fetch(`${fleet.exported.VMLB_SERVER}/`);
     expect(page.status).toBe(200);
     expect(await page.text()).toMatch(/<script[^>]+src="[^"]*assets\/app-[^"]+\.js"/);
 
@@ -137,10 +105,10 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
   });
 
   it('Ctrl-C stops the whole fleet and leaves nothing behind', async () => {
-    ctrlC();
-    await fleet;
-    expect(errors).toMatch(/fleet: SIGINT: stopping the fleet/);
-    expect(errors).toMatch(/fleet: stopped\n/);
+    fleet.signal('SIGINT');
+    await fleet.proc;
+    expect(fleet.errors).toMatch(/fleet: SIGINT: stopping the fleet/);
+    expect(fleet.errors).toMatch(/fleet: stopped\n/);
     // No process of this fleet is left: none names its folder, none has a store in it.
     const ps = await execa('ps', ['-eo', 'pid,args']);
     expect(String(ps.stdout).split('\n').filter((l) => l.includes(fleetDir))).toEqual([]);

@@ -6,30 +6,27 @@
  * a listener the test opens, nor the worker's credentials, which are in no job's data either;
  * a worker refuses to run unsandboxed.
  */
-import { execa, type ResultPromise } from 'execa';
 import { Redis } from 'ioredis';
 import { cp } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBucket, waitFor } from './helpers/fleet-api.js';
-import { buildEscapeTool, escapeLayer, escapeLines, hostAddresses, hostMarker, hostToolsAttack, listen, type Listener } from './helpers/hostile.js';
+import { ensureBucket } from './helpers/fleet-api.js';
+import { startDevFleet, type DevFleet } from './helpers/dev-fleet.js';
+import { buildEscapeTool, escapeLayer, escapeLines, hostAddresses, hostMarker, hostToolsAttack, listen, otherBuildPair, type Listener } from './helpers/hostile.js';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
 import { startWorkerProcess } from './helpers/worker-process.js';
-import { BUSYBOX_BASE, REPO, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, leftovers, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let s3: S3Server;
-let fleet: ResultPromise;
-let output = '';
-let errors = '';
+let fleet: DevFleet;
 let escape: string;
 let marker: { file: string; secret: string };
 let loopback: Listener;
 let ports: { scheduler: number; redis: number; s3: number };
-const exported: Record<string, string> = {};
 /** The fleet's S3 secret (s3rver does not check it): no layer may see it, no job may carry it. */
 const SECRET = `s3-secret-${Math.random().toString(36).slice(2)}`;
-const submitEnv = () => ({ VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! });
+const submitEnv = () => fleet.exported;
 
 beforeAll(async () => {
   sb = await sandbox('sandbox-fleet');
@@ -39,37 +36,13 @@ beforeAll(async () => {
   s3 = await startS3Server();
   const sharedUrl = `s3://vmlb-test/sandbox-fleet-${Date.now().toString(36)}`;
   await ensureBucket({ ...s3.env, VMLB_SHARED: sharedUrl });
-  fleet = execa('npm', ['run', '-s', 'fleet'], {
-    cwd: REPO,
-    // One worker with two slots: two builds' jobs run side by side on the same host.
-    env: { ...s3.env, S3_SECRET_KEY: SECRET, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_FLEET_WORKERS: '1', VMLB_WORKER_SLOTS: '2', VMLB_SERVER: '', VMLB_TOKEN: '' },
-    reject: false,
-    buffer: false,
-    stdin: 'ignore',
-    detached: true,
-  });
-  fleet.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  fleet.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
-  const upLine = /fleet: up: scheduler http:\/\/127\.0\.0\.1:(\d+), Redis redis:\/\/127\.0\.0\.1:(\d+),/;
-  await waitFor('npm run fleet up', async () => (/export VMLB_TOKEN=\S+\n/.test(output) && upLine.test(errors)) || (fleet.exitCode !== undefined && fleet.exitCode !== null), 90_000, 200);
-  for (const m of output.matchAll(/^export (VMLB_SERVER|VMLB_TOKEN)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
-  const up = upLine.exec(errors);
-  expect(up, errors).not.toBeNull();
-  ports = { scheduler: Number(up![1]), redis: Number(up![2]), s3: Number(new URL(s3.env.S3_ENDPOINT!).port) };
-  await waitFor('the worker', async () => /"msg":"worker started"/.test(errors), 60_000, 200);
+  // One worker with two slots: two builds' jobs run side by side on the same host.
+  fleet = await startDevFleet({ env: { ...s3.env, S3_SECRET_KEY: SECRET, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_WORKER_SLOTS: '2' }, workers: 1 });
+  ports = { ...fleet.ports, s3: Number(new URL(s3.env.S3_ENDPOINT!).port) };
 });
 
 afterAll(async () => {
-  if (fleet && fleet.exitCode === null && fleet.signalCode === null) {
-    try {
-      process.kill(-fleet.pid!, 'SIGINT');
-    } catch {
-      /* gone */
-    }
-    const t = setTimeout(() => process.kill(-fleet.pid!, 'SIGKILL'), 60_000);
-    await fleet;
-    clearTimeout(t);
-  }
+  await fleet?.stop();
   await loopback?.close();
   await s3?.close();
   // Nothing the workers attached outlives the fleet.
@@ -119,7 +92,7 @@ describe('the sandbox through the fleet', () => {
     await cp(escape, path.join(dir, '02_escape/escape'));
     const before = loopback.connections();
     const run = await vmlb(sb, ['submit', dir, '--plain'], submitEnv());
-    expect(run.exitCode, `${run.stdout}\n${run.stderr}\n${errors.slice(-3000)}`).toBe(0);
+    expect(run.exitCode, `${run.stdout}\n${run.stderr}\n${fleet.errors.slice(-3000)}`).toBe(0);
     const tries = escapeLines(run.stdout);
     expect(tries.length, run.stdout).toBeGreaterThan(40);
     expect(tries.filter((t) => t.outcome === 'OPEN').map((t) => t.line)).toEqual([]);
@@ -131,35 +104,13 @@ describe('the sandbox through the fleet', () => {
   });
 
   it("cannot see another build's files running at the same time on the same worker", async () => {
-    const secretName = `other-build-${Math.random().toString(36).slice(2)}`;
-    const a = await writeProject(path.join(sb.dir, 'job-a'), {
-      '01_base': BUSYBOX_BASE,
-      // # nocache: built again by the second submission, while B's layer looks.
-      '02_secret': { kind: 'build-layer', script: `# nocache\nset -eu\necho secret > /root/${secretName}\necho "written at $(date +%s)"; sleep 8` },
-    });
-    const b = await writeProject(path.join(sb.dir, 'job-b'), {
-      '01_base': BUSYBOX_BASE,
-      '02_look': {
-        kind: 'build-layer',
-        script: [
-          'sleep 3',
-          'echo "looking at $(date +%s)"',
-          `if find / -name '${secretName}' 2>/dev/null | grep -q .; then echo "ESCAPE other-build OPEN"; else echo "ESCAPE other-build blocked"; fi`,
-          `if grep -q 'vmlb' /proc/mounts; then echo "ESCAPE engine-mounts OPEN $(grep vmlb /proc/mounts | head -2)"; else echo "ESCAPE engine-mounts blocked"; fi`,
-        ].join('\n'),
-      },
-    });
+    const pair = await otherBuildPair(sb.dir, { nocache: true });
     // The shared base first, then both builds at once on the one worker.
-    expect((await vmlb(sb, ['submit', a, '--plain'], submitEnv())).exitCode).toBe(0);
-    const [ra, rb] = await Promise.all([vmlb(sb, ['submit', a, '--plain'], submitEnv()), vmlb(sb, ['submit', b, '--plain'], submitEnv())]);
+    expect((await vmlb(sb, ['submit', pair.a, '--plain'], submitEnv())).exitCode).toBe(0);
+    const [ra, rb] = await Promise.all([vmlb(sb, ['submit', pair.a, '--plain'], submitEnv()), vmlb(sb, ['submit', pair.b, '--plain'], submitEnv())]);
     expect(ra.exitCode, ra.stdout).toBe(0);
     expect(rb.exitCode, rb.stdout).toBe(0);
-    expect(escapeLines(rb.stdout).map((t) => `${t.name} ${t.outcome}`)).toEqual(['other-build blocked', 'engine-mounts blocked']);
-    // B looked while A's layer, with its file written, was still running.
-    const wrote = Number(/written at (\d+)/.exec(ra.stdout)?.[1]);
-    const looked = Number(/looking at (\d+)/.exec(rb.stdout)?.[1]);
-    expect(looked - wrote, `${ra.stdout}\n${rb.stdout}`).toBeGreaterThanOrEqual(0);
-    expect(looked - wrote).toBeLessThan(8);
+    pair.expectIsolated(ra.stdout, rb.stdout);
   });
 
   it("keeps the worker's credentials out of every job's data in Redis", async () => {

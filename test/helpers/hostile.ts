@@ -10,7 +10,8 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { REPO, type LayerDef } from './vmlb.js';
+import { expect } from 'vitest';
+import { BUSYBOX_BASE, REPO, writeProject, type LayerDef } from './vmlb.js';
 
 /** Compiles the escape tool statically (it runs in a busybox image) into `dir`. */
 export async function buildEscapeTool(dir: string): Promise<string> {
@@ -121,4 +122,44 @@ export function hostToolsAttack(o: { marker: string; secret: string; canary: str
 /** Every `ESCAPE name outcome detail` line of a log. */
 export function escapeLines(log: string): Array<{ name: string; outcome: 'blocked' | 'OPEN'; line: string }> {
   return [...log.matchAll(/ESCAPE (\S+) (blocked|OPEN)\b[^\n]*/g)].map((m) => ({ name: m[1]!, outcome: m[2] as 'blocked' | 'OPEN', line: m[0] }));
+}
+
+/**
+ * Two projects for "another build's files": A's layer writes a file and keeps running; B's
+ * layer, started while A's runs, looks for it and for the engine's mounts and other processes.
+ * `check` asserts B saw nothing, while A was running (their printed clocks overlap).
+ */
+export async function otherBuildPair(dir: string, o: { nocache?: boolean } = {}): Promise<{ a: string; b: string; expectIsolated(logA: string, logB: string): void }> {
+  const secretName = `other-build-${Math.random().toString(36).slice(2)}`;
+  const holdA = 8;
+  const a = await writeProject(path.join(dir, 'job-a'), {
+    '01_base': BUSYBOX_BASE,
+    // # nocache (through the fleet): built again by the second submission, while B's layer looks.
+    '02_secret': { kind: 'build-layer', script: `${o.nocache ? '# nocache\n' : ''}set -eu\necho secret > /root/${secretName}\necho "written at $(date +%s)"; sleep ${holdA}` },
+  });
+  const b = await writeProject(path.join(dir, 'job-b'), {
+    '01_base': BUSYBOX_BASE,
+    '02_look': {
+      kind: 'build-layer',
+      script: [
+        'sleep 3',
+        'echo "looking at $(date +%s)"',
+        `if find / -name '${secretName}' 2>/dev/null | grep -q .; then echo "ESCAPE other-build OPEN"; else echo "ESCAPE other-build blocked"; fi`,
+        `if grep -q 'vmlb' /proc/mounts; then echo "ESCAPE engine-mounts OPEN $(grep vmlb /proc/mounts | head -2)"; else echo "ESCAPE engine-mounts blocked"; fi`,
+        `if [ "$(ls /proc | grep -c '^[0-9]')" -gt 6 ]; then echo "ESCAPE processes OPEN $(ls /proc | grep '^[0-9]' | tr '\\n' ' ')"; else echo "ESCAPE processes blocked"; fi`,
+      ].join('\n'),
+    },
+  });
+  return {
+    a,
+    b,
+    expectIsolated(logA, logB) {
+      expect(escapeLines(logB).map((t) => `${t.name} ${t.outcome}`)).toEqual(['other-build blocked', 'engine-mounts blocked', 'processes blocked']);
+      // B looked while A's layer, with its file written, was still running.
+      const wrote = Number(/written at (\d+)/.exec(logA)?.[1]);
+      const looked = Number(/looking at (\d+)/.exec(logB)?.[1]);
+      expect(looked - wrote, `${logA}\n${logB}`).toBeGreaterThanOrEqual(0);
+      expect(looked - wrote).toBeLessThan(holdA);
+    },
+  };
 }

@@ -1,0 +1,75 @@
+/**
+ * `npm run fleet` as a user runs it, for a test: started in a process group of its own (so the
+ * test can press "Ctrl-C" on it as a terminal does), its stdout and stderr kept, waited for
+ * until it prints its two export lines, its "up" line and its workers have started.
+ */
+import { execa, type ResultPromise } from 'execa';
+import { expect } from 'vitest';
+import { waitFor } from './fleet-api.js';
+import { REPO } from './vmlb.js';
+
+export interface DevFleet {
+  proc: ResultPromise;
+  /** What it printed so far. */
+  readonly output: string;
+  readonly errors: string;
+  /** VMLB_SERVER and VMLB_TOKEN from its export lines. */
+  exported: { VMLB_SERVER: string; VMLB_TOKEN: string };
+  /** The ports of its scheduler and Redis, from its "up" line. */
+  ports: { scheduler: number; redis: number };
+  /** A signal to its whole process group (npm, its shell, the launcher). */
+  signal(signal?: NodeJS.Signals): void;
+  /** Ctrl-C, then SIGKILL after a minute, and waits for it (if it still runs). */
+  stop(): Promise<void>;
+}
+
+export async function startDevFleet(o: { env: Record<string, string>; workers: number }): Promise<DevFleet> {
+  let output = '';
+  let errors = '';
+  const proc = execa('npm', ['run', '-s', 'fleet'], {
+    cwd: REPO,
+    env: { ...o.env, VMLB_FLEET_WORKERS: String(o.workers), VMLB_SERVER: '', VMLB_TOKEN: '' },
+    reject: false,
+    buffer: false,
+    stdin: 'ignore',
+    detached: true,
+  });
+  proc.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
+  const signal = (sig: NodeJS.Signals = 'SIGINT') => {
+    try {
+      process.kill(-proc.pid!, sig);
+    } catch {
+      /* the group is gone already */
+    }
+  };
+  const ended = () => proc.exitCode !== undefined && proc.exitCode !== null;
+  const upLine = /fleet: up: scheduler http:\/\/127\.0\.0\.1:(\d+), Redis redis:\/\/127\.0\.0\.1:(\d+),/;
+  await waitFor('npm run fleet up', async () => (/export VMLB_TOKEN=\S+\n/.test(output) && upLine.test(errors)) || ended(), 90_000, 200);
+  const exported: Record<string, string> = {};
+  for (const m of output.matchAll(/^export (VMLB_SERVER|VMLB_TOKEN)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
+  expect(exported.VMLB_SERVER, errors).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+  expect(exported.VMLB_TOKEN, errors).toMatch(/\S/);
+  const up = upLine.exec(errors)!;
+  await waitFor(`${o.workers} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= o.workers || ended(), 60_000, 200);
+  expect((errors.match(/"msg":"worker started"/g) ?? []).length, errors).toBeGreaterThanOrEqual(o.workers);
+  return {
+    proc,
+    get output() {
+      return output;
+    },
+    get errors() {
+      return errors;
+    },
+    exported: { VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! },
+    ports: { scheduler: Number(up[1]), redis: Number(up[2]) },
+    signal,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      signal();
+      const t = setTimeout(() => signal('SIGKILL'), 60_000);
+      await proc;
+      clearTimeout(t);
+    },
+  };
+}
