@@ -7,7 +7,7 @@
  * a worker refuses to run unsandboxed.
  */
 import { Redis } from 'ioredis';
-import { cp } from 'node:fs/promises';
+import { cp, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBucket } from './helpers/fleet-api.js';
@@ -111,6 +111,24 @@ describe('the sandbox through the fleet', () => {
     expect(ra.exitCode, ra.stdout).toBe(0);
     expect(rb.exitCode, rb.stdout).toBe(0);
     pair.expectIsolated(ra.stdout, rb.stdout);
+  });
+
+  it("keeps a team's # cache-mount folder on the worker across its builds, under the team's name", async () => {
+    const dir = await writeProject(path.join(sb.dir, 'cache'), {
+      '01_base': BUSYBOX_BASE,
+      '02_cached': {
+        kind: 'build-layer',
+        script: ['# cache-mount /var/cache/things', '# nocache', 'set -eu', 'n=$(cat /var/cache/things/count 2>/dev/null || echo 0)', 'n=$((n + 1)); echo $n > /var/cache/things/count', 'echo "count $n"'].join('\n'),
+      },
+    });
+    const first = await vmlb(sb, ['submit', dir, '--plain'], submitEnv());
+    expect(first.exitCode, first.stdout).toBe(0);
+    expect(first.stdout).toMatch(/#2 count 1/);
+    const second = await vmlb(sb, ['submit', dir, '--plain'], submitEnv());
+    expect(second.stdout).toMatch(/#2 count 2/);
+    // npm run fleet's one team is "dev": its folder, in the worker's store.
+    const kept = await readdir(path.join(sb.dir, 'fleet', 'worker-1', 'store', 'cache-mounts', 'dev'));
+    expect(kept.filter((n) => n.startsWith('var_cache_things-'))).toHaveLength(1);
   });
 
   it("keeps the worker's credentials out of every job's data in Redis", async () => {
