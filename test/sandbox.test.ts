@@ -106,6 +106,19 @@ describe('a hostile layer, sandboxed', () => {
     await execa('sh', ['-c', 'for l in $(losetup -j /etc/hostname | cut -d: -f1); do losetup -d "$l"; done']);
   });
 
+  it('VMLB_SANDBOX=0 is --no-sandbox, said by the build; another value is refused (exit 2)', async () => {
+    const dir = await writeProject(path.join(sb.dir, 'setting'), { '01_base': BUSYBOX_BASE, '02_id': { kind: 'build-layer', script: '# nocache\ncat /proc/self/uid_map' } });
+    const off = await vmlb(sb, ['build', dir, '--json'], { VMLB_SANDBOX: '0' });
+    expect(off.exitCode, off.stderr).toBe(0);
+    expect(off.stdout).toMatch(/sandbox off \(--no-sandbox, VMLB_SANDBOX=0\)/);
+    expect(layerLog(off, '02_id')).toMatch(/^\s*0\s+0\s+4294967295$/m);
+    const on = await vmlb(sb, ['build', dir, '--json'], { VMLB_SANDBOX: '1' });
+    expect(layerLog(on, '02_id')).toMatch(/^\s*0\s+\d{7,}\s+65536$/m);
+    const bad = await vmlb(sb, ['build', dir], { VMLB_SANDBOX: 'maybe' });
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toBe('vmlb: VMLB_SANDBOX must be 0 (layers run unconfined) or 1 (sandboxed, the default), not "maybe"');
+  });
+
   it('cannot open a block device planted in a crafted base image', async () => {
     // A host disk with a secret on it (a loop device over a file of the test: this machine's
     // own disk cannot be opened even by its root), as a node in the image: what a hostile
