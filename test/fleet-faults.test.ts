@@ -190,6 +190,24 @@ describe.skipIf(external !== null)('fleet faults', () => {
     expect(await shared.getManifest(b.chain[1]!)).toBeNull();
   });
 
+  it('a worker told to stop while Redis is down stops within seconds, exit 0 (its registration lapses)', async () => {
+    const e = startWorker('e');
+    await until('worker e to register', () => registered('wf-e'), 60_000);
+    await redisServer.stop();
+    try {
+      // Its connections now wait to reconnect; BullMQ's close would wait for them for good.
+      await new Promise((r) => setTimeout(r, 1500));
+      const started = Date.now();
+      e.child.kill('SIGTERM');
+      // (execa SIGKILLs a child still running 5 s after a kill(): that would fail this.)
+      expect(await e.exited, logsOf([e], 40)).toEqual({ exitCode: 0, signal: undefined });
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(e.log.join('\n')).toMatch(/"msg":"worker stopped"/);
+    } finally {
+      await redisServer.start();
+    }
+  });
+
   it('the workers stop cleanly afterwards: exit 0, nothing left attached, no temp blobs', async () => {
     for (const w of workers) w.child.kill('SIGTERM');
     for (const w of workers) expect(await w.exited, w.name).toEqual({ exitCode: 0, signal: undefined });

@@ -41,6 +41,21 @@ const PROJECT_CACHE_AGE_MS = 7 * 24 * 3600_000;
 const USAGE_EVERY_MS = 30_000;
 /** After handing jobs back, how long close() still waits for them to let go. */
 const HAND_BACK_WAIT_MS = 30_000;
+/**
+ * With no job running, how long close() waits for BullMQ's workers to close before it goes on
+ * without them: BullMQ waits for its blocking connection's 'end', which ioredis never emits
+ * for a connection that is waiting to reconnect (after a Redis outage), so a plain close can
+ * hang for good. Nothing is lost by not waiting: no job is running.
+ */
+const IDLE_CLOSE_WAIT_MS = 2000;
+/** How long close() waits for one Redis command (its registration) before going on without it. */
+const CLOSE_COMMAND_WAIT_MS = 1000;
+
+/** The promise's outcome, or 'timeout' after `ms`. */
+function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  let t: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<'timeout'>((r) => (t = setTimeout(() => r('timeout'), ms)))]).finally(() => clearTimeout(t));
+}
 
 export interface StartWorkerOptions extends Partial<WorkerSettings> {
   log?: Logger;
@@ -183,9 +198,10 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const close = (o: { graceMs?: number } = {}) =>
     (closing ??= (async () => {
       state = 'stopping';
-      await register().catch(() => undefined);
+      // Redis may be down: a stop does not wait for it (commands would wait for a reconnect).
+      await within(register().catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
       log.info('stopping: no new jobs; waiting for the running ones', { busy: jobs.busy, graceMs: o.graceMs ?? settings.graceMs });
-      const closed = Promise.all([layers.close(), flattens.close()]);
+      const closed = Promise.all([layers.close(), flattens.close()]).then(() => 'closed' as const);
       const grace = setTimeout(() => {
         log.warn('grace period over: handing the running jobs back to the queue', { busy: jobs.busy });
         jobs.handBackAll();
@@ -194,20 +210,33 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       // one that does not is given up on: its lock lapses and another worker takes it.
       let giveUp: NodeJS.Timeout | undefined;
       const gaveUp = jobs.handedBack.then(() => new Promise<'gave-up'>((r) => (giveUp = setTimeout(() => r('gave-up'), HAND_BACK_WAIT_MS))));
-      if ((await Promise.race([closed, gaveUp])) === 'gave-up') {
+      let idleCheck: NodeJS.Timeout | undefined;
+      const stuck = new Promise<'stuck'>((r) => {
+        let idleSince: number | undefined;
+        idleCheck = setInterval(() => {
+          if (jobs.busy > 0) idleSince = undefined;
+          else if (Date.now() - (idleSince ??= Date.now()) >= IDLE_CLOSE_WAIT_MS) r('stuck');
+        }, 100);
+      });
+      const outcome = await Promise.race([closed, gaveUp, stuck]);
+      if (outcome === 'gave-up') {
         log.error('running jobs did not stop after they were handed back; leaving them to the stalled-job check', { jobs: jobs.list().map((j) => j.id) });
+      } else if (outcome === 'stuck') {
+        log.warn(`BullMQ did not close within ${IDLE_CLOSE_WAIT_MS / 1000} s with no job running (a connection waiting to reconnect to Redis?); stopping without it`);
       }
       clearTimeout(grace);
       clearTimeout(giveUp);
+      clearInterval(idleCheck);
       clearInterval(heartbeat);
       // A heartbeat in flight must not write the registration again after it is removed.
-      await beating;
-      await removeRegistration(redis, id).catch(() => undefined);
+      await within(beating, CLOSE_COMMAND_WAIT_MS);
+      await within(removeRegistration(redis, id).catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
       await evicting;
       await FuseDaemon.shutdown();
       await metrics.close();
       shared.close();
-      await Promise.all(connections.map((c) => c.quit().catch(() => c.disconnect())));
+      // quit() waits for Redis to answer; a connection that is not up is just dropped.
+      await within(Promise.all(connections.map((c) => (c.status === 'ready' ? c.quit().catch(() => c.disconnect()) : c.disconnect()))), CLOSE_COMMAND_WAIT_MS);
       await rm(workDir, { recursive: true, force: true });
       log.info('worker stopped');
     })());
