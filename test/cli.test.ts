@@ -2,7 +2,8 @@
 import { access, constants, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BUSYBOX_BASE, buildJson, builtNames, leftovers, planKeys, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { execa } from 'execa';
+import { BUSYBOX_BASE, VMLB, buildJson, builtNames, leftovers, planKeys, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 beforeAll(async () => {
@@ -76,5 +77,24 @@ describe('the store cap', () => {
     await stat(path.join(b, 'build/image.qcow2'));
     expect(await leftovers(own)).toEqual([]);
     await own.cleanup();
+  });
+});
+
+describe('not root', () => {
+  const asNobody = (args: string[]) =>
+    execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, VMLB, ...args], { reject: false, env: { ...sb.env, HOME: sb.dir, CI: '1' } });
+
+  it('vmlb build, sweep, diff as a normal user: one line saying root is needed, exit 2, nothing touched', async () => {
+    const p = await writeProject(path.join(sb.dir, 'not-root'), { '01_base': BUSYBOX_BASE });
+    // The CLI must be readable by that user at all (a checkout under /root is not): else there is nothing to test.
+    const readable = await execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'test', '-r', VMLB], { reject: false });
+    if (readable.exitCode !== 0) return console.warn(`cli.test.ts: ${VMLB} is not readable by uid 65534; the not-root check is skipped`);
+    for (const [cmd, ...rest] of [['build', p], ['sweep'], ['diff', 'a', 'b']] as const) {
+      const r = await asNobody([cmd, ...rest]);
+      expect(r.exitCode, `${cmd}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toBe(`vmlb: ${cmd} needs root: it attaches disks (loop devices, FUSE, mounts) and makes namespaces for the layer sandbox; run it as root (e.g. sudo vmlb ${cmd} …)`);
+      expect(r.stdout).toBe('');
+    }
+    await expect(stat(path.join(p, 'build'))).rejects.toThrow();
   });
 });

@@ -188,7 +188,7 @@ registerImageCommands(program);
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
-  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE', 'NEEDS_ROOT'].includes(e.code)) return EXIT_USAGE;
   if (e instanceof VmlbError && FLEET_USAGE_CODES.includes(e.code)) return EXIT_USAGE;
   return EXIT_FAILED;
 }
@@ -199,6 +199,29 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
+/**
+ * The commands that attach disks (loop devices, FUSE exports, mounts) and make namespaces: they
+ * need root, and say so in one line before anything is touched.
+ */
+const NEEDS_ROOT = new Set(['build', 'sweep', 'diff', 'rollup', 'test-boot']);
+program.hook('preAction', (_program, action) => {
+  const name = action.name();
+  if (NEEDS_ROOT.has(name) && process.getuid?.() !== 0) {
+    throw new VmlbError(
+      'NEEDS_ROOT',
+      `${name} needs root: it attaches disks (loop devices, FUSE, mounts) and makes namespaces for the layer sandbox; run it as root (e.g. sudo vmlb ${name} …)`,
+    );
+  }
+});
+
+/** A system call that failed on a path, as node reports it (EACCES, ENOSPC, …), in one line. */
+function errnoLine(e: unknown): string | null {
+  const x = e as NodeJS.ErrnoException;
+  if (!(x instanceof Error) || typeof x.code !== 'string' || !/^E[A-Z]+$/.test(x.code)) return null;
+  const what = x.message.replace(/^E[A-Z]+: /, '').replace(/, \w+ '.*'$/, '');
+  return `${x.syscall ?? 'a system call'}${x.path ? ` ${x.path}` : ''}: ${what} (${x.code})`;
+}
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
@@ -208,6 +231,8 @@ try {
     process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}; full log: ${e.logPath}\n`);
   } else if (e instanceof VmlbError) {
     process.stderr.write(`vmlb: ${err.message}\n`);
+  } else if (errnoLine(e)) {
+    process.stderr.write(`vmlb: ${errnoLine(e)}\n`);
   } else {
     process.stderr.write(`vmlb: unexpected error: ${err.stack ?? err.message}\n`);
   }
