@@ -197,11 +197,9 @@ describe.skipIf(external !== null)('fleet faults', () => {
     try {
       // Its connections now wait to reconnect; BullMQ's close would wait for them for good.
       await new Promise((r) => setTimeout(r, 1500));
-      const started = Date.now();
       e.child.kill('SIGTERM');
       // (execa SIGKILLs a child still running 5 s after a kill(): that would fail this.)
       expect(await e.exited, logsOf([e], 40)).toEqual({ exitCode: 0, signal: undefined });
-      expect(Date.now() - started).toBeLessThan(5000);
       expect(e.log.join('\n')).toMatch(/"msg":"worker stopped"/);
     } finally {
       await redisServer.start();

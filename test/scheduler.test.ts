@@ -11,6 +11,8 @@
 import { UnrecoverableError, Queue, Worker, type Job } from 'bullmq';
 import { Client } from 'minio';
 import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -288,7 +290,101 @@ describe('an uploaded project is untrusted', () => {
     const wrongType = await api('POST', '/v1/builds', { body: await smallProject('t'), headers: { 'content-type': 'text/plain' } });
     expect(wrongType.status).toBe(415);
   });
+
+  it('refuses a gzip bomb by its header at once, and bounds what an upload may inflate to', async () => {
+    const before = await objectNames();
+    // One entry that claims 16 GiB (the header's size, base-256 encoded): refused before its data is read.
+    const bomb = gzipSync(Buffer.concat([ustarHeader('01_base/huge', 16 * 1024 ** 3), Buffer.alloc(4 << 20)]));
+    const r = await api.json('POST', '/v1/builds', { body: bomb });
+    expect([r.status, r.body.error.code]).toEqual([400, 'ARCHIVE_TOO_LARGE']);
+    expect(r.body.error.message).toMatch(/would extract to more than 512 MiB \(at "01_base\/huge", 16 GiB\)/);
+    // A small project followed by 100 MiB of zeros inside the gzip stream, past the tar's end.
+    const tail = Buffer.concat([gunzipSync(await smallProject('tail')), Buffer.alloc(100 << 20)]);
+    const small = await startScheduler(env, { workDir, archiveLimits: { maxExtractedBytes: 1 << 20 } });
+    try {
+      const r2 = await apiFor(() => small.url, TOKENS.web).json('POST', '/v1/builds', { body: gzipSync(tail, { level: 9 }) });
+      expect([r2.status, r2.body.error.code]).toEqual([400, 'ARCHIVE_TOO_LARGE']);
+      expect(r2.body.error.message).toMatch(/inflates to more than .* refused as a gzip bomb/);
+    } finally {
+      await small.close();
+    }
+    expect(await objectNames()).toEqual(before);
+  });
+
+  it('refuses a name that is not UTF-8 at submission, naming it; UTF-8 names pass, ustar and pax alike', async () => {
+    const script = Buffer.from('#!/bin/sh\ntrue\n');
+    const raw = gzipSync(Buffer.concat([ustarHeader('01_base/create-disk', script.length, 0o755), pad(script), ustarHeader(Buffer.from('01_base/caf\xe9', 'latin1'), 0), Buffer.alloc(1024)]));
+    const r = await api.json('POST', '/v1/builds', { body: raw });
+    expect([r.status, r.body.error.code]).toEqual([400, 'UNSAFE_ENTRY']);
+    expect(r.body.error.message).toBe('the project archive\'s entry "01_base/caf\\xe9" has a name that is not UTF-8; nothing was stored');
+    const ok = await api.json('POST', '/v1/builds', { body: await tarGz([MINIMAL_LAYER, { name: '01_base/café.txt', content: 'x' }, { name: `01_base/${'é'.repeat(60)}.txt`, content: 'long, so in a pax header' }]) });
+    expect(ok.status, JSON.stringify(ok.body)).toBe(201);
+    expect((await api.json('POST', `/v1/builds/${ok.body.id}/cancel`)).status).toBe(200);
+  });
+
+  it('answers 408 to an upload that stalls (VMLB_UPLOAD_IDLE), and stores nothing', async () => {
+    const before = await objectNames();
+    const idle = await startScheduler({ ...env, VMLB_UPLOAD_IDLE: '1s' }, { workDir });
+    try {
+      const port = Number(new URL(idle.url).port);
+      const answer = await new Promise<string>((resolve, reject) => {
+        const sock = net.connect(port, '127.0.0.1', () => {
+          sock.write(`POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKENS.web}\r\nContent-Type: application/gzip\r\nContent-Length: 100000\r\n\r\n`);
+          sock.write(randomBytes(1000));
+        });
+        let got = '';
+        sock.on('data', (d) => (got += d.toString('latin1')));
+        sock.on('close', () => resolve(got));
+        sock.on('error', reject);
+        setTimeout(() => {
+          sock.destroy();
+          resolve(got);
+        }, 10_000);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toContain('UPLOAD_STALLED');
+    } finally {
+      await idle.close();
+    }
+    expect(await objectNames()).toEqual(before);
+  });
+
+  it('answers 400 to a ?team= that is no team (an admin asking), 403 to another team (a team asking)', async () => {
+    for (const route of ['/v1/builds?team=..%2F..', '/v1/stats/cache?team=..%2F..', '/v1/builds?team=nobody']) {
+      const r = await api.json('GET', route, { token: TOKENS.ops });
+      expect([route, r.status, r.body.error.code]).toEqual([route, 400, 'NO_SUCH_TEAM']);
+    }
+    const other = await api.json('GET', '/v1/builds?team=data', { token: TOKENS.web });
+    expect(other.status).toBe(403);
+  });
 });
+
+/** A ustar header for one regular file (a base-256 size past 8 GiB), as the bytes a hostile client may send. */
+function ustarHeader(name: string | Buffer, size: number, mode = 0o644): Buffer {
+  const h = Buffer.alloc(512);
+  (typeof name === 'string' ? Buffer.from(name) : name).copy(h, 0);
+  h.write(mode.toString(8).padStart(7, '0') + '\0', 100, 'latin1');
+  h.write('0000000\0', 108, 'latin1');
+  h.write('0000000\0', 116, 'latin1');
+  if (size < 8 ** 11) h.write(size.toString(8).padStart(11, '0') + '\0', 124, 'latin1');
+  else {
+    h[124] = 0x80;
+    let v = BigInt(size);
+    for (let i = 135; i > 124; i--, v >>= 8n) h[i] = Number(v & 0xffn);
+  }
+  h.write('00000000000\0', 136, 'latin1');
+  h.write('0', 156, 'latin1');
+  h.write('ustar\0' + '00', 257, 'latin1');
+  h.fill(' ', 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+  return h;
+}
+
+function pad(data: Buffer): Buffer {
+  return Buffer.concat([data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+}
 
 describe('a submission', () => {
   let projectDir: string;

@@ -32,6 +32,8 @@ export function registerInsightRoutes(
     follower: BuildFollower;
     objects: ObjectStore;
     visibleBuild: (req: FastifyRequest) => Promise<StoredRecord>;
+    /** The teams a listing covers (see scheduler.ts). */
+    listedTeams: (req: FastifyRequest, asked: string | undefined, verb: string) => Promise<string[]>;
     /** Route options that answer 503 at once while Redis is down. */
     needsRedis: { onRequest: () => Promise<void> };
   },
@@ -68,11 +70,7 @@ export function registerInsightRoutes(
       throw new HttpError(400, 'BAD_QUERY', `bucketMinutes must be a whole number from 1 to 1440 (not ${q.bucketMinutes})`);
     }
     if ((hours * 60) / bucketMinutes > 2000) throw new HttpError(400, 'BAD_QUERY', `hours/bucketMinutes gives more than 2000 buckets: use larger buckets`);
-    const team = req.team!;
-    if (q.team !== undefined && q.team !== team.team && !team.admin) {
-      throw new HttpError(403, 'FORBIDDEN', `only an admin token sees another team's builds (this token is team ${team.team}'s)`);
-    }
-    const teams = q.team !== undefined ? [q.team] : team.admin ? await records.teams() : [team.team];
+    const teams = await deps.listedTeams(req, q.team, 'sees');
     const builds = (await Promise.all(teams.map((t) => records.list(t)))).flat().map((b) => {
       const live = follower.live(b.id);
       return live ? { ...b, hits: live.layers.filter((l) => l.status === 'hit').length } : b;

@@ -54,6 +54,32 @@ const SPECIAL: Record<string, string> = {
   fifo: 'is a FIFO',
 };
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A name as tar-stream hands it over (ustar names read as latin1, so that their bytes are
+ * kept), decoded as UTF-8; a name that is not UTF-8 is refused (the engine, the store and the
+ * workers' file systems take names as UTF-8: it would fail later, on a worker).
+ */
+function utf8Name(raw: string, what: string, entry: string, fromPax: boolean): string {
+  // A pax record is UTF-8 by the standard, decoded so by tar-stream: a bad byte shows as U+FFFD.
+  if (raw.includes('\uFFFD')) throw refuse(printable(entry), `has a ${what} that is not UTF-8`);
+  if (fromPax || !/[\u0080-\u00ff]/.test(raw)) return raw;
+  try {
+    return UTF8.decode(Buffer.from(raw, 'latin1'));
+  } catch {
+    throw refuse(printable(entry), `has a ${what} that is not UTF-8`);
+  }
+}
+
+/** A name fit for a message: bytes that are not printable UTF-8 shown as \xNN. */
+function printable(raw: string): string {
+  const bytes = Buffer.from(raw, /[^\u0000-\u00ff]/.test(raw) ? 'utf8' : 'latin1');
+  let out = '';
+  for (const b of bytes) out += b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
+  return out;
+}
+
 /** A tar name made relative and clean, or a refusal naming it. Null for the root itself ('./'). */
 function normalizeName(raw: string, what = 'name', entry = raw): string | null {
   if (raw.includes('\0')) throw refuse(entry, `has a NUL byte in its ${what}`);
@@ -66,7 +92,9 @@ function normalizeName(raw: string, what = 'name', entry = raw): string | null {
 
 /** Checks one tar header (both passes use it) and returns the entry, or null for the root folder. */
 function checkHeader(h: tar.Header): Entry | null {
-  const raw = h.name;
+  const pax = (h as tar.Header & { pax?: Record<string, string> }).pax ?? {};
+  const raw = utf8Name(h.name, 'name', h.name, pax.path !== undefined);
+  if (h.linkname) h.linkname = utf8Name(h.linkname, 'link target', h.name, pax.linkpath !== undefined);
   const type = h.type ?? 'unknown';
   const name = normalizeName(raw);
   if (name === null) {
@@ -98,12 +126,27 @@ function checkHeader(h: tar.Header): Entry | null {
   }
 }
 
-/** Reads every entry of a .tar.gz file, draining each one's data through `onData`. */
-async function eachEntry(file: string, onEntry: (h: tar.Header, data: Readable) => Promise<void>): Promise<void> {
+/**
+ * Reads every entry of a .tar.gz file, draining each one's data through `onData`. The inflated
+ * stream is cut off past `maxInflated` bytes: what a gzip bomb hides outside any entry (between
+ * them, after the end) costs no more than that.
+ */
+async function eachEntry(file: string, maxInflated: number, onEntry: (h: tar.Header, data: Readable) => Promise<void>): Promise<void> {
   const source = createReadStream(file);
   const gunzip = createGunzip();
-  const extract = tar.extract();
-  const fail = (e: Error) => extract.destroy(e);
+  let inflated = 0;
+  gunzip.on('data', (chunk: Buffer) => {
+    inflated += chunk.length;
+    if (inflated > maxInflated) {
+      fail(new HttpError(400, 'ARCHIVE_TOO_LARGE', `the project archive inflates to more than ${formatBytes(maxInflated)} (more than its entries hold): refused as a gzip bomb`, { maxInflated }));
+      gunzip.destroy();
+    }
+  });
+  // latin1 keeps a ustar name's bytes as they are; checkHeader decodes them as UTF-8.
+  const extract = tar.extract({ filenameEncoding: 'latin1' } as Parameters<typeof tar.extract>[0]);
+  function fail(e: Error): void {
+    extract.destroy(e);
+  }
   source.on('error', fail);
   gunzip.on('error', (e) => fail(new HttpError(400, 'NOT_A_TAR_GZ', `the upload is not a gzip-compressed tar archive (${e.message}): send the project as a .tar.gz (vmlb submit does)`)));
   source.pipe(gunzip).pipe(extract as unknown as NodeJS.WritableStream);
@@ -179,6 +222,11 @@ function checkListing(entries: Entry[]): void {
   }
 }
 
+/** What an archive within the limits can inflate to: its files, plus headers and padding (a pax header each, rounded up). */
+function maxInflatedBytes(maxExtractedBytes: number, maxEntries: number): number {
+  return maxExtractedBytes + (maxEntries + 2) * 3 * 512 + (1 << 20);
+}
+
 /**
  * Pass one: every header, checked, before anything is written. Entry data is read and
  * dropped (to reach the next header), so the limits hold against the bytes really there.
@@ -189,21 +237,26 @@ export async function inspectArchive(file: string, limits: ArchiveLimits = {}): 
   const seen = new Set<string>();
   let bytes = 0;
   let files = 0;
-  await eachEntry(file, async (h, data) => {
+  await eachEntry(file, maxInflatedBytes(maxExtractedBytes, maxEntries), async (h, data) => {
     const e = checkHeader(h);
-    await drain(data);
-    if (!e) return;
-    if (seen.has(e.name)) throw refuse(h.name, 'is in the archive twice');
-    seen.add(e.name);
-    entries.push(e);
-    if (entries.length > maxEntries) throw new HttpError(400, 'TOO_MANY_ENTRIES', `the project archive has more than ${maxEntries} entries (at "${h.name}")`, { entry: h.name, maxEntries });
-    if (e.type === 'file') {
-      files++;
-      bytes += e.size;
-      if (bytes > maxExtractedBytes) {
-        throw new HttpError(400, 'ARCHIVE_TOO_LARGE', `the project archive would extract to more than ${formatBytes(maxExtractedBytes)} (at "${h.name}")`, { entry: h.name, maxExtractedBytes });
+    // Refused by the header's size before its data is inflated (a one-entry gzip bomb costs nothing).
+    if (e) {
+      if (seen.has(e.name)) throw refuse(e.name, 'is in the archive twice');
+      seen.add(e.name);
+      entries.push(e);
+      if (entries.length > maxEntries) throw new HttpError(400, 'TOO_MANY_ENTRIES', `the project archive has more than ${maxEntries} entries (at "${e.name}")`, { entry: e.name, maxEntries });
+      if (e.type === 'file') {
+        files++;
+        bytes += e.size;
+        if (bytes > maxExtractedBytes) {
+          throw new HttpError(400, 'ARCHIVE_TOO_LARGE', `the project archive would extract to more than ${formatBytes(maxExtractedBytes)} (at "${e.name}", ${formatBytes(e.size)})`, {
+            entry: e.name,
+            maxExtractedBytes,
+          });
+        }
       }
     }
+    await drain(data);
   });
   if (entries.length === 0) throw new HttpError(400, 'EMPTY_ARCHIVE', 'the project archive is empty');
   checkListing(entries);
@@ -223,7 +276,7 @@ export async function extractArchive(file: string, dir: string, listing: Archive
     if (p !== root && !p.startsWith(root + path.sep)) throw refuse(name, 'resolves outside the project');
     return p;
   };
-  await eachEntry(file, async (h, data) => {
+  await eachEntry(file, maxInflatedBytes(listing.bytes, listing.entries.length), async (h, data) => {
     const e = checkHeader(h);
     if (!e) return drain(data);
     const want = expected.get(e.name);

@@ -16,7 +16,7 @@ import { SchedulerMetrics } from './metrics.js';
 import { ObjectStore } from './object-store.js';
 import type { ArchiveLimits } from './project-archive.js';
 import { publicRecord } from './public-record.js';
-import { Teams, type Team } from './teams.js';
+import { TEAM_NAME, Teams, type Team } from './teams.js';
 import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
 import { registerInsightRoutes } from './insight-routes.js';
@@ -120,7 +120,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     },
   });
 
-  const app = Fastify({ logger: false, bodyLimit: config.maxUploadBytes, return503OnClosing: true, forceCloseConnections: true });
+  // requestTimeout: a request (an upload) must arrive whole in time, or Node answers 408.
+  const app = Fastify({ logger: false, bodyLimit: config.maxUploadBytes, requestTimeout: config.uploadTimeoutMs, return503OnClosing: true, forceCloseConnections: true });
   app.decorateRequest('team', null);
 
   // ---- the project upload: streamed to a temporary file under the cap, hashed on the way ----
@@ -130,7 +131,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       done(new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'this route takes no upload'), undefined);
       return;
     }
-    receiveUpload(payload, workDir, config.maxUploadBytes, req.headers['content-length']).then(
+    receiveUpload(payload, workDir, config.maxUploadBytes, req.headers['content-length'], config.uploadIdleMs).then(
       (u) => done(null, u),
       (e: Error) => done(e, undefined),
     );
@@ -190,7 +191,25 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   // ---- routes ----
 
-  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild, needsRedis });
+  /**
+   * The teams a listing covers: the one asked for (a team's token may ask only for its own; an
+   * admin's for any team of the teams file or with builds on record, else 400), or without one
+   * the asking team's, every team's with builds for an admin.
+   */
+  const listedTeams = async (req: FastifyRequest, asked: string | undefined, verb: string): Promise<string[]> => {
+    const team = req.team!;
+    if (asked !== undefined && asked !== team.team && !team.admin) {
+      throw new HttpError(403, 'FORBIDDEN', `only an admin token ${verb} another team's builds (this token is team ${team.team}'s)`);
+    }
+    const recorded = team.admin ? await records.teams() : [];
+    if (asked === undefined) return team.admin ? recorded : [team.team];
+    if (!TEAM_NAME.test(asked) || !(teams.names.includes(asked) || recorded.includes(asked))) {
+      throw new HttpError(400, 'NO_SUCH_TEAM', `there is no team "${asked}" (teams: ${[...new Set([...teams.names, ...recorded])].sort().join(', ')})`);
+    }
+    return [asked];
+  };
+
+  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild, listedTeams, needsRedis });
   // The web dashboard at `/` (its files; it reads the /v1 routes with the user's token).
   await registerDashboard(app);
 
@@ -242,16 +261,12 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
 
   app.get('/v1/builds', async (req) => {
     const q = req.query as { state?: string; team?: string; limit?: string };
-    const team = req.team!;
     if (q.state !== undefined && !['queued', 'building', 'done', 'failed', 'cancelled', 'active'].includes(q.state)) {
       throw new HttpError(400, 'BAD_QUERY', `state must be one of queued, building, done, failed, cancelled, active (not ${q.state})`);
     }
     const limit = q.limit === undefined ? 50 : Number(q.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, 'BAD_QUERY', 'limit must be a whole number from 1 to 1000');
-    if (q.team !== undefined && q.team !== team.team && !team.admin) {
-      throw new HttpError(403, 'FORBIDDEN', `only an admin token lists another team's builds (this token is team ${team.team}'s)`);
-    }
-    const teamsToList = q.team !== undefined ? [q.team] : team.admin ? await records.teams() : [team.team];
+    const teamsToList = await listedTeams(req, q.team, 'lists');
     let builds: BuildSummary[] = [];
     for (const t of teamsToList) builds.push(...(await records.list(t)));
     // A followed build's line is fresher in memory than in its index.

@@ -21,11 +21,15 @@ export const tooLarge = (maxBytes: number) =>
     maxBytes,
   });
 
+export const stalled = (idleMs: number) =>
+  new HttpError(408, 'UPLOAD_STALLED', `the upload sent nothing for ${Math.round(idleMs / 1000)} s (VMLB_UPLOAD_IDLE): dropped; nothing was stored`, { idleMs });
+
 /**
  * Streams `body` into a new file in `dir`, hashing it on the way, and stops with a 413 as soon
- * as it passes `maxBytes` (a Content-Length above the cap is refused before reading at all).
+ * as it passes `maxBytes` (a Content-Length above the cap is refused before reading at all),
+ * or with a 408 when nothing arrives for `idleMs`.
  */
-export async function receiveUpload(body: Readable, dir: string, maxBytes: number, contentLength?: string): Promise<Upload> {
+export async function receiveUpload(body: Readable, dir: string, maxBytes: number, contentLength?: string, idleMs = 30_000): Promise<Upload> {
   if (contentLength !== undefined && Number(contentLength) > maxBytes) {
     body.resume();
     throw tooLarge(maxBytes);
@@ -33,8 +37,20 @@ export async function receiveUpload(body: Readable, dir: string, maxBytes: numbe
   const file = path.join(dir, `upload-${process.pid}-${randomBytes(6).toString('hex')}.tar.gz`);
   const hash = createHash('sha256');
   let bytes = 0;
+  // A stalled upload is cut off from the file (the request itself left alone: its connection
+  // must still carry the 408 back).
+  let idle: NodeJS.Timeout | undefined;
+  const watch = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => {
+      body.unpipe(counter);
+      body.pause();
+      counter.destroy(stalled(idleMs));
+    }, idleMs);
+  };
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {
+      watch();
       bytes += chunk.length;
       if (bytes > maxBytes) return cb(tooLarge(maxBytes));
       hash.update(chunk);
@@ -43,11 +59,21 @@ export async function receiveUpload(body: Readable, dir: string, maxBytes: numbe
   });
   const discard = () => rm(file, { force: true });
   try {
-    await pipeline(body, counter, createWriteStream(file, { mode: 0o600 }));
+    watch();
+    body.on('error', (e) => counter.destroy(e));
+    body.on('aborted', () => counter.destroy(new Error('the client went away')));
+    body.pipe(counter);
+    await pipeline(counter, createWriteStream(file, { mode: 0o600 }));
   } catch (e) {
     await discard();
+    // The rest of the body is not wanted: it is read and dropped (the request timeout bounds
+    // that), so that the connection carries the answer (413, 408) back.
+    body.unpipe(counter);
+    body.resume();
     if (e instanceof HttpError) throw e;
     throw new HttpError(400, 'UPLOAD_INCOMPLETE', `the upload did not arrive whole: ${(e as Error).message}`);
+  } finally {
+    clearTimeout(idle);
   }
   if (bytes === 0) {
     await discard();

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { VmlbError, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-engine';
+import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-engine';
 
 /**
  * The fleet's configuration: the environment → one zod schema → one typed FleetConfig.
@@ -19,6 +19,8 @@ import { VmlbError, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-e
  *   VMLB_WORKER_ID          @default <hostname>-<pid>
  *   VMLB_TEAM_MAX_RUNNING   running layer jobs per team                     @default 4
  *   VMLB_MAX_UPLOAD         largest accepted project upload                @default 64M
+ *   VMLB_UPLOAD_TIMEOUT     a request (an upload) must arrive whole within this   @default 10m
+ *   VMLB_UPLOAD_IDLE        an upload that sends nothing for this long is dropped  @default 30s
  *   VMLB_BACKEND            auto | fuse | nbd                               @default auto
  */
 export interface FleetConfig {
@@ -33,6 +35,10 @@ export interface FleetConfig {
   workerId?: string;
   teamMaxRunning: number;
   maxUploadBytes: number;
+  /** Milliseconds a request may take to arrive whole (408 past it). */
+  uploadTimeoutMs: number;
+  /** Milliseconds an upload may send nothing (408 past it). */
+  uploadIdleMs: number;
   backend: 'auto' | 'fuse' | 'nbd';
 }
 
@@ -43,6 +49,19 @@ const size = (name: string, dflt: string) =>
     .transform((v, ctx) => {
       try {
         return parseSize(v);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
+        return z.NEVER;
+      }
+    });
+
+const duration = (name: string, dflt: string) =>
+  z
+    .string()
+    .default(dflt)
+    .transform((v, ctx) => {
+      try {
+        return parseDuration(v);
       } catch (e) {
         ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
         return z.NEVER;
@@ -67,6 +86,8 @@ const schema = z.object({
   VMLB_WORKER_ID: z.string().optional(),
   VMLB_TEAM_MAX_RUNNING: z.string().default('4').pipe(positiveInt('VMLB_TEAM_MAX_RUNNING')),
   VMLB_MAX_UPLOAD: size('VMLB_MAX_UPLOAD', '64M'),
+  VMLB_UPLOAD_TIMEOUT: duration('VMLB_UPLOAD_TIMEOUT', '10m'),
+  VMLB_UPLOAD_IDLE: duration('VMLB_UPLOAD_IDLE', '30s'),
   VMLB_BACKEND: z.enum(['auto', 'fuse', 'nbd']).default('auto'),
 });
 
@@ -102,6 +123,8 @@ export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { t
     workerId: e.VMLB_WORKER_ID,
     teamMaxRunning: e.VMLB_TEAM_MAX_RUNNING,
     maxUploadBytes: e.VMLB_MAX_UPLOAD,
+    uploadTimeoutMs: e.VMLB_UPLOAD_TIMEOUT,
+    uploadIdleMs: e.VMLB_UPLOAD_IDLE,
     backend: e.VMLB_BACKEND,
   };
 }
