@@ -220,3 +220,31 @@ describe('bad input', () => {
     await rm(project, { recursive: true });
   });
 });
+
+describe('two builds of one project at once', () => {
+  it('the second waits for the first to build each layer and takes it: every layer built once', async () => {
+    const p = await writeProject(path.join(sb.dir, 'twice'), {
+      // A base of its own (the others of this file are in the store already).
+      '01_base': { ...BUSYBOX_BASE, script: `${BUSYBOX_BASE.script}\n# built twice at once` },
+      '02_slow': { kind: 'build-layer', script: 'echo "slow built by $$"; sleep 2; echo slow > /etc/slow' },
+      '03_after': { kind: 'build-layer', script: 'echo "after built by $$"; cat /etc/slow' },
+    });
+    const [a, b] = await Promise.all([buildJson(sb, p, ['-o', path.join(sb.dir, 'twice-a.qcow2')]), buildJson(sb, p, ['-o', path.join(sb.dir, 'twice-b.qcow2')])]);
+    expect(a.exitCode, a.stderr).toBe(0);
+    expect(b.exitCode, b.stderr).toBe(0);
+    // Each layer was built by exactly one of the two; the other took it from the store.
+    for (const name of ['01_base', '02_slow', '03_after']) {
+      expect([...builtNames(a), ...builtNames(b)].filter((n) => n === name), name).toHaveLength(1);
+      expect([...cachedNames(a), ...cachedNames(b)].filter((n) => n === name), name).toHaveLength(1);
+    }
+    const waited = [...a.events, ...b.events].filter((e) => e.type === 'notice' && /is building this layer; waiting to take it from the store/.test(e.message));
+    expect(waited.length).toBeGreaterThanOrEqual(1);
+    // Both say so in their summary: what each built, what it took.
+    for (const r of [a, b]) {
+      const done = findEvent(r, 'done')!;
+      expect(done.built + done.cached).toBe(3);
+      expect(done.built).toBe(builtNames(r).length);
+    }
+    expect(await readdir(path.join(sb.store, 'claims'))).toEqual([]);
+  });
+});

@@ -3,7 +3,7 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AbortedError, VmlbError } from './errors.js';
 import type { BuildEvent, BuildEventSink, PlannedLayer } from './events.js';
-import { describeSweep, sweep } from './attach-state.js';
+import { describeSweep, readLockOwner, sweep, tryLock, unlock } from './attach-state.js';
 import { chooseBackend } from './backends.js';
 import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
@@ -233,9 +233,22 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
     if (manifest) {
       emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: planned.source ?? 'local', bytes: manifest.blob.size });
     } else {
-      backend ??= await chooseBackend(opts.backend ?? 'auto');
-      sandbox ??= await layerSandbox(opts.sandbox, store);
-      manifest = await buildLayerReporting({ store, backend, sandbox: sandbox ?? undefined, index: i, layer: k, parent, signal: opts.signal, emit });
+      // Another build of this store may be building the same key right now: wait for it and
+      // take its layer, as workers do with their claims (a # nocache key is this build's own).
+      const release = k.cacheable ? await claimLayer(store, { name: k.spec.name, key: k.key }, opts.signal, emit) : async () => {};
+      try {
+        manifest = k.cacheable ? ((await store.getManifest(k.key)) ?? undefined) : undefined;
+        if (manifest) {
+          plan.layers[i] = { ...planned, status: 'hit', source: 'local' };
+          emit({ type: 'layer-cached', at: Date.now(), index: i, name: k.spec.name, key: k.key, source: 'local', bytes: manifest.blob.size });
+        } else {
+          backend ??= await chooseBackend(opts.backend ?? 'auto');
+          sandbox ??= await layerSandbox(opts.sandbox, store);
+          manifest = await buildLayerReporting({ store, backend, sandbox: sandbox ?? undefined, index: i, layer: k, parent, signal: opts.signal, emit });
+        }
+      } finally {
+        await release();
+      }
     }
     if (shared && plan.layers[i]!.source !== 'shared') await pushLayer(shared, store, plan.layers[i]!, manifest, opts.signal, emit);
     await store.recordInputs(plan.project.dir, k.spec.name, k.key, k.inputs);
@@ -244,6 +257,29 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
   }
   await store.touch(chain);
   return chain;
+}
+
+/** How often a build waiting for another build's claim on a layer looks again. */
+const CLAIM_POLL_MS = 200;
+
+/**
+ * Takes this store's claim on a layer key (`claims/<key>.lock`, naming this process; a dead
+ * holder's claim is taken over), waiting while another build holds it, and says so once.
+ * Returns the release.
+ */
+async function claimLayer(store: LocalStore, l: { name: string; key: string }, signal: AbortSignal | undefined, emit: (e: BuildEvent) => void): Promise<() => Promise<void>> {
+  const file = path.join(store.root, 'claims', `${l.key}.lock`);
+  let said = false;
+  while (!(await tryLock(file))) {
+    if (signal?.aborted) throw new AbortedError();
+    if (!said) {
+      const holder = await readLockOwner(file);
+      emit({ type: 'notice', at: Date.now(), message: `${l.name}: another build${holder ? ` (pid ${holder.pid})` : ''} is building this layer; waiting to take it from the store` });
+      said = true;
+    }
+    await new Promise((r) => setTimeout(r, CLAIM_POLL_MS));
+  }
+  return () => unlock(file);
 }
 
 /**

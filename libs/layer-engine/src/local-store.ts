@@ -140,7 +140,7 @@ export class LocalStore {
   /** Creates the folders once. */
   init(): Promise<void> {
     this.ready ??= (async () => {
-      for (const d of ['layers', 'history', 'pins', 'active']) await mkdir(path.join(this.root, d), { recursive: true });
+      for (const d of ['layers', 'history', 'pins', 'active', 'claims']) await mkdir(path.join(this.root, d), { recursive: true });
     })().catch((e) => {
       throw new StoreError(`cannot create the store at ${this.root}: ${(e as Error).message}`, { cause: e });
     });
