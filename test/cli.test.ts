@@ -98,3 +98,17 @@ describe('not root', () => {
     await expect(stat(path.join(p, 'build'))).rejects.toThrow();
   });
 });
+
+describe('exit status', () => {
+  it('an unknown command, an unknown flag or a missing argument is usage (exit 2), printed once on stderr; --help is 0', async () => {
+    for (const args of [['nosuch'], ['build', '--bogus'], ['cancel']]) {
+      const r = await vmlb(sb, args);
+      expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(r.stderr.split('\n')[0]).toMatch(/^vmlb: (unknown command 'nosuch'|unknown option '--bogus'|missing required argument 'build')$/);
+    }
+    const help = await vmlb(sb, ['build', '--help']);
+    expect(help.exitCode).toBe(0);
+    expect(help.stdout).toContain('--flatten');
+  });
+});

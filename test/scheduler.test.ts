@@ -33,8 +33,9 @@ import {
 import { s3ConfigFrom, SharedStore } from '../libs/layer-engine/src/index.js';
 import type { RedisServer } from './helpers/redis-server.js';
 import type { S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, spawnVmlb, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
 import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
+import { freePort } from './helpers/redis-server.js';
 import {
   MINIMAL_LAYER,
   TOKENS,
@@ -585,6 +586,46 @@ describe('cancel', () => {
 });
 
 describe('a scheduler restart', () => {
+  it('vmlb submit rides it out: says it lost the scheduler, reconnects, resumes the events, exits 0 when the build is done', async () => {
+    await emptyQueues();
+    const dir = await writeProject(path.join(sb.dir, 'restart-cli'), {
+      '01_base': { kind: 'create-disk', script: '# disk-size 64M\necho base\n' },
+      '02_app': { kind: 'build-layer', script: 'echo restart-cli\n' },
+    });
+    let out = '';
+    const child = spawnVmlb(sb, ['submit', dir, '--plain'], { VMLB_SERVER: sched.url, VMLB_TOKEN: TOKENS.web });
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const id = await waitFor('the submission', async () => /as build (b[0-9a-z]+)/.exec(out)?.[1]);
+    const b = await record(id);
+    const todo = b.layers.filter((l) => l.status === 'queued').map((l) => l.index);
+    await appendEvent(conn, id, ev.job(todo[0]!, 'building'));
+    await waitFor('the record to say building', async () => (await shared.getJson<BuildRecord>(storePaths.build(id)).catch(() => null))?.state === 'building');
+    const port = Number(new URL(sched.url).port);
+    await sched.close();
+    await waitFor('vmlb submit to say it lost the scheduler', async () => /lost the scheduler \(.*\); reconnecting — build b[0-9a-z]+ goes on in the fleet meanwhile/.test(out), 20_000);
+    // Meanwhile the workers go on.
+    for (const i of todo) await appendEvent(conn, id, ev.job(i, 'done', { seconds: 1, bytes: 10 }));
+    const image = await putFakeImage(b.layers[b.layers.length - 1]!.key, Buffer.from('restart image'));
+    await appendEvent(conn, id, { type: 'flatten', at: Date.now(), status: 'done', worker: 'fake-worker', image });
+    await new Promise((r) => setTimeout(r, 1500));
+    sched = await startScheduler(env, { workDir, config: { ...sched.config, schedulerPort: port } });
+    const r = await child;
+    expect(r.exitCode, out).toBe(0);
+    expect(out).toMatch(/reached the scheduler again after \d+ s; following build b[0-9a-z]+ from where it was/);
+    expect(out).toMatch(/^image: s3:\/\/.*\(flattened/m);
+    expect(out.match(/lost the scheduler/g)).toHaveLength(1);
+    await emptyQueues();
+  });
+
+  it('vmlb submit exits 3 when the scheduler cannot be reached (an outage, not a failed build), saying so once', async () => {
+    const dir = await writeProject(path.join(sb.dir, 'unreachable'), { '01_base': { kind: 'create-disk', script: '# disk-size 64M\necho base\n' } });
+    const r = await vmlb(sb, ['submit', dir, '--plain'], { VMLB_SERVER: `http://127.0.0.1:${await freePort()}`, VMLB_TOKEN: TOKENS.web });
+    expect(r.exitCode).toBe(3);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^vmlb: cannot reach the scheduler at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED$/);
+  });
+
   it('goes on following an unfinished build from where its record was stored', async () => {
     await emptyQueues();
     const b = await submit(await smallProject('restart'));

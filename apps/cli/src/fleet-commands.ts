@@ -21,6 +21,8 @@ import { chooseMode, createDisplay } from './display.js';
  */
 
 export const FLEET_USAGE_CODES = ['FLEET_USAGE', 'FLEET_AUTH', 'FLEET_REFUSED', 'NO_SUCH_BUILD'];
+/** Codes for "cannot reach the scheduler or what it needs" (exit 3): an outage, not a failed build. */
+export const FLEET_OUTAGE_CODES = ['FLEET_UNREACHABLE', 'FLEET_UNAVAILABLE'];
 
 interface Endpoint {
   server: string;
@@ -112,6 +114,9 @@ async function check(res: Response, what: string): Promise<Response> {
     case 413:
     case 415:
       throw new VmlbError('FLEET_REFUSED', `${what}: the scheduler refused it: ${message}`);
+    case 503:
+      // The scheduler is up but cannot reach Redis or the shared store: an outage, not a bad build.
+      throw new VmlbError('FLEET_UNAVAILABLE', `${what}: the scheduler answered 503: ${message}`, { retryable: true });
     default:
       throw new VmlbError('FLEET_ERROR', `${what}: the scheduler answered ${res.status}: ${message}`, { retryable: res.status >= 500 });
   }
@@ -228,13 +233,22 @@ interface BuildRecordLite {
   image: { key: string; path: string; bytes: number } | null;
 }
 
+/** How long a follower keeps trying to reach a scheduler that went away, before it gives up (exit 3). */
+export const RECONNECT_FOR_MS = 30 * 60_000;
+/** The longest wait between two tries. */
+const RECONNECT_MAX_DELAY_MS = 10_000;
+
 /**
- * Follows a build's events until its final record, feeding each BuildEvent to `onEvent`; a
- * dropped connection is resumed after the last event seen (Last-Event-ID), a few times.
+ * Follows a build's events until its final record, feeding each BuildEvent to `onEvent`. When
+ * the scheduler goes away (restarted, unreachable, answering 5xx) it says so once, tries again
+ * with a growing delay (up to 10 s) for as long as RECONNECT_FOR_MS, and resumes after the
+ * last event seen (Last-Event-ID); the build goes on in the fleet meanwhile. A build that is
+ * gone (404) or a refused token ends it at once.
  */
-async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) => void, signal: AbortSignal): Promise<BuildRecordLite> {
+async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) => void, signal: AbortSignal, reconnectForMs = RECONNECT_FOR_MS): Promise<BuildRecordLite> {
   let lastId: string | undefined;
   let failures = 0;
+  let downSince: number | undefined;
   for (;;) {
     let lastError: unknown;
     try {
@@ -247,6 +261,10 @@ async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) =>
       );
       if (!res.body) throw new VmlbError('FLEET_ERROR', `following build ${id}: the scheduler sent no event stream`);
       for await (const m of readSse(res.body)) {
+        if (downSince !== undefined) {
+          onEvent({ type: 'notice', at: Date.now(), message: `reached the scheduler again after ${Math.round((Date.now() - downSince) / 1000)} s; following build ${id} from where it was` });
+          downSince = undefined;
+        }
         failures = 0;
         if (m.id) lastId = m.id;
         if (m.event === 'end') return JSON.parse(m.data) as BuildRecordLite;
@@ -256,10 +274,16 @@ async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) =>
       if (signal.aborted || (e instanceof VmlbError && !e.retryable)) throw e;
       lastError = e;
     }
-    if (++failures > 5) {
-      throw lastError ?? new VmlbError('FLEET_ERROR', `following build ${id}: the event stream kept ending before the build did`);
+    failures++;
+    if (downSince === undefined) {
+      downSince = Date.now();
+      const why = lastError instanceof Error ? lastError.message : 'the event stream ended before the build did';
+      onEvent({ type: 'notice', at: Date.now(), message: `lost the scheduler (${why}); reconnecting — build ${id} goes on in the fleet meanwhile` });
     }
-    await new Promise((r) => setTimeout(r, 1000 * failures));
+    if (Date.now() - downSince > reconnectForMs) {
+      throw new VmlbError('FLEET_UNREACHABLE', `following build ${id}: the scheduler at ${ep.server} did not answer for ${Math.round(reconnectForMs / 60_000)} min; the build may still go on (vmlb builds)`, { retryable: true });
+    }
+    await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** (failures - 1), RECONNECT_MAX_DELAY_MS)));
   }
 }
 

@@ -19,17 +19,20 @@ import {
   formatBytes,
 } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
-import { FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
+import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
 import { registerImageCommands } from './image-commands.js';
 import { VERSION } from './version.js';
 
 /**
  * The `vmlb` command. Libraries throw; this is the one place that prints errors and picks exit
- * codes: 0 success, 1 a build or command failed, 2 bad input (usage, project), 130 interrupted.
+ * codes: 0 success, 1 a build or command failed, 2 bad input (usage, project), 3 the scheduler
+ * (or the shared store behind it) cannot be reached, 130 interrupted.
  */
 
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
+/** The scheduler (or the shared store behind it) cannot be reached: an outage, not a failed build. */
+const EXIT_UNREACHABLE = 3;
 const EXIT_INTERRUPTED = 130;
 
 function sizeArg(v: string): number {
@@ -84,6 +87,8 @@ program
   .description('Build VM disk images out of cached qcow2 layers, like docker build.')
   .version(VERSION)
   .showHelpAfterError('(run with --help for usage)')
+  // An unknown command or flag, a missing argument: usage (exit 2); --help and --version: 0.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE))
   .configureOutput({ outputError: (s, write) => write(`vmlb: ${s.replace(/^error: /, '')}`) });
 
 const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
@@ -190,6 +195,7 @@ function exitCodeFor(e: unknown): number {
   if (e instanceof ProjectError) return EXIT_USAGE;
   if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE', 'NEEDS_ROOT'].includes(e.code)) return EXIT_USAGE;
   if (e instanceof VmlbError && FLEET_USAGE_CODES.includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && FLEET_OUTAGE_CODES.includes(e.code)) return EXIT_UNREACHABLE;
   return EXIT_FAILED;
 }
 
