@@ -10,6 +10,15 @@
  * on stdout (everything else goes to stderr, each child's lines prefixed with its name), and
  * stops everything, workers first, on Ctrl-C or SIGTERM.
  *
+ * A part that dies is started again on the same port, with the same token and the same state
+ * (Redis persists every write to its folder; s3rver's folder and the worker stores are kept),
+ * after a backoff (1 s, doubling up to 15 s). A part that dies again within 30 s of starting,
+ * 5 times in a row, is given up on; the fleet stops when that part is Redis, S3 or the
+ * scheduler. Every child is started through `setpriv --pdeathsig KILL`, so none outlives this
+ * launcher, even when it is killed with SIGKILL; a worker killed that way mid-build leaves only
+ * what the engine's start-up sweep removes (loop devices, mounts), which the next start of that
+ * worker does (a kept VMLB_FLEET_DIR), or the next `npm run fleet` (a temporary folder).
+ *
  *   VMLB_FLEET_WORKERS   how many workers                               @default 2
  *   VMLB_WORKER_SLOTS    each worker's slots                            @default 2
  *   VMLB_SCHEDULER_PORT  the scheduler's port                           @default a free one
@@ -20,12 +29,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SharedStore, s3ConfigFrom } from '@vmlb/layer-engine';
+import { SharedStore, describeSweep, isRunning, s3ConfigFrom, selfIdentity, sweep, type ProcessIdentity } from '@vmlb/layer-engine';
 import { freePort, portOpen } from '@vmlb/fleet';
 import { sha256Hex } from './teams.js';
 
@@ -35,84 +44,284 @@ const SCHEDULER_MAIN = path.join(REPO, 'apps/scheduler/src/main.ts');
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 const DASHBOARD_MAIN = path.join(REPO, 'apps/web-dashboard/src/main.ts');
 
-const say = (msg: string) => process.stderr.write(`fleet: ${msg}\n`);
+/** Restarts: the first after 1 s, then doubling up to 15 s. */
+const BACKOFF_FIRST_MS = 1000;
+const BACKOFF_MAX_MS = 15_000;
+/** A part that ran this long before it died counts as having worked: its backoff starts over. */
+const STABLE_MS = 30_000;
+/** Deaths in a row, each within STABLE_MS of its start, before the part is given up on. */
+const MAX_QUICK_DEATHS = 5;
+/** How long a (re)started part may take to serve. */
+const READY_MS = 60_000;
 
-interface Child {
+/** The file in the fleet's folder that names the launcher using it. */
+const LAUNCHER_FILE = 'launcher.json';
+const TEMP_PREFIX = 'vmlb-fleet-';
+
+const say = (msg: string) => process.stderr.write(`fleet: ${msg}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const seconds = (ms: number) => `${Math.round(ms / 100) / 10} s`;
+
+interface PartSpec {
   name: string;
-  proc: ChildProcess;
-  exited: Promise<number | null>;
+  cmd: string;
+  args: string[];
+  env: NodeJS.ProcessEnv;
+  /** Whether it serves (polled); without one, it is ready once spawned. */
+  ready?: () => Promise<boolean>;
+  /** A line of its output that says it is ready (for parts that have no port). */
+  readyLine?: RegExp;
+  /** What keeps its place across restarts, for the restart line. */
+  keeps: string;
+  /** Given up on, it stops the fleet. */
+  essential: boolean;
 }
 
-const children: Child[] = [];
+interface Run {
+  proc: ChildProcess;
+  startedAt: number;
+  /** How it ended: 'exit code 1', 'signal SIGKILL', or 'could not start: …'. */
+  ended: Promise<string>;
+  done: boolean;
+  sawReadyLine: boolean;
+}
+
+interface Part {
+  spec: PartSpec;
+  run?: Run;
+  /** Resolves once its first run serves; rejects when that run ends before. */
+  firstReady: Promise<void>;
+  /** Resolves when supervision ends (stopping, or given up on). */
+  supervised: Promise<void>;
+}
+
+const parts: Part[] = [];
 let stopping = false;
 let signalled = false;
+let gaveUp: (name: string) => void = () => undefined;
+const givenUp = new Promise<string>((resolve) => (gaveUp = resolve));
 
-// Whatever happens to this launcher, no child outlives it.
+// Whatever happens to this launcher, no child outlives it: a normal exit kills them here, a
+// SIGKILL of the launcher through their parent-death signal.
 process.on('exit', () => {
-  for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+  for (const p of parts) if (p.run && !p.run.done) p.run.proc.kill('SIGKILL');
 });
 
-async function waitUntil(what: string, ok: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+async function waitUntil(what: string, ok: () => Promise<boolean>, timeoutMs = 30_000, gone?: () => string | undefined): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await ok().catch(() => false))) {
     if (stopping || signalled) throw new Error('interrupted');
+    const end = gone?.();
+    if (end !== undefined) throw new Error(`${what} ended (${end}) before it was ready`);
     if (Date.now() > deadline) throw new Error(`${what} did not come up within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
 }
 
 /**
- * Starts a child in a process group of its own (Ctrl-C reaches only this launcher, which then
- * stops the children in order), its output prefixed with its name on stderr.
+ * One run of a part: in a process group of its own (Ctrl-C reaches only this launcher, which
+ * then stops the children in order), with a parent-death signal (setpriv sets it and execs the
+ * command, so the pid is the part's own; it survives the exec, as none of these is set-id), its
+ * output prefixed with its name on stderr. Spawned from the main thread, the one whose death
+ * the signal follows.
  */
-function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, onLine?: (line: string) => void): Child {
-  const proc = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: REPO });
+function launch(spec: PartSpec): Run {
+  const proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', spec.cmd, ...spec.args], { env: spec.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: REPO });
+  const run: Run = { proc, startedAt: Date.now(), ended: undefined as unknown as Promise<string>, done: false, sawReadyLine: false };
   for (const stream of [proc.stdout!, proc.stderr!]) {
     createInterface({ input: stream }).on('line', (line) => {
-      onLine?.(line);
-      process.stderr.write(`[${name}] ${line}\n`);
+      if (spec.readyLine?.test(line)) run.sawReadyLine = true;
+      process.stderr.write(`[${spec.name}] ${line}\n`);
     });
   }
-  const exited = new Promise<number | null>((resolve) => {
+  run.ended = new Promise<string>((resolve) => {
     proc.once('exit', (code, signal) => {
-      if (!stopping) say(`${name} exited (${signal ?? code}) on its own`);
-      resolve(code);
+      run.done = true;
+      resolve(signal ? `signal ${signal}` : `exit code ${code}`);
     });
     proc.once('error', (e) => {
-      say(`${name} could not start: ${e.message}`);
-      resolve(null);
+      run.done = true;
+      resolve(`could not start: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'setpriv (util-linux) is not installed' : e.message}`);
     });
   });
-  const child = { name, proc, exited };
-  children.push(child);
-  return child;
+  return run;
 }
 
-async function stopChild(c: Child, graceMs: number): Promise<void> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
-  c.proc.kill('SIGTERM');
+async function whenReady(spec: PartSpec, run: Run): Promise<void> {
+  const gone = () => (run.done ? 'it exited' : undefined);
+  if (spec.ready) await waitUntil(spec.name, spec.ready, READY_MS, gone);
+  else if (spec.readyLine) await waitUntil(spec.name, async () => run.sawReadyLine, READY_MS, gone);
+}
+
+/**
+ * Starts a part and keeps it running: a run that ends while the fleet is not stopping is
+ * reported (which part, how it ended) and followed by another after a backoff, until the part
+ * dies MAX_QUICK_DEATHS times in a row within STABLE_MS of its start. Redis, S3 and the
+ * scheduler must come up the first time (the fleet cannot start without them); the others go
+ * through the same restarts from their first run.
+ */
+function startPart(spec: PartSpec): Part {
+  let firstOk: () => void = () => undefined;
+  let firstFailed: (e: Error) => void = () => undefined;
+  const firstReady = new Promise<void>((resolve, reject) => ((firstOk = resolve), (firstFailed = reject)));
+  firstReady.catch(() => undefined);
+  const part: Part = { spec, firstReady, supervised: Promise.resolve() };
+  parts.push(part);
+
+  let everReady = false;
+  /** One run, from its start to its end; says when a restarted one serves. */
+  const runOnce = async (restart: boolean): Promise<{ run: Run; how: string }> => {
+    const run = launch(spec);
+    part.run = run;
+    if (!restart) say(`started ${spec.name} (pid ${run.proc.pid ?? '?'})`);
+    whenReady(spec, run).then(
+      () => {
+        everReady = true;
+        firstOk();
+        if (restart) say(`restarted ${spec.name} (pid ${run.proc.pid ?? '?'})`);
+      },
+      (e: Error) => {
+        // Not ready in time: it counts as a death like any other.
+        if (!run.done && !stopping && !signalled) {
+          say(`${spec.name} (pid ${run.proc.pid ?? '?'}): ${e.message}: killing it`);
+          run.proc.kill('SIGKILL');
+        }
+      },
+    );
+    return { run, how: await run.ended };
+  };
+
+  part.supervised = (async () => {
+    let quickDeaths = 0;
+    for (let restart = false; ; restart = true) {
+      const { run, how } = await runOnce(restart);
+      if (stopping) return;
+      if (!everReady && spec.essential) {
+        firstFailed(new Error(`${spec.name} ended (${how}) before it was ready`));
+        return;
+      }
+      const lived = Date.now() - run.startedAt;
+      quickDeaths = lived < STABLE_MS ? quickDeaths + 1 : 1;
+      if (lived < STABLE_MS && quickDeaths >= MAX_QUICK_DEATHS) {
+        say(`${spec.name} died (${how}) ${quickDeaths} times in a row within ${STABLE_MS / 1000} s of starting: giving up on it${spec.essential ? ', stopping the fleet' : ''}`);
+        if (spec.essential) gaveUp(spec.name);
+        return;
+      }
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** (quickDeaths - 1));
+      say(`${spec.name} (pid ${run.proc.pid ?? '?'}) died (${how}) after ${seconds(lived)}: restarting it in ${seconds(delay)} (${spec.keeps})`);
+      const until = Date.now() + delay;
+      while (Date.now() < until && !stopping) await sleep(Math.min(100, until - Date.now()));
+      if (stopping) return;
+    }
+  })();
+  return part;
+}
+
+async function stopPart(p: Part, graceMs: number): Promise<void> {
+  const run = p.run;
+  if (!run || run.done) return p.supervised;
+  run.proc.kill('SIGTERM');
   const t = setTimeout(() => {
-    say(`${c.name} did not stop within ${graceMs / 1000} s: killing it`);
-    c.proc.kill('SIGKILL');
+    say(`${p.spec.name} did not stop within ${graceMs / 1000} s: killing it`);
+    run.proc.kill('SIGKILL');
   }, graceMs);
-  await c.exited;
+  await run.ended;
   clearTimeout(t);
+  await p.supervised;
+}
+
+async function readLauncher(dir: string): Promise<ProcessIdentity | null> {
+  try {
+    const j = JSON.parse(await readFile(path.join(dir, LAUNCHER_FILE), 'utf8')) as ProcessIdentity;
+    return typeof j.pid === 'number' && typeof j.startTime === 'string' ? j : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Mount points at or under dir. */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  return info
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m === dir || m.startsWith(`${dir}/`));
+}
+
+/**
+ * The state of a fleet whose launcher was killed (SIGKILL) in a temporary folder: what its
+ * workers left attached is swept (the engine's start-up sweep, for each worker's run folder),
+ * then the folder is removed. Folders of launchers that still run, and those that name none, are
+ * left alone.
+ */
+async function sweepKilledFleets(): Promise<void> {
+  const tmp = os.tmpdir();
+  let names: string[];
+  try {
+    names = (await readdir(tmp)).filter((n) => n.startsWith(TEMP_PREFIX));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const dir = path.join(tmp, name);
+    const owner = await readLauncher(dir);
+    if (!owner || (await isRunning(owner))) continue;
+    const notes: string[] = [];
+    const problems: string[] = [];
+    const prevRunDir = process.env.VMLB_RUN_DIR;
+    try {
+      for (const w of (await readdir(dir)).filter((n) => /^worker-\d+$/.test(n))) {
+        const runDir = path.join(dir, w, 'run');
+        if (!existsSync(runDir)) continue;
+        process.env.VMLB_RUN_DIR = runDir;
+        const report = await sweep();
+        const line = describeSweep(report);
+        if (line) notes.push(`${w}: ${line}`);
+        problems.push(...report.errors);
+      }
+    } catch (e) {
+      problems.push((e as Error).message);
+    } finally {
+      if (prevRunDir === undefined) delete process.env.VMLB_RUN_DIR;
+      else process.env.VMLB_RUN_DIR = prevRunDir;
+    }
+    const mounted = await mountsUnder(dir);
+    if (problems.length || mounted.length) {
+      say(`left the state of a killed fleet in ${dir}: ${[...problems, ...mounted.map((m) => `${m} is still mounted`)].join('; ')}`);
+      continue;
+    }
+    await rm(dir, { recursive: true, force: true });
+    say(`removed the state of a killed fleet (launcher pid ${owner.pid}) in ${dir}${notes.length ? `; ${notes.join('; ')}` : ''}`);
+  }
 }
 
 async function main(): Promise<number> {
   const env = process.env;
   const keepDir = !!env.VMLB_FLEET_DIR;
-  const dir = env.VMLB_FLEET_DIR ? path.resolve(env.VMLB_FLEET_DIR) : await mkdtemp(path.join(os.tmpdir(), 'vmlb-fleet-'));
+  let dir: string;
+  if (env.VMLB_FLEET_DIR) {
+    dir = path.resolve(env.VMLB_FLEET_DIR);
+    const owner = await readLauncher(dir);
+    if (owner && owner.pid !== process.pid && (await isRunning(owner))) {
+      say(`${dir} is in use by the fleet of launcher pid ${owner.pid}: stop that one first, or give another VMLB_FLEET_DIR`);
+      return 2;
+    }
+  } else {
+    await sweepKilledFleets().catch((e: Error) => say(`could not sweep the state of killed fleets: ${e.message}`));
+    dir = await mkdtemp(path.join(os.tmpdir(), TEMP_PREFIX));
+  }
   await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, LAUNCHER_FILE), JSON.stringify(await selfIdentity()) + '\n');
 
   const cleanup = async (code: number): Promise<number> => {
     stopping = true;
     // Workers first (they finish or hand back their jobs), then what they talk to.
     const order = ['worker', 'dashboard', 'scheduler', 's3', 'redis'];
     for (const prefix of order) {
-      await Promise.all(children.filter((c) => c.name.startsWith(prefix)).map((c) => stopChild(c, prefix === 'worker' ? 20_000 : 5000)));
+      await Promise.all(parts.filter((p) => p.spec.name.startsWith(prefix)).map((p) => stopPart(p, prefix === 'worker' ? 20_000 : 5000)));
     }
     if (!keepDir) await rm(dir, { recursive: true, force: true });
+    else await rm(path.join(dir, LAUNCHER_FILE), { force: true });
     say('stopped');
     return code;
   };
@@ -136,13 +345,28 @@ async function main(): Promise<number> {
     }
   };
   setInterval(() => !parentAlive() && stopOn('the parent process is gone'), 1000).unref();
+  const up = (p: Part) =>
+    Promise.race([
+      p.firstReady,
+      interruption.then(() => {
+        throw new Error('interrupted');
+      }),
+    ]);
 
   try {
-    // ---- Redis ----
+    // ---- Redis: every write persisted to its folder, so that a restarted one has it all ----
     const redisPort = await freePort();
     await mkdir(path.join(dir, 'redis'), { recursive: true });
-    start('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', path.join(dir, 'redis')], env);
-    await waitUntil('redis-server', () => portOpen(redisPort));
+    const redis = startPart({
+      name: 'redis',
+      cmd: 'redis-server',
+      args: ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', path.join(dir, 'redis')],
+      env,
+      ready: () => portOpen(redisPort),
+      keeps: `same port ${redisPort}, same data in ${path.join(dir, 'redis')}`,
+      essential: true,
+    });
+    await up(redis);
     const redisUrl = `redis://127.0.0.1:${redisPort}`;
 
     // ---- S3 ----
@@ -151,20 +375,25 @@ async function main(): Promise<number> {
       s3env = {};
       say(`using the S3 server at ${env.S3_ENDPOINT}`);
     } else {
-      let s3Port = 0;
+      const s3Port = await freePort();
       await mkdir(path.join(dir, 's3'), { recursive: true });
-      start('s3', process.execPath, [S3RVER_LAUNCHER, JSON.stringify({ port: 0, directory: path.join(dir, 's3') })], env, (line) => {
-        const m = /^\{"port":(\d+)\}$/.exec(line);
-        if (m) s3Port = Number(m[1]);
+      const s3 = startPart({
+        name: 's3',
+        cmd: process.execPath,
+        args: [S3RVER_LAUNCHER, JSON.stringify({ port: s3Port, directory: path.join(dir, 's3') })],
+        env,
+        ready: () => portOpen(s3Port),
+        keeps: `same port ${s3Port}, same files in ${path.join(dir, 's3')}`,
+        essential: true,
       });
-      await waitUntil('s3rver', async () => s3Port > 0);
+      await up(s3);
       s3env = { S3_ENDPOINT: `http://127.0.0.1:${s3Port}`, S3_ACCESS_KEY: 'S3RVER', S3_SECRET_KEY: 'S3RVER', S3_REGION: 'us-east-1' };
     }
     const sharedUrl = env.VMLB_SHARED || 's3://vmlb/fleet';
     const store = new SharedStore(s3ConfigFrom(sharedUrl, { ...env, ...s3env }, { urlName: 'VMLB_SHARED' }));
     await store.ensureBucket().finally(() => store.close());
 
-    // ---- teams: one admin team with a fresh token ----
+    // ---- teams: one admin team with a fresh token, the same for the launcher's life ----
     const token = `dev-${randomBytes(24).toString('base64url')}`;
     const teamsFile = path.join(dir, 'teams.json');
     await writeFile(teamsFile, JSON.stringify([{ team: 'dev', tokenSha256: sha256Hex(token), admin: true }], null, 2) + '\n', { mode: 0o600 });
@@ -174,18 +403,29 @@ async function main(): Promise<number> {
     // ---- the scheduler ----
     const port = env.VMLB_SCHEDULER_PORT ? Number(env.VMLB_SCHEDULER_PORT) : await freePort();
     const server = `http://127.0.0.1:${port}`;
-    start('scheduler', process.execPath, ['--import', 'tsx', SCHEDULER_MAIN], {
-      ...fleetEnv,
-      VMLB_TEAMS_FILE: teamsFile,
-      VMLB_SCHEDULER_HOST: '127.0.0.1',
-      VMLB_SCHEDULER_PORT: String(port),
+    const scheduler = startPart({
+      name: 'scheduler',
+      cmd: process.execPath,
+      args: ['--import', 'tsx', SCHEDULER_MAIN],
+      env: { ...fleetEnv, VMLB_TEAMS_FILE: teamsFile, VMLB_SCHEDULER_HOST: '127.0.0.1', VMLB_SCHEDULER_PORT: String(port) },
+      ready: async () => (await fetch(`${server}/healthz`)).ok,
+      keeps: `same port ${port}, same token`,
+      essential: true,
     });
-    await waitUntil('the scheduler', async () => (await fetch(`${server}/healthz`)).ok);
+    await up(scheduler);
 
     // ---- the dashboard, when there is one ----
     if (existsSync(DASHBOARD_MAIN)) {
       const dashPort = await freePort();
-      start('dashboard', process.execPath, ['--import', 'tsx', DASHBOARD_MAIN], { ...fleetEnv, VMLB_SERVER: server, VMLB_TEAMS_FILE: teamsFile, VMLB_DASHBOARD_HOST: '127.0.0.1', VMLB_DASHBOARD_PORT: String(dashPort) });
+      startPart({
+        name: 'dashboard',
+        cmd: process.execPath,
+        args: ['--import', 'tsx', DASHBOARD_MAIN],
+        env: { ...fleetEnv, VMLB_SERVER: server, VMLB_TEAMS_FILE: teamsFile, VMLB_DASHBOARD_HOST: '127.0.0.1', VMLB_DASHBOARD_PORT: String(dashPort) },
+        ready: () => portOpen(dashPort),
+        keeps: `same port ${dashPort}`,
+        essential: false,
+      });
       say(`dashboard: http://127.0.0.1:${dashPort}`);
     }
 
@@ -196,13 +436,21 @@ async function main(): Promise<number> {
       for (let i = 1; i <= workers; i++) {
         const wdir = path.join(dir, `worker-${i}`);
         await mkdir(path.join(wdir, 'run'), { recursive: true });
-        start(`worker-${i}`, process.execPath, ['--import', 'tsx', WORKER_MAIN], {
-          ...fleetEnv,
-          VMLB_WORKER_ID: `dev-worker-${i}`,
-          VMLB_STORE: path.join(wdir, 'store'),
-          VMLB_RUN_DIR: path.join(wdir, 'run'),
-          VMLB_WORKER_SLOTS: env.VMLB_WORKER_SLOTS || '2',
-          VMLB_WORKER_GRACE: env.VMLB_WORKER_GRACE || '15s',
+        startPart({
+          name: `worker-${i}`,
+          cmd: process.execPath,
+          args: ['--import', 'tsx', WORKER_MAIN],
+          env: {
+            ...fleetEnv,
+            VMLB_WORKER_ID: `dev-worker-${i}`,
+            VMLB_STORE: path.join(wdir, 'store'),
+            VMLB_RUN_DIR: path.join(wdir, 'run'),
+            VMLB_WORKER_SLOTS: env.VMLB_WORKER_SLOTS || '2',
+            VMLB_WORKER_GRACE: env.VMLB_WORKER_GRACE || '15s',
+          },
+          readyLine: /"msg":"worker started"/,
+          keeps: `same id dev-worker-${i}, same store in ${wdir}`,
+          essential: false,
         });
       }
     }
@@ -212,18 +460,12 @@ async function main(): Promise<number> {
     say('paste these two lines into your shell, then `vmlb submit DIR`; Ctrl-C here stops the fleet');
     process.stdout.write(`export VMLB_SERVER=${server}\nexport VMLB_TOKEN=${token}\n`);
 
-    // Runs until interrupted, or until the scheduler or Redis dies.
-    const essential = children.filter((c) => ['redis', 's3', 'scheduler'].includes(c.name));
-    const died = Promise.race(essential.map((c) => c.exited.then(() => c.name)));
-    const why = await Promise.race([interruption.then((sig) => ({ sig })), died.then((name) => ({ name }))]);
-    if ('name' in why) {
-      say(`${why.name} stopped: stopping the fleet`);
-      return cleanup(1);
-    }
-    return cleanup(0);
+    // Runs until interrupted, or until Redis, S3 or the scheduler is given up on.
+    const why = await Promise.race([interruption.then((sig) => ({ sig })), givenUp.then((name) => ({ name }))]);
+    return cleanup('name' in why ? 1 : 0);
   } catch (e) {
-    say(`could not start the fleet: ${(e as Error).message}`);
-    return cleanup(1);
+    if (!signalled) say(`could not start the fleet: ${(e as Error).message}`);
+    return cleanup(signalled ? 0 : 1);
   }
 }
 
@@ -231,7 +473,7 @@ main().then(
   (code) => process.exit(code),
   (e: unknown) => {
     say(`unexpected error: ${(e as Error).stack ?? String(e)}`);
-    for (const c of children) c.proc.kill('SIGKILL');
+    for (const p of parts) p.run?.proc.kill('SIGKILL');
     process.exit(1);
   },
 );
