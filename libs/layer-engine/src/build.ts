@@ -16,6 +16,7 @@ import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
 import { SharedBlobMismatchError, type RetryInfo, type SharedStore } from './shared-store.js';
 import { writeUseRecord } from './shared-gc.js';
 import type { ImageProject } from './types.js';
+import type { OutputLimits } from './output-limits.js';
 
 /** The local store's size cap when none is given: 20 GiB. */
 export const DEFAULT_STORE_CAP = 20 * 1024 ** 3;
@@ -309,6 +310,8 @@ export async function buildLayerReporting(o: {
   emit: (e: BuildEvent) => void;
   /** Which errors are reported as layer-failed. @default every error */
   isFailure?: (e: unknown) => boolean;
+  /** What of the script's output goes out as layer-log events. @default ENGINE_OUTPUT_LIMITS */
+  outputLimits?: OutputLimits;
 }): Promise<LayerManifest> {
   const { index, layer: k, emit } = o;
   const name = k.spec.name;
@@ -327,6 +330,7 @@ export async function buildLayerReporting(o: {
       parent: o.parent,
       sandbox: o.sandbox,
       signal: o.signal,
+      outputLimits: o.outputLimits,
       onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
       onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),
     });

@@ -30,3 +30,4 @@ export * from './tree-diff.js';
 export * from './image-diff.js';
 export * from './rollup.js';
 export * from './shared-gc.js';
+export * from './output-limits.js';

@@ -15,6 +15,7 @@ import { ENGINE_BIN_DIR, runScript, type ExtraMount, type MountSource, type RunS
 import { cacheMountDir, cacheMountsDir, denyRoutes, pickUidBase, sandboxResolvConf, SANDBOX_DEVICE_DIR, SANDBOX_STAGE_PATHS, type SandboxRun } from './sandbox.js';
 import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
+import type { OutputLimits } from './output-limits.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
 
 export const ENGINE_VERSION = '0.1.0';
@@ -29,6 +30,8 @@ export interface LayerBuildContext {
   /** The parent layer's manifest (null for the first layer). */
   parent: LayerManifest | null;
   signal?: AbortSignal;
+  /** What of the script's output onOutput gets (see OutputLimiter). @default ENGINE_OUTPUT_LIMITS */
+  outputLimits?: OutputLimits;
   onOutput?: (chunk: string) => void;
   onStep?: (step: string) => void;
   /** How scripts are confined (see sandbox.ts); unset: unsandboxed, as the host's root. */
@@ -207,6 +210,7 @@ async function runEntryScript(
       timeoutMs: ctx.spec.hints.timeoutMs,
       signal: ctx.signal,
       logFile: log,
+      outputLimits: ctx.outputLimits,
       onOutput: ctx.onOutput,
     });
     checkResult(ctx, r);

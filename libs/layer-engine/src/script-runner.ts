@@ -1,4 +1,5 @@
-import { createWriteStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
 import { createRequire } from 'node:module';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,6 +8,8 @@ import path from 'node:path';
 import { exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
+import { CappedLogFile, ENGINE_OUTPUT_LIMITS, OutputLimiter, logMaxFromEnv, type OutputLimits } from './output-limits.js';
+import { formatBytes } from './sizes.js';
 import { SANDBOX_MOUNT_HELPER, SANDBOX_STAGE, sandboxArgs, type SandboxRun } from './sandbox.js';
 
 /**
@@ -46,7 +49,12 @@ export interface RunScriptOptions {
   env: Record<string, string>;
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** The script's output goes here, at most `logMax` bytes of it (the tail: see CappedLogFile). */
   logFile: string;
+  /** @default VMLB_LOG_MAX, else 64 MiB */
+  logMax?: number;
+  /** What of the output onOutput gets (see OutputLimiter). @default ENGINE_OUTPUT_LIMITS */
+  outputLimits?: OutputLimits;
   onOutput?: (chunk: string) => void;
   /** Run sandboxed (see sandbox.ts); unset: as the host's root (`--no-sandbox`). */
   sandbox?: SandboxRun;
@@ -70,6 +78,7 @@ export interface RunScriptResult {
  */
 export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   const started = performance.now();
+  const logMax = o.logMax ?? logMaxFromEnv();
   await mkdir(o.rootMount, { recursive: true });
   const statusFile = `${o.rootMount}.status`;
   await rm(statusFile, { force: true });
@@ -95,13 +104,25 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   }
   if (o.sandbox) Object.assign(env, await writeSandboxFiles(o, scratch));
 
-  const log = createWriteStream(o.logFile, { flags: 'a' });
+  const log = await CappedLogFile.open(o.logFile, logMax);
+  const limiter = new OutputLimiter(o.outputLimits ?? ENGINE_OUTPUT_LIMITS);
   let recent = '';
-  const onData = (buf: Buffer) => {
-    const s = buf.toString('utf8');
-    log.write(buf);
+  // Back-pressure: while the log's disk is behind, the script's pipes are not read (it blocks on them).
+  const pipes: NodeJS.ReadableStream[] = [];
+  let paused = false;
+  const onData = (decoder: StringDecoder) => (buf: Buffer) => {
+    if (!log.write(buf) && !paused) {
+      paused = true;
+      for (const p of pipes) p.pause();
+      log.onDrain(() => {
+        paused = false;
+        for (const p of pipes) p.resume();
+      });
+    }
+    const s = decoder.write(buf);
     recent = (recent + s).slice(-16_384);
-    o.onOutput?.(s);
+    const shown = limiter.feed(s);
+    if (shown) o.onOutput?.(shown);
   };
 
   const child = spawnChild(
@@ -113,8 +134,12 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     ],
     { env: { ...env, ...(o.sandbox?.partitionServer ?? {}), PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` } },
   );
-  child.stdout?.on('data', onData);
-  child.stderr?.on('data', onData);
+  for (const p of [child.stdout, child.stderr]) {
+    if (!p) continue;
+    pipes.push(p);
+    p.on('data', onData(new StringDecoder('utf8')));
+  }
+
 
   let timedOut = false;
   let aborted = false;
@@ -152,7 +177,15 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   } finally {
     if (timer) clearTimeout(timer);
     o.signal?.removeEventListener('abort', onAbort);
-    await new Promise<void>((resolve) => log.end(resolve));
+  }
+  const rest = limiter.end();
+  if (rest) o.onOutput?.(rest);
+  let logError: VmlbError | undefined;
+  try {
+    const cut = await log.close();
+    if (cut.cutBytes > 0) o.onOutput?.(`… the layer's log keeps its last ${formatBytes(log.max)}: ${formatBytes(cut.cutBytes)} (${cut.cutLines} lines) before them were cut (VMLB_LOG_MAX)\n`);
+  } catch (e) {
+    logError = new VmlbError('LOG_WRITE', `could not write the layer's log ${o.logFile}: ${(e as Error).message}`, { cause: e });
   }
   let setupError: string | undefined;
   try {
@@ -166,6 +199,7 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   await waitForAutoclearLoops(`${o.rootMount}.loops`);
   // The sandbox's scratch files (its staged mounts went with the run's mount namespace).
   await Promise.all(Object.values(scratch).map((f) => rm(f, { recursive: true, force: true })));
+  if (logError) throw logError;
   const seconds = (performance.now() - started) / 1000;
   debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
   return { exitCode, signal, timedOut, aborted, setupError, logTail: tail(recent, 20), seconds };
