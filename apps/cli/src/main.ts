@@ -17,6 +17,7 @@ import {
   startupSweep,
 
   formatBytes,
+  logMaxFromEnv,
 } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
 import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
@@ -113,6 +114,7 @@ program
   .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
   .action(async (dir: string, o) => {
     const sandboxed = sandboxFrom(o);
+    logMaxFromEnv(); // a bad VMLB_LOG_MAX is a usage error before anything runs
     const shared = sharedFrom(o);
     const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout, { verbose: o.explain });
     try {

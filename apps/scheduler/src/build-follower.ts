@@ -1,6 +1,6 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
+import { endEventStream, flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
 import { isFinal, type BuildRecords, type StoredRecord } from './build-records.js';
 import { cancelBuild, failBuild, finishBuild, foldEvent } from './record-fold.js';
 import type { Logger } from './logger.js';
@@ -16,8 +16,14 @@ import { findImage } from './image-manifest.js';
  * attempts, or a child failed it), and it catches a worker that died without a word.
  *
  * Followers of one build (the SSE route) subscribe here and get each event as it is folded,
- * then the final record.
+ * then the final record. Once a build's record is final, its stream expires sooner
+ * (EVENTS_FINISHED_TTL_S). Memory stays flat however much a build's layers print: a stream
+ * holds little output (see libs/fleet/src/event-stream.ts) and is read READ_COUNT entries at
+ * a time, each folded and passed on, not kept.
  */
+
+/** Entries one XREAD takes per stream: with batches of at most 32 KiB of output, at most ~3 MiB. */
+export const READ_COUNT = 100;
 
 export interface StreamEntry {
   id: string;
@@ -168,7 +174,7 @@ export class BuildFollower {
     const ids = [...this.active.keys()];
     const keys = ids.map((id) => redisKeys.events(id));
     const cursors = ids.map((id) => this.active.get(id)!.cursor);
-    const reply = (await this.deps.blocking.xread('COUNT', 500, 'BLOCK', this.blockMs, 'STREAMS', ...keys, ...cursors)) as Array<[string, Array<[string, string[]]>]> | null;
+    const reply = (await this.deps.blocking.xread('COUNT', READ_COUNT, 'BLOCK', this.blockMs, 'STREAMS', ...keys, ...cursors)) as Array<[string, Array<[string, string[]]>]> | null;
     for (const [key, entries] of reply ?? []) {
       const id = key.slice(redisKeys.events('').length);
       const a = this.active.get(id);
@@ -255,6 +261,7 @@ export class BuildFollower {
       }
       if (isFinal(a.record) && this.active.get(a.record.id) === a && !a.dirty) {
         this.active.delete(a.record.id);
+        void endEventStream(this.deps.redis, a.record.id).catch((e: unknown) => this.deps.log.warn('could not shorten a finished build\'s event stream TTL', { buildId: a.record.id, error: (e as Error).message }));
         for (const l of a.listeners) l({ type: 'end', record: a.record });
         a.listeners.clear();
         this.opts.onFinished?.(a.record);

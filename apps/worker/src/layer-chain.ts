@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { LayerFailedError, ProjectError, VmlbError, buildLayerReporting, computeKeys, hostPathProblems, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
 import { extractProject, fetchProject } from '@vmlb/fleet';
-import type { JobEvents } from './job-events.js';
+import { STREAM_OUTPUT_LIMITS, type JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
 
 /**
@@ -111,6 +111,7 @@ export function buildOne(
     signal,
     emit: o.quiet ? () => {} : (e) => events.engine(e),
     isFailure: (e) => e instanceof LayerFailedError,
+    outputLimits: STREAM_OUTPUT_LIMITS,
   });
 }
 

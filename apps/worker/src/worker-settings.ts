@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { z } from 'zod';
-import { VmlbError, parseDuration } from '@vmlb/layer-engine';
+import { VmlbError, logMaxFromEnv, parseDuration } from '@vmlb/layer-engine';
 import { fleetConfigFrom, type FleetConfig } from '@vmlb/fleet';
 
 /**
@@ -19,6 +19,8 @@ import { fleetConfigFrom, type FleetConfig } from '@vmlb/fleet';
  *                               host names, IP addresses or CIDR ranges, comma-separated
  *                               (e.g. the site's internal networks)   @default none
  *   VMLB_SANDBOX                must not be 0: a worker runs every layer sandboxed
+ *   VMLB_LOG_MAX                the most of a layer's log kept (its tail) in the local and the
+ *                               shared store, a size (64M, 1G)   @default 64M
  *
  * A SIGKILLed worker's job runs again after its lock lapses: within LOCK_MS + STALLED_MS.
  */
@@ -77,6 +79,16 @@ const schema = z.object({
     .string()
     .optional()
     .transform((v) => (v ?? '').split(',').map((x) => x.trim()).filter(Boolean)),
+  VMLB_LOG_MAX: z
+    .string()
+    .optional()
+    .superRefine((v, ctx) => {
+      try {
+        logMaxFromEnv({ VMLB_LOG_MAX: v });
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: (e as Error).message });
+      }
+    }),
   VMLB_SANDBOX: z
     .string()
     .optional()

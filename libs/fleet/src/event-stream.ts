@@ -5,13 +5,24 @@ import { redisKeys } from './names.js';
 /**
  * A build's event stream, `vmlb:events:<buildId>`: workers append FleetEvents (JSON in field
  * `e`), the scheduler reads them from an id on and folds them into the build record. Redis
- * holds live state only: the stream is capped (about EVENTS_MAXLEN entries: a layer's log is
- * batched, so that is plenty) and expires EVENTS_TTL_S after its last event.
+ * holds live state only, so a stream is bounded however much a build's layers print:
+ *
+ * - in entries: at most about EVENTS_MAXLEN (XADD MAXLEN ~);
+ * - in bytes: a layer's output goes in as batches of at most 32 KiB, at most 1 MiB a layer
+ *   (4 KiB a line, 128 KiB/s with bursts of 512 KiB: see apps/worker/src/job-events.ts) and
+ *   at most BUILD_LOG_BUDGET for the whole build (takeLogBudget); what is over is dropped,
+ *   with a "… N lines dropped, full log in the store" line;
+ * - in time: it expires EVENTS_TTL_S after its last event while the build runs, and
+ *   EVENTS_FINISHED_TTL_S after the build ended (endEventStream), its record being stored.
  */
 
 export const EVENTS_MAXLEN = 10_000;
-/** A week: long after the scheduler has folded them into the stored build record. */
+/** A week: a running build's stream outlives any scheduler outage. */
 export const EVENTS_TTL_S = 7 * 24 * 3600;
+/** A day: a finished build's stream, kept for clients that replay it (its record has the rest). */
+export const EVENTS_FINISHED_TTL_S = 24 * 3600;
+/** The most layer output (characters) all of a build's jobs together put in its stream: 4 MiB. */
+export const BUILD_LOG_BUDGET = 4 * 1024 * 1024;
 
 export interface StreamedEvent {
   /** The stream entry id (pass the last one seen to readEvents to go on after it). */
@@ -57,4 +68,22 @@ export async function readEvents(redis: Redis, buildId: string, from = '0', o: R
     }
   }
   return out;
+}
+
+/**
+ * Takes `n` characters of the build's stream budget for layer output (BUILD_LOG_BUDGET, shared
+ * by all its jobs, on any worker); returns how many of them may go in (0 once it is spent).
+ */
+export async function takeLogBudget(redis: Redis, buildId: string, n: number, budget = BUILD_LOG_BUDGET): Promise<number> {
+  const key = redisKeys.logBudget(buildId);
+  const r = await redis.multi().incrby(key, n).expire(key, EVENTS_TTL_S).exec();
+  const [err, total] = r?.[0] ?? [new Error('INCRBY was not run'), null];
+  if (err) throw err;
+  const before = Number(total) - n;
+  return Math.max(0, Math.min(n, budget - before));
+}
+
+/** The build has ended (its record is stored): its stream and budget expire EVENTS_FINISHED_TTL_S from now. */
+export async function endEventStream(redis: Redis, buildId: string): Promise<void> {
+  await redis.multi().expire(redisKeys.events(buildId), EVENTS_FINISHED_TTL_S).expire(redisKeys.logBudget(buildId), EVENTS_FINISHED_TTL_S).exec();
 }

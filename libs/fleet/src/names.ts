@@ -18,6 +18,8 @@ export const redisKeys = {
   layerReady: 'vmlb:layer-ready',
   /** Stream of a build's events (XADD by workers, XREAD by the scheduler). */
   events: (buildId: string) => `vmlb:events:${buildId}`,
+  /** Characters of layer output a build's workers have put in its event stream (INCRBY; see takeLogBudget). */
+  logBudget: (buildId: string) => `vmlb:log-budget:${buildId}`,
   /** A worker's registration, refreshed by its heartbeat (JSON, TTL). */
   worker: (workerId: string) => `vmlb:worker:${workerId}`,
   workerPattern: 'vmlb:worker:*',

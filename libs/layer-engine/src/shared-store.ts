@@ -190,20 +190,33 @@ function hashing(): { stream: Transform; result: () => { sha256: string; size: n
 }
 
 /**
- * A keep-alive agent that drops a connection silent for `idleMs` (Node only reports such a
- * socket, and the minio client does not listen): the request then fails with ETIMEDOUT and is
- * retried instead of hanging a build forever on a stalled server.
+ * The keep-alive agent. Its `timeout` applies to idle pooled sockets only: Node lowers it to a
+ * second under the server's `Keep-Alive: timeout=N` hint, so a pooled socket is dropped before
+ * the server closes it. It must not be the timeout of a request in flight: a reused socket
+ * keeps the lowered value (4 s for a Node server such as s3rver), which is why uploads failed
+ * within seconds, under load, with "no data for 60000 ms" while the server assembled a part.
  */
-function idleTimeoutAgent(useSSL: boolean, idleMs: number): http.Agent {
-  const agent = useSSL ? new https.Agent({ keepAlive: true, timeout: idleMs }) : new http.Agent({ keepAlive: true, timeout: idleMs });
-  const create = agent.createConnection.bind(agent) as (...args: unknown[]) => import('node:net').Socket | undefined;
-  (agent as unknown as { createConnection: (...args: unknown[]) => unknown }).createConnection = (...args: unknown[]) => {
-    const socket = create(...args);
-    socket?.on('timeout', () => socket.destroy(Object.assign(new Error(`no data for ${idleMs} ms`), { code: 'ETIMEDOUT' })));
-    return socket;
-  };
-  return agent;
+function keepAliveAgent(useSSL: boolean, idleMs: number): http.Agent {
+  return useSSL ? new https.Agent({ keepAlive: true, timeout: idleMs }) : new http.Agent({ keepAlive: true, timeout: idleMs });
 }
+
+/**
+ * The transport the minio client makes its requests with: each request is given up on (with
+ * ETIMEDOUT, so it is retried) when its connection is silent for `idleMs` — set per request,
+ * whatever timeout a pooled socket carried before.
+ */
+function idleTimeoutTransport(useSSL: boolean, idleMs: number): Transport {
+  const mod = useSSL ? https : http;
+  return {
+    request: ((options: http.RequestOptions, callback?: (res: http.IncomingMessage) => void) => {
+      const req = mod.request(options, callback);
+      req.setTimeout(idleMs, () => req.destroy(Object.assign(new Error(`no data for ${idleMs} ms`), { code: 'ETIMEDOUT' })));
+      return req;
+    }) as Transport['request'],
+  };
+}
+
+type Transport = NonNullable<ConstructorParameters<typeof Client>[0]['transport']>;
 
 async function readText(stream: Readable): Promise<string> {
   const chunks: Buffer[] = [];
@@ -226,7 +239,11 @@ function checkManifest(value: unknown, key: string, object: string): LayerManife
 }
 
 /** The `minio` client for a store's configuration (one place that maps S3Config onto it). */
-export function minioClient(config: S3Config, transportAgent?: ConstructorParameters<typeof Client>[0]['transportAgent']): Client {
+export function minioClient(
+  config: S3Config,
+  transportAgent?: ConstructorParameters<typeof Client>[0]['transportAgent'],
+  transport?: Transport,
+): Client {
   return new Client({
     endPoint: config.host,
     port: config.port,
@@ -237,6 +254,7 @@ export function minioClient(config: S3Config, transportAgent?: ConstructorParame
     region: config.region,
     pathStyle: config.pathStyle,
     ...(transportAgent ? { transportAgent } : {}),
+    ...(transport ? { transport } : {}),
   });
 }
 
@@ -255,8 +273,9 @@ export class SharedStore {
     this.url = config.url;
     this.retry = { tries: 6, firstDelayMs: 250, maxDelayMs: 4000, ...opts.retry };
     this.onEvent = opts.onEvent;
-    this.agent = idleTimeoutAgent(config.useSSL, opts.idleTimeoutMs ?? 60_000);
-    this.client = minioClient(config, this.agent);
+    const idleMs = opts.idleTimeoutMs ?? 60_000;
+    this.agent = keepAliveAgent(config.useSSL, idleMs);
+    this.client = minioClient(config, this.agent, idleTimeoutTransport(config.useSSL, idleMs));
   }
 
   // ---- object names ----
