@@ -4,6 +4,7 @@
  * until it prints its two export lines, its "up" line and its workers have started.
  */
 import { execa, type ResultPromise } from 'execa';
+import { readFile } from 'node:fs/promises';
 import { expect } from 'vitest';
 import { waitFor } from './fleet-api.js';
 import { REPO } from './vmlb.js';
@@ -17,6 +18,10 @@ export interface DevFleet {
   exported: { VMLB_SERVER: string; VMLB_TOKEN: string };
   /** The ports of its scheduler and Redis, from its "up" line. */
   ports: { scheduler: number; redis: number };
+  /** The pid of each part it runs (redis, s3, scheduler, dashboard, worker-N), the latest run's. */
+  pids(): Record<string, number>;
+  /** The launcher's own pid (the parent of its parts). */
+  launcherPid(): Promise<number>;
   /** A signal to its whole process group (npm, its shell, the launcher). */
   signal(signal?: NodeJS.Signals): void;
   /** Ctrl-C, then SIGKILL after a minute, and waits for it (if it still runs). */
@@ -53,6 +58,11 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
   const up = upLine.exec(errors)!;
   await waitFor(`${o.workers} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= o.workers || ended(), 60_000, 200);
   expect((errors.match(/"msg":"worker started"/g) ?? []).length, errors).toBeGreaterThanOrEqual(o.workers);
+  const pids = () => {
+    const found: Record<string, number> = {};
+    for (const m of errors.matchAll(/^fleet: (?:started|restarted) (\S+) \(pid (\d+)\)$/gm)) found[m[1]!] = Number(m[2]);
+    return found;
+  };
   return {
     proc,
     get output() {
@@ -63,6 +73,12 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
     },
     exported: { VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! },
     ports: { scheduler: Number(up[1]), redis: Number(up[2]) },
+    pids,
+    async launcherPid() {
+      const scheduler = pids().scheduler;
+      const stat = await readFile(`/proc/${scheduler}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    },
     signal,
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;

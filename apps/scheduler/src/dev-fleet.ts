@@ -44,7 +44,7 @@ const SCHEDULER_MAIN = path.join(REPO, 'apps/scheduler/src/main.ts');
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 const DASHBOARD_MAIN = path.join(REPO, 'apps/web-dashboard/src/main.ts');
 
-/** Restarts: the first after 1 s, then doubling up to 15 s. */
+/** Restarts: after 1 s, then doubling with each quick death in a row, up to 15 s. */
 const BACKOFF_FIRST_MS = 1000;
 const BACKOFF_MAX_MS = 15_000;
 /** A part that ran this long before it died counts as having worked: its backoff starts over. */
@@ -201,13 +201,14 @@ function startPart(spec: PartSpec): Part {
         return;
       }
       const lived = Date.now() - run.startedAt;
-      quickDeaths = lived < STABLE_MS ? quickDeaths + 1 : 1;
-      if (lived < STABLE_MS && quickDeaths >= MAX_QUICK_DEATHS) {
+      // A run that had worked for a while starts the count over.
+      quickDeaths = lived < STABLE_MS ? quickDeaths + 1 : 0;
+      if (quickDeaths >= MAX_QUICK_DEATHS) {
         say(`${spec.name} died (${how}) ${quickDeaths} times in a row within ${STABLE_MS / 1000} s of starting: giving up on it${spec.essential ? ', stopping the fleet' : ''}`);
         if (spec.essential) gaveUp(spec.name);
         return;
       }
-      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** (quickDeaths - 1));
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.max(0, quickDeaths - 1));
       say(`${spec.name} (pid ${run.proc.pid ?? '?'}) died (${how}) after ${seconds(lived)}: restarting it in ${seconds(delay)} (${spec.keeps})`);
       const until = Date.now() + delay;
       while (Date.now() < until && !stopping) await sleep(Math.min(100, until - Date.now()));
