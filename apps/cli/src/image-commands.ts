@@ -29,6 +29,7 @@ import {
   parseDuration,
   parseSize,
   planSharedPrune,
+  DEFAULT_UPLOADS_OLDER_THAN_MS,
   pruneShared,
   resolveImage,
   rollup,
@@ -365,6 +366,11 @@ function registerGc(program: Command): void {
     .addOption(new Option('--older-than <duration>', 'remove local layers last used longer ago than this (e.g. 30d, 12h)').argParser(durationArg))
     .addOption(new Option('--shared <s3-url>', 'also prune this shared store, s3://BUCKET/PREFIX (S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION)'))
     .addOption(new Option('--unused-for <duration>', 'with --shared: prune layers no build used (and none uploaded) for this long').argParser(durationArg).default(30 * 86_400_000, '30d'))
+    .addOption(
+      new Option('--uploads-older-than <duration>', 'with --shared: abort incomplete multipart uploads (interrupted pushes) started longer ago than this')
+        .argParser(durationArg)
+        .default(DEFAULT_UPLOADS_OLDER_THAN_MS, '1d'),
+    )
     .option('-n, --dry-run', 'list what would be removed and how many bytes; remove nothing')
     .option('--json', 'print the result as JSON')
     .addOption(storeOption())
@@ -396,22 +402,27 @@ function registerGc(program: Command): void {
           if (!dry) {
             const debris = await store.sweepTemp();
             if (debris) out.push(`removed ${debris} half-built blob${debris === 1 ? '' : 's'} of killed builds`);
+            const orphans = await store.sweepOrphans();
+            if (orphans.files) out.push(`removed ${orphans.files} file${orphans.files === 1 ? '' : 's'} no layer owns (${formatBytes(orphans.bytes)})`);
             out.push(`the local store now holds ${after.layers} layers, ${formatBytes(after.bytes)}`);
           }
         }
         if (o.shared !== undefined) {
           const shared = new SharedStore(s3ConfigFrom(o.shared, process.env, { urlName: '--shared' }));
           try {
-            const plan = await planSharedPrune(shared, { unusedForMs: o.unusedFor });
+            const plan = await planSharedPrune(shared, { unusedForMs: o.unusedFor, uploadsOlderThanMs: o.uploadsOlderThan });
             const done = dry ? undefined : await pruneShared(shared, plan);
             const gone = done ? new Set(done.removed) : undefined;
             const layers = plan.layers.filter((l) => !gone || gone.has(l.key));
             const bytes = layers.reduce((s, l) => s + l.bytes, 0);
-            json.shared = { store: shared.url, cutoff: plan.cutoff, total: plan.total, kept: plan.total - layers.length, recentlyUsed: plan.recentlyUsed, bytes, layers, staleRecords: plan.staleRecords };
+            json.shared = { store: shared.url, cutoff: plan.cutoff, total: plan.total, kept: plan.total - layers.length, recentlyUsed: plan.recentlyUsed, bytes, layers, staleRecords: plan.staleRecords, uploadsCutoff: plan.uploadsCutoff, incompleteUploads: plan.incompleteUploads };
             out.push(`shared store ${shared.url}: ${plan.total} layers; ${plan.recentlyUsed} keys used by builds since ${plan.cutoff.replace(/\.\d+Z$/, 'Z')}`);
             out.push(`${verb} ${layers.length} layer${layers.length === 1 ? '' : 's'} no build used since then, ${formatBytes(bytes)}${layers.length ? ':' : ''}`);
             for (const l of layers) out.push(`  ${l.key.slice(0, 12)}  ${l.name.padEnd(16)} ${l.kind.padEnd(11)} ${formatBytes(l.bytes).padStart(9)}  uploaded ${l.uploadedAt.replace(/\.\d+Z$/, 'Z')}`);
             if (plan.staleRecords.length) out.push(`${dry ? 'would remove' : 'removed'} ${plan.staleRecords.length} use record${plan.staleRecords.length === 1 ? '' : 's'} older than that`);
+            const ups = plan.incompleteUploads;
+            out.push(`${dry ? 'would abort' : 'aborted'} ${ups.length} incomplete upload${ups.length === 1 ? '' : 's'} started before ${plan.uploadsCutoff.replace(/\.\d+Z$/, 'Z')}${ups.length ? ':' : ''}`);
+            for (const u of ups) out.push(`  ${u.object}  started ${u.initiated.replace(/\.\d+Z$/, 'Z')}  (upload ${u.uploadId})`);
           } finally {
             shared.close();
           }

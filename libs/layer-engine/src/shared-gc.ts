@@ -9,11 +9,20 @@
  * on it (a chain is kept whole). Everything else is pruned, layers built on others first,
  * each manifest before its blob, so a reader never sees half a layer. Records older than the
  * window go too: they can keep nothing any more.
+ *
+ * Incomplete multipart uploads under PREFIX started longer ago than `uploadsOlderThanMs`
+ * (default a day) are aborted too: a push killed mid-upload leaves one holding its parts,
+ * invisible to listings. A push that fails or is interrupted aborts its own; the day spares
+ * uploads still in progress. (A bucket lifecycle rule, AbortIncompleteMultipartUpload after
+ * 1 day, does the same on the server: deploy/README.md.)
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { LayerManifest } from './local-store.js';
-import type { SharedStore } from './shared-store.js';
+import type { IncompleteUpload, SharedStore } from './shared-store.js';
+
+/** How old an incomplete multipart upload must be for gc to abort it. */
+export const DEFAULT_UPLOADS_OLDER_THAN_MS = 86_400_000;
 
 export const USES_DIR = 'uses';
 
@@ -50,6 +59,9 @@ export interface SharedPrunePlan {
   bytes: number;
   /** Use records older than the window. */
   staleRecords: string[];
+  /** Incomplete multipart uploads started before `uploadsCutoff` (object names relative to PREFIX). */
+  incompleteUploads: IncompleteUpload[];
+  uploadsCutoff: string;
   /** Layers in the store, and how many are kept. */
   total: number;
   kept: number;
@@ -87,9 +99,11 @@ async function readUses(shared: SharedStore, cutoff: number): Promise<{ used: Se
   return { used, stale };
 }
 
-export async function planSharedPrune(shared: SharedStore, o: { unusedForMs: number; now?: number }): Promise<SharedPrunePlan> {
-  const cutoff = (o.now ?? Date.now()) - o.unusedForMs;
-  const [{ used, stale }, listed] = await Promise.all([readUses(shared, cutoff), shared.listManifests()]);
+export async function planSharedPrune(shared: SharedStore, o: { unusedForMs: number; uploadsOlderThanMs?: number; now?: number }): Promise<SharedPrunePlan> {
+  const now = o.now ?? Date.now();
+  const cutoff = now - o.unusedForMs;
+  const uploadsCutoff = now - (o.uploadsOlderThanMs ?? DEFAULT_UPLOADS_OLDER_THAN_MS);
+  const [{ used, stale }, listed, uploads] = await Promise.all([readUses(shared, cutoff), shared.listManifests(), shared.listIncompleteUploads()]);
   const manifests = await mapLimit(listed, 8, async (l) => ({ ...l, manifest: await shared.getManifest(l.key).catch(() => null) }));
   const byKey = new Map(manifests.filter((m) => m.manifest).map((m) => [m.key, m]));
   const keep = new Set<string>();
@@ -116,6 +130,8 @@ export async function planSharedPrune(shared: SharedStore, o: { unusedForMs: num
     layers,
     bytes: layers.reduce((s, l) => s + l.bytes, 0),
     staleRecords: stale.sort(),
+    incompleteUploads: uploads.filter((u) => Date.parse(u.initiated) <= uploadsCutoff),
+    uploadsCutoff: new Date(uploadsCutoff).toISOString(),
     total: manifests.length,
     kept: manifests.length - layers.length,
     recentlyUsed: used.size,
@@ -127,7 +143,7 @@ export async function planSharedPrune(shared: SharedStore, o: { unusedForMs: num
  * Removes what a plan lists, except layers that a build started since the plan now uses
  * (the use records are read again right before).
  */
-export async function pruneShared(shared: SharedStore, plan: SharedPrunePlan): Promise<{ removed: string[]; bytes: number; records: number }> {
+export async function pruneShared(shared: SharedStore, plan: SharedPrunePlan): Promise<{ removed: string[]; bytes: number; records: number; uploads: number }> {
   const { used } = await readUses(shared, Date.parse(plan.cutoff));
   const removed: string[] = [];
   let bytes = 0;
@@ -138,5 +154,6 @@ export async function pruneShared(shared: SharedStore, plan: SharedPrunePlan): P
     bytes += l.bytes;
   }
   for (const r of plan.staleRecords) await shared.removeRecord(r);
-  return { removed, bytes, records: plan.staleRecords.length };
+  for (const u of plan.incompleteUploads) await shared.abortIncompleteUpload(u);
+  return { removed, bytes, records: plan.staleRecords.length, uploads: plan.incompleteUploads.length };
 }

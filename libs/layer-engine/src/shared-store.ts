@@ -1,10 +1,8 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
-import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { addAbortSignal, type Readable } from 'node:stream';
 import { Client } from 'minio';
 import { AbortedError, StoreError, VmlbError } from './errors.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
@@ -44,6 +42,12 @@ export interface SharedStoreOptions {
   retry?: RetryOptions;
   /** A connection silent this long is dropped (and the request retried). @default 60_000 */
   idleTimeoutMs?: number;
+  /**
+   * Files up to `threshold` bytes go in one PUT; larger ones as a multipart upload of
+   * `partSize` parts, `concurrency` of them in flight (each held in memory).
+   * @default { threshold: 64 MiB, partSize: 32 MiB, concurrency: 2 }
+   */
+  multipart?: { threshold?: number; partSize?: number; concurrency?: number };
   /** Observes every object write and retry, in order (tests, logs, metrics). */
   onEvent?: (e: SharedStoreEvent) => void;
 }
@@ -51,7 +55,21 @@ export interface SharedStoreOptions {
 export type SharedStoreEvent =
   | { type: 'put-start' | 'put-done'; object: string; bytes: number }
   | { type: 'remove'; object: string }
+  /** One part of a multipart upload is stored. */
+  | { type: 'part-done'; object: string; part: number; bytes: number }
+  /** A multipart upload aborted (after a failure or an interrupt, or by gc). */
+  | { type: 'abort-upload'; object: string; uploadId: string }
+  | { type: 'abort-upload-failed'; object: string; uploadId: string; error: string }
   | ({ type: 'retry' } & RetryInfo);
+
+/** A multipart upload that was started and neither completed nor aborted. */
+export interface IncompleteUpload {
+  /** The object it would write (the full name, PREFIX included). */
+  object: string;
+  uploadId: string;
+  /** When it was started (ISO 8601). */
+  initiated: string;
+}
 
 export interface RetryInfo {
   /** What was being done, e.g. `upload layers/<key>.qcow2`. */
@@ -176,19 +194,6 @@ function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined, onAbort
   });
 }
 
-function hashing(): { stream: Transform; result: () => { sha256: string; size: number } } {
-  const h = createHash('sha256');
-  let size = 0;
-  const stream = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      h.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  return { stream, result: () => ({ sha256: h.digest('hex'), size }) };
-}
-
 /**
  * The keep-alive agent. Its `timeout` applies to idle pooled sockets only: Node lowers it to a
  * second under the server's `Keep-Alive: timeout=N` hint, so a pooled socket is dropped before
@@ -265,6 +270,7 @@ export class SharedStore {
   private readonly client: Client;
   private readonly agent: http.Agent;
   private readonly retry: Required<RetryOptions>;
+  private readonly multipart: { threshold: number; partSize: number; concurrency: number };
   private readonly onEvent: ((e: SharedStoreEvent) => void) | undefined;
   private closed = false;
 
@@ -273,6 +279,10 @@ export class SharedStore {
     this.url = config.url;
     this.retry = { tries: 6, firstDelayMs: 250, maxDelayMs: 4000, ...opts.retry };
     this.onEvent = opts.onEvent;
+    const mp = { threshold: 64 << 20, partSize: 32 << 20, concurrency: 2, ...opts.multipart };
+    // S3's limits: parts of at least 5 MiB (but the last), at most 10 000 of them.
+    if (mp.partSize < 5 << 20) throw new StoreError(`a multipart part must be at least 5 MiB, not ${mp.partSize} bytes`);
+    this.multipart = { ...mp, threshold: Math.max(mp.threshold, mp.partSize), concurrency: Math.max(1, Math.floor(mp.concurrency)) };
     const idleMs = opts.idleTimeoutMs ?? 60_000;
     this.agent = keepAliveAgent(config.useSSL, idleMs);
     this.client = minioClient(config, this.agent, idleTimeoutTransport(config.useSSL, idleMs));
@@ -549,48 +559,206 @@ export class SharedStore {
     }, o);
   }
 
-  /** Streams a file into an object; with `expect`, fails (and writes nothing after) unless the bytes sent hash to it. */
+  /**
+   * Uploads a file as an object; with `expect`, fails (and leaves no object) unless the file's
+   * bytes hash to it. Up to `multipartThreshold` bytes go in one PUT; a larger file goes as a
+   * multipart upload of `partSize` parts, `partConcurrency` at a time, each part retried alone
+   * (a failed part is sent again, not the whole file). The upload is completed only once the
+   * whole file has hashed right; any failure, an abort included, aborts it on the server, so
+   * no incomplete upload is left holding parts (a killed process leaves one: `vmlb gc --shared`).
+   */
   private async uploadFile(object: string, file: string, expect: { sha256: string; size: number; layer: string } | null, o: CallOptions): Promise<void> {
-    await this.withRetry(`upload ${object}`, async () => {
-      const size = expect?.size ?? (await stat(file)).size;
-      this.onEvent?.({ type: 'put-start', object, bytes: size });
-      const source = createReadStream(file, { highWaterMark: 1 << 20 });
-      const body = hashing();
-      try {
-        const feeding = pipeline(source, body.stream);
-        const put = this.client.putObject(this.config.bucket, object, body.stream, size, { 'Content-Type': 'application/octet-stream' });
-        await untilAborted(Promise.all([put, feeding]), o.signal, () => {
-          body.stream.destroy(new AbortedError());
-          this.dropConnections();
-        });
-      } finally {
-        source.destroy();
-        body.stream.destroy();
-      }
-      const sent = body.result();
-      if (expect && (sent.sha256 !== expect.sha256 || sent.size !== expect.size)) {
-        throw new StoreError(
-          `layer ${expect.layer}: the local blob ${file} does not match its manifest (sha256 ${sent.sha256}, ${sent.size} bytes; the manifest says ${expect.sha256}, ${expect.size} bytes): not uploaded; the local store is damaged, remove that layer`,
+    const size = (await stat(file)).size;
+    const mismatch = (sent: { sha256: string; size: number }) =>
+      new StoreError(
+        `layer ${expect!.layer}: the local blob ${file} does not match its manifest (sha256 ${sent.sha256}, ${sent.size} bytes; the manifest says ${expect!.sha256}, ${expect!.size} bytes): not uploaded; the local store is damaged, remove that layer`,
+      );
+    if (expect && size !== expect.size) throw mismatch({ sha256: '(not read)', size });
+    this.onEvent?.({ type: 'put-start', object, bytes: size });
+    if (size <= this.multipart.threshold) {
+      const body = await readFile(file);
+      const sha256 = createHash('sha256').update(body).digest('hex');
+      if (expect && sha256 !== expect.sha256) throw mismatch({ sha256, size: body.length });
+      await this.withRetry(`upload ${object}`, () => this.client.putObject(this.config.bucket, object, body, body.length, { 'Content-Type': 'application/octet-stream' }), o);
+    } else {
+      await this.uploadMultipart(object, file, size, expect ? (sent) => (sent.sha256 === expect.sha256 ? null : mismatch(sent)) : () => null, o);
+    }
+    this.onEvent?.({ type: 'put-done', object, bytes: size });
+  }
+
+  private async uploadMultipart(
+    object: string,
+    file: string,
+    size: number,
+    check: (sent: { sha256: string; size: number }) => Error | null,
+    o: CallOptions,
+  ): Promise<void> {
+    const { bucket } = this.config;
+    const { concurrency } = this.multipart;
+    // At most 10 000 parts (S3's limit): larger parts for a file that would need more.
+    const partSize = Math.max(this.multipart.partSize, Math.ceil(size / 10_000 / (1 << 20)) * (1 << 20));
+    const uploadId = await this.withRetry(
+      `start the upload of ${object}`,
+      () => this.client.initiateNewMultipartUpload(bucket, object, { 'Content-Type': 'application/octet-stream' }),
+      o,
+    );
+    const fh = await open(file, 'r');
+    const parts: Array<{ part: number; etag: string }> = [];
+    const inFlight = new Set<Promise<void>>();
+    let failed: unknown = null;
+    try {
+      const whole = createHash('sha256');
+      const count = Math.ceil(size / partSize);
+      for (let part = 1; part <= count && failed === null; part++) {
+        const offset = (part - 1) * partSize;
+        const length = Math.min(partSize, size - offset);
+        const buf = Buffer.allocUnsafe(length);
+        for (let got = 0; got < length; ) {
+          const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+          if (bytesRead === 0) throw new StoreError(`${file} shrank while it was being uploaded (${offset + got} of ${size} bytes read)`);
+          got += bytesRead;
+        }
+        whole.update(buf);
+        const md5 = createHash('md5').update(buf).digest('base64');
+        const p = this.withRetry(
+          `upload part ${part} of ${count} of ${object}`,
+          () =>
+            untilAborted(
+              this.client.uploadPart({ bucketName: bucket, objectName: object, uploadID: encodeURIComponent(uploadId), partNumber: part, headers: { 'Content-MD5': md5 } }, buf),
+              o.signal,
+              () => this.dropConnections(),
+            ),
+          o,
+        ).then(
+          (r) => {
+            parts.push({ part, etag: r.etag });
+            this.onEvent?.({ type: 'part-done', object, part, bytes: length });
+          },
+          (e: unknown) => {
+            failed ??= e;
+          },
         );
+        inFlight.add(p);
+        void p.finally(() => inFlight.delete(p));
+        while (inFlight.size >= concurrency) await Promise.race(inFlight);
       }
-      this.onEvent?.({ type: 'put-done', object, bytes: size });
+      await Promise.all(inFlight);
+      if (failed !== null) throw failed;
+      const bad = check({ sha256: whole.digest('hex'), size });
+      if (bad) throw bad;
+      parts.sort((x, y) => x.part - y.part);
+      await this.withRetry(`complete the upload of ${object}`, () => untilAborted(this.client.completeMultipartUpload(bucket, object, uploadId, parts), o.signal, () => this.dropConnections()), o);
+    } catch (e) {
+      await Promise.allSettled(inFlight);
+      await this.abortUpload(object, uploadId);
+      throw e;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * Aborts a multipart upload (its parts are freed), with a few quick tries and at most 15 s in
+   * all, whatever the caller's signal says: it runs on the failure and Ctrl-C paths.
+   */
+  private async abortUpload(object: string, uploadId: string): Promise<void> {
+    const deadline = AbortSignal.timeout(15_000);
+    try {
+      await untilAborted(
+        this.withRetry(`abort the upload of ${object}`, async () => {
+          try {
+            await this.client.abortMultipartUpload(this.config.bucket, object, uploadId);
+          } catch (e) {
+            if (errorCode(e) !== 'NoSuchUpload') throw e;
+          }
+        }, { signal: deadline }),
+        deadline,
+        () => this.dropConnections(),
+      );
+      this.onEvent?.({ type: 'abort-upload', object, uploadId });
+    } catch (e) {
+      this.onEvent?.({ type: 'abort-upload-failed', object, uploadId, error: describe(e) });
+    }
+  }
+
+  /** The incomplete multipart uploads under PREFIX (interrupted pushes), oldest first. */
+  async listIncompleteUploads(o: CallOptions = {}): Promise<IncompleteUpload[]> {
+    const { bucket, prefix } = this.config;
+    return this.withRetry(`list the incomplete uploads under ${prefix || '/'}`, async () => {
+      const out: IncompleteUpload[] = [];
+      let keyMarker = '';
+      let uploadIdMarker = '';
+      for (;;) {
+        const r = await this.client.listIncompleteUploadsQuery(bucket, prefix, keyMarker, uploadIdMarker, '');
+        for (const u of r.uploads) out.push({ object: u.key, uploadId: u.uploadId, initiated: u.initiated.toISOString() });
+        const next = { key: r.nextKeyMarker ?? '', id: r.nextUploadIdMarker ?? '' };
+        if (!r.isTruncated || (next.key === keyMarker && next.id === uploadIdMarker) || (!next.key && !next.id)) break;
+        keyMarker = next.key;
+        uploadIdMarker = next.id;
+      }
+      return out.sort((x, y) => x.initiated.localeCompare(y.initiated));
     }, o);
   }
 
-  /** Streams an object into a file, hashing it on the way; null when there is no such object. */
-  private async download(object: string, file: string, o: CallOptions): Promise<{ sha256: string; size: number } | null> {
-    return this.withRetry(`download ${object}`, async () => {
-      let res: Readable;
+  /** Aborts an incomplete multipart upload (nothing happens when it is gone already). */
+  async abortIncompleteUpload(u: Pick<IncompleteUpload, 'object' | 'uploadId'>, o: CallOptions = {}): Promise<void> {
+    await this.withRetry(`abort the upload of ${u.object}`, async () => {
       try {
-        res = await this.client.getObject(this.config.bucket, object);
+        await this.client.abortMultipartUpload(this.config.bucket, u.object, u.uploadId);
       } catch (e) {
-        if (isNotFound(e)) return null;
-        throw e;
+        if (errorCode(e) !== 'NoSuchUpload') throw e;
       }
-      const h = hashing();
-      await pipeline(res, h.stream, createWriteStream(file), o.signal ? { signal: o.signal } : {});
-      return h.result();
     }, o);
+    this.onEvent?.({ type: 'abort-upload', object: u.object, uploadId: u.uploadId });
+  }
+
+  /**
+   * Streams an object into a file, hashing it on the way; null when there is no such object.
+   * A transfer cut short is resumed where it stopped (a ranged GET), not started again; it
+   * starts again only when the object changed meanwhile (another ETag) or the server ignores
+   * the range.
+   */
+  private async download(object: string, file: string, o: CallOptions): Promise<{ sha256: string; size: number } | null> {
+    const fh = await open(file, 'w');
+    let hash = createHash('sha256');
+    let size = 0;
+    let etag: string | undefined;
+    const restart = async () => {
+      hash = createHash('sha256');
+      size = 0;
+      await fh.truncate(0);
+    };
+    try {
+      const found = await this.withRetry(`download ${object}`, async () => {
+        let res: Readable;
+        try {
+          res = size === 0 ? await this.client.getObject(this.config.bucket, object) : await this.client.getPartialObject(this.config.bucket, object, size);
+        } catch (e) {
+          if (isNotFound(e)) return false;
+          // 416: the object is shorter than what we have, so it changed: start again.
+          if (size > 0 && errorCode(e) === 'InvalidRange') await restart();
+          throw e;
+        }
+        const msg = res as Readable & { statusCode?: number; headers?: Record<string, string | undefined> };
+        const tag = msg.headers?.etag;
+        if (size > 0 && (msg.statusCode !== 206 || (etag && tag && tag !== etag))) {
+          res.destroy();
+          await restart();
+          throw Object.assign(new Error(`${object} changed on the server during the download (or the range was ignored): starting again`), { code: 'ECONNRESET' });
+        }
+        etag ??= tag;
+        if (o.signal) addAbortSignal(o.signal, res);
+        for await (const chunk of res as AsyncIterable<Buffer>) {
+          await fh.write(chunk, 0, chunk.length, size);
+          hash.update(chunk);
+          size += chunk.length;
+        }
+        return true;
+      }, o);
+      return found ? { sha256: hash.digest('hex'), size } : null;
+    } finally {
+      await fh.close();
+    }
   }
 
   /** Cuts the connections in use, so a request stuck in the client fails now. */
