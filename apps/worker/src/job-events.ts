@@ -122,6 +122,20 @@ export class JobEvents {
     const e = this.pending;
     this.pending = undefined;
     if (!e) return;
+    // Entries of at most LOG_BATCH_CHARS, cut after a line where there is one.
+    for (let at = 0; at < e.chunk.length; ) {
+      let end = Math.min(e.chunk.length, at + LOG_BATCH_CHARS);
+      if (end < e.chunk.length) {
+        const nl = e.chunk.lastIndexOf('\n', end - 1);
+        if (nl >= at) end = nl + 1;
+      }
+      this.sendLog({ ...e, chunk: e.chunk.slice(at, end) });
+      at = end;
+    }
+  }
+
+  /** Sends one batch, as much of it as the build's budget still allows. */
+  private sendLog(e: LogEvent): void {
     this.enqueue(async () => {
       if (this.budgetSpent) return this.drop(e.chunk);
       let chunk = e.chunk;

@@ -221,7 +221,9 @@ export function droppedMarker(lines: number, why = ''): string {
  * comes (a partial line is not held back, so progress output stays live). Whether a line
  * passes is decided when it starts (after `\n`, or `\r`, which rewrites it): a passing line
  * counts against the budget as it goes, up to lineMax. Dropped lines are counted; a marker
- * (droppedMarker) goes out before the next line that passes and at end().
+ * (droppedMarker) goes out before the next line that passes and at end(). Once over the rate,
+ * lines are dropped until the bucket has refilled halfway (half a second's worth at most), so
+ * a flood gives a marker now and then, not one between every two lines.
  */
 export class OutputLimiter {
   private passed = 0;
@@ -234,6 +236,8 @@ export class OutputLimiter {
   private dropped = 0;
   private droppedWhy = '';
   private announcedTotal = false;
+  /** Over the rate: lines are dropped until the bucket holds `resume` again (drops come in stretches, not line by line). */
+  private rateDropping = false;
 
   readonly limits: OutputLimits;
 
@@ -337,19 +341,23 @@ export class OutputLimiter {
       this.droppedWhy = `past ${formatBytes(this.limits.totalMax)} of output`;
       if (!this.announcedTotal) {
         this.announcedTotal = true;
+        // Said at once, so that a silent display is not taken for a hung script.
         return `… output past ${formatBytes(this.limits.totalMax)} is not shown here, full log in the store\n`;
       }
       return '';
     }
-    if (this.tokens <= 0) {
+    if (this.tokens <= 0 || (this.rateDropping && this.tokens < Math.min(burst, ratePerSec) / 2)) {
       this.lineDropped = true;
+      this.rateDropping = true;
       this.droppedWhy = `over ${formatBytes(ratePerSec)}/s`;
       return '';
     }
     this.lineDropped = false;
+    this.rateDropping = false;
     if (this.dropped > 0) {
       const m = droppedMarker(this.dropped, this.droppedWhy);
       this.dropped = 0;
+      this.count(m.length);
       return m;
     }
     return '';
