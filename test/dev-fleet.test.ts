@@ -144,6 +144,26 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     expect(final, f.errors.slice(-3000)).toBe('done');
   });
 
+  it('kill -9 of Redis and of a worker: each restarted (same port and data, same store), the builds still known', async () => {
+    const f = fleet!;
+    const before = await vmlb(sb, ['builds', '--json'], f.exported);
+    expect(before.exitCode, before.stderr).toBe(0);
+    const known = (JSON.parse(before.stdout) as Array<{ id: string; state: string }>).map((b) => `${b.id} ${b.state}`);
+    expect(known.length).toBeGreaterThan(0);
+    const { redis, 'worker-1': worker } = f.pids();
+    process.kill(redis!, 'SIGKILL');
+    process.kill(worker!, 'SIGKILL');
+    await waitFor('Redis and the worker restarted', async () => f.pids().redis !== redis && f.pids()['worker-1'] !== worker, 60_000, 200);
+    expect(f.errors).toMatch(new RegExp(`^fleet: redis \\(pid ${redis}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 1 s \\(same port ${f.ports.redis}, same data in \\S+\\)$`, 'm'));
+    expect(f.errors).toMatch(new RegExp(`^fleet: worker-1 \\(pid ${worker}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 1 s \\(same id dev-worker-1, same store in \\S+\\)$`, 'm'));
+    // Redis came back with every write it had (append-only file, fsync always).
+    const after = await waitFor('the builds again', async () => {
+      const r = await vmlb(sb, ['builds', '--json'], f.exported);
+      return r.exitCode === 0 ? (JSON.parse(r.stdout) as Array<{ id: string; state: string }>).map((b) => `${b.id} ${b.state}`) : undefined;
+    }, 20_000, 500);
+    expect(after).toEqual(known);
+  });
+
   it('kill -9 of the launcher\'s process group mid-build: within seconds no process it started remains; the workers leave only what they attached', async () => {
     const f = fleet!;
     const project = await writeProject(path.join(sb.dir, 'slow'), {
