@@ -55,3 +55,38 @@ describe('a server that accepts and never answers', () => {
     }
   });
 });
+
+describe('a server that hints a short keep-alive (Keep-Alive: timeout=5, as Node servers such as s3rver send)', () => {
+  it('may take longer than the hint to answer a request on a reused connection: the idle timeout is the request\'s, not the pooled socket\'s', async () => {
+    const { createServer: createHttpServer } = await import('node:http');
+    let requests = 0;
+    const connections = new Set<unknown>();
+    const server = createHttpServer((req, res) => {
+      requests++;
+      // The first request answers at once; the second, on the same kept-alive connection,
+      // after 4.5 s of silence (a server busy assembling a part): longer than the 4 s Node
+      // gives a pooled socket under that hint.
+      const delay = requests === 1 ? 0 : 4500;
+      setTimeout(() => {
+        res.writeHead(404, { 'Content-Type': 'application/xml' });
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>none</Message></Error>');
+      }, delay);
+    });
+    server.on('connection', (s) => connections.add(s));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const store = new SharedStore(s3ConfigFrom('s3://bucket/p', { S3_ENDPOINT: `http://127.0.0.1:${port}`, S3_ACCESS_KEY: 'a', S3_SECRET_KEY: 's' }), {
+      retry: { tries: 1 },
+    });
+    try {
+      expect(await store.getManifest('0'.repeat(64))).toBeNull();
+      expect(await store.getManifest('1'.repeat(64))).toBeNull();
+      expect(requests).toBe(2);
+      expect(connections.size).toBe(1);
+    } finally {
+      store.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  }, 15_000);
+});
