@@ -151,6 +151,7 @@ program
     const shared = sharedFrom(o);
     const plan = await planBuild({ projectDir: path.resolve(dir), store, shared, last: o.last }).finally(() => shared?.close());
     if (plan.sharedProblem) process.stderr.write(`vmlb: ${plan.sharedProblem}\n`);
+    for (const p of plan.problems) process.stderr.write(`vmlb: ${p}\n`);
     if (o.json) process.stdout.write(JSON.stringify({ project: plan.project.dir, layers: plan.layers }, null, 2) + '\n');
     else process.stdout.write(formatPlan(plan.layers) + '\n');
   });
@@ -185,8 +186,35 @@ program
   .action(async (o) => {
     const store = storeFrom(o);
     const u = await store.usage();
-    if (o.json) process.stdout.write(JSON.stringify({ root: store.root, ...u }) + '\n');
-    else process.stdout.write(`${store.root}: ${u.layers} layers, ${formatBytes(u.bytes)}\n`);
+    const orphans = await store.orphans();
+    const orphanBytes = orphans.reduce((s, x) => s + x.bytes, 0);
+    if (o.json) process.stdout.write(JSON.stringify({ root: store.root, ...u, orphans: { files: orphans.length, bytes: orphanBytes } }) + '\n');
+    else {
+      const debris = orphans.length ? `; ${orphans.length} file${orphans.length === 1 ? '' : 's'} no layer owns, ${formatBytes(orphanBytes)} (vmlb sweep removes them)` : '';
+      process.stdout.write(`${store.root}: ${u.layers} layers, ${formatBytes(u.bytes)}${debris}\n`);
+    }
+  });
+
+program
+  .command('verify')
+  .description("check every layer's blob in the local store against its manifest's sha256; a corrupt layer is removed with the layers built on it (the next build makes them again)")
+  .addOption(storeOption())
+  .option('--dry-run', 'report corrupt layers without removing them')
+  .option('--json', 'print as JSON')
+  .action(async (o) => {
+    const store = storeFrom(o);
+    await store.init();
+    const r = await store.verifyAll({ dryRun: o.dryRun === true });
+    if (o.json) process.stdout.write(JSON.stringify({ root: store.root, ...r }, null, 2) + '\n');
+    else {
+      const lines = [`${store.root}: checked ${r.checked} layer${r.checked === 1 ? '' : 's'}, ${formatBytes(r.bytes)}: ${r.corrupt.length ? `${r.corrupt.length} corrupt` : 'all match their manifests'}`];
+      for (const c of r.corrupt) {
+        const more = c.removed.length - 1;
+        lines.push(`  ${c.key.slice(0, 12)}  ${c.name}: ${c.reason}${o.dryRun ? '' : `; removed${more > 0 ? ` with the ${more} layer${more === 1 ? '' : 's'} built on it` : ''}`}`);
+      }
+      process.stdout.write(lines.join('\n') + '\n');
+    }
+    if (r.corrupt.length) process.exitCode = 1;
   });
 
 registerFleetCommands(program);

@@ -66,7 +66,7 @@ export async function ensureChain(
   let parent: LayerManifest | null = null;
   for (const [j, k] of keyed.slice(0, count).entries()) {
     const fromShared = await ctx.shared.getManifest(k.key, { signal });
-    let local = await ctx.store.getManifest(k.key);
+    let local = await trustedLocal(ctx, k.key, events);
     if (fromShared) {
       if (local && local.blob.sha256 !== fromShared.blob.sha256) {
         await ctx.store.remove([k.key]);
@@ -85,6 +85,17 @@ export async function ensureChain(
   }
   await ctx.store.touch(keyed.slice(0, count).map((k) => k.key));
   return parent;
+}
+
+/**
+ * This worker's copy of a layer when its blob passes the store's check (its seal; see
+ * LocalStore.checkBlob), else null: a corrupt copy is removed (with what was built on it) and
+ * said, and the layer is fetched or built again.
+ */
+export function trustedLocal(ctx: WorkerContext, key: string, events: JobEvents): Promise<LayerManifest | null> {
+  return ctx.store.trustedManifest(key, 'seal', (c) =>
+    events.engine({ type: 'notice', at: Date.now(), message: `worker ${ctx.id}: its copy of layer ${c.name} (${c.key.slice(0, 12)}) is corrupt: ${c.reason}; removed it and ${c.removed.length - 1} built on it` }),
+  );
 }
 
 /**

@@ -15,7 +15,7 @@ import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
-import { buildOne, checkChain, ensureChain, openProject, retryStep } from './layer-chain.js';
+import { buildOne, checkChain, ensureChain, openProject, retryStep, trustedLocal } from './layer-chain.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -217,7 +217,7 @@ async function buildAndPush(
     checkChain(`layer ${data.name}`, keyed.slice(0, data.index).map((l) => l.key), data.chain);
 
     const parent = await ensureChain(ctx, data.team, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
-    let manifest = await ctx.store.getManifest(k.key);
+    let manifest = await trustedLocal(ctx, k.key, events);
     const localHit = manifest !== null;
     if (!manifest) {
       manifest = await buildOne(ctx, data.team, k, data.index, parent, signal, events);

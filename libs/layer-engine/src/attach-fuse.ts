@@ -74,6 +74,7 @@ class FuseDisk implements AttachedDisk {
   private readonly pending = new Set<Promise<unknown>>();
   private releasing: Promise<void> | undefined;
   private released = false;
+  private failedWrites = 0;
 
   private constructor(image: string, purpose: string) {
     this.image = image;
@@ -271,6 +272,10 @@ class FuseDisk implements AttachedDisk {
       // Writes after it died failed: the image may lack them.
       throw new VmlbError('DISK_DAEMON_DIED', `qemu-storage-daemon exited while ${this.image} was attached${await this.stderrTail()}`);
     }
-    await daemon.removeExport(exportName);
+    this.failedWrites += await daemon.removeExport(exportName);
+  }
+
+  lostWrites(): number {
+    return this.failedWrites;
   }
 }

@@ -15,6 +15,7 @@ import { LocalStore, type LayerManifest } from './local-store.js';
 import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
 import { SharedBlobMismatchError, type RetryInfo, type SharedStore } from './shared-store.js';
 import { writeUseRecord } from './shared-gc.js';
+import { formatBytes } from './sizes.js';
 import type { ImageProject } from './types.js';
 import type { OutputLimits } from './output-limits.js';
 
@@ -68,13 +69,20 @@ export interface Plan {
   shared?: Map<string, LayerManifest>;
   /** Why the shared store is left out of this build (it failed to answer while planning). */
   sharedProblem?: string;
+  /** What planning found wrong in the local store and repaired (corrupt layers removed). */
+  problems: string[];
 }
 
 /** Releases what a killed earlier run left attached, and its half-built blobs. */
 export async function startupSweep(store: LocalStore): Promise<string | null> {
   const report = await sweep();
   const tmp = await store.sweepTemp();
-  const parts = [describeSweep(report), tmp ? `removed ${tmp} half-built blob${tmp === 1 ? '' : 's'}` : null].filter(Boolean);
+  const orphans = await store.sweepOrphans();
+  const parts = [
+    describeSweep(report),
+    tmp ? `removed ${tmp} half-built blob${tmp === 1 ? '' : 's'}` : null,
+    orphans.files ? `removed ${orphans.files} file${orphans.files === 1 ? '' : 's'} no layer owns (${formatBytes(orphans.bytes)})` : null,
+  ].filter(Boolean);
   return parts.length ? `cleaned up after an interrupted run: ${parts.join('; ')}` : null;
 }
 
@@ -83,7 +91,19 @@ export async function startupSweep(store: LocalStore): Promise<string | null> {
  * shared store, a layer missing locally but there (on the parent this build will have) is a hit
  * with source 'shared'.
  */
-export async function planBuild(opts: { projectDir: string; store: LocalStore; shared?: SharedStore; last?: string; nonce?: string }): Promise<Plan> {
+export async function planBuild(opts: {
+  projectDir: string;
+  store: LocalStore;
+  shared?: SharedStore;
+  last?: string;
+  nonce?: string;
+  /**
+   * How a local hit's blob is checked (LocalStore.checkBlob): its seal (constant cost, the
+   * default) or its whole bytes (a flatten). A corrupt layer is removed with what was built
+   * on it, said in `problems`, and planned as a miss.
+   */
+  verify?: 'seal' | 'full';
+}): Promise<Plan> {
   const project = await loadProject(opts.projectDir);
   if (opts.last !== undefined) {
     const i = project.layers.findIndex((l) => l.name === opts.last);
@@ -93,10 +113,20 @@ export async function planBuild(opts: { projectDir: string; store: LocalStore; s
     project.layers = project.layers.slice(0, i + 1);
   }
   const keyed = computeKeys(project, { nonce: opts.nonce ?? randomUUID() });
+  const corrupt: string[] = [];
+  const gone = new Set<string>();
   const [local, shared] = await Promise.all([
-    lookUp(keyed, (key) => opts.store.getManifest(key)),
+    lookUp(keyed, (key) =>
+      opts.store.trustedManifest(key, opts.verify ?? 'seal', (c) => {
+        for (const k of c.removed) gone.add(k);
+        const more = c.removed.length - 1;
+        corrupt.push(`layer ${c.name} (${c.key.slice(0, 12)}) is corrupt in the local store: ${c.reason}; removed it${more > 0 ? ` and the ${more} layer${more === 1 ? '' : 's'} built on it` : ''}, building it again`);
+      }),
+    ),
     opts.shared ? lookUpShared(opts.shared, keyed) : undefined,
   ]);
+  // Layers built on a corrupt one went with it, even when their own check had passed.
+  for (const k of gone) local.delete(k);
   const manifests = new Map<string, LayerManifest>();
   const sources: Array<'local' | 'shared' | undefined> = keyed.map((k, index) => {
     const parent = index === 0 ? null : manifests.get(keyed[index - 1]!.key);
@@ -116,7 +146,7 @@ export async function planBuild(opts: { projectDir: string; store: LocalStore; s
   );
   // A local hit after a miss cannot happen (keys chain), except for an identical parent key:
   // then the store has the layer and it really is a hit.
-  return { project, keyed, layers, manifests, shared: shared?.found, sharedProblem: shared?.problem };
+  return { project, keyed, layers, manifests, shared: shared?.found, sharedProblem: shared?.problem, problems: corrupt };
 }
 
 /** The manifests of the cacheable keys that `get` finds. */
@@ -160,11 +190,14 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const swept = await startupSweep(store);
     if (swept) emit({ type: 'notice', at: Date.now(), message: swept });
 
-    let plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
+    // A flatten makes a standalone image of the chain's bytes: every local hit is hashed whole first.
+    const verify = flatten ? 'full' : 'seal';
+    let plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last, verify });
+    for (const p of plan.problems) emit({ type: 'notice', at: Date.now(), message: p });
     // From here on gc and eviction leave this build's chain alone. A gc that removed a hit
     // between planning and this record is caught by planning again.
     releaseActive = await store.markActive(plan.keyed.map((k) => k.key), `vmlb build ${plan.project.dir}`);
-    if (await hitsVanished(store, plan)) plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last });
+    if (await hitsVanished(store, plan)) plan = await planBuild({ projectDir: opts.projectDir, store, shared: opts.shared, last: opts.last, verify });
     if (opts.shared && !plan.sharedProblem) await recordSharedUse(opts.shared, plan, emit);
     const output = path.resolve(opts.output ?? path.join(plan.project.dir, OUTPUT_DIR, 'image.qcow2'));
     if (plan.sharedProblem) emit({ type: 'notice', at: Date.now(), message: plan.sharedProblem });

@@ -40,6 +40,12 @@ export interface AttachedDisk extends AsyncDisposable {
    */
   mountSource(part: { number: number; start: number; size: number }): Promise<{ source: string; options: string }>;
   release(): Promise<void>;
+  /**
+   * After release: how many writes to the image failed while it was attached (its
+   * filesystem full, an I/O error), when the backend can tell (fuse: the daemon counts
+   * them; nbd: the kernel only logs them, and the layer's syncfs check is what catches them).
+   */
+  lostWrites?(): number;
 }
 
 export interface DiskBackend {

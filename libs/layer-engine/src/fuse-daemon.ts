@@ -250,8 +250,32 @@ export class FuseDaemon {
     return name;
   }
 
-  /** Removes an export and closes its image (flushing it). */
-  async removeExport(name: string): Promise<void> {
+  /**
+   * The writes and flushes of a blockdev (its qcow2 node and the file under it) that failed
+   * so far: the image file's filesystem full (ENOSPC) or an I/O error. The FUSE export hands
+   * such a failure back to the kernel, whose filesystem on the disk may carry on without the
+   * data; this count is how the engine learns of it.
+   */
+  async failedWrites(name: string): Promise<number> {
+    interface Stats { failed_wr_operations?: number; failed_flush_operations?: number; failed_zone_append_operations?: number }
+    interface Entry { 'node-name'?: string; stats?: Stats; parent?: Entry }
+    const entries = (await this.command('query-blockstats', { 'query-nodes': true })) as Entry[];
+    let failed = 0;
+    const count = (e: Entry | undefined): void => {
+      if (!e) return;
+      failed += (e.stats?.failed_wr_operations ?? 0) + (e.stats?.failed_flush_operations ?? 0);
+      count(e.parent);
+    };
+    count(entries.find((e) => e['node-name'] === name));
+    return failed;
+  }
+
+  /**
+   * Removes an export and closes its image (flushing it). Returns how many of its writes and
+   * flushes failed (see failedWrites), counted once the export is gone and before the image
+   * is closed.
+   */
+  async removeExport(name: string): Promise<number> {
     const deleted = this.waitEvent((e) => e.event === 'BLOCK_EXPORT_DELETED' && e.data?.id === name, EXPORT_DELETE_TIMEOUT_MS);
     try {
       await this.command('block-export-del', { id: name });
@@ -262,7 +286,9 @@ export class FuseDaemon {
     if (!(await deleted.promise)) {
       throw new VmlbError('EXPORT_BUSY', `the FUSE export ${name} was still in use ${EXPORT_DELETE_TIMEOUT_MS / 1000} s after it was removed`);
     }
+    const failed = await this.failedWrites(name).catch(() => 0);
     await this.command('blockdev-del', { 'node-name': name });
+    return failed;
   }
 
   async stop(): Promise<void> {

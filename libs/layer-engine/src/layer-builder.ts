@@ -16,6 +16,7 @@ import { cacheMountDir, cacheMountsDir, denyRoutes, pickUidBase, sandboxResolvCo
 import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
 import type { OutputLimits } from './output-limits.js';
+import { ensureRoom, isNoSpace, layerWriteBound, lostWritesError } from './store-space.js';
 import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
 
 export const ENGINE_VERSION = '0.1.0';
@@ -81,11 +82,18 @@ function scriptEnv(ctx: LayerBuildContext, extra: Record<string, string>): Recor
 export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest> {
   const { store, spec, key } = ctx;
   const started = performance.now();
+  // Room for the most this layer can write, before anything runs (see store-space.ts).
+  const size = diskSizeOf(ctx);
+  const bound = size === undefined ? undefined : layerWriteBound(size);
+  if (size !== undefined) {
+    const evicted = await ensureRoom(store, spec.name, bound!, `a layer on this ${formatBytes(size)} disk`);
+    if (evicted) ctx.onStep?.(evicted);
+  }
   const tmp = store.tempBlobPath(key);
   const tmpLog = tmp.replace(/\.qcow2$/, '.log');
-  await writeFile(tmpLog, '');
   let published = false;
   try {
+    await writeFile(tmpLog, '');
     const result = await buildBlob(ctx, tmp, tmpLog);
     const manifest = await store.publish(
       tmp,
@@ -109,11 +117,31 @@ export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest>
     published = true;
     await rm(failedLogPath(store, key), { force: true });
     return manifest;
+  } catch (e) {
+    // A full filesystem, wherever it struck (the log, qemu-img, the publish): one line that says so.
+    if (isNoSpace(e) && !(e instanceof VmlbError && e.code === 'NO_SPACE')) {
+      throw await lostWritesError(store, spec.name, (e as Error).message.split('\n')[0]!, bound ?? 0);
+    }
+    throw e;
   } finally {
     if (!published) {
       await rm(tmp, { force: true });
       await rename(tmpLog, failedLogPath(store, key)).catch(() => rm(tmpLog, { force: true }));
     }
+  }
+}
+
+/** The size of the disk a layer writes, when known before it runs (a base-image's is known once imported). */
+function diskSizeOf(ctx: LayerBuildContext): number | undefined {
+  switch (ctx.spec.kind) {
+    case 'create-disk':
+      return ctx.spec.hints.diskSize ?? DEFAULT_DISK_SIZE;
+    case 'build-layer':
+      return ctx.parent?.virtualSize;
+    case 'modify-disk':
+      return ctx.parent ? Math.max(ctx.parent.virtualSize, ctx.spec.hints.diskSize ?? 0) : undefined;
+    case 'base-image':
+      return undefined;
   }
 }
 
@@ -147,14 +175,32 @@ async function buildBlob(ctx: LayerBuildContext, tmp: string, log: string): Prom
   }
 }
 
+/**
+ * Attaches a disk for `fn` and releases it after. Writes the disk's server could not make (its
+ * filesystem full, an I/O error) fail the layer, whatever `fn` made of them: the kernel's
+ * filesystem on the disk carries on without them, so the blob cannot be trusted.
+ */
 async function withDisk<T>(ctx: LayerBuildContext, image: string, fn: (disk: AttachedDisk) => Promise<T>): Promise<T> {
   ctx.onStep?.(`attaching disk (${ctx.backend.name})`);
   const disk = await ctx.backend.attach(image, { purpose: ctx.spec.name, signal: ctx.signal });
+  let result: T;
   try {
-    return await fn(disk);
-  } finally {
+    result = await fn(disk);
+  } catch (e) {
     await disk.release();
+    throw (await lostWrites(ctx, disk, e)) ?? e;
   }
+  await disk.release();
+  const lost = await lostWrites(ctx, disk, undefined);
+  if (lost) throw lost;
+  return result;
+}
+
+/** The error for writes the disk's server refused while it was attached, if any (an interruption stays one). */
+async function lostWrites(ctx: LayerBuildContext, disk: AttachedDisk, cause: unknown): Promise<VmlbError | undefined> {
+  const n = disk.lostWrites?.() ?? 0;
+  if (n === 0 || cause instanceof AbortedError) return undefined;
+  return lostWritesError(ctx.store, ctx.spec.name, `${n} write${n === 1 ? '' : 's'} to ${path.basename(disk.image)} failed`, layerWriteBound(disk.size));
 }
 
 function scratchMount(): string {
@@ -213,15 +259,17 @@ async function runEntryScript(
       outputLimits: ctx.outputLimits,
       onOutput: ctx.onOutput,
     });
-    checkResult(ctx, r);
+    await checkResult(ctx, r);
   } finally {
     await rm(mount, { recursive: true, force: true });
   }
 }
 
-function checkResult(ctx: LayerBuildContext, r: RunScriptResult): void {
+async function checkResult(ctx: LayerBuildContext, r: RunScriptResult): Promise<void> {
   if (r.aborted) throw new AbortedError(`interrupted while building ${ctx.spec.name}`);
   if (r.setupError) throw new VmlbError('LAYER_SETUP', `${ctx.spec.name}: ${r.setupError}`);
+  // Lost writes first: a script that then failed on a read-only filesystem failed because of them.
+  if (r.writeError) throw await lostWritesError(ctx.store, ctx.spec.name, `its filesystem: ${r.writeError || 'sync failed'}`, layerWriteBound(diskSizeOf(ctx) ?? 0));
   if (r.timedOut || r.exitCode !== 0 || r.signal) {
     throw new LayerFailedError({
       layer: ctx.spec.name,

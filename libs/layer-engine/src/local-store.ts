@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { link, mkdir, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { processIdentity, isRunning, type ProcessIdentity } from './attach-state.js';
+import { processIdentity, isRunning, readLockOwner, tryLock, unlock, type ProcessIdentity } from './attach-state.js';
 import { StoreError } from './errors.js';
 import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.js';
 
@@ -13,6 +13,8 @@ import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.
  *   layers/<key>.qcow2   the overlay, its backing file named `<parentkey>.qcow2` (relative)
  *   layers/<key>.json    the manifest; a layer exists only when this exists
  *   layers/<key>.log     the full log of the script that built it
+ *   seals/<key>.json     the blob's seal: its size, inode, times and a sampled hash, taken
+ *                        when the blob was last checked whole (see checkBlob)
  *   history/<project>/<layer name>.json   the inputs of the last build of that layer name,
  *                        so `explain` can say what changed (project = hash of its path)
  *   pins/<id>.json       outputs (build/image.qcow2) whose chain must not be evicted
@@ -22,6 +24,14 @@ import type { LayerInputs, LayerKind, Partition, PartitionTable } from './types.
  * A blob being built sits in layers/ as `.tmp-<key>.<pid>.<rand>.qcow2` (it must be beside
  * its parent for the relative backing path) and is published by link(2), which never
  * replaces a layer another build published first. Hits are served in place: nothing is copied.
+ *
+ * Trusting a hit: a blob is hashed whole when it enters the store (built here, or pulled and
+ * checked against the shared manifest) and fsynced before its manifest exists, then sealed.
+ * Each hit checks the seal (a stat and 64 KiB + 64 × 4 KiB read: the same cost for 10 MiB as
+ * for 10 GiB); a seal that does not match (the file was written, replaced, copied elsewhere)
+ * costs a full hash, which either reseals it or finds it corrupt. A flatten checks every
+ * blob of its chain whole; a push hashes what it uploads; `vmlb verify` checks the store. A
+ * corrupt layer is removed with every layer built on it, and built again: never an image.
  */
 
 export const MANIFEST_VERSION = 1;
@@ -99,7 +109,63 @@ export function defaultStoreDir(): string {
 }
 
 const KEY_RE = /^[0-9a-f]{64}$/;
-const TMP_RE = /^\.tmp-([0-9a-f]{64})\.(\d+)\.([0-9a-f]+)\.qcow2$/;
+const TMP_RE = /^\.tmp-([0-9a-f]{64})\.(\d+)\.([0-9a-f]+)\.qcow2(\.raw)?$/;
+/** A manifest or seal being written (writeJsonAtomic) by process $2. */
+const JSON_TMP_RE = /^(.+)\.json\.(\d+)\.[0-9a-f]+\.tmp$/;
+
+/** What checkBlob found. */
+export type BlobCheck =
+  | { ok: true; how: 'seal' | 'full' }
+  | { ok: false; reason: string };
+
+interface Seal {
+  sha256: string;
+  size: number;
+  dev: number;
+  ino: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  /** sha256 of the blob's first 64 KiB and 64 pages spread over it (sampleHash). */
+  sample: string;
+  at: string;
+}
+
+const SAMPLE_HEAD = 64 << 10;
+const SAMPLE_PAGES = 64;
+const SAMPLE_PAGE = 4096;
+
+/** A hash of a fixed few parts of a file: its head (a qcow2's header and tables) and 64 pages spread evenly over it. */
+async function sampleHash(file: string, size: number): Promise<string> {
+  const h = createHash('sha256');
+  const fd = await open(file, 'r');
+  try {
+    const head = Buffer.alloc(Math.min(SAMPLE_HEAD, size));
+    await fd.read(head, 0, head.length, 0);
+    h.update(head);
+    if (size > SAMPLE_HEAD) {
+      const page = Buffer.alloc(SAMPLE_PAGE);
+      const span = Math.max(0, size - SAMPLE_PAGE);
+      for (let i = 0; i < SAMPLE_PAGES; i++) {
+        const at = Math.floor((span * i) / (SAMPLE_PAGES - 1) / SAMPLE_PAGE) * SAMPLE_PAGE;
+        const { bytesRead } = await fd.read(page, 0, SAMPLE_PAGE, at);
+        h.update(page.subarray(0, bytesRead));
+      }
+    }
+  } finally {
+    await fd.close();
+  }
+  return h.digest('hex');
+}
+
+/** Flushes a file's data to the disk. */
+async function fsyncFile(file: string): Promise<void> {
+  const fd = await open(file, 'r+');
+  try {
+    await fd.sync();
+  } finally {
+    await fd.close();
+  }
+}
 
 function sha(text: string): string {
   return createHash('sha256').update(text).digest('hex');
@@ -140,7 +206,7 @@ export class LocalStore {
   /** Creates the folders once. */
   init(): Promise<void> {
     this.ready ??= (async () => {
-      for (const d of ['layers', 'history', 'pins', 'active', 'claims']) await mkdir(path.join(this.root, d), { recursive: true });
+      for (const d of ['layers', 'seals', 'history', 'pins', 'active', 'claims']) await mkdir(path.join(this.root, d), { recursive: true });
     })().catch((e) => {
       throw new StoreError(`cannot create the store at ${this.root}: ${(e as Error).message}`, { cause: e });
     });
@@ -155,6 +221,104 @@ export class LocalStore {
   }
   logPath(key: string): string {
     return path.join(this.layersDir, `${key}.log`);
+  }
+  private sealPath(key: string): string {
+    return path.join(this.root, 'seals', `${key}.json`);
+  }
+
+  /** Seals a blob whose bytes were just checked whole against `m` (see checkBlob). */
+  async seal(key: string, m: Pick<LayerManifest, 'blob'>): Promise<void> {
+    const file = this.blobPath(key);
+    const st = await stat(file, { bigint: false });
+    const seal: Seal = { sha256: m.blob.sha256, size: st.size, dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, sample: await sampleHash(file, st.size), at: new Date().toISOString() };
+    await mkdir(path.dirname(this.sealPath(key)), { recursive: true });
+    await writeJsonAtomic(this.sealPath(key), seal);
+  }
+
+  /**
+   * Whether a layer's blob is still the bytes its manifest names. 'seal': the seal taken when
+   * it was last checked whole still matches (constant cost), else a full hash; 'full': a full
+   * hash. A full hash that matches reseals the blob.
+   */
+  async checkBlob(m: LayerManifest, mode: 'seal' | 'full' = 'seal'): Promise<BlobCheck> {
+    const file = this.blobPath(m.key);
+    let st;
+    try {
+      st = await stat(file);
+    } catch (e) {
+      return { ok: false, reason: `its blob ${file} is missing (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` };
+    }
+    if (st.size !== m.blob.size) return { ok: false, reason: `its blob is ${st.size} bytes, its manifest says ${m.blob.size}` };
+    if (mode === 'seal') {
+      const seal = await readFile(this.sealPath(m.key), 'utf8').then((t) => JSON.parse(t) as Seal, () => null);
+      if (
+        seal &&
+        seal.sha256 === m.blob.sha256 &&
+        seal.size === st.size &&
+        seal.dev === st.dev &&
+        seal.ino === st.ino &&
+        seal.mtimeMs === st.mtimeMs &&
+        seal.ctimeMs === st.ctimeMs &&
+        seal.sample === (await sampleHash(file, st.size))
+      ) {
+        return { ok: true, how: 'seal' };
+      }
+    }
+    const sha256 = await sha256File(file);
+    if (sha256 !== m.blob.sha256) return { ok: false, reason: `its blob's sha256 is ${sha256}, its manifest says ${m.blob.sha256}` };
+    await this.seal(m.key, m);
+    return { ok: true, how: 'full' };
+  }
+
+  /**
+   * The manifest of a layer whose blob passes checkBlob, or null: no such layer, or a corrupt
+   * one, which is removed with every layer built on it (they are rebuilt like any miss) and
+   * reported through `onCorrupt`. An unreadable manifest counts as corrupt.
+   */
+  async trustedManifest(key: string, mode: 'seal' | 'full', onCorrupt: (c: { key: string; name: string; reason: string; removed: string[] }) => void): Promise<LayerManifest | null> {
+    let m: LayerManifest | null;
+    try {
+      m = await this.getManifest(key);
+    } catch (e) {
+      const removed = await this.remove([key]);
+      onCorrupt({ key, name: key.slice(0, 12), reason: (e as Error).message, removed });
+      return null;
+    }
+    if (!m) return null;
+    const r = await this.checkBlob(m, mode);
+    if (r.ok) return m;
+    const removed = await this.remove([key]);
+    onCorrupt({ key, name: m.name, reason: r.reason, removed });
+    return null;
+  }
+
+  /**
+   * Checks every layer's blob whole (`vmlb verify`); a corrupt one is removed with the layers
+   * built on it unless `dryRun`.
+   */
+  async verifyAll(o: { dryRun?: boolean } = {}): Promise<{ checked: number; bytes: number; corrupt: Array<{ key: string; name: string; reason: string; removed: string[] }> }> {
+    const all = await this.list();
+    const corrupt: Array<{ key: string; name: string; reason: string; removed: string[] }> = [];
+    let bytes = 0;
+    const gone = new Set<string>();
+    for (const { manifest: m } of all) {
+      if (gone.has(m.key)) continue;
+      const r = await this.checkBlob(m, 'full');
+      bytes += m.blob.size;
+      if (r.ok) continue;
+      const removed = o.dryRun ? [] : await this.remove([m.key], all);
+      for (const k of removed) gone.add(k);
+      corrupt.push({ key: m.key, name: m.name, reason: r.reason, removed });
+    }
+    return { checked: all.length, bytes, corrupt };
+  }
+
+  /** Every file of a layer, manifest first: from that moment the layer no longer exists for any reader. */
+  private async removeFiles(key: string): Promise<void> {
+    await rm(this.manifestPath(key), { force: true });
+    await rm(this.blobPath(key), { force: true });
+    await rm(this.logPath(key), { force: true });
+    await rm(this.sealPath(key), { force: true });
   }
 
   async getManifest(key: string): Promise<LayerManifest | null> {
@@ -194,6 +358,25 @@ export class LocalStore {
    */
   async publishComplete(tmpBlob: string, full: LayerManifest, tmpLog?: string): Promise<LayerManifest> {
     const { key } = full;
+    // On disk before it has a name: a crash after the manifest is written cannot leave a
+    // published layer with blocks that never reached the disk.
+    await fsyncFile(tmpBlob);
+    // While the blob has its name and no manifest yet, the publish lock says it is not debris (orphans()).
+    const lock = this.publishLockPath(key);
+    while (!(await tryLock(lock))) await new Promise((r) => setTimeout(r, 20));
+    try {
+      return await this.publishLocked(tmpBlob, full, tmpLog);
+    } finally {
+      await unlock(lock);
+    }
+  }
+
+  private publishLockPath(key: string): string {
+    return path.join(this.root, 'claims', `${key}.publish`);
+  }
+
+  private async publishLocked(tmpBlob: string, full: LayerManifest, tmpLog?: string): Promise<LayerManifest> {
+    const { key } = full;
     try {
       await link(tmpBlob, this.blobPath(key));
     } catch (e) {
@@ -207,9 +390,16 @@ export class LocalStore {
       // A blob without a manifest is debris of a crashed publish: ours replaces it.
       await rename(tmpBlob, this.blobPath(key));
     }
-    await rm(tmpBlob, { force: true });
-    if (tmpLog) await rename(tmpLog, this.logPath(key));
-    await writeJsonAtomic(this.manifestPath(key), full);
+    try {
+      await rm(tmpBlob, { force: true });
+      if (tmpLog) await rename(tmpLog, this.logPath(key));
+      await this.seal(key, full);
+      await writeJsonAtomic(this.manifestPath(key), full);
+    } catch (e) {
+      // Half a publish (the filesystem filled up writing the manifest) leaves no blob behind.
+      await this.removeFiles(key);
+      throw e;
+    }
     return full;
   }
 
@@ -337,12 +527,7 @@ export class LocalStore {
   /** Removes layers and every layer built on them; returns the keys removed. */
   async remove(keys: Iterable<string>, all?: Array<{ manifest: LayerManifest }>): Promise<string[]> {
     const doomed = this.withDescendants(keys, all ?? (await this.list()));
-    // Manifest first: from that moment the layer no longer exists for any reader.
-    for (const k of doomed) {
-      await rm(this.manifestPath(k), { force: true });
-      await rm(this.blobPath(k), { force: true });
-      await rm(this.logPath(k), { force: true });
-    }
+    for (const k of doomed) await this.removeFiles(k);
     return [...doomed];
   }
 
@@ -458,10 +643,7 @@ export class LocalStore {
       // Read again before each removal: a build that starts now and finds this layer a hit has
       // recorded it by then, or plans again when it finds it gone (build.ts).
       if (this.withAncestors(await this.activeKeys(), byKey).has(l.key)) continue;
-      // Manifest first: from that moment the layer no longer exists for any reader.
-      await rm(this.manifestPath(l.key), { force: true });
-      await rm(this.blobPath(l.key), { force: true });
-      await rm(this.logPath(l.key), { force: true });
+      await this.removeFiles(l.key);
       removed.push(l.key);
       bytes += l.bytes;
     }
@@ -490,6 +672,47 @@ export class LocalStore {
       }
     }
     return n;
+  }
+
+  /**
+   * Debris no layer owns: a blob or log without a manifest (a publish that crashed or ran out
+   * of space between its steps), a seal without a manifest, a manifest half written by a
+   * process that is gone. A blob without a manifest counts only when no process is
+   * publishing it (its publish lock) and no local build in progress names its key.
+   */
+  async orphans(): Promise<Array<{ file: string; bytes: number }>> {
+    const out: Array<{ file: string; bytes: number }> = [];
+    const names = await readdir(this.layersDir).catch(() => [] as string[]);
+    const have = new Set(names.filter((n) => n.endsWith('.json') && KEY_RE.test(n.slice(0, -5))).map((n) => n.slice(0, -5)));
+    const active = await this.activeKeys();
+    const add = async (file: string) => {
+      const st = await stat(file).catch(() => null);
+      if (st) out.push({ file, bytes: st.size });
+    };
+    const publishing = async (key: string) => {
+      const owner = await readLockOwner(this.publishLockPath(key));
+      return owner !== null && (await isRunning(owner));
+    };
+    for (const n of names) {
+      const m = /^([0-9a-f]{64})\.(qcow2|log)$/.exec(n);
+      if (m && !have.has(m[1]!) && !active.has(m[1]!) && !(await publishing(m[1]!))) await add(path.join(this.layersDir, n));
+      const t = JSON_TMP_RE.exec(n);
+      if (t && !pidAlive(Number(t[2]))) await add(path.join(this.layersDir, n));
+    }
+    for (const n of await readdir(path.join(this.root, 'seals')).catch(() => [] as string[])) {
+      const m = /^([0-9a-f]{64})\.json$/.exec(n);
+      if (m && !have.has(m[1]!) && !active.has(m[1]!) && !(await publishing(m[1]!))) await add(path.join(this.root, 'seals', n));
+      const t = JSON_TMP_RE.exec(n);
+      if (t && !pidAlive(Number(t[2]))) await add(path.join(this.root, 'seals', n));
+    }
+    return out;
+  }
+
+  /** Removes the store's orphans (see orphans()); returns how many files and bytes. */
+  async sweepOrphans(): Promise<{ files: number; bytes: number }> {
+    const found = await this.orphans();
+    for (const o of found) await rm(o.file, { force: true });
+    return { files: found.length, bytes: found.reduce((s, o) => s + o.bytes, 0) };
   }
 
   async usage(): Promise<{ layers: number; bytes: number }> {

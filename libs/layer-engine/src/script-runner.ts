@@ -67,6 +67,8 @@ export interface RunScriptResult {
   aborted: boolean;
   /** Set when the engine could not set the run up (a mount failed): not the script's fault. */
   setupError?: string;
+  /** The layer's filesystem reported lost writes (syncfs failed after the script): nothing it wrote can be trusted. */
+  writeError?: string;
   logTail: string;
   seconds: number;
 }
@@ -140,7 +142,6 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     p.on('data', onData(new StringDecoder('utf8')));
   }
 
-
   let timedOut = false;
   let aborted = false;
   const kill = () => {
@@ -188,9 +189,11 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     logError = new VmlbError('LOG_WRITE', `could not write the layer's log ${o.logFile}: ${(e as Error).message}`, { cause: e });
   }
   let setupError: string | undefined;
+  let writeError: string | undefined;
   try {
     const status = (await readFile(statusFile, 'utf8')).trim();
     if (status.startsWith('setup: ')) setupError = status.slice(7);
+    if (status.startsWith('io: ')) writeError = status.slice(4);
   } catch {
     /* no status: the set-up went fine */
   }
@@ -202,7 +205,7 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   if (logError) throw logError;
   const seconds = (performance.now() - started) / 1000;
   debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
-  return { exitCode, signal, timedOut, aborted, setupError, logTail: tail(recent, 20), seconds };
+  return { exitCode, signal, timedOut, aborted, setupError, writeError, logTail: tail(recent, 20), seconds };
 }
 
 /** A sandboxed run's scratch files beside its mount point; vmlb-run-layer names them the same way. */
