@@ -11,8 +11,8 @@ import type { S3Config } from './s3-config.js';
 /**
  * The shared store: S3 (MinIO in production) with the local store's layout under PREFIX:
  *
- *   layers/<key>.qcow2   the overlay blob (uploaded from a file stream; the client switches to
- *                        a multipart upload above 64 MiB)
+ *   layers/<key>.qcow2   the overlay blob (one PUT up to 64 MiB; above, a multipart upload
+ *                        done here part by part: see uploadFile)
  *   layers/<key>.log     the log of the script that built it
  *   layers/<key>.json    the manifest, written LAST: a layer exists only when it exists, so a
  *                        reader never sees half a layer
@@ -23,6 +23,9 @@ import type { S3Config } from './s3-config.js';
  * publishes it only when its sha256 equals the manifest's. Transient failures (connection
  * refused or reset, timeouts, 5xx, SlowDown) are retried with exponential backoff, then
  * surfaced as a StoreError with `retryable: true`; a refusal (403, NoSuchBucket) is not retried.
+ * What a retry repeats is small: one part of an upload, the rest of a download (a ranged GET
+ * from where it stopped). A request is given up on when its connection is silent for
+ * `idleTimeoutMs`.
  *
  * A shared manifest also records `parentSha256`, the blob its overlay was written on: a layer
  * is pushed only when the shared store holds that exact parent, and pulled only onto it.
