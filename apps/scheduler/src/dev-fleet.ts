@@ -82,7 +82,7 @@ interface Run {
   startedAt: number;
   /** How it ended: 'exit code 1', 'signal SIGKILL', or 'could not start: …'. */
   ended: Promise<string>;
-  done: boolean;
+  readonly done: boolean;
   sawReadyLine: boolean;
 }
 
@@ -127,23 +127,32 @@ async function waitUntil(what: string, ok: () => Promise<boolean>, timeoutMs = 3
  */
 function launch(spec: PartSpec): Run {
   const proc = spawn('setpriv', ['--pdeathsig', 'KILL', '--', spec.cmd, ...spec.args], { env: spec.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: REPO });
-  const run: Run = { proc, startedAt: Date.now(), ended: undefined as unknown as Promise<string>, done: false, sawReadyLine: false };
+  let done = false;
+  const ended = new Promise<string>((resolve) => {
+    proc.once('exit', (code, signal) => {
+      done = true;
+      resolve(signal ? `signal ${signal}` : `exit code ${code}`);
+    });
+    proc.once('error', (e) => {
+      done = true;
+      resolve(`could not start: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'setpriv (util-linux) is not installed' : e.message}`);
+    });
+  });
+  const run: Run = {
+    proc,
+    startedAt: Date.now(),
+    ended,
+    get done() {
+      return done;
+    },
+    sawReadyLine: false,
+  };
   for (const stream of [proc.stdout!, proc.stderr!]) {
     createInterface({ input: stream }).on('line', (line) => {
       if (spec.readyLine?.test(line)) run.sawReadyLine = true;
       process.stderr.write(`[${spec.name}] ${line}\n`);
     });
   }
-  run.ended = new Promise<string>((resolve) => {
-    proc.once('exit', (code, signal) => {
-      run.done = true;
-      resolve(signal ? `signal ${signal}` : `exit code ${code}`);
-    });
-    proc.once('error', (e) => {
-      run.done = true;
-      resolve(`could not start: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'setpriv (util-linux) is not installed' : e.message}`);
-    });
-  });
   return run;
 }
 
