@@ -206,6 +206,23 @@ describe('a full store filesystem', () => {
     }
   });
 
+  it('an output that does not fit: one line naming it, no partial file, the layers stay cached', async () => {
+    const fs = await smallFilesystem(20);
+    try {
+      const p = await writeProject(path.join(sb.dir, 'nospace-output'), { '01_base': BUSYBOX_BASE, '02_payload': { ...PAYLOAD_LAYER, script: PAYLOAD_LAYER.script + '\nhead -c 30000000 /dev/urandom > /opt/noise' } });
+      const out = path.join(fs.dir, 'image.qcow2');
+      const r = await vmlb(sb, ['build', p, '--plain', '--flatten', '-o', out]);
+      expect(r.exitCode).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^vmlb: writing the output ${out}: no space left on its filesystem \\([\\d.]+ MiB free; a flattened image can need up to its disk size\\); the layers are built and cached$`));
+      expect(await readdir(fs.dir)).toEqual(['lost+found']);
+      const again = await buildJson(sb, p);
+      expect(again.exitCode, again.stderr).toBe(0);
+      expect(builtNames(again)).toEqual([]);
+    } finally {
+      await fs.release();
+    }
+  });
+
   it('files no layer owns (a publish cut short, a half-written manifest) are counted by vmlb store and removed by sweep', async () => {
     const p = await writeProject(path.join(sb.dir, 'orphans'), { '01_base': BUSYBOX_BASE });
     const b = await buildJson(sb, p);

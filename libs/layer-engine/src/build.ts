@@ -16,6 +16,7 @@ import { convert, createOverlay, isPristineOverlayOn } from './qemu-img.js';
 import { SharedBlobMismatchError, type RetryInfo, type SharedStore } from './shared-store.js';
 import { writeUseRecord } from './shared-gc.js';
 import { formatBytes } from './sizes.js';
+import { freeBytes, isNoSpace } from './store-space.js';
 import type { ImageProject } from './types.js';
 import type { OutputLimits } from './output-limits.js';
 
@@ -504,6 +505,11 @@ async function writeOutput(
       await createOverlay(tmp, store.blobPath(top), { signal: o.signal });
     }
     await rename(tmp, output);
+  } catch (e) {
+    if (!isNoSpace(e)) throw e;
+    await rm(tmp, { force: true });
+    const free = await freeBytes(path.dirname(output)).catch(() => Number.NaN);
+    throw new VmlbError('NO_SPACE', `writing the output ${output}: no space left on its filesystem (${formatBytes(free)} free${o.flatten ? '; a flattened image can need up to its disk size' : ''}); the layers are built and cached`);
   } finally {
     await rm(tmp, { force: true });
   }
