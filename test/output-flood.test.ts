@@ -232,4 +232,21 @@ describe('a layer that prints 200 MiB, built by the fleet', () => {
     expect(res.status).toBe(200);
     expectCutLog(await res.text());
   }, 300_000);
+
+  it('a failed flooding layer: its log, cut to VMLB_LOG_MAX, is in the shared store too', async () => {
+    const project = await writeProject(path.join(sb.dir, 'failing'), {
+      '01_base': BUSYBOX_BASE,
+      '02_flood': { kind: 'build-layer', script: `${floodScript(20 * MiB)}\nexit 3` },
+    });
+    const r = await vmlb(sb, ['submit', project, '--plain'], fleet.exported);
+    expect(r.exitCode, `${r.stdout.slice(-2000)}\n${r.stderr}`).toBe(1);
+    expect(r.stdout).toMatch(DROPPED);
+    const id = /as build (b[0-9a-z]+)/.exec(r.stdout)![1]!;
+    const res = await fetch(`${fleet.exported.VMLB_SERVER}/v1/builds/${id}/layers/1/log`, { headers: { authorization: `Bearer ${fleet.exported.VMLB_TOKEN}` } });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(Buffer.byteLength(text)).toBeLessThanOrEqual(MiB);
+    expect(text.split('\n')[0]).toMatch(/^… 19(\.\d)? MiB \(\d+ lines\) of output cut here: this log keeps its last 1 MiB \(VMLB_LOG_MAX\) *$/);
+    expect(text.endsWith('LAST-LINE\n')).toBe(true);
+  }, 180_000);
 });

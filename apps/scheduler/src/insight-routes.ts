@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { listKnownWorkers, redisKeys, type FleetView, type WhoAmI } from '@vmlb/fleet';
+import { listKnownWorkers, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
 import type { BuildRecords, StoredRecord } from './build-records.js';
 import type { BuildFollower } from './build-follower.js';
 import { parseEntry } from './build-follower.js';
@@ -18,7 +18,7 @@ import type { ObjectStore } from './object-store.js';
  *   GET /v1/fleet                          workers (live and recently lost), queue depths
  *   GET /v1/stats/cache?hours&bucketMinutes&team
  *                                          layer cache hit rate over time, overall and per team
- *   GET /v1/builds/:id/layers/:index/log   one layer's log, text/plain
+ *   GET /v1/builds/:id/layers/:index/log   one layer's log, text/plain (at most VMLB_LOG_MAX: its tail)
  *
  * The fleet view is the same for every team (it holds no build of anyone's); hit rates and
  * logs follow the build visibility rules: a team sees its own, an admin all.
@@ -88,6 +88,11 @@ export function registerInsightRoutes(
     // A finished layer's whole log is in the shared store (a hit's is the one of the build that made it).
     if (layer.status === 'hit' || layer.status === 'done') {
       const rel = `layers/${layer.key}.log`;
+      if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
+    }
+    // A failed script's log, uploaded by its worker.
+    if (layer.status === 'failed') {
+      const rel = storePaths.failedLog(record.id, index);
       if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
     }
     // Running, failed, or kept on a worker (# noshare): what the workers streamed, while Redis has it.

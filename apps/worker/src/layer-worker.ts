@@ -8,6 +8,7 @@ import {
   publishReady,
   redisKeys,
   renewTeamSlot,
+  storePaths,
   takeTeamSlot,
   waitForLayer,
 } from '@vmlb/fleet';
@@ -129,6 +130,7 @@ async function settleFailure(ctx: WorkerContext, job: Job, token: string | undef
       break;
   }
   if (e instanceof LayerFailedError) {
+    await uploadFailedLog(ctx, data, e);
     await events.job('failed', { exitCode: e.exitCode, logTail: e.logTail, message: msg });
     count('failed');
     return new UnrecoverableError(msg);
@@ -147,6 +149,20 @@ async function settleFailure(ctx: WorkerContext, job: Job, token: string | undef
   count(last ? 'failed' : 'retried');
   ctx.log.warn(last ? 'layer job failed' : 'layer job will be retried', { job: job.id, error: why });
   return e instanceof Error ? e : new Error(msg);
+}
+
+/**
+ * A failed script's log (kept on this worker as `<key>.failed.log`, at most VMLB_LOG_MAX) goes to
+ * the shared store beside the build's record, so that "full log in the store" holds for the
+ * fleet too (GET /v1/builds/:id/layers/:index/log serves it). A failing upload is logged only.
+ */
+async function uploadFailedLog(ctx: WorkerContext, data: LayerJobData, e: LayerFailedError): Promise<void> {
+  if (!e.logPath) return;
+  try {
+    await ctx.shared.putFile(storePaths.failedLog(data.buildId, data.index), e.logPath);
+  } catch (err) {
+    ctx.log.warn('could not upload the failed layer\'s log', { buildId: data.buildId, layer: data.name, error: (err as Error).message });
+  }
 }
 
 async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string, running: RunningJob, events: JobEvents): Promise<LayerJobResult> {

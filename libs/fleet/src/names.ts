@@ -3,6 +3,17 @@
 export const LAYER_QUEUE = 'vmlb-layers';
 export const FLATTEN_QUEUE = 'vmlb-flatten';
 
+/** A pool's layer queue: pool default's keeps the name from before pools (see pools.ts). */
+export const layerQueueOf = (pool: string): string => (pool === 'default' ? LAYER_QUEUE : `${LAYER_QUEUE}-${pool}`);
+export const flattenQueueOf = (pool: string): string => (pool === 'default' ? FLATTEN_QUEUE : `${FLATTEN_QUEUE}-${pool}`);
+
+/**
+ * What a claim and its ready message name: a layer key (or `image:<top>`) inside a pool. Pool
+ * default's are the bare key, as before pools; another pool's carry it (`<pool>/<key>`), so the
+ * same key built in two pools is two claims.
+ */
+export const poolClaimKey = (pool: string, what: string): string => (pool === 'default' ? what : `${pool}/${what}`);
+
 /**
  * BullMQ job ids: one per layer of a build, one flatten. Not `<buildId>:<index>`: BullMQ 6
  * refuses a custom id with one ':' ("Custom Id cannot contain :"; it keeps `a:b:c` for old
@@ -25,6 +36,8 @@ export const redisKeys = {
   workerPattern: 'vmlb:worker:*',
   /** Hash: worker id → its last registration, kept after its TTL so a dead worker stays visible. */
   workersSeen: 'vmlb:workers-seen',
+  /** JSON { reads: string[] }: a pool as the scheduler's teams file defines it (written at start). */
+  pool: (pool: string) => `vmlb:pool:${pool}`,
   /** Running layer jobs of a team (the per-team cap). */
   teamRunning: (team: string) => `vmlb:team-running:${team}`,
   /** Set when a build is cancelled; workers check it while they build. */
@@ -36,4 +49,6 @@ export const storePaths = {
   project: (sha256: string) => `projects/${sha256}.tar.gz`,
   build: (buildId: string) => `builds/${buildId}.json`,
   image: (topKey: string) => `images/${topKey}.qcow2`,
+  /** The log of a layer job whose script failed (at most VMLB_LOG_MAX, uploaded by its worker). */
+  failedLog: (buildId: string, index: number) => `logs/${buildId}/${index}.failed.log`,
 } as const;
