@@ -32,6 +32,11 @@ describe('workerSettingsFrom', () => {
     expect(() => workerSettingsFrom({ ...base, VMLB_SANDBOX: '0' })).toThrow(/VMLB_SANDBOX: a worker runs every layer sandboxed/);
   });
 
+  it('refuses a VMLB_LOG_MAX that is not a size of at least 4K, naming it', () => {
+    expect(() => workerSettingsFrom({ ...base, VMLB_LOG_MAX: '64M' })).not.toThrow();
+    expect(() => workerSettingsFrom({ ...base, VMLB_LOG_MAX: 'lots' })).toThrow(/VMLB_LOG_MAX must be a size of at least 4K \(e\.g\. 64M, the default\), not "lots"/);
+  });
+
   it("denies layers the fleet's Redis, S3 endpoint and scheduler, and VMLB_SANDBOX_DENY", () => {
     const { fleet, settings } = workerSettingsFrom({
       ...base,
