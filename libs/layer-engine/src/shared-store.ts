@@ -92,6 +92,11 @@ export interface CallOptions {
 
 export interface PushOptions extends CallOptions {
   /**
+   * Where the layer's parent is looked up (its shared manifest, for the parent's sha256): a
+   * fleet pool's parent may live in a pool it trusts for reading. @default this store
+   */
+  findParent?: (key: string) => Promise<LayerManifest | null>;
+  /**
    * Upload even when the shared store already has the layer: for a shared copy found corrupt.
    * Its manifest is removed first, so no reader sees the old manifest with the new blob.
    */
@@ -377,7 +382,7 @@ export class SharedStore {
     if (m.parent) {
       const localParent = await local.getManifest(m.parent);
       if (!localParent) throw new StoreError(`layer ${m.name} (${key}): its parent ${m.parent} is missing from the local store ${local.root}`);
-      const sharedParent = await this.getManifest(m.parent, o);
+      const sharedParent = o.findParent ? await o.findParent(m.parent) : await this.getManifest(m.parent, o);
       if (!sharedParent) return { pushed: false, reason: 'parent-not-shared' };
       if (sharedParent.blob.sha256 !== localParent.blob.sha256) return { pushed: false, reason: 'parent-differs' };
       parentSha256 = localParent.blob.sha256;
@@ -650,7 +655,17 @@ export class SharedStore {
       const bad = check({ sha256: whole.digest('hex'), size });
       if (bad) throw bad;
       parts.sort((x, y) => x.part - y.part);
-      await this.withRetry(`complete the upload of ${object}`, () => untilAborted(this.client.completeMultipartUpload(bucket, object, uploadId, parts), o.signal, () => this.dropConnections()), o);
+      let tries = 0;
+      await this.withRetry(`complete the upload of ${object}`, async () => {
+        try {
+          await untilAborted(this.client.completeMultipartUpload(bucket, object, uploadId, parts), o.signal, () => this.dropConnections());
+        } catch (e) {
+          // A retry after a completion whose answer was lost: the upload is gone because it is
+          // the object now.
+          if (tries++ > 0 && errorCode(e) === 'NoSuchUpload' && (await this.client.statObject(bucket, object).then((st) => st.size, () => -1)) === size) return;
+          throw e;
+        }
+      }, o);
     } catch (e) {
       await Promise.allSettled(inFlight);
       await this.abortUpload(object, uploadId);
