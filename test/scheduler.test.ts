@@ -435,7 +435,7 @@ describe('a submission', () => {
     // The flow: a chain, parent waits for child.
     const flatten = (await queues.flatten.getJob(flattenJobId(b.id)))!;
     expect(await flatten.getState()).toBe('waiting-children');
-    expect(FlattenJobData.parse(flatten.data)).toEqual({ buildId: b.id, team: 'web', chain: b.layers.map((l) => l.key), project: b.project, nonce: b.id });
+    expect(FlattenJobData.parse(flatten.data)).toEqual({ buildId: b.id, team: 'web', pool: 'default', reads: [], chain: b.layers.map((l) => l.key), project: b.project, nonce: b.id });
     expect(flatten.opts.attempts).toBe(5);
     const deps = async (j: Job) => (await j.getDependencies()).unprocessed ?? [];
     expect(await deps(flatten)).toContain(`bull:${LAYER_QUEUE}:${layerJobId(b.id, 2)}`);

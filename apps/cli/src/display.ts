@@ -105,6 +105,7 @@ function planSummary(layers: PlannedLayer[]): string {
 }
 
 function cachedWords(e: Extract<BuildEvent, { type: 'layer-cached' }>): string {
+  if (e.source === 'shared' && e.pool) return `CACHED (shared: ${e.pool}, ${formatBytes(e.bytes)})`;
   return e.source === 'shared' ? `CACHED (shared, ${formatBytes(e.bytes)})` : 'CACHED';
 }
 

@@ -1,11 +1,11 @@
 import type { FlowJobNode, FlowJob, Queue } from 'bullmq';
 import {
   FLATTEN_JOB_OPTIONS,
-  FLATTEN_QUEUE,
   LAYER_JOB_OPTIONS,
-  LAYER_QUEUE,
   flattenJobId,
+  flattenQueueOf,
   layerJobId,
+  layerQueueOf,
   type FlattenJobData,
   type LayerJobData,
 } from '@vmlb/fleet';
@@ -22,9 +22,12 @@ const KEEP = { removeOnComplete: { age: KEEP_COMPLETED_S }, removeOnFail: { age:
  * fails every job above it at once (`failParentOnFailure`). Hits make no jobs; a build whose
  * layers all hit is a flatten job alone.
  */
-export function buildFlow(b: { id: string; team: string; project: string }, keyed: KeyedLayer[], firstMiss: number): FlowJob {
+export function buildFlow(b: { id: string; team: string; project: string; pool?: string; reads?: string[] }, keyed: KeyedLayer[], firstMiss: number): FlowJob {
   const keys = keyed.map((k) => k.key);
-  const flatten: FlattenJobData = { buildId: b.id, team: b.team, chain: keys, project: b.project, nonce: b.id };
+  // The jobs go to the pool's queues, and say which pool they are of and which pools they may read.
+  const pool = b.pool ?? 'default';
+  const reads = b.reads ?? [];
+  const flatten: FlattenJobData = { buildId: b.id, team: b.team, pool, reads, chain: keys, project: b.project, nonce: b.id };
   let child: FlowJobNode | undefined;
   if (firstMiss >= 0) {
     for (let i = firstMiss; i < keyed.length; i++) {
@@ -32,6 +35,8 @@ export function buildFlow(b: { id: string; team: string; project: string }, keye
       const data: LayerJobData = {
         buildId: b.id,
         team: b.team,
+        pool,
+        reads,
         project: b.project,
         nonce: b.id,
         index: i,
@@ -41,11 +46,11 @@ export function buildFlow(b: { id: string; team: string; project: string }, keye
         cacheable: k.cacheable,
         share: !k.spec.hints.noshare,
       };
-      const base = { name: k.spec.name, queueName: LAYER_QUEUE, data, opts: { ...LAYER_JOB_OPTIONS, ...KEEP, jobId: layerJobId(b.id, i) } };
+      const base = { name: k.spec.name, queueName: layerQueueOf(pool), data, opts: { ...LAYER_JOB_OPTIONS, ...KEEP, jobId: layerJobId(b.id, i) } };
       child = child ? { ...base, children: [child] } : base;
     }
   }
-  const top = { name: 'flatten', queueName: FLATTEN_QUEUE, data: flatten, opts: { ...FLATTEN_JOB_OPTIONS, ...KEEP, jobId: flattenJobId(b.id) } };
+  const top = { name: 'flatten', queueName: flattenQueueOf(pool), data: flatten, opts: { ...FLATTEN_JOB_OPTIONS, ...KEEP, jobId: flattenJobId(b.id) } };
   return child ? { ...top, children: [child] } : top;
 }
 

@@ -84,8 +84,9 @@ export class BuildFollower {
       /** A connection of its own for the blocking XREAD. */
       blocking: Redis;
       records: BuildRecords;
-      shared: SharedStore;
-      queues: { layers: Queue; flatten: Queue };
+      /** A pool's own namespace of the shared store (a record's `pool`; undefined: default). */
+      sharedOf: (pool: string | undefined) => SharedStore;
+      queuesOf: (pool: string | undefined) => { layers: Queue; flatten: Queue };
       log: Logger;
     },
     private readonly opts: FollowerOptions = {},
@@ -200,7 +201,7 @@ export class BuildFollower {
       if (a.nextCheck > now || isFinal(a.record)) continue;
       a.nextCheck = now + this.checkEveryMs;
       const r = a.record;
-      const flatten = await this.deps.queues.flatten.getJob(flattenJobId(r.id));
+      const flatten = await this.deps.queuesOf(r.pool).flatten.getJob(flattenJobId(r.id));
       const state = flatten ? await flatten.getState() : 'unknown';
       if (state === 'failed') {
         const why = await this.failure(r, flatten?.failedReason);
@@ -223,7 +224,7 @@ export class BuildFollower {
   private async failure(r: StoredRecord, flattenReason: string | undefined): Promise<{ message: string; layer?: { index: number } }> {
     for (const l of r.layers) {
       if (l.status === 'hit') continue;
-      const job = await this.deps.queues.layers.getJob(layerJobId(r.id, l.index));
+      const job = await this.deps.queuesOf(r.pool).layers.getJob(layerJobId(r.id, l.index));
       if (job && (await job.getState()) === 'failed') {
         return { message: `layer ${l.name} failed: ${job.failedReason ?? 'no reason given'}`, layer: { index: l.index } };
       }
@@ -235,7 +236,7 @@ export class BuildFollower {
 
   private async imageOf(r: StoredRecord): Promise<StoredRecord['image']> {
     const top = r.layers[r.layers.length - 1];
-    return top ? findImage(this.deps.shared, top.key) : null;
+    return top ? findImage(this.deps.sharedOf(r.pool), top.key, r.pool) : null;
   }
 
   private async flush(): Promise<void> {

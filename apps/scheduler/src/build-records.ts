@@ -39,6 +39,7 @@ export function summarize(r: BuildRecord): BuildSummary {
   const s: BuildSummary = {
     id: r.id,
     team: r.team,
+    pool: r.pool ?? 'default',
     state: r.state,
     project: r.project,
     createdAt: r.createdAt,

@@ -36,7 +36,7 @@ export class DisplayEvents {
       { type: 'plan', at, project: `${r.project.slice(0, 12)} (build ${r.id})`, layers, total: layers.length },
     ];
     for (const l of r.layers) {
-      if (l.status === 'hit') out.push({ type: 'layer-cached', at, index: l.index, name: l.name, key: l.key, source: 'shared', bytes: l.bytes ?? 0 });
+      if (l.status === 'hit') out.push({ type: 'layer-cached', at, index: l.index, name: l.name, key: l.key, source: 'shared', bytes: l.bytes ?? 0, ...(l.pool ? { pool: l.pool } : {}) });
     }
     return out;
   }

@@ -1,7 +1,7 @@
-import type { Queue } from 'bullmq';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { listKnownWorkers, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
+import { DEFAULT_POOL, listKnownWorkers, poolPath, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
+import type { PoolRegistry } from './pool-registry.js';
 import type { BuildRecords, StoredRecord } from './build-records.js';
 import type { BuildFollower } from './build-follower.js';
 import { parseEntry } from './build-follower.js';
@@ -14,20 +14,21 @@ import type { ObjectStore } from './object-store.js';
  * The read-only routes the web dashboard (apps/web-dashboard) is made of, beside the build
  * routes of scheduler.ts:
  *
- *   GET /v1/whoami                         { team, admin }
- *   GET /v1/fleet                          workers (live and recently lost), queue depths
+ *   GET /v1/whoami                         { team, admin, pool }
+ *   GET /v1/fleet                          workers (live and recently lost), queue depths: of
+ *                                          the asking team's pool (an admin's: every pool)
  *   GET /v1/stats/cache?hours&bucketMinutes&team
  *                                          layer cache hit rate over time, overall and per team
  *   GET /v1/builds/:id/layers/:index/log   one layer's log, text/plain (at most VMLB_LOG_MAX: its tail)
  *
- * The fleet view is the same for every team (it holds no build of anyone's); hit rates and
- * logs follow the build visibility rules: a team sees its own, an admin all.
+ * The fleet view shows a team its own pool's workers and queues (an admin every pool); hit
+ * rates and logs follow the build visibility rules: a team sees its own, an admin all.
  */
 export function registerInsightRoutes(
   app: FastifyInstance,
   deps: {
     redis: Redis;
-    queues: { layers: Queue; flatten: Queue };
+    pools: PoolRegistry;
     records: BuildRecords;
     follower: BuildFollower;
     objects: ObjectStore;
@@ -38,25 +39,44 @@ export function registerInsightRoutes(
     needsRedis: { onRequest: () => Promise<void> };
   },
 ): void {
-  const { redis, queues, records, follower, objects } = deps;
+  const { redis, pools, records, follower, objects } = deps;
 
-  app.get('/v1/whoami', async (req): Promise<WhoAmI> => ({ team: req.team!.team, admin: req.team!.admin }));
+  app.get('/v1/whoami', async (req): Promise<WhoAmI> => ({ team: req.team!.team, admin: req.team!.admin, pool: req.team!.pool }));
 
-  app.get('/v1/fleet', deps.needsRedis, async (): Promise<FleetView> => {
-    const [workers, layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
+  app.get('/v1/fleet', deps.needsRedis, async (req): Promise<FleetView> => {
+    const team = req.team!;
+    const shown = team.admin ? pools.all() : [{ pool: team.pool, queues: pools.queues(team.pool) }];
+    const [workers, perPool] = await Promise.all([
       listKnownWorkers(redis),
-      queues.layers.getJobCounts(...JOB_STATES),
-      queues.flatten.getJobCounts(...JOB_STATES),
-      oldestQueuedAge(queues.layers),
-      oldestQueuedAge(queues.flatten),
+      Promise.all(
+        shown.map(async ({ pool, queues }) => {
+          const [layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
+            queues.layers.getJobCounts(...JOB_STATES),
+            queues.flatten.getJobCounts(...JOB_STATES),
+            oldestQueuedAge(queues.layers),
+            oldestQueuedAge(queues.flatten),
+          ]);
+          const queued = QUEUED_STATES.reduce((n, s) => n + (layers[s] ?? 0) + (flatten[s] ?? 0), 0);
+          const ages = [oldestLayers, oldestFlatten].filter((a): a is number => a !== null);
+          return { pool, layers, flatten, queued, oldestQueuedSeconds: ages.length ? Math.max(...ages) : null };
+        }),
+      ),
     ]);
     const now = Date.now();
-    const queued = QUEUED_STATES.reduce((n, s) => n + (layers[s] ?? 0) + (flatten[s] ?? 0), 0);
-    const ages = [oldestLayers, oldestFlatten].filter((a): a is number => a !== null);
+    const sum = (pick: (p: (typeof perPool)[number]) => Record<string, number>) => {
+      const out: Record<string, number> = {};
+      for (const p of perPool) for (const [k, v] of Object.entries(pick(p))) out[k] = (out[k] ?? 0) + v;
+      return out;
+    };
+    const ages = perPool.map((p) => p.oldestQueuedSeconds).filter((a): a is number => a !== null);
+    const visible = new Set(shown.map((p) => p.pool));
     return {
-      workers: workers.map((w) => ({ ...w, heartbeatAgeSeconds: Math.max(0, (now - Date.parse(w.lastHeartbeat)) / 1000) })),
-      queues: { layers, flatten },
-      queued,
+      workers: workers
+        .filter((w) => visible.has(w.pool ?? DEFAULT_POOL))
+        .map((w) => ({ ...w, pool: w.pool ?? DEFAULT_POOL, heartbeatAgeSeconds: Math.max(0, (now - Date.parse(w.lastHeartbeat)) / 1000) })),
+      queues: { layers: sum((p) => p.layers), flatten: sum((p) => p.flatten) },
+      pools: perPool,
+      queued: perPool.reduce((n, p) => n + p.queued, 0),
       oldestQueuedSeconds: ages.length ? Math.max(...ages) : null,
     };
   });
@@ -87,12 +107,12 @@ export function registerInsightRoutes(
     reply.type('text/plain; charset=utf-8').header('cache-control', 'no-cache');
     // A finished layer's whole log is in the shared store (a hit's is the one of the build that made it).
     if (layer.status === 'hit' || layer.status === 'done') {
-      const rel = `layers/${layer.key}.log`;
+      const rel = poolPath(layer.pool ?? record.pool ?? DEFAULT_POOL, `layers/${layer.key}.log`);
       if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
     }
     // A failed script's log, uploaded by its worker.
     if (layer.status === 'failed') {
-      const rel = storePaths.failedLog(record.id, index);
+      const rel = poolPath(record.pool ?? DEFAULT_POOL, storePaths.failedLog(record.id, index));
       if (await objects.stat(rel)) return reply.send(await objects.stream(rel));
     }
     // Running, failed, or kept on a worker (# noshare): what the workers streamed, while Redis has it.

@@ -1,5 +1,5 @@
-import { LocalStore, ProjectError, hostPathProblems, planBuild, type KeyedLayer, type SharedStore } from '@vmlb/layer-engine';
-import type { LayerRecord } from '@vmlb/fleet';
+import { LocalStore, ProjectError, hostPathProblems, planBuild, type KeyedLayer, type LayerManifest } from '@vmlb/layer-engine';
+import type { LayerRecord, PoolStores } from '@vmlb/fleet';
 import { HttpError } from './http-error.js';
 
 export interface BuildPlan {
@@ -18,10 +18,19 @@ export interface BuildPlan {
  * another copy of the missing parent (that job finds the manifest and finishes at once, or
  * rebuilds on the new parent). `scratch` is an empty local store: the scheduler keeps none.
  */
-export async function planProject(projectDir: string, shared: SharedStore, scratch: LocalStore, buildId: string): Promise<BuildPlan> {
+export async function planProject(projectDir: string, view: PoolStores, scratch: LocalStore, buildId: string): Promise<BuildPlan> {
   let plan: Awaited<ReturnType<typeof planBuild>>;
+  // Which pool each hit was found in: the pool's own namespace first, then those it trusts.
+  const foundIn = new Map<string, string>();
+  const lookup = {
+    getManifest: async (key: string): Promise<LayerManifest | null> => {
+      const hit = await view.find(key);
+      if (hit) foundIn.set(key, hit.pool);
+      return hit?.manifest ?? null;
+    },
+  };
   try {
-    plan = await planBuild({ projectDir, store: scratch, shared, nonce: buildId });
+    plan = await planBuild({ projectDir, store: scratch, shared: lookup, nonce: buildId });
     // A submission is another team's code: it names no host path (see hostPathProblems).
     const hostPaths = hostPathProblems(plan.project);
     if (hostPaths.length > 0) throw new ProjectError(projectDir, hostPaths);
@@ -41,6 +50,8 @@ export async function planProject(projectDir: string, shared: SharedStore, scrat
     const rec: LayerRecord = { index, name: l.name, kind: l.kind, key: l.key, status: hit ? 'hit' : 'queued' };
     if (hit) {
       rec.source = 'shared';
+      const from = foundIn.get(l.key);
+      if (from && from !== view.pool) rec.pool = from;
       const m = plan.manifests.get(l.key);
       if (m) rec.bytes = m.blob.size;
     }

@@ -1,11 +1,12 @@
-import { FlowProducer, Queue } from 'bullmq';
+import { FlowProducer } from 'bullmq';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LocalStore, SharedStore, StoreError, VmlbError } from '@vmlb/layer-engine';
-import { FLATTEN_QUEUE, LAYER_QUEUE, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { DEFAULT_POOL, flattenQueueOf, layerQueueOf, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { PoolRegistry } from './pool-registry.js';
 import { BuildFollower, type FollowerOptions } from './build-follower.js';
 import { removeBuildJobs } from './build-flow.js';
 import { BUILD_ID, BuildRecords, FINAL_STATES, isFinal, summarize, type BuildSummary, type StoredRecord } from './build-records.js';
@@ -88,10 +89,13 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       down = false;
     });
   }
+  // The store's root: build records and team indexes. Layers, projects and images are in each
+  // pool's namespace (pools.ts), read through its view.
   const shared = new SharedStore(config.shared);
   const objects = new ObjectStore(config.shared);
   const records = new BuildRecords(shared, objects);
-  const queues = { layers: new Queue(LAYER_QUEUE, { connection: redis }), flatten: new Queue(FLATTEN_QUEUE, { connection: redis }) };
+  const pools = new PoolRegistry(config.shared, teams, redis);
+  const queuesOf = (pool: string | undefined) => pools.queues(pool ?? DEFAULT_POOL);
   const flows = new FlowProducer({ connection: redis });
   const scratch = new LocalStore(path.join(workDir, 'no-local-store'));
   const presignSeconds = opts.presignSeconds ?? 3600;
@@ -100,7 +104,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   let follower!: BuildFollower;
   const storeProbe = probeEvery(STORE_PROBE_MS, () => withTimeout(objects.ping(), 3000));
   const metrics = new SchedulerMetrics({
-    queues: { [LAYER_QUEUE]: queues.layers, [FLATTEN_QUEUE]: queues.flatten },
+    queues: Object.fromEntries(pools.all().flatMap(({ pool, queues: q }) => [[layerQueueOf(pool), q.layers], [flattenQueueOf(pool), q.flatten]])),
     redis,
     activeBuilds: () => follower.activeCount,
     sharedStoreUp: storeProbe,
@@ -111,7 +115,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     const seconds = (Date.parse(r.finishedAt ?? new Date().toISOString()) - Date.parse(r.createdAt)) / 1000;
     metrics.buildSeconds.observe({ state: r.state }, Math.max(0, seconds));
   };
-  follower = new BuildFollower({ redis, blocking, records, shared, queues, log }, {
+  follower = new BuildFollower({ redis, blocking, records, sharedOf: (pool) => pools.view(pool ?? DEFAULT_POOL).own, queuesOf, log }, {
     ...opts.follower,
     onFinished: (r) => {
       countFinished(r);
@@ -209,7 +213,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     return [asked];
   };
 
-  registerInsightRoutes(app, { redis, queues, records, follower, objects, visibleBuild, listedTeams, needsRedis });
+  registerInsightRoutes(app, { redis, pools, records, follower, objects, visibleBuild, listedTeams, needsRedis });
   // The web dashboard at `/` (its files; it reads the /v1 routes with the user's token).
   await registerDashboard(app);
 
@@ -240,7 +244,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     const team = req.team!;
     let record: StoredRecord;
     try {
-      record = await submitBuild({ shared, objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team.team, upload);
+      record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload);
     } finally {
       await upload.discard();
     }
@@ -316,7 +320,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     // The record is marked cancelled first (synchronously, inside cancel()): a job check of the
     // follower running meanwhile would otherwise find the flatten job removed and fail the build.
     const marking = follower.cancel(r.id, by);
-    const jobs = await removeBuildJobs(queues, r.id, r.layers.filter((l) => l.status !== 'hit').map((l) => l.index));
+    const jobs = await removeBuildJobs(queuesOf(r.pool), r.id, r.layers.filter((l) => l.status !== 'hit').map((l) => l.index));
     const cancelled = await marking;
     log.info('build cancelled', { buildId: r.id, by, removed: jobs.removed, running: jobs.running });
     const current = cancelled ?? follower.live(r.id) ?? (await records.get(r.id)) ?? r;
@@ -343,8 +347,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       await app.close();
       await follower.close();
       await flows.close();
-      await queues.layers.close();
-      await queues.flatten.close();
+      await pools.close();
       redis.disconnect();
       blocking.disconnect();
       shared.close();

@@ -1,8 +1,9 @@
 import type { FlowProducer } from 'bullmq';
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { writeUseRecord, type LocalStore, type SharedStore } from '@vmlb/layer-engine';
-import { storePaths } from '@vmlb/fleet';
+import { writeUseRecord, type LocalStore } from '@vmlb/layer-engine';
+import { DEFAULT_POOL, poolPath, storePaths, type PoolStores } from '@vmlb/fleet';
+import type { Team } from './teams.js';
 import { buildFlow } from './build-flow.js';
 import { isFinal, newBuildId, type BuildRecords, type StoredRecord } from './build-records.js';
 import { HttpError } from './http-error.js';
@@ -14,7 +15,8 @@ import { failBuild, finishBuild } from './record-fold.js';
 import type { Upload } from './upload.js';
 
 export interface SubmitContext {
-  shared: SharedStore;
+  /** The submitting team's pool: its namespace (projects, layers, images) and the pools it reads. */
+  view: PoolStores;
   objects: ObjectStore;
   records: BuildRecords;
   flows: FlowProducer;
@@ -30,35 +32,39 @@ export interface SubmitContext {
  * stored before the checks pass. Returns the record; a build with nothing to do is done
  * already. The caller follows the others.
  */
-export async function submitBuild(ctx: SubmitContext, team: string, upload: Upload): Promise<StoredRecord> {
+export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | 'pool'>, upload: Upload): Promise<StoredRecord> {
+  const { team, pool } = { team: who.team, pool: who.pool ?? DEFAULT_POOL };
+  const own = ctx.view.own;
   const listing = await inspectArchive(upload.file, ctx.archiveLimits);
   const dir = await mkdtemp(path.join(ctx.workDir, 'project-'));
   try {
     await extractArchive(upload.file, dir, listing);
     const id = newBuildId();
-    const plan = await planProject(dir, ctx.shared, ctx.scratch, id);
+    const plan = await planProject(dir, ctx.view, ctx.scratch, id);
 
     const projectPath = storePaths.project(upload.sha256);
-    if (!(await ctx.objects.stat(projectPath))) await ctx.shared.putFile(projectPath, upload.file);
+    if (!(await ctx.objects.stat(poolPath(pool, projectPath)))) await own.putFile(projectPath, upload.file);
     // `vmlb gc --shared` keeps the layers that recent builds used: this build uses its
-    // cacheable chain (its # nocache layers are removed by the flatten job anyway).
-    await writeUseRecord(
-      ctx.shared,
-      plan.keyed.filter((k) => k.cacheable).map((k) => k.key),
-      { project: upload.sha256 },
-    );
+    // cacheable chain (its # nocache layers are removed by the flatten job anyway), in its own
+    // pool's namespace and in each trusted pool it takes hits from (that pool's gc must keep them).
+    const cacheable = plan.keyed.filter((k) => k.cacheable).map((k) => k.key);
+    await writeUseRecord(own, cacheable, { project: upload.sha256 });
+    for (const t of ctx.view.trusted) {
+      const there = plan.layers.filter((l) => l.pool === t.pool).map((l) => l.key);
+      if (there.length) await writeUseRecord(t.store, there, { project: `${pool}:${upload.sha256}` });
+    }
 
-    const record: StoredRecord = { version: 1, id, team, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, image: null };
+    const record: StoredRecord = { version: 1, id, team, pool, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, image: null };
     if (plan.firstMiss < 0) {
       // Every layer is a hit: when the image of this top key is there too, there is nothing to do.
-      const image = await findImage(ctx.shared, plan.layers[plan.layers.length - 1]!.key);
+      const image = await findImage(own, plan.layers[plan.layers.length - 1]!.key, pool);
       if (image) finishBuild(record, image);
     }
     // The record first: the workers' events need a build to be folded into.
     await ctx.records.put(record);
     if (isFinal(record)) return record;
     try {
-      await ctx.flows.add(buildFlow(record, plan.keyed, plan.firstMiss));
+      await ctx.flows.add(buildFlow({ ...record, pool, reads: ctx.view.trusted.map((t) => t.pool) }, plan.keyed, plan.firstMiss));
     } catch (e) {
       failBuild(record, `could not queue its jobs: ${(e as Error).message}`);
       await ctx.records.put(record);

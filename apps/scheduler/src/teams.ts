@@ -1,15 +1,30 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { VmlbError } from '@vmlb/layer-engine';
+import { DEFAULT_POOL, POOL_NAME } from '@vmlb/fleet';
 
 /**
- * Teams and their tokens, from VMLB_TEAMS_FILE: `[{ "team": "web", "tokenSha256": "…", "admin": false }]`.
+ * Teams and their tokens, from VMLB_TEAMS_FILE, with the pools they build in (pools.ts):
+ *
+ *   { "teams": [{ "team": "web", "tokenSha256": "…", "admin": false, "pool": "a" }, …],
+ *     "pools": { "a": { "reads": ["platform"] }, "platform": {} } }
+ *
+ * or, as before pools, just the list of teams (every team in pool `default`). A team names no
+ * pool: `default`. A pool named by a team or a `reads` must be a valid name; `reads` may only
+ * name pools that exist (a team's, or one listed under "pools").
  * Only token hashes are kept: a request's token is hashed and compared with every team's hash
  * in constant time (no early exit, so the time does not say which team was close).
  */
 export interface Team {
   team: string;
   admin: boolean;
+  pool: string;
+}
+
+export interface Pool {
+  name: string;
+  /** Pools whose layers count as hits for this one (read only). */
+  reads: string[];
 }
 
 interface TeamEntry extends Team {
@@ -24,7 +39,10 @@ export function sha256Hex(text: string): string {
 }
 
 export class Teams {
-  private constructor(private entries: TeamEntry[]) {}
+  private constructor(
+    private entries: TeamEntry[],
+    private poolMap: Map<string, Pool>,
+  ) {}
 
   /** @throws VmlbError `TEAMS_FILE` listing every problem of the file at once. */
   static parse(text: string, where: string): Teams {
@@ -34,31 +52,57 @@ export class Teams {
     } catch (e) {
       throw new VmlbError('TEAMS_FILE', `${where} is not JSON: ${(e as Error).message}`);
     }
-    if (!Array.isArray(value)) throw new VmlbError('TEAMS_FILE', `${where}: expected a JSON list of { "team", "tokenSha256", "admin"? }`);
+    const shape = `expected { "teams": [{ "team", "tokenSha256", "admin"?, "pool"? }], "pools"?: { NAME: { "reads"?: [NAME] } } } or a JSON list of teams`;
+    let list: unknown = value;
+    let poolsValue: unknown = {};
+    if (!Array.isArray(value)) {
+      if (!value || typeof value !== 'object' || !Array.isArray((value as { teams?: unknown }).teams)) throw new VmlbError('TEAMS_FILE', `${where}: ${shape}`);
+      list = (value as { teams: unknown[] }).teams;
+      poolsValue = (value as { pools?: unknown }).pools ?? {};
+    }
     const problems: string[] = [];
+    const poolMap = new Map<string, Pool>([[DEFAULT_POOL, { name: DEFAULT_POOL, reads: [] }]]);
+    if (!poolsValue || typeof poolsValue !== 'object' || Array.isArray(poolsValue)) problems.push(`"pools" must be an object of pool name → { "reads": [pool names] }`);
+    else {
+      for (const [name, raw] of Object.entries(poolsValue as Record<string, unknown>)) {
+        const reads = (raw as { reads?: unknown } | null)?.reads ?? [];
+        if (!POOL_NAME.test(name)) problems.push(`pool "${name}": a pool name is letters, digits, . _ - (up to 63)`);
+        else if (!Array.isArray(reads) || reads.some((r) => typeof r !== 'string' || !POOL_NAME.test(r))) problems.push(`pool ${name}: "reads" must be a list of pool names`);
+        else poolMap.set(name, { name, reads: [...new Set(reads as string[])].filter((r) => r !== name) });
+      }
+    }
+    const problemsBefore = problems.length;
     const entries: TeamEntry[] = [];
     const seenTeams = new Set<string>();
     const seenHashes = new Set<string>();
-    value.forEach((raw: unknown, i) => {
-      const e = (raw ?? {}) as { team?: unknown; tokenSha256?: unknown; admin?: unknown };
+    (list as unknown[]).forEach((raw: unknown, i) => {
+      const e = (raw ?? {}) as { team?: unknown; tokenSha256?: unknown; admin?: unknown; pool?: unknown };
       const at = `entry ${i}${typeof e.team === 'string' ? ` (${e.team})` : ''}`;
       const before = problems.length;
       if (typeof e.team !== 'string' || !TEAM_NAME.test(e.team)) problems.push(`${at}: "team" must be a name of letters, digits, . _ - (up to 63)`);
       if (typeof e.tokenSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(e.tokenSha256)) problems.push(`${at}: "tokenSha256" must be the sha256 of the token, 64 lowercase hex digits`);
       if (e.admin !== undefined && typeof e.admin !== 'boolean') problems.push(`${at}: "admin" must be true or false`);
+      if (e.pool !== undefined && (typeof e.pool !== 'string' || !POOL_NAME.test(e.pool))) problems.push(`${at}: "pool" must be a pool name: letters, digits, . _ - (up to 63)`);
       if (problems.length > before) return;
+      const pool = (e.pool as string | undefined) ?? DEFAULT_POOL;
+      if (!poolMap.has(pool)) poolMap.set(pool, { name: pool, reads: [] });
       const team = e.team as string;
       const hash = e.tokenSha256 as string;
       if (seenTeams.has(team)) problems.push(`${at}: team ${team} is listed twice`);
       if (seenHashes.has(hash)) problems.push(`${at}: the same token hash is given to two teams`);
       seenTeams.add(team);
       seenHashes.add(hash);
-      entries.push({ team, admin: e.admin === true, hash: Buffer.from(hash, 'hex') });
+      entries.push({ team, admin: e.admin === true, pool, hash: Buffer.from(hash, 'hex') });
     });
+    if (problems.length === problemsBefore) {
+      for (const p of poolMap.values()) {
+        for (const r of p.reads) if (!poolMap.has(r)) problems.push(`pool ${p.name} reads pool ${r}, which no team is in and "pools" does not list`);
+      }
+    }
     if (problems.length > 0) {
       throw new VmlbError('TEAMS_FILE', `${where} has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
     }
-    return new Teams(entries);
+    return new Teams(entries, poolMap);
   }
 
   static async load(file: string): Promise<Teams> {
@@ -74,6 +118,16 @@ export class Teams {
   /** Takes the teams of `other` (a reloaded file): requests from then on see only those. */
   replaceWith(other: Teams): void {
     this.entries = other.entries;
+    this.poolMap = other.poolMap;
+  }
+
+  /** Every pool: those of the teams, those the file lists, and `default`. */
+  get pools(): Pool[] {
+    return [...this.poolMap.values()];
+  }
+
+  pool(name: string): Pool {
+    return this.poolMap.get(name) ?? { name, reads: [] };
   }
 
   get names(): string[] {
@@ -87,7 +141,7 @@ export class Teams {
     for (const e of this.entries) {
       if (timingSafeEqual(hash, e.hash) && !found) found = e;
     }
-    return found ? { team: found.team, admin: found.admin } : null;
+    return found ? { team: found.team, admin: found.admin, pool: found.pool } : null;
   }
 
   /** The bearer token of an Authorization header, or null. */

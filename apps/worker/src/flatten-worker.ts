@@ -2,11 +2,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import { StoreError, VmlbError, convert, sha256File } from '@vmlb/layer-engine';
-import { ClaimLease, FlattenJobData, claimOwner, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
+import { ClaimLease, FlattenJobData, claimOwner, poolClaimKey, poolPath, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
 import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
-import { checkChain, ensureChain, openProject } from './layer-chain.js';
+import { checkChain, ensureChain, openProject, refuseOtherPool, trustedLocal } from './layer-chain.js';
 
 /**
  * What sits beside `images/<top>.qcow2`, written after it: an image exists only when this
@@ -37,6 +37,7 @@ export type FlattenJobResult = { image: { key: string; path: string; bytes: numb
 export function flattenProcessor(ctx: WorkerContext) {
   return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<FlattenJobResult> => {
     const data = parseJobData(FlattenJobData, job, 'flatten');
+    refuseOtherPool(ctx, data, job);
     const jobId = job.id ?? `${data.buildId}:flatten`;
     const log = ctx.log.child({ job: jobId });
     const events = new JobEvents(ctx.redis, data.buildId, -1, ctx.id, log);
@@ -77,11 +78,13 @@ export function flattenProcessor(ctx: WorkerContext) {
 
 async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, signal: AbortSignal, events: JobEvents): Promise<FlattenJobResult> {
   const top = data.chain[data.chain.length - 1]!;
+  // The image is written in this pool's namespace; the record names it relative to the store's prefix.
   const image = storePaths.image(top);
-  const claimKey = `image:${top}`;
+  const recordPath = poolPath(ctx.pool, image);
+  const claimKey = poolClaimKey(ctx.pool, `image:${top}`);
   const existing = async () => ctx.shared.getJson<ImageManifest>(imageManifestPath(top), { signal });
   const reuse = async (m: ImageManifest) => {
-    const img = { key: top, path: image, bytes: m.bytes };
+    const img = { key: top, path: recordPath, bytes: m.bytes };
     await events.flatten('done', { image: img, message: 'the image of this chain is in the shared store already' });
     return { image: img, reused: true };
   };
@@ -113,7 +116,7 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
       await lease.release();
       await publishReady(ctx.redis, claimKey);
       await dropUncacheable(ctx, data.chain);
-      const img = { key: top, path: image, bytes };
+      const img = { key: top, path: recordPath, bytes };
       await events.flatten('done', { image: img });
       return { image: img, reused: false };
     } finally {
@@ -132,7 +135,7 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
 async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: AbortSignal, events: JobEvents): Promise<void> {
   const top = data.chain[data.chain.length - 1]!;
   try {
-    const pulled = await ctx.shared.pullChain(ctx.store, [top], { signal });
+    const pulled = await ctx.viewFor(data.reads).pullChain(ctx.store, data.chain, { signal, isLocal: async (k) => (await trustedLocal(ctx, k, events)) !== null });
     for (const m of pulled) ctx.metrics.pulledBytes.inc({ object: 'layer' }, m.blob.size);
     return;
   } catch (e) {
@@ -144,7 +147,7 @@ async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: 
   const opened = await openProject(ctx, { project: data.project, nonce: data.nonce }, signal);
   try {
     checkChain('flatten', opened.keyed.map((k) => k.key), data.chain);
-    await ensureChain(ctx, data.team, opened.keyed, opened.keyed.length, signal, events, null);
+    await ensureChain(ctx, data, opened.keyed, opened.keyed.length, signal, events, null);
   } finally {
     await opened.close();
   }

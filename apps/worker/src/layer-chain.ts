@@ -1,5 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { LayerFailedError, ProjectError, VmlbError, buildLayerReporting, computeKeys, hostPathProblems, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
+import { UnrecoverableError } from 'bullmq';
 import { extractProject, fetchProject } from '@vmlb/fleet';
 import { STREAM_OUTPUT_LIMITS, type JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
@@ -56,16 +57,20 @@ export type StepsFor = { index: number; name: string } | null;
  */
 export async function ensureChain(
   ctx: WorkerContext,
-  team: string,
+  job: { team: string; reads: readonly string[] },
   keyed: KeyedLayer[],
   count: number,
   signal: AbortSignal,
   events: JobEvents,
   steps: StepsFor,
 ): Promise<LayerManifest | null> {
+  const { team } = job;
+  const view = ctx.viewFor(job.reads);
   let parent: LayerManifest | null = null;
   for (const [j, k] of keyed.slice(0, count).entries()) {
-    const fromShared = await ctx.shared.getManifest(k.key, { signal });
+    // This pool's copy, else a trusted pool's (read only): the one the build's keys were planned on.
+    const hit = await view.find(k.key, { signal });
+    const fromShared = hit?.manifest ?? null;
     let local = await trustedLocal(ctx, k.key, events);
     if (fromShared) {
       if (local && local.blob.sha256 !== fromShared.blob.sha256) {
@@ -73,8 +78,8 @@ export async function ensureChain(
         local = null;
       }
       if (!local) {
-        if (steps) events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store` });
-        local = await ctx.shared.pull(ctx.store, k.key, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
+        if (steps) events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store${hit!.pool !== ctx.pool ? ` (pool ${hit!.pool})` : ''}` });
+        local = await hit!.store.pull(ctx.store, k.key, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
         ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
       }
     } else if (!local) {
@@ -85,6 +90,15 @@ export async function ensureChain(
   }
   await ctx.store.touch(keyed.slice(0, count).map((k) => k.key));
   return parent;
+}
+
+/**
+ * A job of another pool: refused for good (a worker takes only its pool's queues, so only a
+ * forged or misrouted job gets here), naming both pools.
+ */
+export function refuseOtherPool(ctx: WorkerContext, data: { pool: string; buildId: string }, job: { id?: string }): void {
+  if (data.pool === ctx.pool) return;
+  throw new UnrecoverableError(`job ${job.id ?? '?'} of build ${data.buildId} is of pool ${data.pool}; worker ${ctx.id} serves pool ${ctx.pool} only: refused`);
 }
 
 /**

@@ -5,6 +5,7 @@ import {
   LayerJobData,
   claimOwner,
   giveBackTeamSlot,
+  poolClaimKey,
   publishReady,
   redisKeys,
   renewTeamSlot,
@@ -16,7 +17,7 @@ import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
-import { buildOne, checkChain, ensureChain, openProject, retryStep, trustedLocal } from './layer-chain.js';
+import { buildOne, checkChain, ensureChain, openProject, refuseOtherPool, retryStep, trustedLocal } from './layer-chain.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -53,6 +54,7 @@ export type LayerJobResult =
 export function layerProcessor(ctx: WorkerContext) {
   return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<LayerJobResult> => {
     const data = parseJobData(LayerJobData, job, 'layer');
+    refuseOtherPool(ctx, data, job);
     const jobId = job.id ?? `${data.buildId}:${data.index}`;
     const log = ctx.log.child({ job: jobId, layer: data.name });
     const events = new JobEvents(ctx.redis, data.buildId, data.index, ctx.id, log);
@@ -166,7 +168,10 @@ async function uploadFailedLog(ctx: WorkerContext, data: LayerJobData, e: LayerF
 }
 
 async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string, running: RunningJob, events: JobEvents): Promise<LayerJobResult> {
-  const { shared, redis } = ctx;
+  const { redis } = ctx;
+  // Already there means in this pool's namespace or a pool it reads: either is a hit for it.
+  const shared = ctx.viewFor(data.reads);
+  const claimKey = poolClaimKey(ctx.pool, data.key);
   const signal = running.stop.signal;
   running.keys.add(data.key);
   for (const k of data.chain) running.keys.add(k);
@@ -180,14 +185,14 @@ async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string
       await events.job('done', { message: waited ? 'built by another build' : 'already in the shared store' });
       return { key: data.key, outcome: waited ? 'waited' : 'shared-hit', worker: ctx.id };
     }
-    const got = await ClaimLease.take(redis, data.key, claimOwner(jobId, ctx.id));
+    const got = await ClaimLease.take(redis, claimKey, claimOwner(jobId, ctx.id));
     if (got instanceof ClaimLease) {
       lease = got;
       break;
     }
     if (!waited) await events.job('waiting', { message: `another job (${got.holder.split('|').slice(0, 2).join(' on ')}) is building this layer` });
     waited = true;
-    await waitForLayer(shared, redis, data.key, signal);
+    await waitForLayer(shared, redis, data.key, signal, { claimKey });
   }
   const unfollow = running.stop.follow(lease?.signal, 'claim-lost', `the claim on layer ${data.key} was lost`);
   try {
@@ -200,7 +205,7 @@ async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string
     if (lease) {
       // Waiters look at the claim before the manifest: release after the push, then wake them.
       await lease.release();
-      await publishReady(redis, data.key);
+      await publishReady(redis, claimKey);
     }
     await events.job('done', { seconds: built.seconds, bytes: built.bytes, ...(built.shared ? {} : { message: built.note }) });
     return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared, localHit: built.localHit };
@@ -232,7 +237,7 @@ async function buildAndPush(
     }
     checkChain(`layer ${data.name}`, keyed.slice(0, data.index).map((l) => l.key), data.chain);
 
-    const parent = await ensureChain(ctx, data.team, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
+    const parent = await ensureChain(ctx, data, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
     let manifest = await trustedLocal(ctx, k.key, events);
     const localHit = manifest !== null;
     if (!manifest) {
@@ -245,7 +250,14 @@ async function buildAndPush(
     // Someone else builds this key now (our claim lapsed): let the retry find theirs.
     if (lease && !(await lease.stillOurs())) throw new VmlbError('CLAIM_LOST', `the claim on layer ${k.key} lapsed before it was uploaded`, { retryable: true });
     events.engine({ type: 'layer-step', at: Date.now(), index: data.index, name: k.spec.name, step: 'uploading to the shared store' });
-    const r = await ctx.shared.push(ctx.store, k.key, { signal, uncacheable: !manifest.cacheable, onRetry: retryStep(events, data.index, k.spec.name) });
+    // Into this pool's namespace; its parent may be in a pool it reads (a platform base).
+    const view = ctx.viewFor(data.reads);
+    const r = await ctx.shared.push(ctx.store, k.key, {
+      signal,
+      uncacheable: !manifest.cacheable,
+      onRetry: retryStep(events, data.index, k.spec.name),
+      findParent: (key) => view.getManifest(key, { signal }),
+    });
     if (r.pushed) {
       ctx.metrics.pushedBytes.inc({ object: 'layer' }, r.bytes);
       return { seconds, bytes: r.bytes, shared: true, localHit };

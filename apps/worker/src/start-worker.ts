@@ -16,9 +16,10 @@ import {
   startupSweep,
 } from '@vmlb/layer-engine';
 import {
-  FLATTEN_QUEUE,
+  PoolStores,
+  flattenQueueOf,
   HEARTBEAT_MS,
-  LAYER_QUEUE,
+  layerQueueOf,
   pruneProjects,
   redisConnection,
   removeRegistration,
@@ -114,7 +115,16 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const slots = await workerSlots(backend.name, config.workerSlots);
   const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
   const metrics = new WorkerMetrics(id);
-  const shared = new SharedStore(config.shared, { onEvent: (e) => e.type === 'retry' && metrics.storeRetries.inc() });
+  const storeOpts = { onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
+  const pool = config.workerPool;
+  const views = new Map<string, PoolStores>();
+  const viewFor = (reads: readonly string[]): PoolStores => {
+    const name = [...reads].sort().join(',');
+    let v = views.get(name);
+    if (!v) views.set(name, (v = new PoolStores(pool, config.shared, reads, storeOpts)));
+    return v;
+  };
+  const shared = viewFor([]).own;
   metrics.slots.set(slots);
   const jobs = new RunningJobs();
 
@@ -124,7 +134,9 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     id,
     fleet: config,
     redis,
+    pool,
     shared,
+    viewFor,
     store,
     backend,
     // Each team's # cache-mount folders are its own: another team's layers never see them.
@@ -162,9 +174,10 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     w.on('completed', (job) => log.info('job done', { queue, job: job.id }));
     return w;
   };
-  const layers = bullWorker(LAYER_QUEUE, layerProcessor(ctx), slots);
+  // Only its pool's queues: a job of another pool never reaches this worker (and is refused if forged).
+  const layers = bullWorker(layerQueueOf(pool), layerProcessor(ctx), slots);
   // Flattening holds no block device; it waits on claims and streams files. As many as slots.
-  const flattens = bullWorker(FLATTEN_QUEUE, flattenProcessor(ctx), slots);
+  const flattens = bullWorker(flattenQueueOf(pool), flattenProcessor(ctx), slots);
 
   const startedAt = new Date().toISOString();
   let state: WorkerRegistration['state'] = 'running';
@@ -176,6 +189,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       host: os.hostname(),
       pid: process.pid,
       backend: backend.name,
+      pool,
       slots,
       busy: jobs.busy,
       cachedBytes: usage.bytes,
@@ -192,7 +206,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   }, HEARTBEAT_MS);
 
   const metricsPort = settings.metricsPort ? await metrics.serve(settings.metricsPort, settings.metricsHost) : undefined;
-  log.info('worker started', { backend: backend.name, slots, store: store.root, metricsPort });
+  log.info('worker started', { pool, backend: backend.name, slots, store: store.root, metricsPort });
 
   let closing: Promise<void> | undefined;
   const close = (o: { graceMs?: number } = {}) =>
@@ -234,7 +248,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       await evicting;
       await FuseDaemon.shutdown();
       await metrics.close();
-      shared.close();
+      for (const v of views.values()) v.close();
       // quit() waits for Redis to answer; a connection that is not up is just dropped.
       await within(Promise.all(connections.map((c) => (c.status === 'ready' ? c.quit().catch(() => c.disconnect()) : c.disconnect()))), CLOSE_COMMAND_WAIT_MS);
       await rm(workDir, { recursive: true, force: true });

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { DiskBackend, LayerSandbox, LocalStore, SharedStore } from '@vmlb/layer-engine';
-import type { FleetConfig } from '@vmlb/fleet';
+import type { FleetConfig, PoolStores } from '@vmlb/fleet';
 import type { Logger } from './logger.js';
 import type { WorkerMetrics } from './metrics.js';
 import type { RunningJobs } from './running-jobs.js';
@@ -11,7 +11,12 @@ export interface WorkerContext {
   fleet: FleetConfig;
   /** The worker's command connection (not BullMQ's). */
   redis: Redis;
+  /** The pool whose jobs this worker takes (VMLB_WORKER_POOL). */
+  pool: string;
+  /** This pool's own namespace of the shared store: everything the worker writes goes there. */
   shared: SharedStore;
+  /** The pool's view with the pools a job may read (its `reads`): where layers are looked up. */
+  viewFor(reads: readonly string[]): PoolStores;
   store: LocalStore;
   backend: DiskBackend;
   /** How a team's layers are confined on this worker (its deny list; its # cache-mount folders). */

@@ -11,6 +11,8 @@ import type { WorkerRegistration } from './workers-registry.js';
 export interface BuildSummary {
   id: string;
   team: string;
+  /** The pool it was built in (`default` for records from before pools). */
+  pool: string;
   state: BuildState;
   project: string;
   createdAt: string;
@@ -25,6 +27,7 @@ export interface BuildSummary {
 export interface WhoAmI {
   team: string;
   admin: boolean;
+  pool: string;
 }
 
 /** A worker as `GET /v1/fleet` lists it: live, or lost (its heartbeat stopped) within a day. */
@@ -43,6 +46,8 @@ export interface FleetView {
   workers: FleetWorker[];
   /** BullMQ job counts by state. */
   queues: { layers: Record<string, number>; flatten: Record<string, number> };
+  /** The same per pool shown (the asking team's; every pool for an admin). */
+  pools: Array<{ pool: string; layers: Record<string, number>; flatten: Record<string, number>; queued: number; oldestQueuedSeconds: number | null }>;
   /** Jobs waiting to run (waiting, prioritized, delayed) in both queues. */
   queued: number;
   oldestQueuedSeconds: number | null;

@@ -11,6 +11,8 @@ export interface LayerRecord {
   status: LayerStatus;
   /** For hits: where the layer already was. */
   source?: 'shared';
+  /** For a hit in a pool the build's pool trusts for reading: that pool (shown `CACHED (shared: POOL)`). */
+  pool?: string;
   worker?: string;
   /** When a worker started on it (ISO); with finishedAt, its bar on the build's time line. */
   startedAt?: string;
@@ -26,6 +28,8 @@ export interface BuildRecord {
   version: 1;
   id: string;
   team: string;
+  /** The team's pool when it was submitted (pools.ts); absent in records from before pools: `default`. */
+  pool?: string;
   /** sha256 of the uploaded project. */
   project: string;
   createdAt: string;

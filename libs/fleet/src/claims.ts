@@ -179,6 +179,12 @@ export async function waitUntilReady(redis: Redis, claimKey: string, isReady: ()
  * Waits for layer `key`'s manifest in the shared store ('ready'), or for its claim to
  * disappear without it ('claim-free').
  */
-export function waitForLayer(shared: SharedStore, redis: Redis, key: string, signal?: AbortSignal, o: Omit<WaitOptions, 'signal'> = {}): Promise<'ready' | 'claim-free'> {
-  return waitUntilReady(redis, key, async () => (await shared.getManifest(key, { signal })) !== null, { ...o, signal });
+export function waitForLayer(
+  shared: Pick<SharedStore, 'getManifest'>,
+  redis: Redis,
+  key: string,
+  signal?: AbortSignal,
+  o: Omit<WaitOptions, 'signal'> & { claimKey?: string } = {},
+): Promise<'ready' | 'claim-free'> {
+  return waitUntilReady(redis, o.claimKey ?? key, async () => (await shared.getManifest(key, { signal })) !== null, { ...o, signal });
 }

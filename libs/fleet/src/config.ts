@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { POOL_NAME } from './pools.js';
 import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-engine';
 
 /**
@@ -17,6 +18,7 @@ import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from
  *   VMLB_TEAMS_FILE         JSON [{ team, tokenSha256, admin? }]
  *   VMLB_WORKER_SLOTS       @default free block devices (nbd) or 4 (fuse)
  *   VMLB_WORKER_ID          @default <hostname>-<pid>
+ *   VMLB_WORKER_POOL        the pool whose jobs a worker takes (pools.ts)  @default default
  *   VMLB_TEAM_MAX_RUNNING   running layer jobs per team                     @default 4
  *   VMLB_MAX_UPLOAD         largest accepted project upload                @default 64M
  *   VMLB_UPLOAD_TIMEOUT     a request (an upload) must arrive whole within this   @default 10m
@@ -33,6 +35,7 @@ export interface FleetConfig {
   teamsFile?: string;
   workerSlots?: number;
   workerId?: string;
+  workerPool: string;
   teamMaxRunning: number;
   maxUploadBytes: number;
   /** Milliseconds a request may take to arrive whole (408 past it). */
@@ -84,6 +87,7 @@ const schema = z.object({
   VMLB_TEAMS_FILE: z.string().optional(),
   VMLB_WORKER_SLOTS: positiveInt('VMLB_WORKER_SLOTS').optional(),
   VMLB_WORKER_ID: z.string().optional(),
+  VMLB_WORKER_POOL: z.string().default('default').refine((p) => POOL_NAME.test(p), 'VMLB_WORKER_POOL must be a pool name: letters, digits, . _ - (up to 63)'),
   VMLB_TEAM_MAX_RUNNING: z.string().default('4').pipe(positiveInt('VMLB_TEAM_MAX_RUNNING')),
   VMLB_MAX_UPLOAD: size('VMLB_MAX_UPLOAD', '64M'),
   VMLB_UPLOAD_TIMEOUT: duration('VMLB_UPLOAD_TIMEOUT', '10m'),
@@ -121,6 +125,7 @@ export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { t
     teamsFile: e.VMLB_TEAMS_FILE,
     workerSlots: e.VMLB_WORKER_SLOTS,
     workerId: e.VMLB_WORKER_ID,
+    workerPool: e.VMLB_WORKER_POOL,
     teamMaxRunning: e.VMLB_TEAM_MAX_RUNNING,
     maxUploadBytes: e.VMLB_MAX_UPLOAD,
     uploadTimeoutMs: e.VMLB_UPLOAD_TIMEOUT,

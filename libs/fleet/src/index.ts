@@ -12,3 +12,4 @@ export * from './workers-registry.js';
 export * from './team-cap.js';
 export * from './job-options.js';
 export * from './project-cache.js';
+export * from './pools.js';

@@ -16,6 +16,8 @@ export interface WorkerRegistration {
   host: string;
   pid: number;
   backend: 'fuse' | 'nbd';
+  /** The pool whose jobs it takes (VMLB_WORKER_POOL); absent from workers of before pools: default. */
+  pool?: string;
   /** Layer jobs it runs at once (its BullMQ concurrency). */
   slots: number;
   /** Layer and flatten jobs running now. */

@@ -92,10 +92,15 @@ export async function startupSweep(store: LocalStore): Promise<string | null> {
  * shared store, a layer missing locally but there (on the parent this build will have) is a hit
  * with source 'shared'.
  */
+/** Where planning looks a layer up besides the local store: a SharedStore, or a fleet pool's view of several. */
+export interface SharedLookup {
+  getManifest(key: string): Promise<LayerManifest | null>;
+}
+
 export async function planBuild(opts: {
   projectDir: string;
   store: LocalStore;
-  shared?: SharedStore;
+  shared?: SharedLookup;
   last?: string;
   nonce?: string;
   /**
@@ -157,7 +162,7 @@ async function lookUp(keyed: KeyedLayer[], get: (key: string) => Promise<LayerMa
 }
 
 /** The shared store's manifests, or why it cannot be used: an outage must not fail a local build. */
-async function lookUpShared(shared: SharedStore, keyed: KeyedLayer[]): Promise<{ found?: Map<string, LayerManifest>; problem?: string }> {
+async function lookUpShared(shared: SharedLookup, keyed: KeyedLayer[]): Promise<{ found?: Map<string, LayerManifest>; problem?: string }> {
   try {
     return { found: await lookUp(keyed, (key) => shared.getManifest(key)) };
   } catch (e) {

@@ -29,7 +29,8 @@ export interface PlannedLayer {
 export type BuildEvent =
   | { type: 'notice'; at: number; message: string }
   | { type: 'plan'; at: number; project: string; layers: PlannedLayer[]; total: number }
-  | { type: 'layer-cached'; at: number; index: number; name: string; key: string; source: 'local' | 'shared'; bytes: number }
+  /** `pool`: a fleet hit found in a pool the build's pool trusts for reading (not its own). */
+  | { type: 'layer-cached'; at: number; index: number; name: string; key: string; source: 'local' | 'shared'; bytes: number; pool?: string }
   | { type: 'layer-start'; at: number; index: number; name: string; kind: LayerKind; key: string }
   | { type: 'layer-log'; at: number; index: number; name: string; chunk: string }
   | { type: 'layer-step'; at: number; index: number; name: string; step: string }
