@@ -13,7 +13,8 @@ import { sha256Hex, Teams } from '../apps/scheduler/src/index.js';
 import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import { apiFor, startScheduler, waitFor, type RunningScheduler } from './helpers/fleet-api.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
-import { BUSYBOX_BASE, vmlb, writeProject, type LayerDef } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, sandbox, vmlb, writeProject, type LayerDef } from './helpers/vmlb.js';
+import { startDevFleet } from './helpers/dev-fleet.js';
 
 const TOKENS = { web: 'tok-pool-web-0123456789', db: 'tok-pool-db-0123456789', base: 'tok-pool-base-0123456789', ops: 'tok-pool-ops-0123456789' };
 const TEAMS = {
@@ -149,4 +150,37 @@ describe('pools', () => {
       await queue.close();
     }
   });
+});
+
+describe('npm run fleet with pools', () => {
+  it('VMLB_FLEET_TEAMS makes the teams and pools, one worker per pool, and a token line per team; VMLB_FLEET_READS makes a pool trust another', async () => {
+    const sb = await sandbox('pools-dev');
+    const fleet = await startDevFleet({
+      env: { ...services.s3.env, VMLB_SHARED: `${services.sharedUrl}-dev`, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_FLEET_TEAMS: 'web:a,db:b,base:platform', VMLB_FLEET_READS: 'a:platform' },
+      workers: 1,
+      started: 3,
+    });
+    try {
+      expect(Object.keys(fleet.exports).sort()).toEqual(['VMLB_SERVER', 'VMLB_TOKEN', 'VMLB_TOKEN_BASE', 'VMLB_TOKEN_DB', 'VMLB_TOKEN_WEB']);
+      expect(fleet.exports.VMLB_TOKEN).toBe(fleet.exports.VMLB_TOKEN_WEB);
+      expect(fleet.errors).toMatch(/fleet: teams: web \(pool a\), db \(pool b\), base \(pool platform\); pools reading others: a reads platform/);
+      const as = (team: 'WEB' | 'DB' | 'BASE') => ({ VMLB_SERVER: fleet.exports.VMLB_SERVER!, VMLB_TOKEN: fleet.exports[`VMLB_TOKEN_${team}`]! });
+      const who = await vmlb(sb, ['builds', '--json'], as('DB'));
+      expect(who.exitCode, who.stderr).toBe(0);
+      const fleetView = await fetch(`${fleet.exports.VMLB_SERVER}/v1/fleet`, { headers: { authorization: `Bearer ${fleet.exports.VMLB_TOKEN_DB}` } }).then((r) => r.json() as Promise<{ workers: Array<{ pool: string }> }>);
+      expect(fleetView.workers.map((w) => w.pool)).toEqual(['b']);
+      const base = await writeProject(path.join(sb.dir, 'base'), { '01_base': BUSYBOX_BASE });
+      expect((await vmlb(sb, ['submit', base, '--plain'], as('BASE'))).exitCode).toBe(0);
+      const app = await writeProject(path.join(sb.dir, 'app'), { '01_base': BUSYBOX_BASE, '02_app': { kind: 'build-layer', script: 'echo app > /etc/app' } });
+      const web = await vmlb(sb, ['submit', app, '--plain'], as('WEB'));
+      expect(web.exitCode, web.stdout + web.stderr).toBe(0);
+      expect(web.stdout).toMatch(/01_base CACHED \(shared: platform/);
+      const db = await vmlb(sb, ['submit', app, '--plain'], as('DB'));
+      expect(db.exitCode, db.stdout + db.stderr).toBe(0);
+      expect(db.stdout).toMatch(/2 layers: 0 cached, 2 to build/);
+    } finally {
+      await fleet.stop();
+      await sb.cleanup();
+    }
+  }, 240_000);
 });

@@ -16,6 +16,8 @@ export interface DevFleet {
   readonly errors: string;
   /** VMLB_SERVER and VMLB_TOKEN from its export lines. */
   exported: { VMLB_SERVER: string; VMLB_TOKEN: string };
+  /** Every variable of its export lines (VMLB_TOKEN_<TEAM> too, with VMLB_FLEET_TEAMS). */
+  exports: Record<string, string>;
   /** The ports of its scheduler and Redis, from its "up" line. */
   ports: { scheduler: number; redis: number };
   /** The pid of each part it runs (redis, s3, scheduler, dashboard, worker-N), the latest run's. */
@@ -28,7 +30,8 @@ export interface DevFleet {
   stop(): Promise<void>;
 }
 
-export async function startDevFleet(o: { env: Record<string, string>; workers: number }): Promise<DevFleet> {
+/** `workers`: VMLB_FLEET_WORKERS (per pool with VMLB_FLEET_TEAMS); `started`: how many to wait for. @default workers */
+export async function startDevFleet(o: { env: Record<string, string>; workers: number; started?: number }): Promise<DevFleet> {
   let output = '';
   let errors = '';
   const proc = execa('npm', ['run', '-s', 'fleet'], {
@@ -52,12 +55,13 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
   const upLine = /fleet: up: scheduler http:\/\/127\.0\.0\.1:(\d+), Redis redis:\/\/127\.0\.0\.1:(\d+),/;
   await waitFor('npm run fleet up', async () => (/export VMLB_TOKEN=\S+\n/.test(output) && upLine.test(errors)) || ended(), 90_000, 200);
   const exported: Record<string, string> = {};
-  for (const m of output.matchAll(/^export (VMLB_SERVER|VMLB_TOKEN)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
+  for (const m of output.matchAll(/^export (VMLB_[A-Z0-9_]+)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
   expect(exported.VMLB_SERVER, errors).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
   expect(exported.VMLB_TOKEN, errors).toMatch(/\S/);
   const up = upLine.exec(errors)!;
-  await waitFor(`${o.workers} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= o.workers || ended(), 60_000, 200);
-  expect((errors.match(/"msg":"worker started"/g) ?? []).length, errors).toBeGreaterThanOrEqual(o.workers);
+  const started = o.started ?? o.workers;
+  await waitFor(`${started} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= started || ended(), 60_000, 200);
+  expect((errors.match(/"msg":"worker started"/g) ?? []).length, errors).toBeGreaterThanOrEqual(started);
   const pids = () => {
     const found: Record<string, number> = {};
     for (const m of errors.matchAll(/^fleet: (?:started|restarted) (\S+) \(pid (\d+)\)$/gm)) found[m[1]!] = Number(m[2]);
@@ -72,6 +76,7 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
       return errors;
     },
     exported: { VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! },
+    exports: exported,
     ports: { scheduler: Number(up[1]), redis: Number(up[2]) },
     pids,
     async launcherPid() {

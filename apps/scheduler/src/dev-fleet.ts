@@ -19,7 +19,11 @@
  * what the engine's start-up sweep removes (loop devices, mounts), which the next start of that
  * worker does (a kept VMLB_FLEET_DIR), or the next `npm run fleet` (a temporary folder).
  *
- *   VMLB_FLEET_WORKERS   how many workers                               @default 2
+ *   VMLB_FLEET_WORKERS   how many workers (with VMLB_FLEET_TEAMS: per pool)  @default 2 (per pool: 1)
+ *   VMLB_FLEET_TEAMS     teams and their pools, TEAM:POOL,…  (e.g. web:a,db:b,base:platform)
+ *                        @default one admin team `dev` in pool `default`; given, the teams
+ *                        are not admins, and each gets `export VMLB_TOKEN_<TEAM>=…`
+ *   VMLB_FLEET_READS     pools a pool trusts for reading, POOL:TRUSTED,… (e.g. a:platform,b:platform)
  *   VMLB_WORKER_SLOTS    each worker's slots                            @default 2
  *   VMLB_SCHEDULER_PORT  the scheduler's port                           @default a free one
  *   VMLB_SHARED          the shared store                               @default s3://vmlb/fleet
@@ -305,8 +309,52 @@ async function sweepKilledFleets(): Promise<void> {
   }
 }
 
+/** A fleet's teams and pools, from VMLB_FLEET_TEAMS and VMLB_FLEET_READS; throws naming what is wrong. */
+function fleetTeams(env: NodeJS.ProcessEnv): { teams: Array<{ team: string; pool: string }>; reads: Map<string, string[]>; admin: boolean } {
+  const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+  const problems: string[] = [];
+  const pairs = (name: string, text: string) =>
+    text
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean)
+      .map((item) => {
+        const [a = '', b, ...rest] = item.split(':');
+        if (!NAME.test(a) || (b !== undefined && !NAME.test(b)) || rest.length) problems.push(`${name}: "${item}" is not NAME:POOL (letters, digits, . _ -)`);
+        return [a, b] as const;
+      });
+  const given = env.VMLB_FLEET_TEAMS?.trim();
+  const teams = given ? pairs('VMLB_FLEET_TEAMS', given).map(([team, pool]) => ({ team, pool: pool ?? 'default' })) : [{ team: 'dev', pool: 'default' }];
+  const seen = new Set<string>();
+  for (const t of teams) {
+    if (seen.has(t.team)) problems.push(`VMLB_FLEET_TEAMS: team ${t.team} is named twice`);
+    seen.add(t.team);
+  }
+  const reads = new Map<string, string[]>();
+  const pools = new Set(teams.map((t) => t.pool));
+  for (const [pool, trusted] of pairs('VMLB_FLEET_READS', env.VMLB_FLEET_READS ?? '')) {
+    if (!trusted) continue;
+    if (!pools.has(pool) || !pools.has(trusted)) problems.push(`VMLB_FLEET_READS: ${pool}:${trusted} names a pool no team of VMLB_FLEET_TEAMS is in (pools: ${[...pools].join(', ')})`);
+    reads.set(pool, [...(reads.get(pool) ?? []), trusted]);
+  }
+  if (problems.length) throw new Error(problems.join('; '));
+  return { teams, reads, admin: !given };
+}
+
+/** `VMLB_TOKEN_<TEAM>`: the team's name upper-cased, anything but letters and digits as `_`. */
+function tokenVariable(team: string): string {
+  return `VMLB_TOKEN_${team.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+}
+
 async function main(): Promise<number> {
   const env = process.env;
+  let teamSpec: ReturnType<typeof fleetTeams>;
+  try {
+    teamSpec = fleetTeams(env);
+  } catch (e) {
+    say((e as Error).message);
+    return 2;
+  }
   const keepDir = !!env.VMLB_FLEET_DIR;
   let dir: string;
   if (env.VMLB_FLEET_DIR) {
@@ -403,10 +451,15 @@ async function main(): Promise<number> {
     const store = new SharedStore(s3ConfigFrom(sharedUrl, { ...env, ...s3env }, { urlName: 'VMLB_SHARED' }));
     await store.ensureBucket().finally(() => store.close());
 
-    // ---- teams: one admin team with a fresh token, the same for the launcher's life ----
-    const token = `dev-${randomBytes(24).toString('base64url')}`;
+    // ---- teams: fresh tokens, the same for the launcher's life (one admin team `dev`, or VMLB_FLEET_TEAMS) ----
+    const tokens = teamSpec.teams.map((t) => ({ ...t, token: `dev-${randomBytes(24).toString('base64url')}` }));
+    const token = tokens[0]!.token;
     const teamsFile = path.join(dir, 'teams.json');
-    await writeFile(teamsFile, JSON.stringify([{ team: 'dev', tokenSha256: sha256Hex(token), admin: true }], null, 2) + '\n', { mode: 0o600 });
+    const teamsJson = {
+      teams: tokens.map((t) => ({ team: t.team, tokenSha256: sha256Hex(t.token), admin: teamSpec.admin, pool: t.pool })),
+      pools: Object.fromEntries([...teamSpec.reads].map(([pool, reads]) => [pool, { reads }])),
+    };
+    await writeFile(teamsFile, JSON.stringify(teamsJson, null, 2) + '\n', { mode: 0o600 });
 
     const fleetEnv: NodeJS.ProcessEnv = { ...env, ...s3env, REDIS_URL: redisUrl, VMLB_SHARED: sharedUrl };
 
@@ -439,11 +492,15 @@ async function main(): Promise<number> {
       say(`dashboard: http://127.0.0.1:${dashPort}`);
     }
 
-    // ---- the workers ----
-    const workers = Number(env.VMLB_FLEET_WORKERS || 2);
+    // ---- the workers: VMLB_FLEET_WORKERS of the one pool, or per pool of VMLB_FLEET_TEAMS ----
+    const poolNames = [...new Set(teamSpec.teams.map((t) => t.pool))];
+    const perPool = Number(env.VMLB_FLEET_WORKERS || (teamSpec.admin ? 2 : 1));
+    const workerPools = poolNames.flatMap((pool) => Array.from({ length: perPool }, () => pool));
+    const workers = workerPools.length;
     if (!existsSync(WORKER_MAIN)) say(`no worker yet (${path.relative(REPO, WORKER_MAIN)} is missing): builds will stay queued`);
     else {
       for (let i = 1; i <= workers; i++) {
+        const pool = workerPools[i - 1]!;
         const wdir = path.join(dir, `worker-${i}`);
         await mkdir(path.join(wdir, 'run'), { recursive: true });
         startPart({
@@ -452,14 +509,15 @@ async function main(): Promise<number> {
           args: ['--import', 'tsx', WORKER_MAIN],
           env: {
             ...fleetEnv,
-            VMLB_WORKER_ID: `dev-worker-${i}`,
+            VMLB_WORKER_ID: pool === 'default' ? `dev-worker-${i}` : `dev-${pool}-worker-${i}`,
+            VMLB_WORKER_POOL: pool,
             VMLB_STORE: path.join(wdir, 'store'),
             VMLB_RUN_DIR: path.join(wdir, 'run'),
             VMLB_WORKER_SLOTS: env.VMLB_WORKER_SLOTS || '2',
             VMLB_WORKER_GRACE: env.VMLB_WORKER_GRACE || '15s',
           },
           readyLine: /"msg":"worker started"/,
-          keeps: `same id dev-worker-${i}, same store in ${wdir}`,
+          keeps: `same id, pool ${pool}, same store in ${wdir}`,
           essential: false,
         });
       }
@@ -467,8 +525,10 @@ async function main(): Promise<number> {
 
     say(`up: scheduler ${server}, Redis ${redisUrl}, shared store ${sharedUrl}${s3env.S3_ENDPOINT ? ` at ${s3env.S3_ENDPOINT}` : ''}, ${existsSync(WORKER_MAIN) ? workers : 0} workers; state in ${dir}`);
     say(`dashboard: ${server}/ (sign in with the token below); metrics: ${server}/metrics`);
-    say('paste these two lines into your shell, then `vmlb submit DIR`; Ctrl-C here stops the fleet');
-    process.stdout.write(`export VMLB_SERVER=${server}\nexport VMLB_TOKEN=${token}\n`);
+    if (!teamSpec.admin) say(`teams: ${tokens.map((t) => `${t.team} (pool ${t.pool})`).join(', ')}${teamSpec.reads.size ? `; pools reading others: ${[...teamSpec.reads].map(([p, r]) => `${p} reads ${r.join(', ')}`).join('; ')}` : ''}`);
+    say(`paste these lines into your shell, then \`vmlb submit DIR\` (VMLB_TOKEN is ${tokens[0]!.team}'s); Ctrl-C here stops the fleet`);
+    const perTeam = teamSpec.admin ? '' : tokens.map((t) => `export ${tokenVariable(t.team)}=${t.token}\n`).join('');
+    process.stdout.write(`export VMLB_SERVER=${server}\nexport VMLB_TOKEN=${token}\n${perTeam}`);
 
     // Runs until interrupted, or until Redis, S3 or the scheduler is given up on.
     const why = await Promise.race([interruption.then((sig) => ({ sig })), givenUp.then((name) => ({ name }))]);
