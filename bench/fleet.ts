@@ -20,7 +20,8 @@ import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
 import { SharedStore } from '../libs/layer-engine/src/shared-store.js';
 import type { FleetEvent } from '../libs/fleet/src/build-record.js';
 import { readEvents } from '../libs/fleet/src/event-stream.js';
-import { FLATTEN_QUEUE, redisKeys } from '../libs/fleet/src/names.js';
+import { flattenQueueOf, redisKeys } from '../libs/fleet/src/names.js';
+import { poolS3Config } from '../libs/fleet/src/pools.js';
 import { submitProject, type SubmittedBuild } from '../test/helpers/fleet-submit.js';
 import { startRedis, type RedisServer } from '../test/helpers/redis-server.js';
 import { startS3Server, type S3Server } from '../test/helpers/s3-server.js';
@@ -322,14 +323,17 @@ function concurrentProject(tag: string): Array<[string, LayerDef]> {
   ];
 }
 
-async function fleetConcurrent(o: BenchOptions): Promise<Row[]> {
+/** Three identical builds at once vs one, in pool `pool` (its queues, its workers, its namespace). */
+async function fleetConcurrent(o: BenchOptions, pool = 'default'): Promise<Row[]> {
   void o;
-  return withSandbox('fleet-concurrent', (sb: Sandbox) =>
+  const label = pool === 'default' ? '' : `, pool ${pool}`;
+  return withSandbox(`fleet-concurrent-${pool}`, (sb: Sandbox) =>
     withServices({ redis: true, s3: true }, async ({ redis, s3, procs }) => {
       const sharedUrl = `s3://vmlb-bench/fc-${randomBytes(3).toString('hex')}`;
-      const shared = new SharedStore(s3ConfigFrom(sharedUrl, s3!.env));
+      await new SharedStore(s3ConfigFrom(sharedUrl, s3!.env)).ensureBucket();
+      const shared = new SharedStore(poolS3Config(s3ConfigFrom(sharedUrl, s3!.env), pool));
       const connection = new Redis(redis!.url, { maxRetriesPerRequest: null });
-      const flattenQueue = new Queue(FLATTEN_QUEUE, { connection });
+      const flattenQueue = new Queue(flattenQueueOf(pool), { connection });
       try {
         await shared.ensureBucket();
         for (const name of ['a', 'b']) {
@@ -343,6 +347,7 @@ async function fleetConcurrent(o: BenchOptions): Promise<Row[]> {
               VMLB_RUN_DIR: path.join(sb.dir, `run-${name}`),
               VMLB_WORKER_ID: `bench-${name}`,
               VMLB_WORKER_SLOTS: '2',
+              VMLB_WORKER_POOL: pool,
             }),
           );
         }
@@ -370,7 +375,7 @@ async function fleetConcurrent(o: BenchOptions): Promise<Row[]> {
           const project = await writeProject(path.join(sb.dir, tag), concurrentProject(tag));
           progress(`fleet-concurrent: ${copies} build(s) of a fresh 3-layer project`);
           const t0 = performance.now();
-          const builds = await Promise.all(Array.from({ length: copies }, () => submitProject(project, { redisUrl: redis!.url, shared })));
+          const builds = await Promise.all(Array.from({ length: copies }, () => submitProject(project, { redisUrl: redis!.url, shared, pool })));
           await Promise.all(builds.map(finished));
           const s = (performance.now() - t0) / 1000;
           const built = (await Promise.all(builds.map(buildings))).reduce((a, b) => a + b, 0);
@@ -382,9 +387,9 @@ async function fleetConcurrent(o: BenchOptions): Promise<Row[]> {
         const three = await measure('three', 3);
         const what = (n: number) => `${n === 1 ? 'one build' : `${n} identical builds submitted at once`} of a fresh 3-layer busybox project (layer 2 sleeps 1 s), through 2 real worker processes (2 slots each), project upload to the last flatten completed; layer builds = \`building\` events`;
         return [
-          { benchmark: 'fleet-concurrent (1 build)', what: what(1), result: `${secs(one.s)}, ${one.built} layer builds`, target: `${one.layers} layer builds`, ratio: '1.00×' },
+          { benchmark: `fleet-concurrent (1 build${label})`, what: what(1), result: `${secs(one.s)}, ${one.built} layer builds`, target: `${one.layers} layer builds`, ratio: '1.00×' },
           {
-            benchmark: 'fleet-concurrent (3 builds)',
+            benchmark: `fleet-concurrent (3 builds${label})`,
             what: what(3),
             result: `${secs(three.s)}, ${three.built} layer builds`,
             target: `${three.layers} layer builds (each layer once); wall ≈ one build`,
@@ -404,5 +409,6 @@ export const FLEET_BENCHMARKS = [
   { name: 'fleet-dispatch', title: 'BullMQ dispatch latency: job added → worker process starts it (p50, p99)', run: fleetDispatch },
   { name: 'fleet-throughput', title: '40 queue-level 1 s jobs through 1, 2 and 4 slots vs the ideal', run: fleetThroughput },
   { name: 'store-transfer', title: 'shared-store push/pull of 512 MiB vs bare minio client vs cp', run: storeTransfer },
-  { name: 'fleet-concurrent', title: 'three identical builds at once vs one, through two real workers', run: fleetConcurrent },
+  { name: 'fleet-concurrent', title: 'three identical builds at once vs one, through two real workers', run: (o: BenchOptions) => fleetConcurrent(o) },
+  { name: 'fleet-concurrent-pool', title: 'the same in a pool of its own (pools/a: its queues, its workers, its namespace)', run: (o: BenchOptions) => fleetConcurrent(o, 'a') },
 ];

@@ -16,8 +16,8 @@ import { computeKeys } from '../../libs/layer-engine/src/cache-key.js';
 import { loadProject } from '../../libs/layer-engine/src/layer-project.js';
 import type { SharedStore } from '../../libs/layer-engine/src/shared-store.js';
 import { FLATTEN_JOB_OPTIONS, LAYER_JOB_OPTIONS } from '../../libs/fleet/src/job-options.js';
-import type { FlattenJobData, LayerJobData } from '../../libs/fleet/src/jobs.js';
-import { FLATTEN_QUEUE, LAYER_QUEUE, flattenJobId, layerJobId, storePaths } from '../../libs/fleet/src/names.js';
+import type { FlattenJobInput as FlattenJobData, LayerJobInput as LayerJobData } from '../../libs/fleet/src/jobs.js';
+import { flattenJobId, flattenQueueOf, layerJobId, layerQueueOf, storePaths } from '../../libs/fleet/src/names.js';
 
 export interface PlannedFleetLayer {
   index: number;
@@ -48,6 +48,8 @@ export interface SubmitOptions {
   team?: string;
   /** Overrides of the layer jobs' options (e.g. a short backoff). */
   layerJobOptions?: FlowJob['opts'];
+  /** The pool whose queues get the jobs (`shared` must then be that pool's namespace). @default 'default' */
+  pool?: string;
 }
 
 async function sha256File(file: string): Promise<string> {
@@ -64,6 +66,7 @@ export async function packProject(dir: string, out: string): Promise<void> {
 export async function submitProject(dir: string, o: SubmitOptions): Promise<SubmittedBuild> {
   const buildId = o.buildId ?? `b${randomBytes(6).toString('hex')}`;
   const team = o.team ?? 'test';
+  const pool = o.pool ?? 'default';
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'vmlb-submit-'));
   let project: string;
   try {
@@ -95,6 +98,7 @@ export async function submitProject(dir: string, o: SubmitOptions): Promise<Subm
     const data: LayerJobData = {
       buildId,
       team,
+      pool,
       project,
       nonce: buildId,
       index,
@@ -106,16 +110,16 @@ export async function submitProject(dir: string, o: SubmitOptions): Promise<Subm
     };
     return {
       name: `layer ${k.spec.name}`,
-      queueName: LAYER_QUEUE,
+      queueName: layerQueueOf(pool),
       data,
       opts: { ...LAYER_JOB_OPTIONS, ...o.layerJobOptions, jobId: layerJobId(buildId, index) },
       children: index > firstMiss ? [layerNode(index - 1)] : undefined,
     };
   };
-  const flatten: FlattenJobData = { buildId, team, chain, project, nonce: buildId };
+  const flatten: FlattenJobData = { buildId, team, pool, chain, project, nonce: buildId };
   const flow: FlowJob = {
     name: 'flatten',
-    queueName: FLATTEN_QUEUE,
+    queueName: flattenQueueOf(pool),
     data: flatten,
     opts: { ...FLATTEN_JOB_OPTIONS, jobId: flattenJobId(buildId) },
     children: firstMiss < keyed.length ? [layerNode(keyed.length - 1)] : undefined,
