@@ -102,7 +102,7 @@ function templateQueryExpr(q: string): string | null {
 
 /** What the code's registries export, with each histogram's and summary's series names. */
 function exportedNames(): { names: Set<string>; vmlb: Set<string> } {
-  const scheduler = new SchedulerMetrics({ queues: {}, redis: {}, activeBuilds: () => 0, sharedStoreUp: async () => true } as never);
+  const scheduler = new SchedulerMetrics({ pools: () => [], redis: {}, activeBuilds: () => 0, sharedStoreUp: async () => true } as never);
   const worker = new WorkerMetrics('deploy-test');
   const names = new Set<string>();
   const vmlb = new Set<string>();
@@ -297,6 +297,31 @@ describe('deploy/grafana', () => {
     const dsVar = d.templating.list.find((v: Any) => v.type === 'datasource');
     expect(dsVar.current.value).toBe(ds.uid);
     expect(ds.url).toBe('http://prometheus:9090');
+  });
+
+  it('has a pool variable that the team and worker lists follow, and every query of a pool-labelled metric is filtered by it', () => {
+    const d = dashboard();
+    const vars = d.templating.list as Any[];
+    const pool = vars.find((v) => v.name === 'pool');
+    expect(pool, 'a $pool variable').toBeTruthy();
+    expect(pool).toMatchObject({ type: 'query', includeAll: true, multi: true, allValue: '.*' });
+    expect(pool.query.query).toBe('label_values(vmlb_fleet_workers, pool)');
+    expect(vars.findIndex((v) => v.name === 'pool')).toBeLessThan(vars.findIndex((v) => v.name === 'team'));
+    for (const name of ['team', 'worker']) expect(vars.find((v) => v.name === name).query.query).toContain('pool=~"$pool"');
+    // The metrics that carry a pool label (every worker series, and the scheduler's per-pool ones).
+    const exported = exportedNames();
+    const pooled = new Set([...exported.vmlb].filter((n) => !['vmlb_builds_active', 'vmlb_redis_up', 'vmlb_shared_store_up', 'vmlb_uploads_refused_total', 'vmlb_upload_bytes', 'vmlb_http_request_duration_seconds'].includes(n)));
+    const unfiltered = panelsOf(d).flatMap((p) =>
+      (p.targets ?? [])
+        .filter((t) => t.expr && metricNames(t.expr).some((n) => pooled.has(n.replace(/_(bucket|sum|count)$/, ''))))
+        .filter((t) => [...t.expr!.matchAll(/\b(vmlb_\w+)(\{[^}]*\})?/g)].some((m) => pooled.has(m[1]!.replace(/_(bucket|sum|count)$/, '')) && !(m[2] ?? '').includes('pool=~"$pool"')))
+        .map((t) => `${p.title} ${t.refId}: ${t.expr}`),
+    );
+    expect(unfiltered).toEqual([]);
+    // Per-pool panels: the queue, the fleet and the hit ratio are shown by pool.
+    const legends = panelsOf(d).flatMap((p) => (p.targets ?? []).map((t) => (t as { legendFormat?: string }).legendFormat ?? ''));
+    expect(legends.filter((l) => l.includes('{{pool}}')).length).toBeGreaterThanOrEqual(8);
+    expect(panelsOf(d).map((p) => p.title)).toContain('Queued jobs and live workers by pool');
   });
 
   it('every dashboard query parses (promtool, as recording rules)', () => {

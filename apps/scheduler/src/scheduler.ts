@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LocalStore, SharedStore, StoreError, VmlbError } from '@vmlb/layer-engine';
-import { DEFAULT_POOL, flattenQueueOf, layerQueueOf, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { DEFAULT_POOL, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
 import { PoolRegistry } from './pool-registry.js';
 import { BuildFollower, type FollowerOptions } from './build-follower.js';
 import { removeBuildJobs } from './build-flow.js';
@@ -104,16 +104,18 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   let follower!: BuildFollower;
   const storeProbe = probeEvery(STORE_PROBE_MS, () => withTimeout(objects.ping(), 3000));
   const metrics = new SchedulerMetrics({
-    queues: Object.fromEntries(pools.all().flatMap(({ pool, queues: q }) => [[layerQueueOf(pool), q.layers], [flattenQueueOf(pool), q.flatten]])),
+    pools: () => pools.all(),
+    teams: () => teams.list,
     redis,
     activeBuilds: () => follower.activeCount,
     sharedStoreUp: storeProbe,
   });
-  metrics.initTeams(teams.names);
+  metrics.initTeams(teams.list);
   const countFinished = (r: StoredRecord) => {
-    metrics.builds.inc({ team: r.team, state: r.state });
+    const pool = r.pool ?? DEFAULT_POOL;
+    metrics.builds.inc({ team: r.team, pool, state: r.state });
     const seconds = (Date.parse(r.finishedAt ?? new Date().toISOString()) - Date.parse(r.createdAt)) / 1000;
-    metrics.buildSeconds.observe({ state: r.state }, Math.max(0, seconds));
+    metrics.buildSeconds.observe({ state: r.state, pool }, Math.max(0, seconds));
   };
   follower = new BuildFollower({ redis, blocking, records, sharedOf: (pool) => pools.view(pool ?? DEFAULT_POOL).own, queuesOf, log }, {
     ...opts.follower,
@@ -249,10 +251,10 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       await upload.discard();
     }
     const hits = record.layers.filter((l) => l.status === 'hit').length;
-    metrics.submitted.inc({ team: team.team });
+    metrics.submitted.inc({ team: team.team, pool: team.pool });
     metrics.uploadBytes.observe(upload.bytes);
     // Misses are counted by the workers, when their jobs settle (see WorkerMetrics.lookups).
-    metrics.lookups.inc({ result: 'hit', source: 'shared', team: team.team }, hits);
+    metrics.lookups.inc({ result: 'hit', source: 'shared', team: team.team, pool: team.pool }, hits);
     if (isFinal(record)) countFinished(record);
     else follower.track(record);
     log.info('build submitted', { buildId: record.id, team: team.team, project: upload.sha256, layers: record.layers.length, hits, state: record.state });

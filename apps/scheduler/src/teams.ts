@@ -134,6 +134,11 @@ export class Teams {
     return this.entries.map((e) => e.team);
   }
 
+  /** Every team with its pool. */
+  get list(): Array<{ team: string; pool: string }> {
+    return this.entries.map((e) => ({ team: e.team, pool: e.pool }));
+  }
+
   /** The team whose token this is, or null. */
   authenticate(token: string): Team | null {
     const hash = createHash('sha256').update(token).digest();

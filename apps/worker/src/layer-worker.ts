@@ -87,7 +87,7 @@ export function layerProcessor(ctx: WorkerContext) {
     try {
       const result = await runLayerJob(ctx, data, jobId, running, events);
       ctx.metrics.jobs.inc({ queue: 'layer', outcome: result.outcome });
-      ctx.metrics.lookups.inc({ ...lookupOf(result, data), team: data.team });
+      ctx.metrics.lookups.inc({ ...lookupOf(result, data), team: data.team, pool: ctx.pool });
       return result;
     } catch (e) {
       throw await settleFailure(ctx, job, token, data, running, events, e);
@@ -116,7 +116,7 @@ async function settleFailure(ctx: WorkerContext, job: Job, token: string | undef
   const count = (outcome: string) => {
     ctx.metrics.jobs.inc({ queue: 'layer', outcome });
     // A layer that failed for good was a miss (it had to be built); a retried one is counted when it ends.
-    if (outcome === 'failed') ctx.metrics.lookups.inc({ result: 'miss', source: data.share ? 'shared' : 'local', team: data.team });
+    if (outcome === 'failed') ctx.metrics.lookups.inc({ result: 'miss', source: data.share ? 'shared' : 'local', team: data.team, pool: ctx.pool });
   };
   switch (running.stop.cause) {
     case 'shutdown':

@@ -1,11 +1,12 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { DURATION_BUCKETS, LAYER_CACHE_LOOKUPS } from '@vmlb/fleet';
+import { DEFAULT_POOL, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS } from '@vmlb/fleet';
 
 /**
  * The worker's Prometheus metrics, on their own registry (a process may run two workers in
- * tests), labelled with the worker id; served on VMLB_WORKER_METRICS_PORT when it is set.
+ * tests), every series labelled with the worker id and the pool it serves (VMLB_WORKER_POOL);
+ * served on VMLB_WORKER_METRICS_PORT when it is set.
  */
 export class WorkerMetrics {
   readonly registry = new Registry();
@@ -17,7 +18,7 @@ export class WorkerMetrics {
    * or built (miss; source is the store it was looked up in). Together with the scheduler's
    * plan-time hits, each layer of each build is counted once.
    */
-  readonly lookups: Counter<'result' | 'source' | 'team'>;
+  readonly lookups: Counter<'result' | 'source' | 'team' | 'pool'>;
   readonly layerSeconds: Histogram<'kind'>;
   readonly flattenSeconds: Histogram;
   readonly pushedBytes: Counter<'object'>;
@@ -28,8 +29,11 @@ export class WorkerMetrics {
   readonly cachedBytes: Gauge;
   private server: http.Server | undefined;
 
-  constructor(workerId: string) {
-    this.registry.setDefaultLabels({ worker: workerId });
+  constructor(
+    workerId: string,
+    readonly pool: string = DEFAULT_POOL,
+  ) {
+    this.registry.setDefaultLabels({ worker: workerId, pool });
     const registers = [this.registry];
     this.jobs = new Counter({ name: 'vmlb_worker_jobs_total', help: 'Jobs this worker finished, by queue and outcome.', labelNames: ['queue', 'outcome'], registers });
     this.lookups = new Counter({ ...LAYER_CACHE_LOOKUPS, labelNames: [...LAYER_CACHE_LOOKUPS.labelNames], registers });

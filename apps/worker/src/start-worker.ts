@@ -114,9 +114,9 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const backend = await chooseBackend(config.backend);
   const slots = await workerSlots(backend.name, config.workerSlots);
   const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
-  const metrics = new WorkerMetrics(id);
-  const storeOpts = { onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
   const pool = config.workerPool;
+  const metrics = new WorkerMetrics(id, pool);
+  const storeOpts = { onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
   const views = new Map<string, PoolStores>();
   const viewFor = (reads: readonly string[]): PoolStores => {
     const name = [...reads].sort().join(',');
