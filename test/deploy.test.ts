@@ -587,7 +587,7 @@ describe('deploy env files and teams', () => {
   it('the example teams file parses, and its tokens are the ones deploy/README.md gives', () => {
     const text = read('teams.example.json');
     const teams = Teams.parse(text, 'deploy/teams.example.json');
-    expect(teams.names).toEqual(['ops', 'web', 'data']);
+    expect(teams.names).toEqual(['ops', 'base', 'web', 'data']);
     const readme = read('README.md');
     for (const t of teams.names) {
       const token = `vmlb-example-${t}-token`;
@@ -595,6 +595,6 @@ describe('deploy env files and teams', () => {
       expect(teams.authenticate(token)?.team).toBe(t);
     }
     expect(teams.authenticate('vmlb-example-ops-token')?.admin).toBe(true);
-    expect(JSON.parse(text)[0].tokenSha256).toBe(createHash('sha256').update('vmlb-example-ops-token').digest('hex'));
+    expect(JSON.parse(text).teams[0].tokenSha256).toBe(createHash('sha256').update('vmlb-example-ops-token').digest('hex'));
   });
 });

@@ -25,6 +25,8 @@ export interface CephRgw {
   region: string;
   /** The variables the engine reads, for a `vmlb … s3://…` child. */
   env: Record<string, string>;
+  /** `radosgw-admin ARGS` against this cluster (e.g. `user create`); its stdout. */
+  radosgwAdmin(args: string[]): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -178,6 +180,7 @@ log file = ${dir}/log/rgw.log
       secretKey,
       region,
       env: { S3_ENDPOINT: endpoint, S3_ACCESS_KEY: accessKey, S3_SECRET_KEY: secretKey, S3_REGION: region },
+      radosgwAdmin: async (args) => String((await run('radosgw-admin', args)).stdout),
       close: stop,
     };
   } catch (e) {

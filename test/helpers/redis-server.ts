@@ -39,6 +39,8 @@ export interface StartRedisOptions {
    * was. Without it a restart is a Redis with nothing in it.
    */
   appendOnly?: boolean;
+  /** More redis-server arguments, e.g. `['--aclfile', FILE]` (an external REDIS_URL ignores them). */
+  args?: string[];
 }
 
 export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisServer> {
@@ -51,7 +53,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
   let child: ResultPromise | undefined;
   const start = async () => {
     const persistence = opts.appendOnly ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
-    child = execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, '--dir', dir], {
+    child = execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence, '--dir', dir, ...(opts.args ?? [])], {
       stdio: 'ignore',
       reject: false,
       cleanup: true,
