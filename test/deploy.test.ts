@@ -15,6 +15,11 @@
  * - systemd: `systemd-analyze verify` where it works, else an INI parse; KillMode, the stop
  *   timeout against the worker's grace period, the nbd module.
  * - The env files name only variables the code reads; the example teams file parses.
+ * - Credentials: the MinIO policies in deploy/minio/policies/ are what the generator writes for
+ *   teams.example.json (and reach only what they should), every pool has its worker service and
+ *   env file with a user of its own, pool-credentials.sh issues the mc commands it should, the
+ *   Redis ACL users match compose, redis.env and the REDIS_URLs. (Enforcement itself, on real
+ *   servers: test/pool-credentials.test.ts.)
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -28,6 +33,7 @@ import { parse as parseYaml } from 'yaml';
 import { SchedulerMetrics } from '../apps/scheduler/src/metrics.js';
 import { Teams } from '../apps/scheduler/src/teams.js';
 import { WorkerMetrics } from '../apps/worker/src/metrics.js';
+import { minioPolicies, OWN_OBJECT_ACTIONS, parseShared, parseTeamsPools, type PolicyDocument } from '../deploy/minio/pool-policies.mjs';
 
 const REPO = fileURLToPath(new URL('../', import.meta.url));
 const DEPLOY = path.join(REPO, 'deploy');
@@ -397,14 +403,14 @@ describe('deploy/compose.yaml', () => {
     expect(ok ? [] : validate.errors).toEqual([]);
     // The validator does reject a wrong file.
     const bad = compose();
-    bad.services.worker.privileged = 'yes';
-    bad.services.worker.bogus = 1;
+    bad.services['worker-a'].privileged = 'yes';
+    bad.services['worker-a'].bogus = 1;
     expect(validate(bad)).toBe(false);
   });
 
   it('runs the whole fleet, each service from an image or this repository', () => {
     const c = compose();
-    expect(Object.keys(c.services)).toEqual(expect.arrayContaining(['redis', 'minio', 'minio-init', 'scheduler', 'dashboard', 'worker', 'prometheus', 'grafana']));
+    expect(Object.keys(c.services)).toEqual(expect.arrayContaining(['redis', 'minio', 'minio-policies', 'minio-init', 'scheduler', 'dashboard', 'worker-a', 'worker-b', 'worker-platform', 'prometheus', 'grafana']));
     const problems: string[] = [];
     for (const [name, s] of Object.entries<Any>(c.services)) {
       if (!s.image && !s.build) problems.push(`${name}: neither image nor build`);
@@ -430,7 +436,11 @@ describe('deploy/compose.yaml', () => {
   });
 
   it('workers: privileged, a local store and a run dir each, stopped after their grace period', () => {
-    const w = compose().services.worker;
+    const workers = Object.entries<Any>(compose().services).filter(([n]) => n.startsWith('worker'));
+    expect(workers.length).toBeGreaterThan(0);
+    for (const [, w] of workers) workerChecks(w);
+  });
+  const workerChecks = (w: Any) => {
     const env = envFile('env/worker.env').values;
     const devs = (w.devices ?? []).map((d: string) => d.split(':')[0]);
     expect(w.privileged === true || (devs.includes('/dev/fuse') && (w.cap_add ?? []).includes('SYS_ADMIN')), 'privileged, or /dev/fuse and CAP_SYS_ADMIN').toBe(true);
@@ -440,18 +450,20 @@ describe('deploy/compose.yaml', () => {
     expect(seconds(w.stop_grace_period)).toBeGreaterThan(seconds(env.VMLB_WORKER_GRACE!));
     expect((w.expose ?? []).map(String)).toContain(env.VMLB_WORKER_METRICS_PORT);
     expect(env.VMLB_WORKER_METRICS_HOST ?? '0.0.0.0').toBe('0.0.0.0');
-  });
+  };
 
   it('redis is append-only; the fleet env points at the compose services', () => {
     const c = compose();
     expect([c.services.redis.command].flat().join(' ')).toMatch(/--appendonly yes/);
+    expect([c.services.redis.command].flat().join(' ')).toMatch(/--maxmemory-policy noeviction/);
     expect(c.services.redis.volumes.some((v: string) => v.endsWith(':/data'))).toBe(true);
     const fleet = envFile('env/fleet.env').values;
-    expect(new URL(fleet.REDIS_URL!).hostname).toBe('redis');
+    for (const f of ['env/scheduler.env', 'env/worker.env']) expect(new URL(envFile(f).values.REDIS_URL!).hostname, f).toBe('redis');
+    expect(fleet.REDIS_URL, 'each part has its own Redis user: REDIS_URL is in scheduler.env and worker.env').toBeUndefined();
     expect(new URL(fleet.S3_ENDPOINT!).hostname).toBe('minio');
     expect(fleet.VMLB_SHARED).toMatch(/^s3:\/\/[a-z0-9.-]+(\/|$)/);
-    // minio-init makes the bucket and the user the fleet uses.
-    expect(c.services['minio-init'].command.join('\n')).toMatch(/mc mb --ignore-existing/);
+    // minio-init makes the bucket and the users the fleet uses (minio/pool-credentials.sh).
+    expect(read('minio/pool-credentials.sh')).toMatch(/mc mb --ignore-existing/);
     expect(c.services['minio-init'].env_file).toEqual(expect.arrayContaining(['env/fleet.env', 'env/minio.env']));
   });
 
@@ -579,7 +591,10 @@ describe('deploy env files and teams', () => {
     };
     for (const top of ['apps', 'libs']) for (const pkg of readdirSync(path.join(REPO, top))) if (existsSync(path.join(REPO, top, pkg, 'src'))) walk(path.join(REPO, top, pkg, 'src'));
     const code = sources.join('\n');
-    const files = ['env/fleet.env', 'env/scheduler.env', 'env/worker.env', 'env/dashboard.env', 'systemd/vmlb-worker.env', 'systemd/vmlb-scheduler.env'];
+    // env/redis.env is redis/render-acl.sh's (checked with the ACL below).
+    const pools = readdirSync(path.join(DEPLOY, 'env')).filter((f) => /^worker-.+\.env$/.test(f)).map((f) => `env/${f}`);
+    expect(pools.length).toBeGreaterThan(0);
+    const files = ['env/fleet.env', 'env/scheduler.env', 'env/worker.env', ...pools, 'env/dashboard.env', 'systemd/vmlb-worker.env', 'systemd/vmlb-scheduler.env'];
     const unknown = files.flatMap((f) => envFile(f).names.filter((n) => !code.includes(n)).map((n) => `${f}: ${n}`));
     expect(unknown).toEqual([]);
   });
@@ -596,5 +611,217 @@ describe('deploy env files and teams', () => {
     }
     expect(teams.authenticate('vmlb-example-ops-token')?.admin).toBe(true);
     expect(JSON.parse(text).teams[0].tokenSha256).toBe(createHash('sha256').update('vmlb-example-ops-token').digest('hex'));
+  });
+});
+
+// ---- credentials: MinIO users and policies per pool, Redis ACL users ----
+
+describe('deploy credentials', () => {
+  const compose = (): Any => interpolate(yamlFile('compose.yaml'), envFile('.env').values);
+  const teamsText = () => read('teams.example.json');
+  const shared = () => envFile('env/fleet.env').values.VMLB_SHARED!;
+  let tmp: string;
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-credentials-'));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it("the generator's pools are the scheduler's (Teams.parse), for the example and the old list form", () => {
+    // The scheduler always knows pool default; the generator writes a pool only when the file names it.
+    const teams = Teams.parse(teamsText(), 'deploy/teams.example.json');
+    const inFile = JSON.parse(teamsText()) as { teams: { pool?: string }[]; pools: Record<string, unknown> };
+    const named = new Set([...inFile.teams.map((t) => t.pool ?? 'default'), ...Object.keys(inFile.pools)]);
+    const used = (t: Teams) => t.pools.filter((p) => named.has(p.name));
+    const mine = parseTeamsPools(teamsText()).pools;
+    expect(Object.fromEntries(used(teams).map((p) => [p.name, { reads: [...p.reads].sort() }]))).toEqual(
+      Object.fromEntries(Object.entries(mine).map(([n, p]) => [n, { reads: [...p.reads].sort() }])),
+    );
+    expect(mine).toEqual({ a: { reads: ['platform'] }, b: { reads: ['platform'] }, platform: { reads: [] } });
+    const old = JSON.stringify([{ team: 'web', tokenSha256: 'a'.repeat(64) }]);
+    expect(parseTeamsPools(old).pools).toEqual({ default: { reads: [] } });
+    expect(Teams.parse(old, 'old').pool('default').reads).toEqual([]);
+    expect(() => parseTeamsPools(JSON.stringify({ teams: [{ team: 'x', pool: 'a' }], pools: { a: { reads: ['nope'] } } }))).toThrow(/reads "nope"/);
+  });
+
+  it('deploy/minio/policies/ is what pool-policies.mjs writes for teams.example.json and VMLB_SHARED', () => {
+    const out = path.join(tmp, 'policies');
+    const r = run(process.execPath, [path.join(DEPLOY, 'minio/pool-policies.mjs'), path.join(DEPLOY, 'teams.example.json'), shared(), out]);
+    expect(r.status, r.out).toBe(0);
+    const checkedIn = readdirSync(path.join(DEPLOY, 'minio/policies')).sort();
+    expect(readdirSync(out).sort()).toEqual(checkedIn);
+    expect(checkedIn).toEqual(['pool-a.json', 'pool-b.json', 'pool-platform.json', 'pools', 'scheduler.json']);
+    const stale = checkedIn.filter((f) => readFileSync(path.join(out, f), 'utf8') !== read(`minio/policies/${f}`));
+    expect(stale, 'regenerate: node deploy/minio/pool-policies.mjs deploy/teams.example.json s3://vmlb/fleet deploy/minio/policies').toEqual([]);
+    // The module's own function gives the same documents.
+    const { bucket, prefix } = parseShared(shared());
+    const docs = minioPolicies({ bucket, prefix, pools: parseTeamsPools(teamsText()).pools });
+    for (const [f, doc] of Object.entries(docs)) expect(JSON.parse(read(`minio/policies/${f}`))).toEqual(doc);
+    // A bad teams file: exit 2, named.
+    writeFileSync(path.join(tmp, 'bad.json'), '{"teams": [{"team": "x", "pool": "no/slash"}]}');
+    const bad = run(process.execPath, [path.join(DEPLOY, 'minio/pool-policies.mjs'), path.join(tmp, 'bad.json'), shared(), path.join(tmp, 'bad')]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/bad\.json.*team x: "pool" must be a pool name/);
+  });
+
+  it("each pool's policy reaches its namespace and its trusted pools' only; the scheduler's, PREFIX only", () => {
+    const { bucket, prefix } = parseShared(shared());
+    const pools = parseTeamsPools(teamsText()).pools;
+    const objects = (pool: string) => `arn:aws:s3:::${bucket}/${prefix}pools/${pool}/*`;
+    for (const [pool, def] of Object.entries(pools)) {
+      const doc = JSON.parse(read(`minio/policies/pool-${pool}.json`)) as PolicyDocument;
+      const problems: string[] = [];
+      for (const st of doc.Statement) {
+        if (st.Effect !== 'Allow') problems.push(`${st.Sid}: not Allow`);
+        if (st.Action.some((a) => a.includes('*'))) problems.push(`${st.Sid}: a wildcard action`);
+        for (const res of st.Resource) {
+          if (res === `arn:aws:s3:::${bucket}`) {
+            if (JSON.stringify(st.Action) !== '["s3:ListBucket"]' || !st.Condition?.StringLike?.['s3:prefix']) problems.push(`${st.Sid}: the bucket itself beyond a prefix-limited listing`);
+          } else if (res === objects(pool)) {
+            if (st.Action.some((a) => !OWN_OBJECT_ACTIONS.includes(a))) problems.push(`${st.Sid}: ${st.Action}`);
+          } else if (def.reads.some((r) => res === objects(r))) {
+            if (JSON.stringify(st.Action) !== '["s3:GetObject"]') problems.push(`${st.Sid}: writes a trusted pool (${st.Action})`);
+          } else problems.push(`${st.Sid}: reaches ${res}`);
+        }
+      }
+      const listed = doc.Statement.flatMap((st) => st.Condition?.StringLike?.['s3:prefix'] ?? []);
+      expect(listed.sort()).toEqual([pool, ...def.reads].map((p) => `${prefix}pools/${p}/*`).sort());
+      expect(problems, pool).toEqual([]);
+    }
+    const sched = JSON.parse(read('minio/policies/scheduler.json')) as PolicyDocument;
+    expect(sched.Statement.flatMap((st) => st.Resource).sort()).toEqual([`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/${prefix}*`]);
+  });
+
+  it('one worker service per pool, with its pool, its own S3 user and the Redis user worker', () => {
+    const c = compose();
+    const pools = Object.keys(parseTeamsPools(teamsText()).pools);
+    const sched = envFile('env/scheduler.env').values;
+    const keys = new Set([sched.S3_ACCESS_KEY]);
+    for (const pool of pools) {
+      const svc = c.services[`worker-${pool}`];
+      expect(svc, `compose service worker-${pool}`).toBeDefined();
+      expect(svc.env_file).toEqual(['env/fleet.env', 'env/worker.env', `env/worker-${pool}.env`]);
+      expect(svc.networks.default.aliases).toContain('worker'); // Prometheus: dns_sd_configs names [worker]
+      const env = envFile(`env/worker-${pool}.env`).values;
+      expect(env.VMLB_WORKER_POOL).toBe(pool);
+      expect(env.S3_ACCESS_KEY && env.S3_SECRET_KEY).toBeTruthy();
+      expect(keys.has(env.S3_ACCESS_KEY), `pool ${pool}: an S3 user of its own`).toBe(false);
+      keys.add(env.S3_ACCESS_KEY);
+    }
+    // Every worker-* service is a pool's; no env file names a pool the teams file lacks.
+    expect(Object.keys(c.services).filter((n) => n.startsWith('worker')).sort()).toEqual(pools.map((p) => `worker-${p}`).sort());
+    expect(readdirSync(path.join(DEPLOY, 'env')).filter((f) => f.startsWith('worker-')).sort()).toEqual(pools.map((p) => `worker-${p}.env`).sort());
+    // Only the scheduler's file and the pools' files carry S3 keys.
+    for (const f of ['env/fleet.env', 'env/worker.env']) expect(envFile(f).values.S3_ACCESS_KEY, f).toBeUndefined();
+    expect(c.services.scheduler.env_file).toEqual(['env/fleet.env', 'env/scheduler.env']);
+    // Bare metal: the worker's unit env names its pool and a pool user, the scheduler's its own.
+    const bm = envFile('systemd/vmlb-worker.env').values;
+    expect(pools).toContain(bm.VMLB_WORKER_POOL);
+    expect(bm.S3_ACCESS_KEY).toBe(envFile(`env/worker-${bm.VMLB_WORKER_POOL}.env`).values.S3_ACCESS_KEY);
+    expect(envFile('systemd/vmlb-scheduler.env').values.S3_ACCESS_KEY).toBe(sched.S3_ACCESS_KEY);
+  });
+
+  it('minio-policies and minio-init: the teams file, the generator, the script, the env files', () => {
+    const c = compose();
+    const gen = c.services['minio-policies'];
+    const init = c.services['minio-init'];
+    expect(gen.volumes).toContain('./minio:/opt/vmlb/minio:ro');
+    // The same teams file as the scheduler's.
+    const teamsMount = c.services.scheduler.volumes.find((v: string) => v.endsWith(':/etc/vmlb/teams.json:ro'));
+    expect(gen.volumes).toContain(teamsMount);
+    expect(gen.command.join(' ')).toContain('node /opt/vmlb/minio/pool-policies.mjs /etc/vmlb/teams.json "$VMLB_SHARED" /policies');
+    expect(gen.volumes).toContain('minio-policies:/policies');
+    expect(init.volumes).toEqual(expect.arrayContaining(['./minio:/opt/vmlb/minio:ro', './env:/opt/vmlb/env:ro', 'minio-policies:/policies:ro']));
+    expect(init.entrypoint).toEqual(['/bin/sh', '/opt/vmlb/minio/pool-credentials.sh', '/policies', '/opt/vmlb/env']);
+    expect(init.depends_on['minio-policies'].condition).toBe('service_completed_successfully');
+    for (const s of ['scheduler', 'worker-a']) expect(c.services[s].depends_on['minio-init'].condition).toBe('service_completed_successfully');
+  });
+
+  it('pool-credentials.sh creates the scheduler and one user per pool with its policy alone (commands, mc recorded)', () => {
+    // mc itself needs a MinIO server, which is not on this machine: a stand-in on PATH records
+    // each call and answers `user info` as MinIO does for a user left with readwrite.
+    const bin = path.join(tmp, 'bin');
+    const calls = path.join(tmp, 'mc-calls');
+    rmSync(bin, { recursive: true, force: true });
+    rmSync(calls, { force: true });
+    run('mkdir', ['-p', bin]);
+    writeFileSync(
+      path.join(bin, 'mc'),
+      `#!/bin/sh\necho "$*" >> '${calls}'\ncase "$*" in "admin user info local vmlb-pool-a --json") echo '{"status":"success","accessKey":"vmlb-pool-a","policyName":"readwrite,vmlb-pool-a","userStatus":"enabled"}' ;; esac\n`,
+      { mode: 0o755 },
+    );
+    const env = { PATH: `${bin}:${process.env.PATH}`, MINIO_ROOT_USER: 'root', MINIO_ROOT_PASSWORD: 'rootpassword', VMLB_SHARED: shared() };
+    const script = path.join(DEPLOY, 'minio/pool-credentials.sh');
+    const r = spawnSync('sh', [script, path.join(DEPLOY, 'minio/policies'), path.join(DEPLOY, 'env')], { env, encoding: 'utf8' });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    const lines = readFileSync(calls, 'utf8').trim().split('\n');
+    const sched = envFile('env/scheduler.env').values;
+    const pol = (f: string) => path.join(DEPLOY, 'minio/policies', f);
+    expect(lines).toEqual([
+      'alias set local http://minio:9000 root rootpassword',
+      'mb --ignore-existing local/vmlb',
+      `admin policy create local vmlb-scheduler ${pol('scheduler.json')}`,
+      `admin user add local ${sched.S3_ACCESS_KEY} ${sched.S3_SECRET_KEY}`,
+      `admin user info local ${sched.S3_ACCESS_KEY} --json`,
+      `admin policy attach local vmlb-scheduler --user ${sched.S3_ACCESS_KEY}`,
+      ...['a', 'b', 'platform'].flatMap((p) => {
+        const e = envFile(`env/worker-${p}.env`).values;
+        return [
+          `admin policy create local vmlb-pool-${p} ${pol(`pool-${p}.json`)}`,
+          `admin user add local ${e.S3_ACCESS_KEY} ${e.S3_SECRET_KEY}`,
+          `admin user info local ${e.S3_ACCESS_KEY} --json`,
+          // Pool a's user still had readwrite (from before pools): detached; its policy kept.
+          ...(p === 'a' ? ['admin policy detach local readwrite --user vmlb-pool-a'] : [`admin policy attach local vmlb-pool-${p} --user ${e.S3_ACCESS_KEY}`]),
+        ];
+      }),
+    ]);
+    // A pool without its env file, or sharing another's key, is refused before MinIO is touched for it.
+    const envs = path.join(tmp, 'env');
+    run('cp', ['-r', path.join(DEPLOY, 'env'), envs]);
+    rmSync(path.join(envs, 'worker-b.env'));
+    const missing = spawnSync('sh', [script, path.join(DEPLOY, 'minio/policies'), envs], { env, encoding: 'utf8' });
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toMatch(/pool b: no .*worker-b\.env/);
+    writeFileSync(path.join(envs, 'worker-b.env'), read('env/worker-a.env').replace('VMLB_WORKER_POOL=a', 'VMLB_WORKER_POOL=b'));
+    const shared2 = spawnSync('sh', [script, path.join(DEPLOY, 'minio/policies'), envs], { env, encoding: 'utf8' });
+    expect(shared2.status).toBe(2);
+    expect(shared2.stderr).toMatch(/pool b: S3_ACCESS_KEY vmlb-pool-a is already/);
+  });
+
+  it("Redis: the ACL file's users, compose's --aclfile and healthcheck, REDIS_URLs with the users and passwords", () => {
+    const c = compose();
+    const redis = c.services.redis;
+    const cmd = [redis.command].flat().join('\n');
+    expect(cmd).toContain('sh /etc/vmlb/redis/render-acl.sh /etc/vmlb/redis/users.acl /tmp/users.acl');
+    expect(cmd).toMatch(/exec docker-entrypoint\.sh redis-server --aclfile \/tmp\/users\.acl /);
+    expect(redis.volumes).toContain('./redis:/etc/vmlb/redis:ro');
+    expect(redis.env_file).toEqual(['env/redis.env']);
+    expect(redis.healthcheck.test.join(' ')).toMatch(/REDISCLI_AUTH="\$REDIS_SCHEDULER_PASSWORD" redis-cli --no-auth-warning --user scheduler ping/);
+    const acl = read('redis/users.acl');
+    const users = Object.fromEntries([...acl.matchAll(/^user (\S+) (.*)$/gm)].map((m) => [m[1]!, m[2]!]));
+    expect(Object.keys(users)).toEqual(['default', 'scheduler', 'worker']);
+    expect(users.default).toMatch(/^off /);
+    expect(users.default).toContain('nocommands');
+    const pw = envFile('env/redis.env').values;
+    expect(Object.keys(pw).sort()).toEqual([...new Set([...acl.matchAll(/\$\{(REDIS_[A-Z_]+_PASSWORD)\}/g)].map((m) => m[1]!))].sort());
+    for (const [user, f] of [['scheduler', 'env/scheduler.env'], ['worker', 'env/worker.env']] as const) {
+      expect(users[user]).toMatch(/^on resetpass >\$\{REDIS_[A-Z]+_PASSWORD\} resetkeys ~bull:\* ~vmlb:\* /);
+      expect(users[user]).toContain('-@dangerous');
+      const u = new URL(envFile(f).values.REDIS_URL!);
+      expect(u.protocol).toBe('redis:');
+      expect(u.username, f).toBe(user);
+      expect(u.password, `${f}: the password of ${user} in env/redis.env`).toBe(pw[`REDIS_${user.toUpperCase()}_PASSWORD`]);
+      expect(u.host).toBe('redis:6379');
+      // Bare metal: the same user.
+      const bm = new URL(envFile(`systemd/vmlb-${user}.env`).values.REDIS_URL!);
+      expect(bm.username).toBe(user);
+      expect(bm.password).toMatch(/^[A-Za-z0-9._~-]{16,}$/);
+    }
+    // The example passwords pass render-acl.sh's own rules.
+    const out = path.join(tmp, 'users.acl');
+    const r = spawnSync('sh', [path.join(DEPLOY, 'redis/render-acl.sh'), path.join(DEPLOY, 'redis/users.acl'), out], { env: { PATH: process.env.PATH, ...pw }, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const rendered = readFileSync(out, 'utf8');
+    expect(rendered).not.toMatch(/^#|\$\{/m);
+    expect(rendered).toContain(`>${pw.REDIS_WORKER_PASSWORD} `);
   });
 });
