@@ -184,7 +184,7 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   let logError: VmlbError | undefined;
   try {
     const cut = await log.close();
-    if (cut.cutBytes > 0) o.onOutput?.(`… the layer's log keeps its last ${formatBytes(log.max)}: ${formatBytes(cut.cutBytes)} (${cut.cutLines} lines) before them were cut (VMLB_LOG_MAX)\n`);
+    if (cut.cutBytes > 0) o.onOutput?.(`… the layer's log keeps its last ${formatBytes(log.max)}: ${formatBytes(cut.cutBytes)} (${cut.cutLines} line${cut.cutLines === 1 ? '' : 's'}) before them were cut (VMLB_LOG_MAX)\n`);
   } catch (e) {
     logError = new VmlbError('LOG_WRITE', `could not write the layer's log ${o.logFile}: ${(e as Error).message}`, { cause: e });
   }
