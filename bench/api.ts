@@ -358,9 +358,13 @@ async function floodRun(f: Fleet, sb: Sandbox, dir: string, redis: Redis) {
   const t0 = performance.now();
   try {
     const b = await submit(f.url, await readFile(tgz), team);
-    const res = await fetch(`${f.url}/v1/builds/${b.id}/events`, { headers: { authorization: `Bearer ${token(team)}`, accept: 'text/event-stream' } });
+    // Five minutes at most (a worker that died would leave the build queued for good).
+    const res = await fetch(`${f.url}/v1/builds/${b.id}/events`, { headers: { authorization: `Bearer ${token(team)}`, accept: 'text/event-stream' }, signal: AbortSignal.timeout(300_000) });
     let followed = 0;
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) followed += chunk.length;
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      followed += chunk.length;
+      checkInterrupted();
+    }
     const r = (await (await fetch(`${f.url}/v1/builds/${b.id}`, { headers: { authorization: `Bearer ${token(team)}` } })).json()) as { state: string; error?: string };
     if (r.state !== 'done') throw new Error(`output-flood: build ${b.id} is ${r.state}${r.error ? `: ${r.error}` : ''}`);
     const seconds = (performance.now() - t0) / 1000;
