@@ -10,7 +10,7 @@
  */
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
@@ -59,8 +59,9 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     expect(run.stdout).toMatch(/#2 wrote hello/);
     expect(run.stdout).toMatch(/#3 DONE/);
     expect(run.stdout).toMatch(/-- on worker dev-worker-\d/);
-    expect(run.stdout).toMatch(/^image: s3:\/\/.*\(flattened, /m);
     expect(run.stdout).toMatch(/^built 3, cached 0 in /m);
+    // A build's result is its chain: vmlb submit fetched each layer as it was pushed.
+    expect(run.stdout).toContain(`its layers are in ${sb.store}: vmlb pull`);
     const id = /as build (b[0-9a-z]+)/.exec(run.stdout)![1]!;
     // The build on the dashboard `npm run fleet`'s scheduler serves.
     expect(run.stdout).toContain(`on the dashboard: ${fleet.exported.VMLB_SERVER}/#/builds/${id}`);
@@ -68,9 +69,28 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     expect(page.status).toBe(200);
     expect(await page.text()).toMatch(/<script[^>]+src="[^"]*assets\/app-[^"]+\.js"/);
 
+    // The chain is local already: vmlb pull fetches nothing and writes a thin overlay on it.
     const pulled = path.join(sb.dir, 'fleet.qcow2');
     const pull = await vmlb(sb, ['pull', id, '-o', pulled], submitEnv());
     expect(pull.exitCode, pull.stderr).toBe(0);
+    expect(pull.stdout).toMatch(/fleet\.qcow2: thin overlay on the local chain, [\d.]+ KiB; fetched 0 of 3 layers \(0 B\) in [\d.]+ s$/);
+    // Into an empty store: all three layers, each checked; --flatten makes one standalone file.
+    const fresh = path.join(sb.dir, 'fresh-store');
+    const flat = path.join(sb.dir, 'fleet-flat.qcow2');
+    const pullFresh = await vmlb(sb, ['pull', id, '-o', flat, '--flatten', '--store', fresh], submitEnv());
+    expect(pullFresh.exitCode, pullFresh.stderr).toBe(0);
+    expect(pullFresh.stdout).toMatch(/fleet-flat\.qcow2: flattened, [\d.]+ MiB; fetched 3 of 3 layers/);
+    const info = JSON.parse(String((await execa('qemu-img', ['info', '--output=json', flat])).stdout)) as { 'backing-filename'?: string };
+    expect(info['backing-filename']).toBeUndefined();
+    // The fleet's own flattened image, made once when first asked for.
+    const server = path.join(sb.dir, 'fleet-server.qcow2');
+    const pullServer = await vmlb(sb, ['pull', id, '-o', server, '--server-image'], submitEnv());
+    expect(pullServer.exitCode, pullServer.stderr).toBe(0);
+    expect(pullServer.stderr).toMatch(/is being flattened in the fleet \(once\); waiting/);
+    for (const other of [flat, server]) {
+      const c = await execa('qemu-img', ['compare', pulled, other], { reject: false });
+      expect(c.exitCode, `${c.stdout}${c.stderr}`).toBe(0);
+    }
 
     // The same project locally, its layers from the shared store the fleet filled: all hits, flattened here.
     const local = path.join(sb.dir, 'local.qcow2');
@@ -87,6 +107,16 @@ describe.skipIf(workerMissing)('a fleet on one machine', () => {
     expect(again.stdout).toMatch(/built 0, cached 3/);
     const list = await vmlb(sb, ['builds', '--json'], submitEnv());
     expect((JSON.parse(list.stdout) as Array<{ id: string; state: string }>).find((b) => b.id === id)?.state).toBe('done');
+
+    // An edit of the last layer: the pull fetches that one layer, nothing else.
+    await writeFile(path.join(project, '03_more', 'motd'), 'edited\n');
+    const edit = await vmlb(sb, ['submit', project, '--plain', '--no-pull'], submitEnv());
+    expect(edit.exitCode, edit.stderr).toBe(0);
+    expect(edit.stdout).toMatch(/built 1, cached 2/);
+    const editId = /as build (b[0-9a-z]+)/.exec(edit.stdout)![1]!;
+    const pullEdit = await vmlb(sb, ['pull', editId, '-o', path.join(sb.dir, 'edit.qcow2')], submitEnv());
+    expect(pullEdit.exitCode, pullEdit.stderr).toBe(0);
+    expect(pullEdit.stdout).toMatch(/fetched 1 of 3 layers/);
   });
 
   it('a failing layer fails the build: vmlb submit shows its log and exits 1', async () => {

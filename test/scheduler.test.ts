@@ -116,7 +116,8 @@ async function emptyQueues(): Promise<void> {
 }
 
 async function submit(body: Buffer, token: string = TOKENS.web): Promise<BuildRecord> {
-  const r = await api.json<BuildRecord>('POST', '/v1/builds', { body, token });
+  // These tests play the workers' part with fake images: the builds make a flattened image.
+  const r = await api.json<BuildRecord>('POST', '/v1/builds?flatten=1', { body, token });
   expect(r.status, JSON.stringify(r.body)).toBe(201);
   return r.body;
 }
@@ -412,7 +413,7 @@ describe('a submission', () => {
 
   it('stores the project by its hash and queues flatten ← 03 ← 02, with no job for the hit', async () => {
     await emptyQueues();
-    const run = await cli(['submit', projectDir, '--detach', '--json']);
+    const run = await cli(['submit', projectDir, '--detach', '--json', '--flatten']);
     expect(run.exitCode, run.stderr).toBe(0);
     const b = JSON.parse(run.stdout) as BuildRecord;
     expect(b.layers.map((l) => [l.name, l.status])).toEqual([['01_base', 'hit'], ['02_tools', 'queued'], ['03_app', 'queued']]);
@@ -429,7 +430,7 @@ describe('a submission', () => {
     expect(listing).toContain('03_app/.hidden');
     expect(listing.some((n) => n.startsWith('build') || n.startsWith('.git'))).toBe(false);
     // The same project again is the same object.
-    const again = await cli(['submit', projectDir, '--detach', '--json']);
+    const again = await cli(['submit', projectDir, '--detach', '--json', '--flatten']);
     expect((JSON.parse(again.stdout) as BuildRecord).project).toBe(b.project);
 
     // The flow: a chain, parent waits for child.
@@ -467,7 +468,7 @@ describe('a submission', () => {
     const image = randomBytes(64 * 1024);
     const workers = fakeWorkers({ image });
     try {
-      const run = await cli(['submit', projectDir, '--plain']);
+      const run = await cli(['submit', projectDir, '--plain', '--flatten', '--no-pull']);
       expect(run.exitCode, `${run.stdout}\n${run.stderr}`).toBe(0);
       expect(run.stdout).toMatch(/01_base CACHED \(shared/);
       expect(run.stdout).toMatch(/#2 \[2\/3\] 02_tools build-layer building/);
@@ -495,7 +496,7 @@ describe('a submission', () => {
 
       // The image: streamed, or a presigned redirect.
       const pulled = path.join(sb.dir, 'pulled.qcow2');
-      const pull = await cli(['pull', id, '-o', pulled]);
+      const pull = await cli(['pull', id, '-o', pulled, '--server-image']);
       expect(pull.exitCode, pull.stderr).toBe(0);
       expect(await readFile(pulled)).toEqual(image);
       const redirect = await api('GET', `/v1/builds/${id}/image?redirect=1`);
@@ -535,7 +536,7 @@ describe('a submission', () => {
     await emptyQueues();
     const base = await writeProject(path.join(sb.dir, 'base-again'), { '01_base': BUSYBOX_BASE });
     await putFakeImage(baseKey, Buffer.from('base image'));
-    const run = await cli(['submit', base, '--plain']);
+    const run = await cli(['submit', base, '--plain', '--flatten', '--no-pull']);
     expect(run.exitCode, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/built 0, cached 1/);
     expect(await queues.flatten.getJobCounts()).toMatchObject({ waiting: 0, 'waiting-children': 0, completed: 0 });
@@ -593,7 +594,7 @@ describe('a scheduler restart', () => {
       '02_app': { kind: 'build-layer', script: 'echo restart-cli\n' },
     });
     let out = '';
-    const child = spawnVmlb(sb, ['submit', dir, '--plain'], { VMLB_SERVER: sched.url, VMLB_TOKEN: TOKENS.web });
+    const child = spawnVmlb(sb, ['submit', dir, '--plain', '--flatten', '--no-pull'], { VMLB_SERVER: sched.url, VMLB_TOKEN: TOKENS.web });
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     const id = await waitFor('the submission', async () => /as build (b[0-9a-z]+)/.exec(out)?.[1]);

@@ -7,8 +7,9 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
-import { OUTPUT_DIR, VmlbError, formatBytes, loadProject, type BuildEvent } from '@vmlb/layer-engine';
+import { LocalStore, OUTPUT_DIR, VmlbError, defaultStoreDir, formatBytes, loadProject, type BuildEvent } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay } from './display.js';
+import { pullChain, writeChainImage, type Fetcher } from './chain-pull.js';
 
 /**
  * The fleet commands of `vmlb`: `submit` (send a project to the scheduler and show its build
@@ -67,6 +68,17 @@ async function endpointFrom(o: ConnOpts): Promise<Endpoint> {
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new VmlbError('FLEET_USAGE', `--server ${server}: must be an http:// or https:// URL`);
   return { server: url.href.replace(/\/+$/, ''), token: token! };
+}
+
+const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
+
+function storeFrom(o: { store?: string }): LocalStore {
+  return new LocalStore(o.store ? path.resolve(o.store) : defaultStoreDir());
+}
+
+/** Authenticated GETs of the scheduler's routes, for chain-pull.ts. */
+function fetcherFor(ep: Endpoint): Fetcher {
+  return (route, init = {}) => request(ep, 'GET', route, init);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,6 +243,7 @@ interface BuildRecordLite {
   createdAt: string;
   finishedAt?: string;
   image: { key: string; path: string; bytes: number } | null;
+  layers: Array<{ index: number; name: string; key: string; status: string }>;
 }
 
 /** How long a follower keeps trying to reach a scheduler that went away, before it gives up (exit 3). */
@@ -337,16 +350,19 @@ export function registerFleetCommands(program: Command): void {
     .addOption(serverOption())
     .addOption(tokenOption())
     .option('--detach', 'print the build id and return at once; do not follow the build')
+    .option('--flatten', 'have the fleet make one flattened image of the build too (for the dashboard and API download)')
+    .option('--no-pull', "do not fetch the build's layers into the local store as they are pushed")
+    .addOption(storeOption())
     .option('--json', 'print build events as JSON lines (for machines)')
     .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
-    .action(async (dir: string, o: ConnOpts & { detach?: boolean; json?: boolean; plain?: boolean }) => {
+    .action(async (dir: string, o: ConnOpts & { detach?: boolean; json?: boolean; plain?: boolean; flatten?: boolean; pull?: boolean; store?: string }) => {
       const ep = await endpointFrom(o);
       const projectDir = path.resolve(dir);
       // The scheduler checks it again; checking here first answers a broken project at once.
       await loadProject(projectDir);
       const body = await packProject(projectDir);
       const res = await check(
-        await request(ep, 'POST', '/v1/builds', { body, headers: { 'content-type': 'application/gzip' } }),
+        await request(ep, 'POST', `/v1/builds${o.flatten ? '?flatten=1' : ''}`, { body, headers: { 'content-type': 'application/gzip' } }),
         `submitting ${path.relative(process.cwd(), projectDir) || '.'}`,
       );
       const submitted = (await res.json()) as BuildRecordLite;
@@ -358,9 +374,31 @@ export function registerFleetCommands(program: Command): void {
       const ac = new AbortController();
       const undo = detachOnInterrupt(ac, () => submitted.id);
       let final: BuildRecordLite;
+      // Each layer is fetched into the local store as soon as the fleet has it (one at a time,
+      // in order), so the chain is local when the build ends and `vmlb pull` only writes the file.
+      const store = o.pull === false ? null : storeFrom(o);
+      let pulling: Promise<unknown> = Promise.resolve();
+      let pullProblem: string | undefined;
+      const pullUpTo = (index: number) => {
+        if (!store || pullProblem) return;
+        pulling = pulling.then(() =>
+          pullChain(fetcherFor(ep), submitted.id, store, { upTo: index, signal: ac.signal }).catch((e: Error) => {
+            if (!ac.signal.aborted) pullProblem = e.message;
+          }),
+        );
+      };
       try {
         display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded); on the dashboard: ${ep.server.replace(/\/+$/, '')}/#/builds/${submitted.id}` });
-        final = await followBuild(ep, submitted.id, (e) => display.onEvent(e), ac.signal);
+        final = await followBuild(ep, submitted.id, (e) => {
+          display.onEvent(e);
+          if (e.type === 'layer-done' || e.type === 'layer-cached') pullUpTo(e.index);
+        }, ac.signal);
+        if (store && final.state === 'done') {
+          pullUpTo(final.layers.length - 1);
+          await pulling;
+          if (pullProblem) display.onEvent({ type: 'notice', at: Date.now(), message: `could not fetch the build's layers into ${store.root} (vmlb pull ${submitted.id} tries again): ${pullProblem}` });
+          else display.onEvent({ type: 'notice', at: Date.now(), message: `its layers are in ${store.root}: vmlb pull ${submitted.id} -o FILE writes the image at once` });
+        }
       } catch (e) {
         if (ac.signal.aborted) {
           process.exitCode = 130;
@@ -407,15 +445,38 @@ export function registerFleetCommands(program: Command): void {
 
   program
     .command('pull')
-    .description('download the image of a finished fleet build')
+    .description("fetch a finished fleet build's layers the local store lacks and write its image (a thin overlay on the local chain, or --flatten)")
     .argument('<build>', 'the build id (vmlb builds lists them)', buildIdArg)
     .option('-o, --output <file>', 'where to write it (default: BUILD.qcow2)')
+    .option('--flatten', 'write one standalone qcow2 instead of a thin overlay on the local chain')
+    .option('--server-image', "download the image the fleet flattens (once per chain) instead of fetching the layers")
+    .addOption(storeOption())
     .addOption(serverOption())
     .addOption(tokenOption())
-    .action(async (id: string, o: ConnOpts & { output?: string }) => {
+    .action(async (id: string, o: ConnOpts & { output?: string; flatten?: boolean; serverImage?: boolean; store?: string }) => {
       const ep = await endpointFrom(o);
       const out = path.resolve(o.output ?? `${id}.qcow2`);
-      const res = await check(await request(ep, 'GET', `/v1/builds/${id}/image`), `pulling build ${id}`);
+      if (!o.serverImage) {
+        const record = (await (await check(await request(ep, 'GET', `/v1/builds/${id}`), `pulling build ${id}`)).json()) as BuildRecordLite;
+        if (record.state !== 'done') throw new VmlbError('BUILD_FAILED', `pulling build ${id}: it is ${record.state}${record.error ? `: ${record.error.split('\n')[0]}` : ''}; only a finished build has an image`);
+        const store = storeFrom(o);
+        const started = performance.now();
+        const got = await pullChain(fetcherFor(ep), id, store);
+        if (got.keys.length !== record.layers.length) throw new VmlbError('FLEET_ERROR', `pulling build ${id}: the shared store has ${got.keys.length} of its ${record.layers.length} layers (a # noshare layer stays on its worker: use --server-image)`);
+        const bytes = await writeChainImage(store, got.keys, out, { flatten: o.flatten });
+        const moved = got.pulled.reduce((n, l) => n + l.bytes, 0);
+        process.stdout.write(
+          `${path.relative(process.cwd(), out) || out}: ${o.flatten ? 'flattened' : 'thin overlay on the local chain'}, ${formatBytes(bytes)}; fetched ${got.pulled.length} of ${got.keys.length} layers (${formatBytes(moved)}) in ${((performance.now() - started) / 1000).toFixed(1)} s\n`,
+        );
+        return;
+      }
+      let res = await check(await request(ep, 'GET', `/v1/builds/${id}/image`), `pulling build ${id}`);
+      // A chain build's image is flattened when first asked for: wait for it.
+      for (let waited = 0; res.status === 202; waited++) {
+        if (waited === 0) process.stderr.write(`vmlb: build ${id}'s image is being flattened in the fleet (once); waiting\n`);
+        await new Promise((r) => setTimeout(r, 1000));
+        res = await check(await request(ep, 'GET', `/v1/builds/${id}/image`), `pulling build ${id}`);
+      }
       if (!res.body) throw new VmlbError('FLEET_ERROR', `pulling build ${id}: the scheduler sent no image`);
       await mkdir(path.dirname(out), { recursive: true });
       const tmp = `${out}.part-${process.pid}`;

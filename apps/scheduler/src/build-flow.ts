@@ -17,17 +17,23 @@ export const KEEP_FAILED_S = 7 * 24 * 3600;
 const KEEP = { removeOnComplete: { age: KEEP_COMPLETED_S }, removeOnFail: { age: KEEP_FAILED_S } };
 
 /**
- * A build's BullMQ flow: flatten ← layer N ← … ← the first missing layer. BullMQ runs a parent
+ * A build's BullMQ flow: [flatten ←] layer N ← … ← the first missing layer. BullMQ runs a parent
  * only after its child completes, so the chain runs strictly in order, and a failing layer
- * fails every job above it at once (`failParentOnFailure`). Hits make no jobs; a build whose
- * layers all hit is a flatten job alone.
+ * fails every job above it at once (`failParentOnFailure`). Hits make no jobs. The flatten job
+ * is there only when the build is to make a flattened image (`output: 'flattened'`); a build
+ * whose layers all hit is then a flatten job alone (and with the chain as its output, no job:
+ * see submit-build.ts). Returns null when there is no job to queue.
  */
-export function buildFlow(b: { id: string; team: string; project: string; pool?: string; reads?: string[] }, keyed: KeyedLayer[], firstMiss: number): FlowJob {
+export function buildFlow(
+  b: { id: string; team: string; project: string; pool?: string; reads?: string[]; output?: 'chain' | 'flattened' },
+  keyed: KeyedLayer[],
+  firstMiss: number,
+): FlowJob | null {
   const keys = keyed.map((k) => k.key);
   // The jobs go to the pool's queues, and say which pool they are of and which pools they may read.
   const pool = b.pool ?? 'default';
   const reads = b.reads ?? [];
-  const flatten: FlattenJobData = { buildId: b.id, team: b.team, pool, reads, chain: keys, project: b.project, nonce: b.id };
+  const flatten = flattenData(b, keys);
   let child: FlowJobNode | undefined;
   if (firstMiss >= 0) {
     for (let i = firstMiss; i < keyed.length; i++) {
@@ -50,8 +56,19 @@ export function buildFlow(b: { id: string; team: string; project: string; pool?:
       child = child ? { ...base, children: [child] } : base;
     }
   }
-  const top = { name: 'flatten', queueName: flattenQueueOf(pool), data: flatten, opts: { ...FLATTEN_JOB_OPTIONS, ...KEEP, jobId: flattenJobId(b.id) } };
+  if (b.output === 'chain') return child ?? null;
+  const top = flattenNode(flatten);
   return child ? { ...top, children: [child] } : top;
+}
+
+/** The flatten job of a build, as a flow node (queued alone for an image asked for later: see scheduler.ts). */
+export function flattenNode(data: FlattenJobData): FlowJob {
+  return { name: 'flatten', queueName: flattenQueueOf(data.pool), data, opts: { ...FLATTEN_JOB_OPTIONS, ...KEEP, jobId: flattenJobId(data.buildId) } };
+}
+
+/** A build's flatten job's data. */
+export function flattenData(b: { id: string; team: string; project: string; pool?: string; reads?: string[] }, chain: string[]): FlattenJobData {
+  return { buildId: b.id, team: b.team, pool: b.pool ?? 'default', reads: b.reads ?? [], chain, project: b.project, nonce: b.id };
 }
 
 /**

@@ -2,7 +2,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { endEventStream, flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
 import { isFinal, type BuildRecords, type StoredRecord } from './build-records.js';
-import { cancelBuild, failBuild, finishBuild, foldEvent } from './record-fold.js';
+import { cancelBuild, chainComplete, failBuild, finishBuild, finishChain, foldEvent } from './record-fold.js';
 import type { Logger } from './logger.js';
 import type { SharedStore } from '@vmlb/layer-engine';
 import { findImage } from './image-manifest.js';
@@ -201,6 +201,10 @@ export class BuildFollower {
       if (a.nextCheck > now || isFinal(a.record)) continue;
       a.nextCheck = now + this.checkEveryMs;
       const r = a.record;
+      if (r.output === 'chain') {
+        await this.checkChainJobs(r, () => (a.dirty = true));
+        continue;
+      }
       const flatten = await this.deps.queuesOf(r.pool).flatten.getJob(flattenJobId(r.id));
       const state = flatten ? await flatten.getState() : 'unknown';
       if (state === 'failed') {
@@ -220,6 +224,29 @@ export class BuildFollower {
     }
   }
 
+  /**
+   * A chain build (no flatten job): its top job is its last layer's. Completed: the build is
+   * done (its `done` event normally came first); failed: it failed; gone: it is done if every
+   * layer made it to the shared store, else its jobs were lost.
+   */
+  private async checkChainJobs(r: StoredRecord, changed: () => void): Promise<void> {
+    const last = r.layers[r.layers.length - 1];
+    if (!last) return;
+    const job = await this.deps.queuesOf(r.pool).layers.getJob(layerJobId(r.id, last.index));
+    const state = job ? await job.getState() : 'unknown';
+    if (state === 'failed') {
+      const why = await this.failure(r, undefined);
+      failBuild(r, why.message, Date.now(), why.layer);
+      changed();
+    } else if (state === 'completed' || (state === 'unknown' && chainComplete(r))) {
+      finishChain(r);
+      changed();
+    } else if (state === 'unknown') {
+      failBuild(r, 'its jobs are gone from the queue (was Redis emptied?): submit the project again');
+      changed();
+    }
+  }
+
   /** Why a build failed: the first failed layer job's reason, else the flatten's. */
   private async failure(r: StoredRecord, flattenReason: string | undefined): Promise<{ message: string; layer?: { index: number } }> {
     for (const l of r.layers) {
@@ -231,7 +258,7 @@ export class BuildFollower {
     }
     const failedLayer = r.layers.find((l) => l.status === 'failed');
     if (failedLayer) return { message: `layer ${failedLayer.name} failed${failedLayer.exitCode !== undefined ? ` with exit code ${failedLayer.exitCode}` : ''}`, layer: { index: failedLayer.index } };
-    return { message: `flatten failed: ${flattenReason ?? 'no reason given'}` };
+    return { message: flattenReason === undefined ? 'its last layer job failed' : `flatten failed: ${flattenReason}` };
   }
 
   private async imageOf(r: StoredRecord): Promise<StoredRecord['image']> {

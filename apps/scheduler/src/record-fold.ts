@@ -6,9 +6,10 @@ import { isFinal, type StoredRecord } from './build-records.js';
  * storing changed. Folding is idempotent: a restarted scheduler re-reads the events after the
  * last stored cursor, and some of them were folded before.
  *
- * Success is final here (the flatten job's `done` carries the image). A failure is not: a job
- * that failed for a retryable reason runs again, so a layer's `failed` only marks the layer,
- * and the build fails when BullMQ says its flatten job failed (see BuildFollower).
+ * Success is final here: a chain build is done when its last layer is (every layer a hit or
+ * done), a flattened one when the flatten job's `done` carries the image. A failure is not: a
+ * job that failed for a retryable reason runs again, so a layer's `failed` only marks the
+ * layer, and the build fails when BullMQ says its top job failed (see BuildFollower).
  */
 export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
   if (isFinal(r)) return false;
@@ -27,6 +28,7 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
       }
       if (ev.seconds !== undefined) l.seconds = ev.seconds;
       if (ev.bytes !== undefined) l.bytes = ev.bytes;
+      if (ev.pulledBytes !== undefined) l.pulledBytes = ev.pulledBytes;
       if (ev.exitCode !== undefined) l.exitCode = ev.exitCode;
       if (ev.logTail !== undefined) l.logTail = ev.logTail;
       if (ev.status === 'done' || ev.status === 'failed') l.finishedAt = new Date(ev.at).toISOString();
@@ -37,6 +39,7 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
         l.source = 'shared';
       }
       if (ev.status === 'building' || ev.status === 'waiting' || ev.status === 'done') startBuilding(r);
+      if (ev.status === 'done' && r.output === 'chain' && chainComplete(r)) finishChain(r, ev.at);
       break;
     }
     case 'engine': {
@@ -62,11 +65,13 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
       if (ev.status === 'building') {
         startBuilding(r);
         r.flatten = { worker: ev.worker, startedAt: new Date(ev.at).toISOString() };
-      } else if (r.flatten && ev.worker === r.flatten.worker) {
+        break;
+      }
+      if (r.flatten && ev.worker === r.flatten.worker) {
         r.flatten.finishedAt = new Date(ev.at).toISOString();
         r.flatten.seconds = Math.round(ev.at - Date.parse(r.flatten.startedAt)) / 1000;
       }
-      else if (ev.status === 'done' && ev.image) {
+      if (ev.status === 'done' && ev.image) {
         r.image = ev.image;
         r.state = 'done';
         r.finishedAt = new Date(ev.at).toISOString();
@@ -78,6 +83,19 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
     }
   }
   return JSON.stringify(r) !== before;
+}
+
+/** Every layer of the build is in the shared store: a hit, or built. */
+export function chainComplete(r: StoredRecord): boolean {
+  return r.layers.every((l) => l.status === 'hit' || l.status === 'done');
+}
+
+/** A chain build whose last layer is in the shared store is done: its chain is its result. */
+export function finishChain(r: StoredRecord, at = Date.now()): void {
+  if (isFinal(r)) return;
+  r.state = 'done';
+  r.finishedAt = new Date(at).toISOString();
+  delete r.error;
 }
 
 function setBuilding(l: LayerRecord, worker: string, at: number): void {

@@ -5,10 +5,11 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LocalStore, SharedStore, StoreError, VmlbError } from '@vmlb/layer-engine';
-import { DEFAULT_POOL, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { DEFAULT_POOL, flattenJobId, poolPath, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { findImage } from './image-manifest.js';
 import { PoolRegistry } from './pool-registry.js';
 import { BuildFollower, type FollowerOptions } from './build-follower.js';
-import { removeBuildJobs } from './build-flow.js';
+import { flattenData, flattenNode, removeBuildJobs } from './build-flow.js';
 import { BUILD_ID, BuildRecords, FINAL_STATES, isFinal, summarize, type BuildSummary, type StoredRecord } from './build-records.js';
 import { streamBuildEvents } from './event-stream-route.js';
 import { HttpError, noSuchBuild, redisUnavailable, unauthorized } from './http-error.js';
@@ -246,7 +247,9 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     const team = req.team!;
     let record: StoredRecord;
     try {
-      record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload);
+      // ?flatten=1: the build makes one flattened image besides its chain (vmlb submit --flatten).
+      const flatten = ['1', 'true', 'yes'].includes(String((req.query as { flatten?: string }).flatten ?? ''));
+      record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload, flatten ? 'flattened' : 'chain');
     } finally {
       await upload.discard();
     }
@@ -293,8 +296,63 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     await streamBuildEvents(req, reply, { redis, follower, records, imageLocation }, record);
   });
 
+  /**
+   * A build's chain, for `vmlb pull`: each layer's shared manifest (from its pool's namespace, or
+   * the trusted pool it was a hit in) and where its blob is (`/v1/builds/:id/layers/:index/blob`).
+   */
+  app.get('/v1/builds/:id/chain', async (req) => {
+    const r = await visibleBuild(req);
+    const view = pools.view(r.pool ?? DEFAULT_POOL);
+    const layers = [];
+    for (const l of r.layers) {
+      const hit = l.status === 'hit' || l.status === 'done' ? await view.find(l.key) : null;
+      layers.push({ index: l.index, name: l.name, key: l.key, status: l.status, pool: hit?.pool ?? null, manifest: hit?.manifest ?? null, blob: hit ? `/v1/builds/${r.id}/layers/${l.index}/blob` : null });
+    }
+    return { id: r.id, state: r.state, pool: r.pool ?? DEFAULT_POOL, layers };
+  });
+
+  /** One layer's blob as the shared store holds it (`?redirect=1`: a presigned URL instead). */
+  app.get('/v1/builds/:id/layers/:index/blob', async (req, reply: FastifyReply) => {
+    const r = await visibleBuild(req);
+    const { index: raw } = req.params as { index: string };
+    const l = /^\d+$/.test(raw) ? r.layers[Number(raw)] : undefined;
+    if (!l) throw new HttpError(404, 'NO_SUCH_LAYER', `build ${r.id} has no layer ${raw} (it has ${r.layers.length}, numbered from 0)`);
+    const hit = await pools.view(r.pool ?? DEFAULT_POOL).find(l.key);
+    if (!hit) throw new HttpError(404, 'LAYER_NOT_SHARED', `layer ${l.name} of build ${r.id} is not in the shared store (${l.status === 'hit' || l.status === 'done' ? 'a # noshare layer, or collected since' : `it is ${l.status}`})`);
+    // As stored: the blob, or its compressed stream (the manifest's `transfer`; the client decompresses).
+    const transfer = (hit.manifest as { transfer?: { file?: string; encoding?: string } }).transfer;
+    const rel = poolPath(hit.pool, `layers/${transfer?.file ?? `${l.key}.qcow2`}`);
+    if (transfer?.encoding) reply.header('x-vmlb-encoding', transfer.encoding);
+    if ((req.query as { redirect?: string }).redirect === '1') return reply.redirect(await objects.presignedGet(rel, presignSeconds), 302);
+    const st = await objects.stat(rel);
+    if (!st) throw new HttpError(410, 'LAYER_GONE', `layer ${l.name} (${l.key}) is no longer in the shared store`);
+    return reply.header('content-type', 'application/octet-stream').header('content-length', String(st.size)).send(await objects.stream(rel));
+  });
+
   app.get('/v1/builds/:id/image', async (req, reply: FastifyReply) => {
     const r = await visibleBuild(req);
+    if (r.state === 'done' && !r.image) {
+      // A chain build: its image is made once, when first asked for (the flatten job, once per top key).
+      const top = r.layers[r.layers.length - 1]!;
+      const pool = r.pool ?? DEFAULT_POOL;
+      const image = await findImage(pools.view(pool).own, top.key, pool);
+      if (image) {
+        r.image = image;
+        await records.put(r);
+      } else {
+        requireRedis(redis);
+        const data = flattenData({ ...r, pool, reads: pools.view(pool).trusted.map((t) => t.pool) }, r.layers.map((l) => l.key));
+        const queued = await pools.queues(pool).flatten.getJob(flattenJobId(r.id));
+        if (!queued || (await queued.getState()) === 'failed') {
+          if (queued) await queued.remove();
+          await flows.add(flattenNode(data));
+        }
+        return reply
+          .status(202)
+          .header('retry-after', '2')
+          .send({ state: 'flattening', message: `build ${r.id}'s image is being flattened (once); ask again in a moment`, id: r.id });
+      }
+    }
     if (r.state !== 'done' || !r.image) {
       const why = isFinal(r) ? `it ended ${r.state}${r.error ? `: ${r.error}` : ''}` : `it is ${r.state}; wait for it (vmlb submit follows it, or GET /v1/builds/${r.id}/events)`;
       throw new HttpError(409, 'NO_IMAGE', `build ${r.id} has no image: ${why}`, { state: r.state });

@@ -11,7 +11,7 @@ import { findImage } from './image-manifest.js';
 import type { ObjectStore } from './object-store.js';
 import { planProject } from './planner.js';
 import { extractArchive, inspectArchive, type ArchiveLimits } from './project-archive.js';
-import { failBuild, finishBuild } from './record-fold.js';
+import { failBuild, finishBuild, finishChain } from './record-fold.js';
 import type { Upload } from './upload.js';
 
 export interface SubmitContext {
@@ -32,7 +32,7 @@ export interface SubmitContext {
  * stored before the checks pass. Returns the record; a build with nothing to do is done
  * already. The caller follows the others.
  */
-export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | 'pool'>, upload: Upload): Promise<StoredRecord> {
+export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | 'pool'>, upload: Upload, output: 'chain' | 'flattened' = 'chain'): Promise<StoredRecord> {
   const { team, pool } = { team: who.team, pool: who.pool ?? DEFAULT_POOL };
   const own = ctx.view.own;
   const listing = await inspectArchive(upload.file, ctx.archiveLimits);
@@ -54,17 +54,20 @@ export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | '
       if (there.length) await writeUseRecord(t.store, there, { project: `${pool}:${upload.sha256}` });
     }
 
-    const record: StoredRecord = { version: 1, id, team, pool, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, image: null };
+    const record: StoredRecord = { version: 1, id, team, pool, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, output, image: null };
     if (plan.firstMiss < 0) {
-      // Every layer is a hit: when the image of this top key is there too, there is nothing to do.
+      // Every layer is a hit: the chain is there; when the image of this top key is there too
+      // (or none was asked for), there is nothing to do.
       const image = await findImage(own, plan.layers[plan.layers.length - 1]!.key, pool);
       if (image) finishBuild(record, image);
+      else if (output === 'chain') finishChain(record);
     }
     // The record first: the workers' events need a build to be folded into.
     await ctx.records.put(record);
     if (isFinal(record)) return record;
     try {
-      await ctx.flows.add(buildFlow({ ...record, pool, reads: ctx.view.trusted.map((t) => t.pool) }, plan.keyed, plan.firstMiss));
+      const flow = buildFlow({ ...record, pool, reads: ctx.view.trusted.map((t) => t.pool) }, plan.keyed, plan.firstMiss);
+      if (flow) await ctx.flows.add(flow);
     } catch (e) {
       failBuild(record, `could not queue its jobs: ${(e as Error).message}`);
       await ctx.records.put(record);

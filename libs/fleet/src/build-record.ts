@@ -19,6 +19,8 @@ export interface LayerRecord {
   finishedAt?: string;
   seconds?: number;
   bytes?: number;
+  /** Bytes the worker that built it pulled from the shared store for its parent chain. */
+  pulledBytes?: number;
   exitCode?: number;
   logTail?: string;
 }
@@ -36,6 +38,14 @@ export interface BuildRecord {
   finishedAt?: string;
   state: BuildState;
   layers: LayerRecord[];
+  /**
+   * What the build makes: its chain of layers in the shared store (`chain`, the default: done
+   * when its last layer is there; `vmlb pull` fetches the layers it lacks), or besides that one
+   * flattened image (`flattened`: `vmlb submit --flatten`; done when the image is written).
+   * Absent in records from before: `flattened`.
+   */
+  output?: 'chain' | 'flattened';
+  /** The flattened image, once there is one (asked for at submission, or later by a download). */
   image: { key: string; path: string; bytes: number } | null;
   /** The flatten job, once a worker took it. */
   flatten?: { worker: string; startedAt: string; finishedAt?: string; seconds?: number };
@@ -47,6 +57,6 @@ export interface BuildRecord {
  * (BuildEvent, JSON in field `e`), and job transitions.
  */
 export type FleetEvent =
-  | { type: 'job'; at: number; index: number; status: LayerStatus; worker: string; seconds?: number; bytes?: number; exitCode?: number; logTail?: string; message?: string }
+  | { type: 'job'; at: number; index: number; status: LayerStatus; worker: string; seconds?: number; bytes?: number; pulledBytes?: number; exitCode?: number; logTail?: string; message?: string }
   | { type: 'flatten'; at: number; status: 'building' | 'done' | 'failed'; worker: string; image?: { key: string; path: string; bytes: number }; message?: string }
   | { type: 'engine'; at: number; index: number; worker: string; event: import('@vmlb/layer-engine').BuildEvent };
