@@ -4,20 +4,25 @@
  * through the API, then /metrics of the scheduler and of each worker read and compared with
  * what the builds did (layers built, hits, bytes in the build records). Also what the alert
  * rules of deploy/ watch: the oldest queued job, no live worker, a worker whose heartbeat
- * stopped (SIGKILL), the shared store unreachable.
+ * stopped (SIGKILL), the shared store unreachable. Pools: a team of pool a builds on pool a's own
+ * worker, and every series of it says pool="a" (scraped by a real Prometheus that evaluates
+ * deploy/prometheus/alerts.yml: a pool with queued jobs and no worker is its pending alert); a
+ * pool added by a reloaded teams file gets its series at the next scrape.
  *
  * Tests run in order: later ones build on the layers earlier ones put in the shared store.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { packProject } from './helpers/fleet-submit.js';
 import { TOKENS, apiFor, startScheduler, waitFor, type RunningScheduler } from './helpers/fleet-api.js';
-import { metricValue, hasMetric } from './helpers/prom-text.js';
+import { sha256Hex, Teams } from '../apps/scheduler/src/index.js';
+import { startPrometheus, type PrometheusServer } from './helpers/prometheus-server.js';
+import { metricValue, hasMetric, parseMetrics } from './helpers/prom-text.js';
 import { freePort, type RedisServer } from './helpers/redis-server.js';
 import { EXTERNAL_S3_REASON, type S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, leftovers, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, REPO, leftovers, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
 import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
 
@@ -29,6 +34,20 @@ let s3: S3Server;
 let env: Record<string, string>;
 let sharedUrl: string;
 let sched: RunningScheduler;
+let prometheus: PrometheusServer | undefined;
+/** The suite's teams (fleet-api's, all in pool default) and team pa in pool a. */
+const POOL_TOKEN = 'tok-metrics-pool-a-0123456789';
+const teamsJson = (extra: object[] = []) =>
+  JSON.stringify({
+    teams: [
+      { team: 'web', tokenSha256: sha256Hex(TOKENS.web) },
+      { team: 'data', tokenSha256: sha256Hex(TOKENS.data) },
+      { team: 'ops', tokenSha256: sha256Hex(TOKENS.ops), admin: true },
+      { team: 'pa', tokenSha256: sha256Hex(POOL_TOKEN), pool: 'a' },
+      ...extra,
+    ],
+  });
+const teams = Teams.parse(teamsJson(), 'metrics test teams');
 const workers = new Map<string, WorkerProcess & { metricsPort: number }>();
 const api = apiFor(() => sched.url, TOKENS.web);
 
@@ -38,12 +57,10 @@ const P1: Record<string, LayerDef> = {
   '03_b': { kind: 'build-layer', script: 'echo layer b; echo b > /b' },
 };
 
-async function startWorker(name: string): Promise<WorkerProcess & { metricsPort: number }> {
-  const metricsPort = await freePort();
-  const w = Object.assign(
-    startWorkerProcess({ name, dir: sb.dir, redisUrl: redis.url, sharedUrl, s3env: s3.env, env: { VMLB_WORKER_METRICS_PORT: String(metricsPort), VMLB_WORKER_METRICS_HOST: '127.0.0.1' } }),
-    { metricsPort },
-  );
+async function startWorker(name: string, o: { pool?: string; metricsPort?: number } = {}): Promise<WorkerProcess & { metricsPort: number }> {
+  const metricsPort = o.metricsPort ?? (await freePort());
+  const env: Record<string, string> = { VMLB_WORKER_METRICS_PORT: String(metricsPort), VMLB_WORKER_METRICS_HOST: '127.0.0.1', ...(o.pool ? { VMLB_WORKER_POOL: o.pool } : {}) };
+  const w = Object.assign(startWorkerProcess({ name, dir: sb.dir, redisUrl: redis.url, sharedUrl, s3env: s3.env, env }), { metricsPort });
   workers.set(name, w);
   await waitFor(`worker ${name}'s /metrics`, () => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.ok, () => false), 60_000);
   return w;
@@ -98,10 +115,11 @@ const schedulerSettles = (name: string, labels: Record<string, string>, want: nu
 beforeAll(async () => {
   services = await startFleetServices('metrics');
   ({ sb, redis, s3, sharedUrl, env } = services);
-  sched = await startScheduler(env);
+  sched = await startScheduler(env, { teams });
 });
 
 afterAll(async () => {
+  await prometheus?.close();
   for (const w of workers.values()) {
     if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGTERM');
     await w.exited;
@@ -237,6 +255,132 @@ describe('fleet metrics', () => {
     const log = await api('GET', `/v1/builds/${id}/layers/3/log`);
     expect(log.status).toBe(200);
     expect(await log.text()).toContain('about to fail');
+  });
+
+  it('pools: team pa\'s build waits in pool a\'s queue with no pool-a worker (VmlbPoolWithoutWorkers pending in a real Prometheus, for pool a only), then builds on pool a\'s worker; every series of it says pool="a"', async () => {
+    const sp = new URL(sched.url);
+    const poolPort = await freePort();
+    prometheus = await startPrometheus({
+      jobs: { 'vmlb-scheduler': [sp.host], 'vmlb-worker': [`127.0.0.1:${poolPort}`] },
+      ruleFiles: [path.join(REPO, 'deploy/prometheus/alerts.yml')],
+    });
+    const prom = prometheus;
+    const byPool = (rows: Array<{ metric: Record<string, string>; value: number }>) => Object.fromEntries(rows.map((r) => [r.metric.pool ?? '', r.value]));
+
+    // Before pa's build: pool a is on the scrape (from the teams file) with no worker and an empty queue.
+    let s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_fleet_workers', { pool: 'a' })).toBe(0);
+    expect(hasMetric(s, 'vmlb_fleet_workers', { pool: 'a' })).toBe(true);
+    expect(metricValue(s, 'vmlb_fleet_workers', { pool: 'default' })).toBe(1);
+    expect(hasMetric(s, 'vmlb_queue_jobs', { queue: 'vmlb-layers-a', pool: 'a', kind: 'layer', state: 'waiting' })).toBe(true);
+    expect(hasMetric(s, 'vmlb_queue_jobs', { queue: 'vmlb-flatten-a', pool: 'a', kind: 'flatten', state: 'waiting' })).toBe(true);
+    expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-layers', pool: 'default', kind: 'layer', state: 'completed' })).toBeGreaterThan(0);
+    expect(hasMetric(s, 'vmlb_builds_submitted_total', { team: 'pa', pool: 'a' })).toBe(true);
+    const defaultHits = metricValue(s, 'vmlb_layer_cache_lookups_total', { pool: 'default', result: 'hit' });
+
+    // P1 was built in pool default: pool a trusts no pool, so for it every layer is a miss, queued on its own queue.
+    const id = await submit('p1-pool-a', P1, POOL_TOKEN);
+    await new Promise((r) => setTimeout(r, 1500));
+    s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-layers-a', pool: 'a', kind: 'layer', state: 'waiting' })).toBe(1);
+    expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-flatten-a', pool: 'a', kind: 'flatten', state: 'waiting-children' })).toBe(1);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { pool: 'a', kind: 'layer' })).toBeGreaterThanOrEqual(1.4);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { pool: 'default', kind: 'layer' })).toBe(0);
+    // Pool default's worker is idle: it never takes pool a's jobs.
+    expect(metricValue(s, 'vmlb_fleet_busy_slots', { pool: 'default' })).toBe(0);
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { team: 'pa' })).toBe(0);
+
+    // Prometheus, over the real scrape, evaluates the alert rules: pool a has queued jobs and no
+    // worker (pending: the rule wants 5 minutes); pool default has a worker; the fleet has one.
+    await waitFor(`VmlbPoolWithoutWorkers pending for pool a\n${prom.log()}`, async () => {
+      const pending = (await prom.alerts()).filter((a) => a.labels.alertname === 'VmlbPoolWithoutWorkers');
+      return pending.length === 1 && pending[0]!.labels.pool === 'a' && pending[0]!.state === 'pending';
+    }, 30_000, 500);
+    expect((await prom.alerts()).filter((a) => a.labels.alertname === 'VmlbNoLiveWorkers')).toEqual([]);
+    expect(byPool(await prom.query('sum by (pool) (vmlb_fleet_workers)'))).toEqual({ a: 0, default: 1 });
+    expect(byPool(await prom.query('sum by (pool) (vmlb_queue_jobs{state=~"waiting|prioritized|delayed"})'))).toEqual({ a: 1, default: 0 });
+
+    // Pool a's worker: it takes the jobs, the alert goes. (Stopped when the test ends, however
+    // it ends: the tests after it count pool default's workers alone.)
+    const pa = await startWorker('pa', { pool: 'a', metricsPort: poolPort });
+    onTestFinished(async () => {
+      if (workers.delete('pa')) await pa.stop();
+      await prometheus?.close();
+      prometheus = undefined;
+    });
+    const r = await finished(id, POOL_TOKEN);
+    expect(r.state, r.error).toBe('done');
+    expect(r.pool).toBe('a');
+    for (const l of r.layers) expect(l.worker).toBe('w-pa');
+
+    const w = await workerSettles(pa, 'vmlb_flatten_duration_seconds_count', {}, 1);
+    // Every series of the pool's worker carries its pool (and its id), the process metrics too.
+    const samples = parseMetrics(w);
+    expect(samples.length).toBeGreaterThan(20);
+    expect(samples.filter((x) => x.labels.pool !== 'a' || x.labels.worker !== 'w-pa').map((x) => x.name)).toEqual([]);
+    expect(metricValue(w, 'vmlb_layer_cache_lookups_total', { result: 'miss', source: 'shared', team: 'pa', pool: 'a' })).toBe(3);
+    expect(metricValue(w, 'vmlb_worker_jobs_total', { queue: 'layer', outcome: 'built', pool: 'a' })).toBe(3);
+    expect(metricValue(w, 'vmlb_worker_jobs_total', { queue: 'flatten', outcome: 'built', pool: 'a' })).toBe(1);
+    expect(metricValue(w, 'vmlb_worker_slots', { pool: 'a' })).toBe(2);
+    expect(metricValue(w, 'vmlb_worker_busy_slots', { pool: 'a' })).toBe(0);
+    expect(metricValue(w, 'vmlb_shared_store_pushed_bytes_total', { object: 'layer', pool: 'a' })).toBe(r.layers.reduce((n: number, l: { bytes: number }) => n + l.bytes, 0));
+    expect(hasMetric(w, 'vmlb_worker_cached_bytes', { pool: 'a' })).toBe(true);
+    // Pool default's worker did none of it.
+    const def = await workerMetrics(workers.get('b')!);
+    expect(metricValue(def, 'vmlb_layer_cache_lookups_total', { team: 'pa' })).toBe(0);
+    expect(parseMetrics(def).filter((x) => x.labels.pool !== 'default').map((x) => x.name)).toEqual([]);
+
+    s = await schedulerSettles('vmlb_builds_total', { team: 'pa', pool: 'a', state: 'done' }, 1);
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'pa', pool: 'a', state: 'done' })).toBe(1);
+    expect(metricValue(s, 'vmlb_builds_total', { pool: 'a' })).toBe(1);
+    expect(metricValue(s, 'vmlb_builds_submitted_total', { team: 'pa', pool: 'a' })).toBe(1);
+    expect(metricValue(s, 'vmlb_build_duration_seconds_count', { state: 'done', pool: 'a' })).toBe(1);
+    expect(metricValue(s, 'vmlb_builds_total', { team: 'web', pool: 'default', state: 'done' })).toBe(2);
+    expect(metricValue(s, 'vmlb_fleet_workers', { pool: 'a' })).toBe(1);
+    expect(metricValue(s, 'vmlb_fleet_slots', { pool: 'a' })).toBe(2);
+    expect(hasMetric(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-pa', pool: 'a' })).toBe(true);
+    expect(hasMetric(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-b', pool: 'default' })).toBe(true);
+    expect(metricValue(s, 'vmlb_queue_oldest_job_age_seconds', { pool: 'a', kind: 'layer' })).toBe(0);
+
+    // The same project again in pool a: three plan-time hits, counted for pool a.
+    const again = await finished(await submit('p1-pool-a-again', P1, POOL_TOKEN), POOL_TOKEN);
+    expect(again.layers.map((l: { status: string }) => l.status)).toEqual(['hit', 'hit', 'hit']);
+    s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { result: 'hit', source: 'shared', team: 'pa', pool: 'a' })).toBe(3);
+    expect(metricValue(s, 'vmlb_layer_cache_lookups_total', { pool: 'default', result: 'hit' })).toBe(defaultHits);
+
+    // Prometheus sees the same: the pool's hit ratio (the alerts' way: scheduler and workers summed by pool) is 50 %, and the alert is gone.
+    await waitFor('pool a\'s lookups in Prometheus', async () => byPool(await prom.query('sum by (pool) (vmlb_layer_cache_lookups_total)')).a === 6, 30_000, 500);
+    expect(byPool(await prom.query('sum by (pool) (vmlb_layer_cache_lookups_total{result="hit"}) / sum by (pool) (vmlb_layer_cache_lookups_total)')).a).toBe(0.5);
+    expect(byPool(await prom.query('sum by (pool) (vmlb_worker_slots{job="vmlb-worker"})'))).toEqual({ a: 2 });
+    await waitFor('VmlbPoolWithoutWorkers to clear', async () => (await prom.alerts()).every((a) => a.labels.alertname !== 'VmlbPoolWithoutWorkers'), 30_000, 500);
+
+    workers.delete('pa');
+    expect((await pa.stop()).exitCode).toBe(0);
+    s = await schedulerMetrics();
+    expect(metricValue(s, 'vmlb_fleet_workers', { pool: 'a' })).toBe(0);
+    expect(hasMetric(s, 'vmlb_worker_last_heartbeat_timestamp_seconds', { worker: 'w-pa' })).toBe(false);
+  });
+
+  it('a pool and a team added by a reloaded teams file get their series at the next scrape', async () => {
+    let s = await schedulerMetrics();
+    expect(hasMetric(s, 'vmlb_queue_jobs', { pool: 'late' })).toBe(false);
+    teams.replaceWith(Teams.parse(teamsJson([{ team: 'newcomer', tokenSha256: sha256Hex('tok-metrics-newcomer-0123456789'), pool: 'late' }]), 'reloaded teams'));
+    try {
+      s = await schedulerMetrics();
+      for (const state of ['waiting', 'active', 'delayed', 'completed', 'failed']) {
+        expect(metricValue(s, 'vmlb_queue_jobs', { queue: 'vmlb-layers-late', pool: 'late', kind: 'layer', state })).toBe(0);
+        expect(hasMetric(s, 'vmlb_queue_jobs', { queue: 'vmlb-flatten-late', pool: 'late', kind: 'flatten', state })).toBe(true);
+      }
+      expect(hasMetric(s, 'vmlb_queue_oldest_job_age_seconds', { queue: 'vmlb-layers-late', pool: 'late', kind: 'layer' })).toBe(true);
+      expect(hasMetric(s, 'vmlb_fleet_workers', { pool: 'late' })).toBe(true);
+      expect(metricValue(s, 'vmlb_fleet_workers', { pool: 'late' })).toBe(0);
+      expect(hasMetric(s, 'vmlb_builds_submitted_total', { team: 'newcomer', pool: 'late' })).toBe(true);
+      expect(hasMetric(s, 'vmlb_builds_total', { team: 'newcomer', pool: 'late', state: 'failed' })).toBe(true);
+      expect(hasMetric(s, 'vmlb_layer_cache_lookups_total', { team: 'newcomer', pool: 'late', result: 'hit' })).toBe(true);
+    } finally {
+      teams.replaceWith(Teams.parse(teamsJson(), 'metrics test teams'));
+    }
   });
 
   it.skipIf(EXTERNAL_S3_REASON)('what the alerts watch: a SIGKILLed worker keeps its last heartbeat, an unreachable store reads 0', async () => {
