@@ -250,21 +250,6 @@ export class OutputLimiter {
     this.lastRefill = now();
   }
 
-  /** Characters passed so far. */
-  get passedChars(): number {
-    return this.passed;
-  }
-
-  /** Lines dropped since the last marker. */
-  get droppedLines(): number {
-    return this.dropped;
-  }
-
-  /** Lowers the total budget to what has passed (a budget shared with others ran out): later lines are dropped. */
-  closeBudget(): void {
-    this.limits.totalMax = Math.min(this.limits.totalMax, this.passed);
-  }
-
   /** Returns what of `chunk` passes (possibly with markers), '' when nothing does. */
   feed(chunk: string): string {
     let out = '';
