@@ -69,12 +69,15 @@ async function startWorker(name: string, o: { pool?: string; metricsPort?: numbe
 const schedulerMetrics = async () => (await fetch(`${sched.url}/metrics`)).text();
 const workerMetrics = async (w: { metricsPort: number }) => (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
 
-/** Submits a project folder through the API (as `vmlb submit` does); returns the build id. */
+/**
+ * Submits a project folder through the API (as `vmlb submit --flatten` does: the flatten job's
+ * metrics are counted here too); returns the build id.
+ */
 async function submit(name: string, layers: Record<string, LayerDef>, token: string): Promise<string> {
   const dir = await writeProject(path.join(sb.dir, name), layers);
   const tgz = path.join(sb.dir, `${name}-${randomBytes(3).toString('hex')}.tar.gz`);
   await packProject(dir, tgz);
-  const r = await api.json('POST', '/v1/builds', { token, body: await readFile(tgz) });
+  const r = await api.json('POST', '/v1/builds?flatten=1', { token, body: await readFile(tgz) });
   expect(r.status, JSON.stringify(r.body)).toBe(201);
   return r.body.id as string;
 }
