@@ -14,7 +14,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore, type LayerManifest } from '../libs/layer-engine/src/local-store.js';
 import { s3ConfigFrom, type S3Config } from '../libs/layer-engine/src/s3-config.js';
-import { SharedBlobMismatchError, SharedStore, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import { SharedBlobMismatchError, SharedStore, type SharedLayerManifest, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
 import { EXTERNAL_S3_REASON, startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, builtNames, cachedNames, findEvent, leftovers, sandbox, sha256sum, vmlb, writeProject, type LayerDef, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
 
@@ -95,8 +95,9 @@ async function objects(url: string): Promise<string[]> {
   return names.sort();
 }
 
+/** A layer's objects as pushed today: its blob compressed (`.qcow2.zst`), its log, its manifest. */
 function layerObjects(...keys: string[]): string[] {
-  return keys.flatMap((k) => [`layers/${k}.json`, `layers/${k}.log`, `layers/${k}.qcow2`]).sort();
+  return keys.flatMap((k) => [`layers/${k}.json`, `layers/${k}.log`, `layers/${k}.qcow2.zst`]).sort();
 }
 
 async function objectSha256(url: string, rel: string): Promise<string> {
@@ -105,8 +106,22 @@ async function objectSha256(url: string, rel: string): Promise<string> {
   return h.digest('hex');
 }
 
-async function sharedManifest(url: string, key: string): Promise<LayerManifest> {
-  return JSON.parse(await readFile(await download(url, `layers/${key}.json`), 'utf8')) as LayerManifest;
+/** The sha256 of a layer's blob as the shared store holds it (decompressed with zstd -d when it is `.qcow2.zst`). */
+async function sharedBlobSha256(url: string, key: string): Promise<string> {
+  const m = await sharedManifest(url, key);
+  if (!m.transfer) return objectSha256(url, `layers/${key}.qcow2`);
+  const file = await download(url, `layers/${m.transfer.file}`);
+  const { stdout } = await execa('bash', ['-c', 'zstd -q -d -c "$1" | sha256sum', '_', file]);
+  return stdout.split(' ')[0]!;
+}
+
+/** An object's size, or null when it is not there. */
+async function objectSize(url: string, rel: string): Promise<number | null> {
+  return raw.statObject(BUCKET, `${configFor(url).prefix}${rel}`).then((st) => st.size, () => null);
+}
+
+async function sharedManifest(url: string, key: string): Promise<SharedLayerManifest> {
+  return JSON.parse(await readFile(await download(url, `layers/${key}.json`), 'utf8')) as SharedLayerManifest;
 }
 
 async function download(url: string, rel: string): Promise<string> {
@@ -154,9 +169,12 @@ describe('a project shared through S3', () => {
 
     await execa('qemu-img', ['compare', '-U', path.join(sb.dir, 'a.qcow2'), path.join(sb.dir, 'b.qcow2')]);
     for (const key of Object.values(keys)) {
-      // The same bytes, and a local manifest equal to the shared one.
+      // The same bytes, and a local manifest equal to the shared one but for how the shared
+      // store holds the blob (compressed: its object's name, encoding and size).
       expect(await sha256sum(path.join(storeB, 'layers', `${key}.qcow2`))).toBe(await sha256sum(path.join(storeA(), 'layers', `${key}.qcow2`)));
-      expect(await localManifest(storeB, key)).toEqual(await sharedManifest(url, key));
+      const { transfer, ...sharedRest } = await sharedManifest(url, key);
+      expect(await localManifest(storeB, key)).toEqual(sharedRest);
+      expect(transfer).toEqual({ file: `${key}.qcow2.zst`, encoding: 'zstd', size: await objectSize(url, `layers/${key}.qcow2.zst`) });
       expect(await readFile(path.join(storeB, 'layers', `${key}.log`), 'utf8')).toBe(await readFile(path.join(storeA(), 'layers', `${key}.log`), 'utf8'));
     }
     // Each shared layer names the parent bytes it was built on.
@@ -172,10 +190,11 @@ describe('a project shared through S3', () => {
     const [k1, k2, k3] = [keys['01_base']!, keys['02_two']!, keys['03_three']!];
     expect(await objects(url)).toEqual(layerObjects(k1, k2, k3));
 
-    // Other bytes under 02's blob, its manifest kept.
+    // Other bytes under 02's blob (a good zstd stream of other bytes), its manifest kept.
     const good = await sharedManifest(url, k2);
     const junk = randomBytes(256 * 1024);
-    await raw.putObject(BUCKET, `${configFor(url).prefix}layers/${k2}.qcow2`, junk, junk.length);
+    const junkZst = (await execa('zstd', ['-q', '-c'], { input: junk, encoding: 'buffer' })).stdout;
+    await raw.putObject(BUCKET, `${configFor(url).prefix}layers/${k2}.qcow2.zst`, Buffer.from(junkZst), junkZst.length);
     const junkSha = createHash('sha256').update(junk).digest('hex');
 
     // The class: the pull of the chain stops at 02 with a retryable error naming key and sums.
@@ -203,9 +222,9 @@ describe('a project shared through S3', () => {
     const c2 = await localManifest(storeC, k2);
     expect(c2.blob.sha256).not.toBe(good.blob.sha256);
     expect((await sharedManifest(url, k2)).blob.sha256).toBe(c2.blob.sha256);
-    expect(await objectSha256(url, `layers/${k2}.qcow2`)).toBe(c2.blob.sha256);
+    expect(await sharedBlobSha256(url, k2)).toBe(c2.blob.sha256);
     expect((await sharedManifest(url, k3)).parentSha256).toBe(c2.blob.sha256);
-    expect(await objectSha256(url, `layers/${k3}.qcow2`)).toBe((await localManifest(storeC, k3)).blob.sha256);
+    expect(await sharedBlobSha256(url, k3)).toBe((await localManifest(storeC, k3)).blob.sha256);
 
     // The repaired chain is whole: another empty store builds nothing.
     const d = await buildWithCache(project, storeDir('d'), url, ['-o', path.join(sb.dir, 'd.qcow2')]);
@@ -213,6 +232,104 @@ describe('a project shared through S3', () => {
     expect(builtNames(d)).toEqual([]);
     expect(notices(d)).toEqual([]);
     await execa('qemu-img', ['compare', '-U', path.join(sb.dir, 'c.qcow2'), path.join(sb.dir, 'd.qcow2')]);
+  });
+});
+
+describe('compressed transfer', () => {
+  let project: string;
+  let store: string;
+  let keys: Record<string, string>;
+  beforeAll(async () => {
+    project = await writeProject(path.join(sb.dir, 'numbers'), {
+      '01_base': BUSYBOX_BASE,
+      // About 20 MB of digits and newlines: a layer zstd shrinks several times.
+      '02_numbers': { kind: 'build-layer', script: 'seq 1 3000000 > /numbers' },
+    });
+    store = storeDir('numbers');
+    const r = await vmlb(sb, ['build', project, '--json'], { VMLB_STORE: store });
+    expect(r.exitCode, r.stderr).toBe(0);
+    keys = keysByName(r);
+  });
+
+  it('a compressible layer travels as a zstd stream much smaller than its blob, and arrives as identical bytes', async () => {
+    const url = cacheUrl('zst');
+    const push = await buildWithCache(project, store, url);
+    expect(push.exitCode, push.stderr).toBe(0);
+    const k2 = keys['02_numbers']!;
+    expect(await objects(url)).toEqual(layerObjects(keys['01_base']!, k2));
+    const m = await sharedManifest(url, k2);
+    const local = await localManifest(store, k2);
+    expect(m.blob).toEqual(local.blob);
+    const stored = await objectSize(url, `layers/${k2}.qcow2.zst`);
+    expect(m.transfer).toEqual({ file: `${k2}.qcow2.zst`, encoding: 'zstd', size: stored });
+    expect(local.blob.size).toBeGreaterThan(20 * MiB);
+    expect(stored!).toBeLessThan(local.blob.size / 4);
+    expect(await objectSize(url, `layers/${k2}.qcow2`)).toBeNull();
+
+    const other = storeDir('numbers-other');
+    const pull = await buildWithCache(project, other, url);
+    expect(pull.exitCode, pull.stderr).toBe(0);
+    expect(builtNames(pull)).toEqual([]);
+    for (const k of Object.values(keys)) {
+      expect(await sha256sum(path.join(other, 'layers', `${k}.qcow2`))).toBe((await localManifest(store, k)).blob.sha256);
+      // The local manifest says nothing of how the shared store keeps the blob.
+      expect((await localManifest(other, k)) as SharedLayerManifest).not.toHaveProperty('transfer');
+    }
+  });
+
+  it('a compressed stream with flipped bytes is refused as corrupt, and nothing of it is kept', async () => {
+    const url = cacheUrl('zst-flip');
+    const s = shared(url);
+    const from = new LocalStore(store);
+    for (const k of Object.values(keys)) expect((await s.push(from, k)).pushed).toBe(true);
+    const k2 = keys['02_numbers']!;
+    const object = `${configFor(url).prefix}layers/${k2}.qcow2.zst`;
+    const bytes = await readFile(await download(url, `layers/${k2}.qcow2.zst`));
+    for (let i = 0; i < 64; i++) bytes[Math.floor(bytes.length / 2) + i * 101]! ^= 0x5a;
+    await raw.putObject(BUCKET, object, bytes, bytes.length);
+
+    const probeDir = storeDir('zst-flip-probe');
+    const probe = new LocalStore(probeDir);
+    const err = await shared(url).pullChain(probe, [k2]).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(SharedBlobMismatchError);
+    expect((err as Error).message).toMatch(new RegExp(`^the shared copy of layer 02_numbers \\(${k2}\\) is corrupt: .*; nothing of it was kept$`));
+    expect((err as Error).message).not.toContain('\n');
+    expect(await probe.getManifest(keys['01_base']!)).not.toBeNull();
+    expect(await probe.getManifest(k2)).toBeNull();
+    expect((await readdir(path.join(probeDir, 'layers'))).filter((f) => f.includes(k2) || f.startsWith('.tmp-'))).toEqual([]);
+  });
+
+  it('an old, uncompressed layer (layers/<key>.qcow2, no transfer in its manifest) is still pulled, with compressed children on it', async () => {
+    const url = cacheUrl('zst-mixed');
+    const from = new LocalStore(store);
+    // The base as a vmlb from before compression (or VMLB_SHARED_COMPRESSION=none) pushed it.
+    const old = shared(url, { compression: 'none' });
+    const r1 = await old.push(from, keys['01_base']!);
+    expect(r1).toMatchObject({ pushed: true });
+    expect(r1.pushed && r1.wireBytes).toBe((await localManifest(store, keys['01_base']!)).blob.size);
+    expect(await shared(url).push(from, keys['02_numbers']!)).toMatchObject({ pushed: true });
+    expect(await objects(url)).toEqual(
+      [`layers/${keys['01_base']}.json`, `layers/${keys['01_base']}.log`, `layers/${keys['01_base']}.qcow2`, ...layerObjects(keys['02_numbers']!)].sort(),
+    );
+    expect(await sharedManifest(url, keys['01_base']!)).not.toHaveProperty('transfer');
+
+    const into = new LocalStore(storeDir('zst-mixed-into'));
+    const pulled = await shared(url).pullChain(into, [keys['02_numbers']!]);
+    expect(pulled.map((m) => m.name)).toEqual(['01_base', '02_numbers']);
+    for (const k of Object.values(keys)) expect(await sha256sum(into.blobPath(k))).toBe((await localManifest(store, k)).blob.sha256);
+
+    // The CLI with VMLB_SHARED_COMPRESSION=none pushes blobs as they are.
+    const plain = cacheUrl('zst-none');
+    const run = await vmlb(sb, ['build', project, '--json', '--cache', plain], { ...s3.env, VMLB_STORE: store, VMLB_SHARED_COMPRESSION: 'none' });
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect((await objects(plain)).filter((n) => n.endsWith('.zst'))).toEqual([]);
+    expect(await objectSha256(plain, `layers/${keys['02_numbers']}.qcow2`)).toBe((await localManifest(store, keys['02_numbers']!)).blob.sha256);
+  });
+
+  it('a compression setting other than none, zstd or zstd:LEVEL is refused in one line', () => {
+    expect(() => new SharedStore(configFor(cacheUrl('x')), { compression: 'lz4' })).toThrow(/^compression "lz4" is not none, zstd or zstd:LEVEL \(LEVEL 1–19\)$/);
+    expect(() => new SharedStore(configFor(cacheUrl('x')), { compression: 'zstd:0' })).toThrow(/is not none, zstd or zstd:LEVEL/);
+    expect(shared(cacheUrl('x'), { compression: 'zstd:3' }).compression).toEqual({ zstd: 3 });
   });
 });
 
@@ -270,9 +387,9 @@ describe('a big layer', () => {
     expect(m.blob.size).toBeGreaterThan(64 * MiB);
     if (!EXTERNAL_S3_REASON) {
       // The server saw a multipart upload start for this blob (and for no small object).
-      expect(s3.events.filter((e) => e.event === 'multipart-initiate').map((e) => e.path)).toContain(`/${BUCKET}/${configFor(url).prefix}layers/${big}.qcow2`);
+      expect(s3.events.filter((e) => e.event === 'multipart-initiate').map((e) => e.path)).toContain(`/${BUCKET}/${configFor(url).prefix}layers/${big}.qcow2.zst`);
     }
-    expect(await objectSha256(url, `layers/${big}.qcow2`)).toBe(m.blob.sha256);
+    expect(await sharedBlobSha256(url, big)).toBe(m.blob.sha256);
 
     const other = storeDir('big-other');
     const pull = await buildWithCache(project, other, url);
@@ -285,7 +402,7 @@ describe('a big layer', () => {
     const target = cacheUrl('order');
     const prefix = configFor(target).prefix;
     const big = keys['02_big']!;
-    const blob = `${prefix}layers/${big}.qcow2`;
+    const blob = `${prefix}layers/${big}.qcow2.zst`;
     const manifest = `${prefix}layers/${big}.json`;
     const expected = (await localManifest(store, big)).blob;
     const events: SharedStoreEvent[] = [];
@@ -320,8 +437,8 @@ describe('a big layer', () => {
     // Order of writes: blob, then log, then manifest.
     const writes = events.filter((e) => e.type === 'put-start' || e.type === 'put-done').map((e) => `${e.type} ${(e as { object: string }).object.slice(prefix.length)}`);
     expect(writes.filter((w) => w.includes(big))).toEqual([
-      `put-start layers/${big}.qcow2`,
-      `put-done layers/${big}.qcow2`,
+      `put-start layers/${big}.qcow2.zst`,
+      `put-done layers/${big}.qcow2.zst`,
       `put-start layers/${big}.log`,
       `put-done layers/${big}.log`,
       `put-start layers/${big}.json`,
@@ -329,9 +446,12 @@ describe('a big layer', () => {
     ]);
     // What another reader saw: never a manifest without the whole blob; and it did look
     // while the blob was on its way.
-    expect(seen.filter((o) => o.manifest && o.blobBytes !== expected.size)).toEqual([]);
+    const stored = (await sharedManifest(target, big)).transfer!.size;
+    expect(stored).toBeGreaterThan(0);
+    expect(seen.filter((o) => o.manifest && o.blobBytes !== stored)).toEqual([]);
     expect(seen.filter((o) => o.uploading && !o.manifest).length).toBeGreaterThan(3);
-    expect([await size(manifest), await size(blob)]).toEqual([expect.any(Number), expected.size]);
+    expect([await size(manifest), await size(blob)]).toEqual([expect.any(Number), stored]);
+    expect(expected.size).toBeGreaterThan(0);
   });
 
   it('a push or a pull stops at once when its signal fires; the pull leaves no temporary file', async () => {
@@ -390,7 +510,7 @@ describe('a big layer', () => {
     expect(retries.every((r) => r.type === 'retry' && /ECONNREFUSED|ECONNRESET|hang up/.test(r.error))).toBe(true);
     const m = await sharedManifest(target, big);
     expect(m.blob.sha256).toBe((await localManifest(store, big)).blob.sha256);
-    expect(await objectSha256(target, `layers/${big}.qcow2`)).toBe(m.blob.sha256);
+    expect(await sharedBlobSha256(target, big)).toBe(m.blob.sha256);
   });
 
   it.skipIf(!!EXTERNAL_S3_REASON)('a server down for good: the push fails retryable, and a build goes on with its local store', async () => {

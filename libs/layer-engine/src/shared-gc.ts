@@ -122,7 +122,8 @@ export async function planSharedPrune(shared: SharedStore, o: { unusedForMs: num
       key: m.key,
       name: m.manifest?.name ?? '(unreadable manifest)',
       kind: m.manifest?.kind ?? 'build-layer',
-      bytes: m.manifest?.blob.size ?? 0,
+      // What it holds in the shared store: a compressed blob's object size.
+      bytes: m.manifest?.transfer?.size ?? m.manifest?.blob.size ?? 0,
       uploadedAt: m.lastModified.toISOString(),
     }))
     .sort((a, b) => depth(b.key) - depth(a.key) || a.key.localeCompare(b.key));

@@ -1,5 +1,6 @@
-import { createHash } from 'node:crypto';
-import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import { addAbortSignal, type Readable } from 'node:stream';
@@ -7,6 +8,7 @@ import { Client } from 'minio';
 import { AbortedError, StoreError, VmlbError } from './errors.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
 import type { S3Config } from './s3-config.js';
+import { startZstd, writeTo, ZSTD_LEVELS, type ZstdProcess } from './zstd-stream.js';
 
 /**
  * The shared store: S3 (MinIO in production) with the local store's layout under PREFIX:
@@ -51,12 +53,21 @@ export interface SharedStoreOptions {
    * @default { threshold: 64 MiB, partSize: 32 MiB, concurrency: 2 }
    */
   multipart?: { threshold?: number; partSize?: number; concurrency?: number };
+  /**
+   * How layer blobs are pushed: `zstd:LEVEL` (`zstd` alone: level DEFAULT_ZSTD_LEVEL) or `none`
+   * (as they are, `layers/<key>.qcow2`, which every vmlb reads). Pulls read either.
+   * @default VMLB_SHARED_COMPRESSION from the environment, else `zstd`
+   */
+  compression?: string;
   /** Observes every object write and retry, in order (tests, logs, metrics). */
   onEvent?: (e: SharedStoreEvent) => void;
 }
 
 export type SharedStoreEvent =
+  /** `put-start`: the bytes to send (a compressed blob's: before compression); `put-done`: the object's size. */
   | { type: 'put-start' | 'put-done'; object: string; bytes: number }
+  /** A download is complete: `bytes` came over the wire (a compressed blob's), `blobBytes` were written. */
+  | { type: 'get-done'; object: string; bytes: number; blobBytes: number }
   | { type: 'remove'; object: string }
   /** One part of a multipart upload is stored. */
   | { type: 'part-done'; object: string; part: number; bytes: number }
@@ -111,7 +122,8 @@ export interface PushOptions extends CallOptions {
 }
 
 export type PushResult =
-  | { pushed: true; manifest: LayerManifest; bytes: number }
+  /** `bytes`: the blob's; `wireBytes`: the object's sent (less, compressed). */
+  | { pushed: true; manifest: LayerManifest; bytes: number; wireBytes: number }
   /** 'exists': the shared store has it already (on the same parent). */
   | { pushed: false; reason: 'exists'; manifest: LayerManifest }
   /** The parent is not in the shared store (e.g. it is `# noshare`): the layer would be unusable there. */
@@ -124,16 +136,56 @@ export class SharedBlobMismatchError extends StoreError {
   readonly key: string;
   readonly expected: string;
   readonly actual: string;
-  constructor(args: { key: string; name: string; expected: string; actual: string; expectedSize: number; actualSize: number }) {
+  /**
+   * `undecodable`: the compressed object could not be decompressed (what zstd said); then
+   * `actual` is `(undecodable)`.
+   */
+  constructor(args: { key: string; name: string; expected: string; actual: string; expectedSize: number; actualSize: number; undecodable?: { object: string; error: string } }) {
     const sizes = args.actualSize === args.expectedSize ? '' : ` (${args.actualSize} bytes, expected ${args.expectedSize})`;
     super(
-      `the shared copy of layer ${args.name} (${args.key}) is corrupt: its blob's sha256 is ${args.actual}, its manifest says ${args.expected}${sizes}; nothing of it was kept`,
+      args.undecodable
+        ? `the shared copy of layer ${args.name} (${args.key}) is corrupt: its compressed blob ${args.undecodable.object} does not decompress (${args.undecodable.error}); nothing of it was kept`
+        : `the shared copy of layer ${args.name} (${args.key}) is corrupt: its blob's sha256 is ${args.actual}, its manifest says ${args.expected}${sizes}; nothing of it was kept`,
       { retryable: true },
     );
     this.key = args.key;
     this.expected = args.expected;
     this.actual = args.actual;
   }
+}
+
+/** A compressed stream that does not decompress (internal: pullOne reports it as SharedBlobMismatchError). */
+class UndecodableError extends StoreError {}
+
+/**
+ * A layer's manifest in the shared store: the local one (blob: the uncompressed qcow2, its
+ * sha256 and size, what a pull verifies) and, when the blob is stored compressed, `transfer`.
+ */
+export interface SharedLayerManifest extends LayerManifest {
+  /** The stored object when it is not the blob as it is (`layers/<key>.qcow2`). */
+  transfer?: SharedBlobTransfer;
+}
+
+export interface SharedBlobTransfer {
+  /** Beside the manifest: `<key>.qcow2.zst`. */
+  file: string;
+  encoding: 'zstd';
+  /** The object's size (the compressed stream's). */
+  size: number;
+}
+
+/** The level pushes use unless told (see the module comment for the measurements). */
+export const DEFAULT_ZSTD_LEVEL = 1;
+
+/** `none` → null; `zstd` / `zstd:N` → the level. */
+export function parseCompression(spec: string, from = 'compression'): { zstd: number } | null {
+  const m = /^zstd(?::(\d+))?$/.exec(spec.trim());
+  if (spec.trim() === 'none') return null;
+  const level = m ? Number(m[1] ?? DEFAULT_ZSTD_LEVEL) : NaN;
+  if (!(level >= ZSTD_LEVELS.min && level <= ZSTD_LEVELS.max)) {
+    throw new StoreError(`${from} "${spec}" is not none, zstd or zstd:LEVEL (LEVEL ${ZSTD_LEVELS.min}–${ZSTD_LEVELS.max})`);
+  }
+  return { zstd: level };
 }
 
 const KEY_RE = /^[0-9a-f]{64}$/;
@@ -154,6 +206,10 @@ function errorCode(e: unknown): string {
 
 function isNotFound(e: unknown): boolean {
   return e instanceof Error && e.name === 'S3Error' && ['NoSuchKey', 'NotFound'].includes(errorCode(e));
+}
+
+function isAccessDenied(e: unknown): boolean {
+  return e instanceof Error && errorCode(e) === 'AccessDenied';
 }
 
 /** Worth another try: the network, a server error, or a server asking us to slow down. */
@@ -237,8 +293,8 @@ async function readText(stream: Readable): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function checkManifest(value: unknown, key: string, object: string): LayerManifest {
-  const m = value as Partial<LayerManifest> | null;
+function checkManifest(value: unknown, key: string, object: string): SharedLayerManifest {
+  const m = value as Partial<SharedLayerManifest> | null;
   const ok =
     !!m &&
     m.key === key &&
@@ -248,7 +304,172 @@ function checkManifest(value: unknown, key: string, object: string): LayerManife
     typeof m.blob.size === 'number' &&
     (m.parentSha256 === undefined || SHA_RE.test(m.parentSha256));
   if (!ok) throw new StoreError(`the shared manifest ${object} is malformed (not a manifest of layer ${key})`);
-  return m as LayerManifest;
+  const t = m.transfer as Partial<SharedBlobTransfer> | undefined;
+  if (t !== undefined) {
+    if (t?.encoding !== 'zstd') {
+      throw new StoreError(`the shared manifest ${object} says its blob is stored as "${String(t?.encoding)}", which this vmlb cannot read: upgrade vmlb`);
+    }
+    if (t.file !== `${key}.qcow2.zst` || typeof t.size !== 'number') throw new StoreError(`the shared manifest ${object} is malformed (its transfer names another object than ${key}.qcow2.zst)`);
+  }
+  return m as SharedLayerManifest;
+}
+
+/** The file's bytes, each seen by `seen` first (the raw upload's source). */
+async function* fileChunks(file: string, seen: (c: Buffer) => void): AsyncGenerator<Buffer> {
+  for await (const c of createReadStream(file, { highWaterMark: 4 << 20 })) {
+    seen(c as Buffer);
+    yield c as Buffer;
+  }
+}
+
+/**
+ * The file compressed by `zstd -LEVEL` while it is read (each read chunk seen by `seen`): the
+ * compressed upload's source. Stopping it early (return()) ends the compressor.
+ */
+async function* zstdChunks(file: string, size: number, level: number, seen: (c: Buffer) => void): AsyncGenerator<Buffer> {
+  const z = startZstd({ compress: level, streamSize: size });
+  const feed = (async () => {
+    try {
+      for await (const c of createReadStream(file, { highWaterMark: 1 << 20 })) {
+        seen(c as Buffer);
+        if (!(await writeTo(z, c as Buffer))) return;
+      }
+    } finally {
+      z.stdin.end();
+    }
+  })();
+  feed.catch(() => undefined);
+  try {
+    for await (const c of z.stdout) yield c as Buffer;
+    await feed;
+    await z.done;
+  } finally {
+    z.kill();
+    await feed.catch(() => undefined);
+  }
+}
+
+/** Buffers in arrival order, taken out in pieces of any size (the parts of an upload). */
+class ChunkQueue {
+  private chunks: Buffer[] = [];
+  length = 0;
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.length += b.length;
+  }
+  /** The first `n` bytes (n ≤ length), as one buffer. */
+  take(n: number): Buffer {
+    if (this.chunks.length === 1 && this.chunks[0]!.length === n) {
+      this.length = 0;
+      return this.chunks.pop()!;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - off);
+      c.copy(out, off, 0, k);
+      off += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    this.length -= n;
+    return out;
+  }
+}
+
+/** Where a download's bytes go: the file, hashed. */
+interface DownloadSink {
+  write(chunk: Buffer): Promise<void>;
+  /** The whole was received: its sha256 and size as written. */
+  finish(): Promise<{ sha256: string; size: number }>;
+  /** Empties the file to receive the object from its start. */
+  restart(): Promise<void>;
+  /** Releases what it holds (idempotent). */
+  close(): Promise<void>;
+}
+
+class FileSink implements DownloadSink {
+  private hash: Hash = createHash('sha256');
+  private size = 0;
+  constructor(private readonly fh: FileHandle) {}
+  async write(chunk: Buffer): Promise<void> {
+    await this.fh.write(chunk, 0, chunk.length, this.size);
+    this.hash.update(chunk);
+    this.size += chunk.length;
+  }
+  async finish() {
+    return { sha256: this.hash.digest('hex'), size: this.size };
+  }
+  async restart(): Promise<void> {
+    this.hash = createHash('sha256');
+    this.size = 0;
+    await this.fh.truncate(0);
+  }
+  async close(): Promise<void> {}
+}
+
+/**
+ * The object is a zstd stream: `zstd -d` decompresses it into the file, hashed. The same
+ * decompressor is fed across a resumed GET (its state is the stream so far).
+ */
+class ZstdSink implements DownloadSink {
+  private z!: ZstdProcess;
+  private drained!: Promise<void>;
+  private writeError: unknown = null;
+  private hash!: Hash;
+  private size = 0;
+  constructor(private readonly fh: FileHandle) {
+    this.start();
+  }
+  private start(): void {
+    const z = startZstd({ decompress: true });
+    this.z = z;
+    this.hash = createHash('sha256');
+    this.size = 0;
+    this.writeError = null;
+    this.drained = (async () => {
+      for await (const c of z.stdout) {
+        const b = c as Buffer;
+        await this.fh.write(b, 0, b.length, this.size);
+        this.hash.update(b);
+        this.size += b.length;
+      }
+    })().catch((e: unknown) => {
+      // The file could not be written (a full disk): stop the decompressor, report this.
+      this.writeError ??= e;
+      z.kill();
+    });
+  }
+  /** Why the decompressor stopped before its input ended. */
+  private async failure(): Promise<Error> {
+    await this.drained;
+    if (this.writeError) return this.writeError as Error;
+    const e = await this.z.done.then(() => null, (x: unknown) => x as Error);
+    return new UndecodableError(e?.message ?? 'zstd -d stopped before the end of its input');
+  }
+  async write(chunk: Buffer): Promise<void> {
+    if (!(await writeTo(this.z, chunk))) throw await this.failure();
+  }
+  async finish() {
+    this.z.stdin.end();
+    await this.drained;
+    if (this.writeError) throw this.writeError;
+    const e = await this.z.done.then(() => null, (x: unknown) => x as Error);
+    if (e) throw new UndecodableError(e.message);
+    return { sha256: this.hash.digest('hex'), size: this.size };
+  }
+  async restart(): Promise<void> {
+    await this.close();
+    await this.fh.truncate(0);
+    this.start();
+  }
+  async close(): Promise<void> {
+    this.z.kill();
+    await this.drained;
+    await this.z.done.catch(() => undefined);
+  }
 }
 
 /** The `minio` client for a store's configuration (one place that maps S3Config onto it). */
@@ -280,6 +501,8 @@ export class SharedStore {
   private readonly retry: Required<RetryOptions>;
   private readonly multipart: { threshold: number; partSize: number; concurrency: number };
   private readonly onEvent: ((e: SharedStoreEvent) => void) | undefined;
+  /** How pushes store layer blobs: zstd at a level, or null (as they are). */
+  readonly compression: { zstd: number } | null;
   private closed = false;
 
   constructor(config: S3Config, opts: SharedStoreOptions = {}) {
@@ -287,6 +510,13 @@ export class SharedStore {
     this.url = config.url;
     this.retry = { tries: 6, firstDelayMs: 250, maxDelayMs: 4000, ...opts.retry };
     this.onEvent = opts.onEvent;
+    const env = process.env.VMLB_SHARED_COMPRESSION;
+    this.compression =
+      opts.compression !== undefined
+        ? parseCompression(opts.compression)
+        : env
+          ? parseCompression(env, 'VMLB_SHARED_COMPRESSION')
+          : { zstd: DEFAULT_ZSTD_LEVEL };
     const mp = { threshold: 64 << 20, partSize: 32 << 20, concurrency: 2, ...opts.multipart };
     // S3's limits: parts of at least 5 MiB (but the last), at most 10 000 of them.
     if (mp.partSize < 5 << 20) throw new StoreError(`a multipart part must be at least 5 MiB, not ${mp.partSize} bytes`);
@@ -298,7 +528,7 @@ export class SharedStore {
 
   // ---- object names ----
 
-  private layerObject(key: string, ext: 'qcow2' | 'json' | 'log'): string {
+  private layerObject(key: string, ext: 'qcow2' | 'qcow2.zst' | 'json' | 'log'): string {
     if (!KEY_RE.test(key)) throw new StoreError(`"${key}" is not a layer key`);
     return `${this.config.prefix}layers/${key}.${ext}`;
   }
@@ -330,7 +560,7 @@ export class SharedStore {
   // ---- layers ----
 
   /** The layer's manifest, or null when the shared store does not have it. */
-  async getManifest(key: string, o: CallOptions = {}): Promise<LayerManifest | null> {
+  async getManifest(key: string, o: CallOptions = {}): Promise<SharedLayerManifest | null> {
     const object = this.layerObject(key, 'json');
     const text = await this.getText(object, o);
     if (text === null) return null;
@@ -392,15 +622,25 @@ export class SharedStore {
     // A copy whose recorded parent is no longer the shared parent is stale: replace it.
     const stale = !!existing?.parentSha256 && !!parentSha256 && existing.parentSha256 !== parentSha256;
     if (existing && !o.replace && !stale) return { pushed: false, reason: 'exists', manifest: existing };
-    if (existing) await this.removeObject(this.layerObject(key, 'json'), o);
+    const comp = this.compression;
+    if (existing) {
+      await this.removeObject(this.layerObject(key, 'json'), o);
+      // The copy being replaced may be stored under the other name: no key keeps two blobs.
+      await this.removeObject(this.layerObject(key, comp ? 'qcow2' : 'qcow2.zst'), o);
+    }
 
-    await this.uploadFile(this.layerObject(key, 'qcow2'), local.blobPath(key), { sha256: m.blob.sha256, size: m.blob.size, layer: `${m.name} (${key})` }, o);
+    const expect = { sha256: m.blob.sha256, size: m.blob.size, layer: `${m.name} (${key})` };
+    const wireBytes = await this.uploadFile(this.layerObject(key, comp ? 'qcow2.zst' : 'qcow2'), local.blobPath(key), expect, o, comp ?? undefined);
     const logBytes = await stat(local.logPath(key)).then((s) => s.size, () => null);
     if (logBytes !== null) await this.uploadFile(this.layerObject(key, 'log'), local.logPath(key), null, o);
-    const { parentSha256: _ignored, ...rest } = m;
-    const shared: LayerManifest = parentSha256 ? { ...rest, parentSha256 } : rest;
+    const { parentSha256: _ignored, transfer: _local, ...rest } = m as SharedLayerManifest;
+    const shared: SharedLayerManifest = {
+      ...rest,
+      ...(parentSha256 ? { parentSha256 } : {}),
+      ...(comp ? { transfer: { file: `${key}.qcow2.zst`, encoding: 'zstd' as const, size: wireBytes } } : {}),
+    };
     await this.putText(this.layerObject(key, 'json'), JSON.stringify(shared, null, 2) + '\n', 'application/json', o);
-    return { pushed: true, manifest: shared, bytes: m.blob.size };
+    return { pushed: true, manifest: shared, bytes: m.blob.size, wireBytes };
   }
 
   /**
@@ -447,14 +687,22 @@ export class SharedStore {
     // Named like a blob being built, so sweepTemp() removes it if this process dies.
     const tmp = local.tempBlobPath(key);
     const tmpLog = tmp.replace(/\.qcow2$/, '.log');
+    const t = (m as SharedLayerManifest).transfer;
+    const object = this.layerObject(key, t ? 'qcow2.zst' : 'qcow2');
     try {
-      const got = await this.download(this.layerObject(key, 'qcow2'), tmp, o);
-      if (got === null) throw new StoreError(`the shared store ${this.url} has the manifest of layer ${m.name} (${key}) but not its blob`);
+      const got = await this.download(object, tmp, o, t ? 'zstd' : null).catch((e: unknown) => {
+        if (!(e instanceof UndecodableError)) throw e;
+        const undecodable = { object: object.slice(this.config.prefix.length), error: e.message };
+        throw new SharedBlobMismatchError({ key, name: m.name, expected: m.blob.sha256, actual: '(undecodable)', expectedSize: m.blob.size, actualSize: 0, undecodable });
+      });
+      if (got === null) throw new StoreError(`the shared store ${this.url} has the manifest of layer ${m.name} (${key}) but not its blob ${object}`);
       if (got.sha256 !== m.blob.sha256 || got.size !== m.blob.size) {
         throw new SharedBlobMismatchError({ key, name: m.name, expected: m.blob.sha256, actual: got.sha256, expectedSize: m.blob.size, actualSize: got.size });
       }
       const log = await this.download(this.layerObject(key, 'log'), tmpLog, o);
-      return await local.publishComplete(tmp, m, log ? tmpLog : undefined);
+      // The local manifest is the shared one without `transfer` (how this store keeps the blob).
+      const { transfer: _t, ...localManifest } = m as SharedLayerManifest;
+      return await local.publishComplete(tmp, localManifest, log ? tmpLog : undefined);
     } finally {
       await rm(tmp, { force: true });
       await rm(tmpLog, { force: true });
@@ -463,7 +711,7 @@ export class SharedStore {
 
   /** Removes a layer: its manifest first (from then on it does not exist), then blob and log. */
   async remove(key: string, o: CallOptions = {}): Promise<void> {
-    for (const ext of ['json', 'qcow2', 'log'] as const) await this.removeObject(this.layerObject(key, ext), o);
+    for (const ext of ['json', 'qcow2.zst', 'qcow2', 'log'] as const) await this.removeObject(this.layerObject(key, ext), o);
   }
 
   // ---- records ----
@@ -541,10 +789,26 @@ export class SharedStore {
       try {
         return await readText(await this.client.getObject(this.config.bucket, object));
       } catch (e) {
-        if (isNotFound(e)) return null;
+        if (isNotFound(e) || (isAccessDenied(e) && (await this.deniedBecauseAbsent(object)))) return null;
         throw e;
       }
     }, o);
+  }
+
+  /**
+   * S3 (AWS, Ceph radosgw) answers a GET of a missing object AccessDenied, not NoSuchKey, to a
+   * key that may read only some prefixes (a fleet pool's worker): listing the object's own name
+   * is allowed to it, and an empty listing says the object is not there — a miss, not a refusal.
+   */
+  private async deniedBecauseAbsent(object: string): Promise<boolean> {
+    try {
+      for await (const item of this.client.listObjectsV2(this.config.bucket, object, false)) {
+        if ((item as { name?: string }).name === object) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private async putText(object: string, text: string, contentType: string, o: CallOptions): Promise<void> {
@@ -568,14 +832,21 @@ export class SharedStore {
   }
 
   /**
-   * Uploads a file as an object; with `expect`, fails (and leaves no object) unless the file's
-   * bytes hash to it. Up to `multipartThreshold` bytes go in one PUT; a larger file goes as a
-   * multipart upload of `partSize` parts, `partConcurrency` at a time, each part retried alone
-   * (a failed part is sent again, not the whole file). The upload is completed only once the
-   * whole file has hashed right; any failure, an abort included, aborts it on the server, so
+   * Uploads a file as an object and returns the object's size; with `expect`, fails (and leaves
+   * no object) unless the file's bytes hash to it; with `zstd`, the object is the file
+   * compressed, made while it streams. Up to `multipartThreshold` bytes go in one PUT; more go
+   * as a multipart upload of `partSize` parts, `partConcurrency` at a time, each part retried
+   * alone (a failed part is sent again, not the whole file). The upload is completed only once
+   * the whole file has hashed right; any failure, an abort included, aborts it on the server, so
    * no incomplete upload is left holding parts (a killed process leaves one: `vmlb gc --shared`).
    */
-  private async uploadFile(object: string, file: string, expect: { sha256: string; size: number; layer: string } | null, o: CallOptions): Promise<void> {
+  private async uploadFile(
+    object: string,
+    file: string,
+    expect: { sha256: string; size: number; layer: string } | null,
+    o: CallOptions,
+    zstd?: { zstd: number },
+  ): Promise<number> {
     const size = (await stat(file)).size;
     const mismatch = (sent: { sha256: string; size: number }) =>
       new StoreError(
@@ -583,53 +854,100 @@ export class SharedStore {
       );
     if (expect && size !== expect.size) throw mismatch({ sha256: '(not read)', size });
     this.onEvent?.({ type: 'put-start', object, bytes: size });
-    if (size <= this.multipart.threshold) {
-      const body = await readFile(file);
-      const sha256 = createHash('sha256').update(body).digest('hex');
-      if (expect && sha256 !== expect.sha256) throw mismatch({ sha256, size: body.length });
-      await this.withRetry(`upload ${object}`, () => this.client.putObject(this.config.bucket, object, body, body.length, { 'Content-Type': 'application/octet-stream' }), o);
-    } else {
-      await this.uploadMultipart(object, file, size, expect ? (sent) => (sent.sha256 === expect.sha256 ? null : mismatch(sent)) : () => null, o);
-    }
-    this.onEvent?.({ type: 'put-done', object, bytes: size });
+    const hash = createHash('sha256');
+    let read = 0;
+    const seen = (c: Buffer) => {
+      hash.update(c);
+      read += c.length;
+    };
+    const check = (): Error | null => {
+      const sha256 = hash.digest('hex');
+      if (expect && (sha256 !== expect.sha256 || read !== size)) return mismatch({ sha256, size: read });
+      if (read !== size) return new StoreError(`${file} changed size while it was being uploaded (${read} bytes read, ${size} expected): not uploaded`);
+      return null;
+    };
+    const source = zstd ? zstdChunks(file, size, zstd.zstd, seen) : fileChunks(file, seen);
+    const stored = await this.uploadStream(object, source, { size, exact: !zstd }, check, o);
+    this.onEvent?.({ type: 'put-done', object, bytes: stored });
+    return stored;
   }
 
-  private async uploadMultipart(
+  /**
+   * Uploads what `source` yields as one object (one PUT up to the threshold, else a multipart
+   * upload) and returns its size. `check` runs once the source is done, before the object is
+   * made: an error from it leaves no object. `expected.size` bounds the object's size (exactly
+   * when `exact`), for the part size and the messages.
+   */
+  private async uploadStream(
     object: string,
-    file: string,
-    size: number,
-    check: (sent: { sha256: string; size: number }) => Error | null,
+    source: AsyncGenerator<Buffer>,
+    expected: { size: number; exact: boolean },
+    check: () => Error | null,
     o: CallOptions,
-  ): Promise<void> {
+  ): Promise<number> {
+    const { bucket } = this.config;
+    const { threshold } = this.multipart;
+    const pending = new ChunkQueue();
+    let ended = false;
+    /** Reads from the source until `want` bytes are pending or it is done. */
+    const fill = async (want: number) => {
+      while (!ended && pending.length < want) {
+        if (o.signal?.aborted) throw new AbortedError();
+        const r = await source.next();
+        if (r.done) ended = true;
+        else pending.push(r.value);
+      }
+    };
+    try {
+      await fill(threshold + 1);
+      if (ended && pending.length <= threshold) {
+        const body = pending.take(pending.length);
+        const bad = check();
+        if (bad) throw bad;
+        await this.withRetry(`upload ${object}`, () => this.client.putObject(bucket, object, body, body.length, { 'Content-Type': 'application/octet-stream' }), o);
+        return body.length;
+      }
+      return await this.uploadParts(object, pending, fill, () => ended, expected, check, o);
+    } finally {
+      // Stops the source (a compressor) when the upload ended early.
+      await source.return(undefined).catch(() => undefined);
+    }
+  }
+
+  private async uploadParts(
+    object: string,
+    pending: ChunkQueue,
+    fill: (want: number) => Promise<void>,
+    ended: () => boolean,
+    expected: { size: number; exact: boolean },
+    check: () => Error | null,
+    o: CallOptions,
+  ): Promise<number> {
     const { bucket } = this.config;
     const { concurrency } = this.multipart;
     // At most 10 000 parts (S3's limit): larger parts for a file that would need more.
-    const partSize = Math.max(this.multipart.partSize, Math.ceil(size / 10_000 / (1 << 20)) * (1 << 20));
+    const partSize = Math.max(this.multipart.partSize, Math.ceil(expected.size / 10_000 / (1 << 20)) * (1 << 20));
+    const of = expected.exact ? ` of ${Math.ceil(expected.size / partSize)}` : '';
     const uploadId = await this.withRetry(
       `start the upload of ${object}`,
       () => this.client.initiateNewMultipartUpload(bucket, object, { 'Content-Type': 'application/octet-stream' }),
       o,
     );
-    const fh = await open(file, 'r');
     const parts: Array<{ part: number; etag: string }> = [];
     const inFlight = new Set<Promise<void>>();
     let failed: unknown = null;
+    let stored = 0;
     try {
-      const whole = createHash('sha256');
-      const count = Math.ceil(size / partSize);
-      for (let part = 1; part <= count && failed === null; part++) {
-        const offset = (part - 1) * partSize;
-        const length = Math.min(partSize, size - offset);
-        const buf = Buffer.allocUnsafe(length);
-        for (let got = 0; got < length; ) {
-          const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-          if (bytesRead === 0) throw new StoreError(`${file} shrank while it was being uploaded (${offset + got} of ${size} bytes read)`);
-          got += bytesRead;
-        }
-        whole.update(buf);
+      for (let part = 1; failed === null; part++) {
+        await fill(partSize);
+        if (pending.length === 0) break;
+        if (part > 10_000) throw new StoreError(`${object} would need more than 10 000 parts of ${partSize} bytes`);
+        const buf = pending.take(Math.min(partSize, pending.length));
+        if (buf.length < partSize && !ended()) throw new Error('internal: a short part before the end');
+        stored += buf.length;
         const md5 = createHash('md5').update(buf).digest('base64');
         const p = this.withRetry(
-          `upload part ${part} of ${count} of ${object}`,
+          `upload part ${part}${of} of ${object}`,
           () =>
             untilAborted(
               this.client.uploadPart({ bucketName: bucket, objectName: object, uploadID: encodeURIComponent(uploadId), partNumber: part, headers: { 'Content-MD5': md5 } }, buf),
@@ -640,7 +958,7 @@ export class SharedStore {
         ).then(
           (r) => {
             parts.push({ part, etag: r.etag });
-            this.onEvent?.({ type: 'part-done', object, part, bytes: length });
+            this.onEvent?.({ type: 'part-done', object, part, bytes: buf.length });
           },
           (e: unknown) => {
             failed ??= e;
@@ -652,7 +970,7 @@ export class SharedStore {
       }
       await Promise.all(inFlight);
       if (failed !== null) throw failed;
-      const bad = check({ sha256: whole.digest('hex'), size });
+      const bad = check();
       if (bad) throw bad;
       parts.sort((x, y) => x.part - y.part);
       let tries = 0;
@@ -662,16 +980,15 @@ export class SharedStore {
         } catch (e) {
           // A retry after a completion whose answer was lost: the upload is gone because it is
           // the object now.
-          if (tries++ > 0 && errorCode(e) === 'NoSuchUpload' && (await this.client.statObject(bucket, object).then((st) => st.size, () => -1)) === size) return;
+          if (tries++ > 0 && errorCode(e) === 'NoSuchUpload' && (await this.client.statObject(bucket, object).then((st) => st.size, () => -1)) === stored) return;
           throw e;
         }
       }, o);
+      return stored;
     } catch (e) {
       await Promise.allSettled(inFlight);
       await this.abortUpload(object, uploadId);
       throw e;
-    } finally {
-      await fh.close();
     }
   }
 
@@ -731,50 +1048,59 @@ export class SharedStore {
   }
 
   /**
-   * Streams an object into a file, hashing it on the way; null when there is no such object.
-   * A transfer cut short is resumed where it stopped (a ranged GET), not started again; it
-   * starts again only when the object changed meanwhile (another ETag) or the server ignores
-   * the range.
+   * Streams an object into a file, hashing what is written; null when there is no such object.
+   * With `decode` ('zstd') the object is a compressed stream: it is decompressed on the way and
+   * the hash and size are the decompressed bytes'; one that does not decompress fails with an
+   * UndecodableError. A transfer cut short is resumed where it stopped (a ranged GET of the
+   * object's bytes from there, fed on into the same decompressor), not started again; it starts
+   * again only when the object changed meanwhile (another ETag) or the server ignores the range.
    */
-  private async download(object: string, file: string, o: CallOptions): Promise<{ sha256: string; size: number } | null> {
+  private async download(object: string, file: string, o: CallOptions, decode: 'zstd' | null = null): Promise<{ sha256: string; size: number } | null> {
     const fh = await open(file, 'w');
-    let hash = createHash('sha256');
-    let size = 0;
+    const sink = decode ? new ZstdSink(fh) : new FileSink(fh);
+    /** Bytes of the object received (the offset a resumed GET starts at). */
+    let received = 0;
     let etag: string | undefined;
     const restart = async () => {
-      hash = createHash('sha256');
-      size = 0;
-      await fh.truncate(0);
+      received = 0;
+      await sink.restart();
     };
     try {
       const found = await this.withRetry(`download ${object}`, async () => {
         let res: Readable;
         try {
-          res = size === 0 ? await this.client.getObject(this.config.bucket, object) : await this.client.getPartialObject(this.config.bucket, object, size);
+          res = received === 0 ? await this.client.getObject(this.config.bucket, object) : await this.client.getPartialObject(this.config.bucket, object, received);
         } catch (e) {
-          if (isNotFound(e)) return false;
+          if (isNotFound(e) || (isAccessDenied(e) && (await this.deniedBecauseAbsent(object)))) return false;
           // 416: the object is shorter than what we have, so it changed: start again.
-          if (size > 0 && errorCode(e) === 'InvalidRange') await restart();
+          if (received > 0 && errorCode(e) === 'InvalidRange') await restart();
           throw e;
         }
         const msg = res as Readable & { statusCode?: number; headers?: Record<string, string | undefined> };
         const tag = msg.headers?.etag;
-        if (size > 0 && (msg.statusCode !== 206 || (etag && tag && tag !== etag))) {
+        if (received > 0 && (msg.statusCode !== 206 || (etag && tag && tag !== etag))) {
           res.destroy();
           await restart();
           throw Object.assign(new Error(`${object} changed on the server during the download (or the range was ignored): starting again`), { code: 'ECONNRESET' });
         }
         etag ??= tag;
         if (o.signal) addAbortSignal(o.signal, res);
-        for await (const chunk of res as AsyncIterable<Buffer>) {
-          await fh.write(chunk, 0, chunk.length, size);
-          hash.update(chunk);
-          size += chunk.length;
+        try {
+          for await (const chunk of res as AsyncIterable<Buffer>) {
+            await sink.write(chunk);
+            received += chunk.length;
+          }
+        } finally {
+          res.destroy();
         }
         return true;
       }, o);
-      return found ? { sha256: hash.digest('hex'), size } : null;
+      if (!found) return null;
+      const got = await sink.finish();
+      this.onEvent?.({ type: 'get-done', object, bytes: received, blobBytes: got.size });
+      return got;
     } finally {
+      await sink.close();
       await fh.close();
     }
   }
