@@ -6,6 +6,10 @@
  *  - a multipart part whose connection is cut is sent again alone (the bytes the server
  *    received are the blob and one part at most, not the blob twice), and the blob arrives
  *    intact; a pull cut mid-body resumes with a ranged GET;
+ *  - a layer travels compressed (`layers/<key>.qcow2.zst`, a zstd stream): a compressible one
+ *    is stored much smaller than its blob and round-trips to identical bytes, a compressed pull
+ *    cut mid-body resumes (the rest of the stream, into the same decompressor), an old
+ *    uncompressed object is still pulled;
  *  - a real `vmlb build --cache` interrupted (SIGINT) mid-part leaves no incomplete upload;
  *  - one killed (SIGKILL) mid-part leaves one, which `vmlb gc --shared` lists and removes.
  */
@@ -16,8 +20,9 @@ import { writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LocalStore } from '../libs/layer-engine/src/local-store.js';
 import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
-import { SharedStore, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import { minioClient, SharedStore, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
 import { startCephRgw, type CephRgw } from './helpers/ceph-rgw.js';
 import { BUSYBOX_BASE, leftovers, planKeys, sandbox, spawnVmlb, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
@@ -52,6 +57,10 @@ afterAll(async () => {
 
 function url(name: string): string {
   return `s3://${BUCKET}/${name}-${randomBytes(4).toString('hex')}`;
+}
+
+function minioClientFor(u: string) {
+  return minioClient(s3ConfigFrom(u, rgw.env));
 }
 
 function store(u: string, opts: SharedStoreOptions & { endpoint?: string } = {}): SharedStore {
@@ -200,6 +209,85 @@ describe('a transfer cut mid-way', () => {
   });
 });
 
+describe('compressed layers on radosgw', () => {
+  let local: LocalStore;
+  let keys: string[];
+  beforeAll(async () => {
+    const project = await writeProject(path.join(sb.dir, 'zst-project'), {
+      '01_base': { ...BUSYBOX_BASE, script: BUSYBOX_BASE.script.replace('# disk-size 64M', '# disk-size 200M') },
+      // About 20 MB of digits (compressible), then 72 MiB of random bytes (not): a compressed
+      // stream above the 64 MiB threshold, so it goes as a multipart upload of its own parts.
+      '02_mixed': { kind: 'build-layer', script: 'seq 1 3000000 > /numbers; dd if=/dev/urandom of=/noise bs=1M count=72 2>/dev/null' },
+      '03_numbers': { kind: 'build-layer', script: 'seq 2 3000001 > /numbers2' },
+    });
+    const r = await vmlb(sb, ['build', project, '--json']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    keys = planKeys(r);
+    local = new LocalStore(sb.store);
+  });
+
+  it('round-trips to identical blobs; a compressible layer is stored much smaller; the big one went multipart', async () => {
+    const u = url('zst');
+    const events: SharedStoreEvent[] = [];
+    const s = store(u, { onEvent: (e) => events.push(e) });
+    for (const k of keys) expect(await s.push(local, k)).toMatchObject({ pushed: true });
+    const prefix = s3ConfigFrom(u, rgw.env).prefix;
+    const parts = events.filter((e) => e.type === 'part-done' && e.object === `${prefix}layers/${keys[1]}.qcow2.zst`);
+    expect(parts.length).toBeGreaterThan(1);
+
+    const k3 = keys[2]!;
+    const m3 = (await s.getManifest(k3))!;
+    const blob3 = (await local.getManifest(k3))!.blob;
+    expect(m3.blob).toEqual(blob3);
+    expect(m3.transfer).toMatchObject({ file: `${k3}.qcow2.zst`, encoding: 'zstd' });
+    const put = events.find((e) => e.type === 'put-done' && e.object === `${prefix}layers/${k3}.qcow2.zst`) as { bytes: number };
+    expect(put.bytes).toBe(m3.transfer!.size);
+    // The bytes on the server: the object's own size, read back from the server.
+    const listed = await new Promise<number>((resolve, reject) => {
+      let size = -1;
+      const st = minioClientFor(u).listObjectsV2(BUCKET, `${prefix}layers/${k3}.qcow2.zst`);
+      st.on('data', (o: { size?: number }) => (size = o.size ?? -1));
+      st.on('error', reject);
+      st.on('end', () => resolve(size));
+    });
+    expect(listed).toBe(m3.transfer!.size);
+    expect(listed).toBeLessThan(blob3.size / 4);
+
+    const into = new LocalStore(path.join(sb.dir, `zst-into-${randomBytes(3).toString('hex')}`));
+    const pulled = await store(u).pullChain(into, [k3]);
+    expect(pulled.map((m) => m.key)).toEqual(keys);
+    for (const k of keys) expect(await fileSha256(into.blobPath(k))).toBe((await local.getManifest(k))!.blob.sha256);
+  });
+
+  it('a compressed pull cut mid-body resumes with a ranged GET and arrives intact; an old uncompressed parent is still pulled', async () => {
+    const u = url('zst-cut');
+    // The base as an older vmlb pushed it (as it is), the big layer compressed.
+    await store(u, { compression: 'none' }).push(local, keys[0]!);
+    await store(u).push(local, keys[1]!);
+    const m0 = (await store(u).getManifest(keys[0]!))!;
+    const m1 = (await store(u).getManifest(keys[1]!))!;
+    expect(m0.transfer).toBeUndefined();
+    expect(m1.transfer!.size).toBeGreaterThan(64 * MiB);
+
+    const into = new LocalStore(path.join(sb.dir, `zst-cut-${randomBytes(3).toString('hex')}`));
+    await store(u).pull(into, keys[0]!);
+    const proxy = await startProxy();
+    proxies.push(proxy);
+    const events: SharedStoreEvent[] = [];
+    const s = store(u, { endpoint: proxy.endpoint, onEvent: (e) => events.push(e) });
+    proxy.cutOnce('down', m1.transfer!.size / 2);
+    const got = await s.pull(into, keys[1]!);
+
+    expect(proxy.cuts).toBe(1);
+    expect(events.filter((e) => e.type === 'retry').map((e) => (e as { what: string }).what)).toEqual([expect.stringMatching(new RegExp(`^download .*layers/${keys[1]}\\.qcow2\\.zst$`))]);
+    // Half the stream, then the rest: not one and a half.
+    expect(proxy.down).toBeLessThan(m1.transfer!.size + MiB);
+    expect(events.find((e) => e.type === 'get-done')).toMatchObject({ bytes: m1.transfer!.size, blobBytes: m1.blob.size });
+    expect(got.blob.sha256).toBe(m1.blob.sha256);
+    expect(await fileSha256(into.blobPath(keys[1]!))).toBe(m1.blob.sha256);
+  });
+});
+
 describe('an interrupted multipart push of a real build', () => {
   let project: string;
   let bigKey: string;
@@ -219,7 +307,7 @@ describe('an interrupted multipart push of a real build', () => {
     const proxy = await startProxy({ upBytesPerSecond: 24 * MiB });
     proxies.push(proxy);
     const direct = store(u);
-    const object = `${s3ConfigFrom(u, rgw.env).prefix}layers/${bigKey}.qcow2`;
+    const object = `${s3ConfigFrom(u, rgw.env).prefix}layers/${bigKey}.qcow2.zst`;
     const child = spawnVmlb(sb, ['build', project, '--json', '--cache', u], { ...rgw.env, S3_ENDPOINT: proxy.endpoint });
     children.push(child);
     await until('the big layer\'s multipart upload to start', 60_000, async () => (await direct.listIncompleteUploads()).some((x) => x.object === object));
