@@ -234,6 +234,30 @@ describe('fleet workers', () => {
     expect(all.find((e) => e.type === 'flatten' && e.status === 'done')).toMatchObject({ message: expect.stringMatching(/already/) });
   });
 
+  it('chain affinity: a layer on a base one worker holds runs on that worker while it is free, and pulls nothing', async () => {
+    // No flatten jobs: a flatten would pull the chain to whichever worker ran it.
+    const layerDone = (b: SubmittedBuild) =>
+      until(`build ${b.buildId}'s last layer`, async () => {
+        const state = await (await layerQueue.getJob(b.layerJobIds[b.layerJobIds.length - 1]!))?.getState();
+        return state === 'completed' || state === 'failed' ? state : undefined;
+      }, 90_000, 100);
+    const base = await writeProject(path.join(sb.dir, 'affinity-base'), { '01_base': { ...BUSYBOX_BASE, script: BUSYBOX_BASE.script + '\n# affinity' } });
+    const b0 = await submit(base, { flatten: false });
+    expect(await layerDone(b0)).toBe('completed');
+    const holder = jobEvents(await events(b0.buildId), 'building')[0]!.worker;
+    for (const n of [1, 2, 3, 4]) {
+      const p = await writeProject(path.join(sb.dir, `affinity-${n}`), {
+        '01_base': { ...BUSYBOX_BASE, script: BUSYBOX_BASE.script + '\n# affinity' },
+        '02_top': { kind: 'build-layer', script: `echo ${n} > /etc/n` },
+      });
+      const b = await submit(p, { flatten: false });
+      expect(b.layers.map((l) => l.status)).toEqual(['hit', 'queued']);
+      expect(await layerDone(b)).toBe('completed');
+      const done = jobEvents(await events(b.buildId), 'done');
+      expect(done.map((e) => [e.index, e.worker, e.pulledBytes]), `build ${n}`).toEqual([[1, holder, 0]]);
+    }
+  });
+
   it('a failing script fails its build at once, not retried, with the exit code and the log tail in the events', async () => {
     const p2 = await writeProject(path.join(sb.dir, 'p2'), {
       '01_base': BUSYBOX_BASE,

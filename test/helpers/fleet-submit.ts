@@ -50,6 +50,8 @@ export interface SubmitOptions {
   layerJobOptions?: FlowJob['opts'];
   /** The pool whose queues get the jobs (`shared` must then be that pool's namespace). @default 'default' */
   pool?: string;
+  /** Queue a flatten job on top (as `vmlb submit --flatten` does); without it the top job is the last layer's. @default true */
+  flatten?: boolean;
 }
 
 async function sha256File(file: string): Promise<string> {
@@ -117,17 +119,18 @@ export async function submitProject(dir: string, o: SubmitOptions): Promise<Subm
     };
   };
   const flatten: FlattenJobData = { buildId, team, pool, chain, project, nonce: buildId };
-  const flow: FlowJob = {
+  const top = firstMiss < keyed.length ? layerNode(keyed.length - 1) : undefined;
+  const flow: FlowJob | undefined = o.flatten === false ? top : {
     name: 'flatten',
     queueName: flattenQueueOf(pool),
     data: flatten,
     opts: { ...FLATTEN_JOB_OPTIONS, jobId: flattenJobId(buildId) },
-    children: firstMiss < keyed.length ? [layerNode(keyed.length - 1)] : undefined,
+    children: top ? [top] : undefined,
   };
   const connection = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
   const producer = new FlowProducer({ connection });
   try {
-    await producer.add(flow);
+    if (flow) await producer.add(flow);
   } finally {
     await producer.close();
     connection.disconnect();

@@ -63,6 +63,8 @@ export async function ensureChain(
   signal: AbortSignal,
   events: JobEvents,
   steps: StepsFor,
+  /** Counts the bytes of the blobs this worker had to pull for the chain. */
+  pulled: { bytes: number } = { bytes: 0 },
 ): Promise<LayerManifest | null> {
   const { team } = job;
   const view = ctx.viewFor(job.reads);
@@ -81,6 +83,7 @@ export async function ensureChain(
         if (steps) events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store${hit!.pool !== ctx.pool ? ` (pool ${hit!.pool})` : ''}` });
         local = await hit!.store.pull(ctx.store, k.key, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
         ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
+        pulled.bytes += local.blob.size;
       }
     } else if (!local) {
       events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on worker ${ctx.id}` });

@@ -18,6 +18,7 @@ import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
 import { buildOne, checkChain, ensureChain, openProject, refuseOtherPool, retryStep, trustedLocal } from './layer-chain.js';
+import { AFFINITY_RETRY_MS, betterHolder, mayWaitForHolder } from './chain-affinity.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -65,6 +66,14 @@ export function layerProcessor(ctx: WorkerContext) {
       ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'cancelled' });
       throw new UnrecoverableError(`build ${data.buildId} was cancelled`);
     }
+    // Chain affinity: a free worker of the pool that holds more of the parent chain takes it.
+    const holder = data.chain.length ? await betterHolder(ctx.redis, { workerId: ctx.id, pool: ctx.pool, store: ctx.store, chain: data.chain }) : null;
+    if (holder && (await mayWaitForHolder(ctx.redis, jobId))) {
+      log.info('put back for a worker that holds more of its chain', { holder: holder.id, held: holder.held, mine: holder.mine, of: data.chain.length });
+      await job.moveToDelayed(Date.now() + AFFINITY_RETRY_MS, token);
+      ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'delayed' });
+      throw new DelayedError();
+    }
     if (!(await takeTeamSlot(ctx.redis, data.team, jobId, ctx.fleet.teamMaxRunning))) {
       // Over the team's cap: back to delayed for a while, no attempt used.
       await job.moveToDelayed(Date.now() + TEAM_CAP_DELAY_MS, token);
@@ -98,6 +107,8 @@ export function layerProcessor(ctx: WorkerContext) {
       ctx.metrics.busy.set(ctx.jobs.busy);
       await giveBackTeamSlot(ctx.redis, data.team, jobId).catch(() => undefined);
       await events.close();
+      // Before BullMQ queues the next layer: say what this worker holds now, and that it is free.
+      await ctx.announce().catch(() => undefined);
       ctx.evictSoon();
     }
   };
@@ -207,7 +218,7 @@ async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string
       await lease.release();
       await publishReady(redis, claimKey);
     }
-    await events.job('done', { seconds: built.seconds, bytes: built.bytes, ...(built.shared ? {} : { message: built.note }) });
+    await events.job('done', { seconds: built.seconds, bytes: built.bytes, pulledBytes: built.pulledBytes, ...(built.shared ? {} : { message: built.note }) });
     return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared, localHit: built.localHit };
   } finally {
     unfollow();
@@ -221,7 +232,7 @@ async function buildAndPush(
   running: RunningJob,
   events: JobEvents,
   lease: ClaimLease | undefined,
-): Promise<{ seconds: number; bytes: number; shared: boolean; localHit: boolean; note?: string }> {
+): Promise<{ seconds: number; pulledBytes: number; bytes: number; shared: boolean; localHit: boolean; note?: string }> {
   const signal = running.stop.signal;
   const started = performance.now();
   await events.job('building');
@@ -237,7 +248,8 @@ async function buildAndPush(
     }
     checkChain(`layer ${data.name}`, keyed.slice(0, data.index).map((l) => l.key), data.chain);
 
-    const parent = await ensureChain(ctx, data, keyed, data.index, signal, events, { index: data.index, name: k.spec.name });
+    const pulled = { bytes: 0 };
+    const parent = await ensureChain(ctx, data, keyed, data.index, signal, events, { index: data.index, name: k.spec.name }, pulled);
     let manifest = await trustedLocal(ctx, k.key, events);
     const localHit = manifest !== null;
     if (!manifest) {
@@ -245,7 +257,7 @@ async function buildAndPush(
       ctx.metrics.layerSeconds.observe({ kind: k.spec.kind }, (performance.now() - started) / 1000);
     }
     const seconds = Math.round(performance.now() - started) / 1000;
-    if (!manifest.share) return { seconds, bytes: manifest.blob.size, shared: false, localHit, note: 'kept on this worker: the layer is # noshare' };
+    if (!manifest.share) return { seconds, pulledBytes: pulled.bytes, bytes: manifest.blob.size, shared: false, localHit, note: 'kept on this worker: the layer is # noshare' };
 
     // Someone else builds this key now (our claim lapsed): let the retry find theirs.
     if (lease && !(await lease.stillOurs())) throw new VmlbError('CLAIM_LOST', `the claim on layer ${k.key} lapsed before it was uploaded`, { retryable: true });
@@ -260,7 +272,7 @@ async function buildAndPush(
     });
     if (r.pushed) {
       ctx.metrics.pushedBytes.inc({ object: 'layer' }, r.bytes);
-      return { seconds, bytes: r.bytes, shared: true, localHit };
+      return { seconds, pulledBytes: pulled.bytes, bytes: r.bytes, shared: true, localHit };
     }
     if (r.reason === 'exists') {
       // Another copy made it first (a lapsed claim): it is the one every worker will use.
@@ -268,10 +280,10 @@ async function buildAndPush(
         await ctx.store.remove([k.key]);
         await ctx.shared.pull(ctx.store, k.key, { signal });
       }
-      return { seconds, bytes: r.manifest.blob.size, shared: true, localHit };
+      return { seconds, pulledBytes: pulled.bytes, bytes: r.manifest.blob.size, shared: true, localHit };
     }
     // parent-not-shared: built on a # noshare layer; parent-differs cannot happen after ensureChain.
-    return { seconds, bytes: manifest.blob.size, shared: false, localHit, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
+    return { seconds, pulledBytes: pulled.bytes, bytes: manifest.blob.size, shared: false, localHit, note: `kept on this worker: ${r.reason === 'parent-not-shared' ? 'it is built on a # noshare layer' : 'the shared store holds another copy of its parent'}` };
   } finally {
     await opened.close();
   }

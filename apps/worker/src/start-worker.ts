@@ -29,6 +29,7 @@ import {
 } from '@vmlb/fleet';
 import { flattenProcessor } from './flatten-worker.js';
 import { layerProcessor } from './layer-worker.js';
+import { dropHeldKeys, publishHeldKeys } from './chain-affinity.js';
 import { silentLogger, type Logger } from './logger.js';
 import { WorkerMetrics } from './metrics.js';
 import { RunningJobs } from './running-jobs.js';
@@ -128,6 +129,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   metrics.slots.set(slots);
   const jobs = new RunningJobs();
 
+  let announceNow: () => Promise<void> = async () => {};
   let evicting: Promise<unknown> = Promise.resolve();
   let usage = { at: 0, bytes: 0 };
   const ctx: WorkerContext = {
@@ -146,6 +148,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     jobs,
     metrics,
     log,
+    announce: () => announceNow(),
     evictSoon() {
       usage.at = 0; // a job ended: the next heartbeat measures the store again
       evicting = evicting.then(() =>
@@ -200,6 +203,11 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     });
   };
   await register();
+  announceNow = async () => {
+    await publishHeldKeys(redis, id, store);
+    await register();
+  };
+  await publishHeldKeys(redis, id, store).catch((e: unknown) => log.warn('could not publish the layers this worker holds', { error: (e as Error).message }));
   let beating: Promise<void> = Promise.resolve();
   const heartbeat = setInterval(() => {
     beating = register().catch((e: unknown) => log.warn('heartbeat failed', { error: (e as Error).message }));
@@ -245,6 +253,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       // A heartbeat in flight must not write the registration again after it is removed.
       await within(beating, CLOSE_COMMAND_WAIT_MS);
       await within(removeRegistration(redis, id).catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
+      await within(dropHeldKeys(redis, id).catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
       await evicting;
       await FuseDaemon.shutdown();
       await metrics.close();

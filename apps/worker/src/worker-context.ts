@@ -28,6 +28,8 @@ export interface WorkerContext {
   jobs: RunningJobs;
   metrics: WorkerMetrics;
   log: Logger;
+  /** Writes the worker's registration and the keys it holds now (chain affinity) at once, not at the next heartbeat. */
+  announce(): Promise<void>;
   /** Trims the local store to its cap, sparing what running jobs use (serialized, in the background). */
   evictSoon(): void;
 }

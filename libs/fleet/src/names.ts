@@ -34,6 +34,10 @@ export const redisKeys = {
   /** A worker's registration, refreshed by its heartbeat (JSON, TTL). */
   worker: (workerId: string) => `vmlb:worker:${workerId}`,
   workerPattern: 'vmlb:worker:*',
+  /** Set: the layer keys in a worker's local store (chain affinity, apps/worker/src/chain-affinity.ts). */
+  workerKeys: (workerId: string) => `vmlb:worker-keys:${workerId}`,
+  /** When a layer job was first put back for a worker that holds its chain (ms since the epoch). */
+  affinity: (jobId: string) => `vmlb:affinity:${jobId}`,
   /** Hash: worker id → its last registration, kept after its TTL so a dead worker stays visible. */
   workersSeen: 'vmlb:workers-seen',
   /** JSON { reads: string[] }: a pool as the scheduler's teams file defines it (written at start). */

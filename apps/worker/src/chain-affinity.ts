@@ -1,0 +1,65 @@
+import type { Redis } from 'ioredis';
+import type { LocalStore } from '@vmlb/layer-engine';
+import { listWorkers, redisKeys } from '@vmlb/fleet';
+
+/**
+ * Chain affinity: a layer job should run where its parent chain already is, so that nobody
+ * pulls a 650 MiB base for a one-file layer. BullMQ hands a job to whichever worker asks
+ * first, so a worker that lacks (some of) the chain looks whether another live worker of its
+ * pool holds more of it and has a free slot; if so it puts the job back for a moment
+ * (AFFINITY_RETRY_MS) for that worker to take. A job waits so at most AFFINITY_WAIT_MS in all,
+ * counted from the first time it was put back; after that any worker builds it.
+ *
+ * What each worker holds is a Redis set, `vmlb:worker-keys:<id>` (the keys of its local
+ * store), written when it starts and whenever a job ends, with the registration's TTL.
+ */
+export const AFFINITY_WAIT_MS = 3000;
+export const AFFINITY_RETRY_MS = 150;
+const HELD_TTL_MS = 60_000;
+
+const heldKeysKey = redisKeys.workerKeys;
+const affinityKey = redisKeys.affinity;
+
+/** Writes the keys of this worker's local store (replacing the last list). */
+export async function publishHeldKeys(redis: Redis, workerId: string, store: LocalStore): Promise<void> {
+  const keys = (await store.list()).map((l) => l.manifest.key);
+  const m = redis.multi().del(heldKeysKey(workerId));
+  if (keys.length) m.sadd(heldKeysKey(workerId), ...keys).pexpire(heldKeysKey(workerId), HELD_TTL_MS);
+  await m.exec();
+}
+
+export async function dropHeldKeys(redis: Redis, workerId: string): Promise<void> {
+  await redis.del(heldKeysKey(workerId));
+}
+
+/** How many of `chain` the local store has. */
+async function heldHere(store: LocalStore, chain: string[]): Promise<number> {
+  let n = 0;
+  for (const k of chain) if ((await store.getManifest(k).catch(() => null)) !== null) n++;
+  return n;
+}
+
+/**
+ * The id of another live, running worker of `pool` with a free slot that holds more of
+ * `chain` than this one does, if there is one (the one holding most).
+ */
+export async function betterHolder(redis: Redis, o: { workerId: string; pool: string; store: LocalStore; chain: string[] }): Promise<{ id: string; held: number; mine: number } | null> {
+  if (o.chain.length === 0) return null;
+  const mine = await heldHere(o.store, o.chain);
+  if (mine === o.chain.length) return null;
+  const others = (await listWorkers(redis)).filter((w) => w.id !== o.workerId && (w.pool ?? 'default') === o.pool && w.state === 'running' && w.busy < w.slots);
+  let best: { id: string; held: number; mine: number } | null = null;
+  for (const w of others) {
+    const flags = (await redis.smismember(heldKeysKey(w.id), ...o.chain)) as number[];
+    const held = flags.reduce((a, b) => a + b, 0);
+    if (held > mine && (!best || held > best.held)) best = { id: w.id, held, mine };
+  }
+  return best;
+}
+
+/** Whether the job may still be put back for a better holder (true the first AFFINITY_WAIT_MS after it first was). */
+export async function mayWaitForHolder(redis: Redis, jobId: string): Promise<boolean> {
+  await redis.set(affinityKey(jobId), String(Date.now()), 'PX', 10 * AFFINITY_WAIT_MS, 'NX');
+  const first = Number(await redis.get(affinityKey(jobId)));
+  return Date.now() - first < AFFINITY_WAIT_MS;
+}
