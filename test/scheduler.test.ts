@@ -543,6 +543,43 @@ describe('a submission', () => {
   });
 });
 
+describe('a chain build (the default)', () => {
+  it('queues no flatten job, is done when its last layer is, and gets its image flattened once when first asked for (202 meanwhile)', async () => {
+    await emptyQueues();
+    const image = randomBytes(32 * 1024);
+    const r = await api.json<BuildRecord>('POST', '/v1/builds', { body: await smallProject('chain') });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    const b = r.body;
+    expect(b.output).toBe('chain');
+    expect(await queues.flatten.getJob(flattenJobId(b.id))).toBeUndefined();
+    const top = (await queues.layers.getJob(layerJobId(b.id, b.layers.length - 1)))!;
+    expect(await top.getState()).toMatch(/waiting/);
+    const workers = fakeWorkers({ image });
+    try {
+      const done = await waitFor('the chain build to be done', async () => {
+        const x = await record(b.id);
+        return x.state === 'done' ? x : undefined;
+      });
+      expect(done.image).toBeNull();
+      expect(await queues.flatten.getJob(flattenJobId(b.id))).toBeUndefined();
+      // The image, asked for: flattened once, 202 until it is there.
+      const first = await api('GET', `/v1/builds/${b.id}/image`);
+      expect(first.status).toBe(202);
+      expect(first.headers.get('retry-after')).toBe('2');
+      expect(await queues.flatten.getJob(flattenJobId(b.id))).toBeDefined();
+      const got = await waitFor('the image', async () => {
+        const res = await api('GET', `/v1/builds/${b.id}/image`);
+        return res.status === 200 ? Buffer.from(await res.arrayBuffer()) : undefined;
+      });
+      expect(got).toEqual(image);
+      expect((await record(b.id)).image).toMatchObject({ key: b.layers[b.layers.length - 1]!.key, bytes: image.length });
+    } finally {
+      await workers.close();
+    }
+    await emptyQueues();
+  });
+});
+
 describe('cancel', () => {
   it('marks the build cancelled, removes its waiting jobs, and leaves a running one to its worker', async () => {
     await emptyQueues();

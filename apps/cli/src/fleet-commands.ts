@@ -450,14 +450,24 @@ export function registerFleetCommands(program: Command): void {
     .option('-o, --output <file>', 'where to write it (default: BUILD.qcow2)')
     .option('--flatten', 'write one standalone qcow2 instead of a thin overlay on the local chain')
     .option('--server-image', "download the image the fleet flattens (once per chain) instead of fetching the layers")
+    .option('--follow', 'a build still running: fetch each layer as soon as it is pushed, and write the image when the build is done')
     .addOption(storeOption())
     .addOption(serverOption())
     .addOption(tokenOption())
-    .action(async (id: string, o: ConnOpts & { output?: string; flatten?: boolean; serverImage?: boolean; store?: string }) => {
+    .action(async (id: string, o: ConnOpts & { output?: string; flatten?: boolean; serverImage?: boolean; follow?: boolean; store?: string }) => {
       const ep = await endpointFrom(o);
       const out = path.resolve(o.output ?? `${id}.qcow2`);
       if (!o.serverImage) {
-        const record = (await (await check(await request(ep, 'GET', `/v1/builds/${id}`), `pulling build ${id}`)).json()) as BuildRecordLite;
+        let record = (await (await check(await request(ep, 'GET', `/v1/builds/${id}`), `pulling build ${id}`)).json()) as BuildRecordLite;
+        if (o.follow && !['done', 'failed', 'cancelled'].includes(record.state)) {
+          // Each layer as soon as the fleet has it, one at a time in order; the rest at the end.
+          const store = storeFrom(o);
+          const ac = new AbortController();
+          let pulling: Promise<unknown> = Promise.resolve();
+          const upTo = (index: number) => (pulling = pulling.then(() => pullChain(fetcherFor(ep), id, store, { upTo: index, signal: ac.signal }).catch(() => undefined)));
+          record = await followBuild(ep, id, (e) => (e.type === 'layer-done' || e.type === 'layer-cached') && upTo(e.index), ac.signal);
+          await pulling;
+        }
         if (record.state !== 'done') throw new VmlbError('BUILD_FAILED', `pulling build ${id}: it is ${record.state}${record.error ? `: ${record.error.split('\n')[0]}` : ''}; only a finished build has an image`);
         const store = storeFrom(o);
         const started = performance.now();
