@@ -267,12 +267,10 @@ describe('shared store: one user and policy per pool, enforced by Ceph radosgw',
   });
 
   // The engine's lookups with a pool's keys (libs/fleet PoolStores, as a worker makes them):
-  // SharedStore.getManifest takes only "not found" for a miss, and radosgw (like AWS S3) answers
-  // a prefix-limited key's GET of a missing object with AccessDenied, so a miss in the pool's own
-  // namespace is an error today. Marked as failing until the store tells a miss from a refusal
-  // (e.g. on AccessDenied, a list with the object's name as prefix: empty means a miss); then
-  // this becomes a plain `it`.
-  it.fails("a worker's lookup of a missing layer with its pool's keys is a miss, not an error", async () => {
+  // radosgw (like AWS S3) answers a prefix-limited key's GET of a missing object with
+  // AccessDenied; the shared store then lists the object's own name (allowed) and takes an
+  // empty listing for a miss. A real refusal stays one (the next test's stranger).
+  it("a worker's lookup of a missing layer with its pool's keys is a miss, not an error", async () => {
     const view = new PoolStores('a', s3ConfigFrom(`s3://${bucket}/${prefix.replace(/\/$/, '')}`, { ...rgw.env, S3_ACCESS_KEY: keys.a!.accessKey, S3_SECRET_KEY: keys.a!.secretKey }), ['platform'], { retry: { tries: 1 } });
     try {
       expect(await view.find('2'.repeat(64))).toBeNull();
