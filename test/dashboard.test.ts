@@ -6,8 +6,11 @@
  *
  *   the token form → the builds list, live → a build's time line and logs, live → a second,
  *   all-hit build moves the cache hit rate → the fleet → what each team (and the admin) sees →
- *   a bad token → one build followed through the proxy, with its event stream → a build
- *   cancelled from its page while a layer runs.
+ *   pools: a team of pool a (which trusts pool platform) builds on its pool's worker with a
+ *   hit shared from platform, the pool column and filter, the fleet page's section per pool
+ *   with its queue counts (a pool whose jobs wait with no worker) → a bad token → one build
+ *   followed through the proxy, with its event stream → a build cancelled from its page while
+ *   a layer runs.
  *
  * Tests run in order and share the builds. A screenshot of each page goes to
  * test-results/dashboard/.
@@ -19,6 +22,7 @@ import type { Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ensureDashboardBundle, launchDashboardBrowser, signIn, type DashboardBrowser } from './helpers/dashboard-browser.js';
 import { TOKENS, apiFor, startScheduler, tarGz, waitFor, type RunningScheduler, type TarEntry } from './helpers/fleet-api.js';
+import { sha256Hex, Teams } from '../apps/scheduler/src/index.js';
 import { freePort, type RedisServer } from './helpers/redis-server.js';
 import type { S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, REPO, type Sandbox } from './helpers/vmlb.js';
@@ -35,6 +39,8 @@ let redis: RedisServer;
 let s3: S3Server;
 let sched: RunningScheduler;
 let worker: WorkerProcess;
+/** One worker per pool besides pool default's `worker`. */
+const poolWorkers = new Map<string, WorkerProcess>();
 let standalone: ResultPromise | undefined;
 let standaloneUrl = '';
 let standaloneLog = '';
@@ -43,6 +49,27 @@ let ui: DashboardBrowser;
 let appUrl = '';
 
 const api = apiFor(() => sched.url, TOKENS.web);
+
+/**
+ * The fleet-api teams (web, data, ops: pool default) and two pools (test/pools.test.ts): team
+ * app in pool a, which trusts pool platform for reading, and team base in pool platform.
+ */
+const POOL_TOKENS = { app: 'tok-dash-app-0123456789', base: 'tok-dash-base-0123456789' } as const;
+const TEAMS = {
+  teams: [
+    { team: 'web', tokenSha256: sha256Hex(TOKENS.web) },
+    { team: 'data', tokenSha256: sha256Hex(TOKENS.data) },
+    { team: 'ops', tokenSha256: sha256Hex(TOKENS.ops), admin: true },
+    { team: 'app', tokenSha256: sha256Hex(POOL_TOKENS.app), pool: 'a' },
+    { team: 'base', tokenSha256: sha256Hex(POOL_TOKENS.base), pool: 'platform' },
+  ],
+  pools: { a: { reads: ['platform'] } },
+};
+const startPoolWorker = (pool: string) => {
+  const w = startWorkerProcess({ name: `dash-${pool}`, dir: sb.dir, redisUrl: redis.url, sharedUrl: services.sharedUrl, s3env: s3.env, shortLocks: false, env: { VMLB_WORKER_POOL: pool } });
+  poolWorkers.set(pool, w);
+  return w;
+};
 
 /** A busybox base, then build-layers that print and sleep, so "building" lasts long enough to see. */
 function project(tag: string, lastLayer = 'echo "world from the dashboard test"; sleep 4; echo "03 finished"'): Promise<Buffer> {
@@ -54,8 +81,9 @@ function project(tag: string, lastLayer = 'echo "world from the dashboard test";
   return tarGz(entries);
 }
 
-async function submit(body: Buffer, token: string): Promise<string> {
-  const r = await api.json<{ id: string; state: string }>('POST', '/v1/builds', { body, token });
+/** `flatten`: the build makes its image too (`vmlb submit --flatten`); without, its result is its chain. */
+async function submit(body: Buffer, token: string, o: { flatten?: boolean } = {}): Promise<string> {
+  const r = await api.json<{ id: string; state: string }>(`POST`, `/v1/builds${o.flatten ? '?flatten=1' : ''}`, { body, token });
   expect(r.status, JSON.stringify(r.body)).toBe(201);
   return r.body.id;
 }
@@ -80,11 +108,12 @@ beforeAll(async () => {
   const { sharedUrl, env } = services;
   const workDir = path.join(sb.dir, 'scheduler-work');
   await mkdir(workDir, { recursive: true });
-  sched = await startScheduler(env, { workDir });
+  sched = await startScheduler(env, { workDir, teams: Teams.parse(JSON.stringify(TEAMS), 'dashboard test teams') });
   appUrl = sched.url;
 
   // Production job locks: nothing is killed here, and a loaded machine must not make a job look stalled.
   worker = startWorkerProcess({ name: 'dash', dir: sb.dir, redisUrl: redis.url, sharedUrl, s3env: s3.env, shortLocks: false });
+  for (const pool of ['a', 'platform']) startPoolWorker(pool);
 
   const port = await freePort();
   standalone = execa(process.execPath, ['--import', 'tsx', DASHBOARD_MAIN], {
@@ -101,15 +130,15 @@ beforeAll(async () => {
   ui = await launchDashboardBrowser();
   await waitFor('vmlb-dashboard to listen', async () => /"dashboard listening"/.test(standaloneLog) || standalone!.exitCode !== null, 60_000, 100);
   expect(standaloneLog).toMatch(/"dashboard listening"/);
-  await waitFor('the worker to register', async () => {
-    const f = await api.json<{ workers: Array<{ id: string }> }>('GET', '/v1/fleet');
-    return f.body?.workers?.some((w) => w.id === worker.id);
+  await waitFor('the workers to register', async () => {
+    const f = await api.json<{ workers: Array<{ id: string }> }>('GET', '/v1/fleet', { token: TOKENS.ops });
+    return [worker, ...poolWorkers.values()].every((x) => f.body?.workers?.some((w) => w.id === x.id));
   }, 60_000, 200);
 });
 
 afterEach((ctx) => {
   if (ctx.task.result?.state === 'fail') {
-    console.error(`scheduler log:\n${sched?.log.lines.slice(-30).join('\n')}\n${worker ? workerLogs([worker]) : ''}\nvmlb-dashboard:\n${standaloneLog.slice(-2000)}`);
+    console.error(`scheduler log:\n${sched?.log.lines.slice(-30).join('\n')}\n${worker ? workerLogs([worker, ...poolWorkers.values()]) : ''}\nvmlb-dashboard:\n${standaloneLog.slice(-2000)}`);
   }
 });
 
@@ -120,6 +149,7 @@ afterAll(async () => {
     await standalone;
   }
   await worker?.stop();
+  for (const w of poolWorkers.values()) await w.stop();
   await sched?.close();
   await services?.close();
 });
@@ -148,7 +178,7 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
   });
 
   it('asks for a token, then lists the team\'s build as it starts', async () => {
-    first = await submit(await project('first'), TOKENS.web);
+    first = await submit(await project('first'), TOKENS.web, { flatten: true });
     ({ page: webPage } = await ui.newPage());
     await webPage.goto(appUrl);
     await webPage.locator('[data-testid=token-form]').waitFor();
@@ -164,6 +194,8 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     expect(['queued', 'building']).toContain(state);
     await expect(row(webPage, first).locator('.badge').textContent()).resolves.toBe(state);
     await expect(row(webPage, first).textContent()).resolves.toContain('3 layers');
+    await expect(row(webPage, first).locator('.pool-cell').textContent()).resolves.toBe('default');
+    await expect(webPage.locator('[data-testid=whoami-pool]').textContent()).resolves.toMatch(/pool\s*default/);
     await ui.screenshot(webPage, '02-builds-running');
   });
 
@@ -302,6 +334,155 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await admin.goto(`${appUrl}/#/cache`);
     await admin.locator('[data-testid=teams-table] tr[data-team=data] .rate', { hasText: '100.0%' }).waitFor({ timeout: SLOW });
     await expect(admin.locator('[data-testid=stat-hit-rate] .stat-value').textContent()).resolves.toBe('66.7%');
+  });
+
+  let appBuild = '';
+
+  it('pools: team app (pool a, trusting platform) builds on pool a\'s worker with its base shared from platform; its list and build page show the pool and `shared: platform`', async () => {
+    const base: TarEntry = { name: '01_base/create-disk', content: `#!/bin/sh\n${BUSYBOX_BASE.script}\n` };
+    const baseBuild = await submit(await tarGz([base]), POOL_TOKENS.base);
+    await waitFor('the platform team\'s base to build', async () => (await buildState(baseBuild)) === 'done', SLOW, 200);
+    appBuild = await submit(await project('pool a'), POOL_TOKENS.app);
+
+    const { page } = await ui.newPage();
+    await signIn(page, appUrl, POOL_TOKENS.app, 'app');
+    await expect(page.locator('[data-testid=whoami-pool]').textContent()).resolves.toMatch(/pool\s*a$/);
+    // A team's own pool is the only one it sees: no menu, its name.
+    await expect(page.locator('[data-testid=pool-filter]').textContent()).resolves.toBe('Poola');
+    await expect(page.locator('[data-testid=pool-filter] select').count()).resolves.toBe(0);
+    await row(page, appBuild).waitFor();
+    await expect(page.locator('tr[data-build]').count()).resolves.toBe(1);
+    await expect(row(page, appBuild).locator('.pool-cell').textContent()).resolves.toBe('a');
+    await expect(page.locator('.builds-table th').allTextContents()).resolves.toEqual(['Build', 'Team', 'Pool', 'State', 'Layers', 'Created', 'Duration']);
+
+    await page.goto(`${appUrl}/#/builds/${appBuild}`);
+    await page.locator(`[data-build="${appBuild}"][data-state=done]`).waitFor({ timeout: SLOW });
+    await expect(page.locator('[data-testid=build-pool]').textContent()).resolves.toBe('ahits shared from platform');
+    // The base: a hit found in the trusted pool, said so; the other two built by pool a's own worker.
+    await expect(layerRow(page, 0).getAttribute('data-status')).resolves.toBe('hit');
+    await expect(layerRow(page, 0).locator('.tl-worker').textContent()).resolves.toBe('shared: platform');
+    await expect(layerRow(page, 0).locator('.tl-shared').getAttribute('data-pool')).resolves.toBe('platform');
+    await expect(layerRow(page, 0).getAttribute('title')).resolves.toMatch(/cached \(shared: platform\)/);
+    for (const i of [1, 2]) await expect(layerRow(page, i).locator('.tl-worker').textContent()).resolves.toBe(poolWorkers.get('a')!.id);
+    await expect(page.locator('[data-testid=build-layers]').textContent()).resolves.toBe('3 · 1 cached · 2 built');
+    await ui.screenshot(page, '14-pool-build-shared');
+
+    // A build of pool default's own (all its layers found in its own namespace) says no such thing.
+    const { page: web } = await ui.newPage();
+    await signIn(web, appUrl, TOKENS.web, 'web');
+    await web.goto(`${appUrl}/#/builds/${again}`);
+    await web.locator(`[data-build="${again}"][data-state=done]`).waitFor({ timeout: SLOW });
+    await expect(web.locator('[data-testid=build-pool]').textContent()).resolves.toBe('default');
+    await expect(web.locator('.timeline .tl-shared').count()).resolves.toBe(0);
+    await expect(layerRow(web, 0).locator('.tl-worker').textContent()).resolves.toBe('shared store');
+  });
+
+  it('the admin\'s builds list: a pool column, and a pool filter (with the team and state filters)', async () => {
+    const { page: admin } = await ui.newPage();
+    await signIn(admin, appUrl, TOKENS.ops, 'ops');
+    await row(admin, appBuild).waitFor();
+    await expect(row(admin, appBuild).locator('.pool-cell').textContent()).resolves.toBe('a');
+    await expect(row(admin, first).locator('.pool-cell').textContent()).resolves.toBe('default');
+    const pools = admin.locator('[data-testid=pool-filter]');
+    await expect(pools.locator('option').allTextContents()).resolves.toEqual(['All pools', 'a', 'default', 'platform']);
+    const all = await admin.locator('tr[data-build]').count();
+
+    await pools.selectOption('a');
+    await hashIs(admin, '#/builds?pool=a');
+    await row(admin, first).waitFor({ state: 'detached' });
+    await expect(admin.locator('tr[data-build]').count()).resolves.toBe(1);
+    await expect(row(admin, appBuild).count()).resolves.toBe(1);
+    await expect(admin.locator('.page-sub').textContent()).resolves.toMatch(/every team · pool a · 1 build/);
+
+    await pools.selectOption('platform');
+    await hashIs(admin, '#/builds?pool=platform');
+    await row(admin, appBuild).waitFor({ state: 'detached' });
+    await expect.poll(() => admin.locator('tr[data-build] .pool-cell').allTextContents()).toEqual(['platform']);
+
+    // With a team: pool default and team data is data's one build; pool a and team data is none.
+    await pools.selectOption('default');
+    await admin.locator('[data-testid=team-filter]').selectOption('data');
+    await hashIs(admin, '#/builds?team=data&pool=default');
+    await row(admin, dataBuild).waitFor();
+    await expect(admin.locator('tr[data-build]').count()).resolves.toBe(1);
+    await pools.selectOption('a');
+    await admin.locator('.empty', { hasText: 'No builds for team data in pool a' }).waitFor();
+    await admin.locator('[data-testid=state-filter] a', { hasText: 'Done' }).click();
+    await hashIs(admin, '#/builds?team=data&pool=a&state=done');
+    await admin.locator('[data-testid=team-filter]').selectOption('');
+    await row(admin, appBuild).waitFor();
+    await expect(admin.locator('tr[data-build]').count()).resolves.toBe(1);
+    await ui.screenshot(admin, '15-admin-builds-pool-a');
+    await pools.selectOption('');
+    await admin.locator('[data-testid=state-filter] a', { hasText: 'All' }).click();
+    await hashIs(admin, '#/builds');
+    await expect.poll(() => admin.locator('tr[data-build]').count()).toBe(all);
+
+    // The API behind it.
+    const ops = apiFor(() => sched.url, TOKENS.ops);
+    const inA = (await ops.json<{ builds: Array<{ id: string; pool: string }> }>('GET', '/v1/builds?pool=a')).body.builds;
+    expect(inA.map((b) => [b.id, b.pool])).toEqual([[appBuild, 'a']]);
+    expect((await ops.json('GET', '/v1/builds?pool=no%20such')).status).toBe(400);
+    expect((await api.json<{ builds: unknown[] }>('GET', '/v1/builds?pool=a')).body.builds).toEqual([]);
+  });
+
+  it('the fleet page groups the workers by pool, a section each with its queue counts; a pool whose jobs wait with no worker says so', async () => {
+    const ops = apiFor(() => sched.url, TOKENS.ops);
+    type PoolCounts = { pool: string; layers: Record<string, number>; flatten: Record<string, number>; queued: number };
+    const { page: admin } = await ui.newPage();
+    await signIn(admin, appUrl, TOKENS.ops, 'ops');
+    await admin.goto(`${appUrl}/#/fleet`);
+    const section = (pool: string) => admin.locator(`[data-testid=pool-section][data-pool="${pool}"]`);
+    await section('platform').waitFor();
+    await expect(admin.locator('[data-testid=pool-section]').evaluateAll((els) => els.map((e) => e.getAttribute('data-pool')))).resolves.toEqual(['a', 'default', 'platform']);
+    // Each pool's worker in its own section, and only there.
+    for (const [pool, w] of [['a', poolWorkers.get('a')!], ['default', worker], ['platform', poolWorkers.get('platform')!]] as const) {
+      await expect(section(pool).locator('tr[data-worker]').evaluateAll((els) => els.map((e) => e.getAttribute('data-worker')))).resolves.toEqual([w.id]);
+    }
+    // Each section's queue counts are its pool's, as the API's `pools` gives them (all builds are over: they no longer change).
+    const fleet = (await ops.json<{ pools: PoolCounts[] }>('GET', '/v1/fleet')).body;
+    expect(fleet.pools.find((p) => p.pool === 'a')!.layers.completed).toBe(2);
+    for (const p of fleet.pools) {
+      for (const q of ['layers', 'flatten'] as const) {
+        for (const state of ['waiting', 'active', 'completed', 'failed']) {
+          await expect(section(p.pool).locator(`[data-queue=${q}] [data-state=${state}]`).textContent()).resolves.toBe(String(p[q][state] ?? 0));
+        }
+      }
+      await expect(section(p.pool).locator('[data-testid=pool-queued]').textContent()).resolves.toBe(`${p.queued} queued`);
+    }
+    await expect(section('a').locator('[data-testid=pool-summary]').textContent()).resolves.toMatch(/1 live worker · 0 \/ 2 busy · 0 queued/);
+    await ui.screenshot(admin, '16-fleet-by-pool');
+
+    // Team app sees its own pool alone.
+    const { page: app } = await ui.newPage();
+    await signIn(app, appUrl, POOL_TOKENS.app, 'app');
+    await app.goto(`${appUrl}/#/fleet`);
+    await app.locator('[data-testid=pool-section][data-pool=a]').waitFor();
+    await expect(app.locator('[data-testid=pool-section]').count()).resolves.toBe(1);
+    await expect(app.locator('tr[data-worker]').evaluateAll((els) => els.map((e) => e.getAttribute('data-worker')))).resolves.toEqual([poolWorkers.get('a')!.id]);
+
+    // Pool a without its worker: a new build's job waits in pool a's queue (pool default's idle
+    // worker never takes it), and the section says so, live; the build is then cancelled.
+    expect((await poolWorkers.get('a')!.stop()).exitCode).toBe(0);
+    poolWorkers.delete('a');
+    const waiting = await submit(await project('pool a, no worker', 'echo "never built"'), POOL_TOKENS.app);
+    onTestFinished(async () => {
+      await apiFor(() => sched.url, POOL_TOKENS.app).json('POST', `/v1/builds/${waiting}/cancel`);
+    });
+    const starved = section('a').locator('[data-testid=pool-starved]');
+    await starved.waitFor({ timeout: SLOW });
+    await expect(starved.textContent()).resolves.toMatch(/1 job of pool a waits, and no worker of the pool is live: only workers started with VMLB_WORKER_POOL=a take them/);
+    await expect(section('a').locator('[data-testid=pool-queued]').textContent()).resolves.toBe('1 queued');
+    await expect(section('a').locator('[data-queue=layers] [data-state=waiting]').textContent()).resolves.toBe('1');
+    await expect(section('a').locator('[data-queue=flatten] [data-state=waiting-children]').textContent()).resolves.toBe('0');
+    await expect(section('a').locator('.empty').textContent()).resolves.toContain('No worker of pool a has registered');
+    await expect(section('default').locator('[data-testid=pool-queued]').textContent()).resolves.toBe('0 queued');
+    await expect(section('default').locator('[data-testid=pool-starved]').count()).resolves.toBe(0);
+    await ui.screenshot(admin, '17-fleet-pool-without-worker');
+
+    expect((await apiFor(() => sched.url, POOL_TOKENS.app).json('POST', `/v1/builds/${waiting}/cancel`)).status).toBe(200);
+    await section('a').locator('[data-testid=pool-queued]', { hasText: '0 queued' }).waitFor({ timeout: SLOW });
+    await expect(starved.count()).resolves.toBe(0);
   });
 
   it('a bad token is refused with the server\'s message; sign out forgets the token', async () => {

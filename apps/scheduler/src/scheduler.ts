@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { LocalStore, SharedStore, StoreError, VmlbError } from '@vmlb/layer-engine';
-import { DEFAULT_POOL, flattenJobId, poolPath, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
+import { DEFAULT_POOL, POOL_NAME, flattenJobId, poolPath, redisConnection, redisKeys, type FleetConfig } from '@vmlb/fleet';
 import { findImage } from './image-manifest.js';
 import { PoolRegistry } from './pool-registry.js';
 import { BuildFollower, type FollowerOptions } from './build-follower.js';
@@ -269,7 +269,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   });
 
   app.get('/v1/builds', async (req) => {
-    const q = req.query as { state?: string; team?: string; limit?: string };
+    const q = req.query as { state?: string; team?: string; pool?: string; limit?: string };
+    if (q.pool !== undefined && !POOL_NAME.test(q.pool)) throw new HttpError(400, 'BAD_QUERY', `pool must be a pool name: letters, digits, . _ - (not ${q.pool})`);
     if (q.state !== undefined && !['queued', 'building', 'done', 'failed', 'cancelled', 'active'].includes(q.state)) {
       throw new HttpError(400, 'BAD_QUERY', `state must be one of queued, building, done, failed, cancelled, active (not ${q.state})`);
     }
@@ -283,6 +284,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       const live = follower.live(b.id);
       return live ? summarize(live) : b;
     });
+    // The pool a build ran in (a team's own builds stay in the pool they were built in if it moves).
+    if (q.pool) builds = builds.filter((b) => (b.pool ?? DEFAULT_POOL) === q.pool);
     if (q.state === 'active') builds = builds.filter((b) => !FINAL_STATES.has(b.state));
     else if (q.state) builds = builds.filter((b) => b.state === q.state);
     builds.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));

@@ -147,6 +147,10 @@ function TopBar({ section, session }: { section: string; session: Session }) {
           ) : (
             <>
               team <strong>{session.who.team}</strong>
+              <span class="who-pool" data-testid="whoami-pool">
+                {' '}
+                · pool <strong>{session.who.pool ?? 'default'}</strong>
+              </span>
             </>
           )}
         </span>

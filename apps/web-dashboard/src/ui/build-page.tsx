@@ -48,6 +48,8 @@ export function BuildPage({ id }: { id: string }) {
 
   const selected = picked ?? defaultLayer(record);
   const hits = record.layers.filter((l) => l.status === 'hit').length;
+  // The trusted pools this build took hits from.
+  const sharedFrom = [...new Set(record.layers.flatMap((l) => (l.status === 'hit' && l.pool ? [l.pool] : [])))].sort();
   const built = record.layers.filter((l) => l.status === 'done').length;
   const bytesBuilt = record.layers.reduce((n, l) => n + (l.status === 'done' ? (l.bytes ?? 0) : 0), 0);
   const running = !isFinal(record.state);
@@ -73,6 +75,17 @@ export function BuildPage({ id }: { id: string }) {
         <div>
           <dt>Team</dt>
           <dd>{record.team}</dd>
+        </div>
+        <div>
+          <dt>Pool</dt>
+          <dd data-testid="build-pool">
+            {record.pool ?? 'default'}
+            {sharedFrom.length > 0 && (
+              <span class="fact-sub" data-testid="build-shared-from">
+                hits shared from {sharedFrom.join(', ')}
+              </span>
+            )}
+          </dd>
         </div>
         <div>
           <dt>Project</dt>

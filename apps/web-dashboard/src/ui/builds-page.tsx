@@ -12,13 +12,14 @@ const STATE_FILTERS: Array<{ value: string; label: string }> = [
   ...BUILD_STATES.map((s) => ({ value: s, label: s[0]!.toUpperCase() + s.slice(1) })),
 ];
 
-/** `#/builds?team=&state=`: the builds, newest first, filtered, polled every 2 s. */
+/** `#/builds?team=&pool=&state=`: the builds, newest first, filtered, polled every 2 s. */
 export function BuildsPage({ params }: { params: URLSearchParams }) {
   const { api, who } = useSession();
   const team = params.get('team') ?? '';
+  const pool = params.get('pool') ?? '';
   const state = params.get('state') ?? '';
   const now = useNow();
-  const list = usePoll((signal) => api.json<{ builds: BuildSummary[] }>(`/v1/builds${query({ team, state, limit: 200 })}`, signal), [api, team, state]);
+  const list = usePoll((signal) => api.json<{ builds: BuildSummary[] }>(`/v1/builds${query({ team, pool, state, limit: 200 })}`, signal), [api, team, pool, state]);
 
   // The admin's team menu: every team seen in an unfiltered listing, and the selected one.
   const [teams, setTeams] = useState<string[]>([who.team]);
@@ -30,9 +31,19 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
       return all.length === prev.length ? prev : all;
     });
   }, [list.data, team]);
+  // The pool menu likewise: the pools of the builds seen, the token's own, and the selected one.
+  const [pools, setPools] = useState<string[]>([who.pool ?? 'default']);
+  useEffect(() => {
+    const seen = list.data?.builds.map((b) => b.pool ?? 'default') ?? [];
+    if (pool) seen.push(pool);
+    setPools((prev) => {
+      const all = [...new Set([...prev, ...seen])].sort();
+      return all.length === prev.length ? prev : all;
+    });
+  }, [list.data, pool]);
 
-  const go = (next: { team?: string; state?: string }) => {
-    location.hash = href(['builds'], { team: next.team ?? team, state: next.state ?? state });
+  const go = (next: { team?: string; pool?: string; state?: string }) => {
+    location.hash = href(['builds'], { team: next.team ?? team, pool: next.pool ?? pool, state: next.state ?? state });
   };
   const builds = list.data?.builds ?? [];
 
@@ -42,6 +53,7 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
         <h1>Builds</h1>
         <div class="page-sub">
           {who.admin ? (team ? `team ${team}` : 'every team') : `team ${who.team}`}
+          {who.admin ? (pool ? ` · pool ${pool}` : '') : ` · pool ${who.pool ?? 'default'}`}
           {list.data && ` · ${plural(builds.length, 'build')}`}
         </div>
       </div>
@@ -64,9 +76,27 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
             <strong>{who.team}</strong>
           </span>
         )}
+        {who.admin ? (
+          <label class="filter">
+            <span>Pool</span>
+            <select data-testid="pool-filter" value={pool} onChange={(e) => go({ pool: e.currentTarget.value })}>
+              <option value="">All pools</option>
+              {pools.map((p) => (
+                <option value={p} key={p}>
+                  {p}
+                </option>
+              ))}
+            </select>
+          </label>
+        ) : (
+          <span class="filter" data-testid="pool-filter">
+            <span>Pool</span>
+            <strong>{who.pool ?? 'default'}</strong>
+          </span>
+        )}
         <div class="segmented" data-testid="state-filter">
           {STATE_FILTERS.map((f) => (
-            <a key={f.value} href={href(['builds'], { team, state: f.value })} class={f.value === state ? 'on' : ''} aria-current={f.value === state ? 'true' : undefined}>
+            <a key={f.value} href={href(['builds'], { team, pool, state: f.value })} class={f.value === state ? 'on' : ''} aria-current={f.value === state ? 'true' : undefined}>
               {f.label}
             </a>
           ))}
@@ -78,7 +108,7 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
           <Loading what="builds" />
         ) : builds.length === 0 ? (
           <Empty>
-            No builds{state ? ` in state ${state}` : ''}{team ? ` for team ${team}` : ''}. Submit one with <Mono>vmlb submit</Mono>.
+            No builds{state ? ` in state ${state}` : ''}{team ? ` for team ${team}` : ''}{pool ? ` in pool ${pool}` : ''}. Submit one with <Mono>vmlb submit</Mono>.
           </Empty>
         ) : (
           <table class="table builds-table" data-testid="builds-table">
@@ -86,6 +116,7 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
               <tr>
                 <th>Build</th>
                 <th>Team</th>
+                <th>Pool</th>
                 <th>State</th>
                 <th>Layers</th>
                 <th>Created</th>
@@ -118,6 +149,9 @@ function BuildRow({ b, now }: { b: BuildSummary; now: number }) {
         </div>
       </td>
       <td>{b.team}</td>
+      <td class="pool-cell" data-pool={b.pool ?? 'default'}>
+        {b.pool ?? 'default'}
+      </td>
       <td>
         <Badge status={b.state} />
         {b.error && (

@@ -7,7 +7,7 @@ import { Badge, Card, Empty, ErrorNote, Loading, Meter, Mono, Stat } from './ui-
 /** BullMQ's job states, in the order a job goes through them. */
 const QUEUE_STATES = ['waiting', 'prioritized', 'waiting-children', 'delayed', 'active', 'completed', 'failed'] as const;
 
-/** `#/fleet`: the workers, their slots and caches, and the queues. */
+/** `#/fleet`: the workers, their slots and caches, and the queues, grouped by pool. */
 export function FleetPage() {
   const { api } = useSession();
   const now = useNow();
@@ -28,12 +28,22 @@ export function FleetPage() {
   const busy = live.reduce((n, w) => n + w.busy, 0);
   const cached = f.workers.reduce((n, w) => n + w.cachedBytes, 0);
   const dead = f.workers.length - live.length;
+  // A section per pool shown (the team's own; every pool for an admin), and any pool a listed
+  // worker serves that the list lacks.
+  const pools: PoolView[] = [...(f.pools ?? [])];
+  for (const w of f.workers) {
+    const name = w.pool ?? 'default';
+    if (!pools.some((p) => p.pool === name)) pools.push({ pool: name, layers: {}, flatten: {}, queued: 0, oldestQueuedSeconds: null });
+  }
+  pools.sort((a, b) => a.pool.localeCompare(b.pool));
 
   return (
     <div class="page">
       <div class="page-head">
         <h1>Fleet</h1>
-        <div class="page-sub">{plural(f.workers.length, 'worker')}</div>
+        <div class="page-sub">
+          {plural(f.workers.length, 'worker')} · {plural(pools.length, 'pool')}
+        </div>
       </div>
       <ErrorNote error={fleet.error} what="the latest state" />
       <div class="stats">
@@ -42,9 +52,52 @@ export function FleetPage() {
         <Stat label="Queue depth" value={String(f.queued)} sub={f.oldestQueuedSeconds !== null ? `oldest waits ${formatSeconds(f.oldestQueuedSeconds)}` : 'nothing waiting'} tone={f.queued > slots && slots > 0 ? 'warn' : undefined} testid="stat-queued" />
         <Stat label="Cached on workers" value={formatBytes(cached)} sub="local stores, together" testid="stat-cached" />
       </div>
-      <Card title="Workers">
-        {f.workers.length === 0 ? (
-          <Empty>No worker has registered. Start one with <Mono>vmlb-worker</Mono> (see apps/worker/README.md).</Empty>
+      {pools.map((p) => (
+        <PoolSection key={p.pool} pool={p} workers={f.workers.filter((w) => (w.pool ?? 'default') === p.pool)} now={now} polledAt={fleet.updatedAt} />
+      ))}
+    </div>
+  );
+}
+
+type PoolView = Fleet['pools'][number];
+
+/**
+ * One pool: its workers (only they take its jobs) and its two queues, as `GET /v1/fleet` gives
+ * them per pool (a team sees its own pool; an admin every pool).
+ */
+function PoolSection({ pool: p, workers, now, polledAt }: { pool: PoolView; workers: FleetWorker[]; now: number; polledAt: number }) {
+  const live = workers.filter((w) => w.live);
+  const slots = live.reduce((n, w) => n + w.slots, 0);
+  const busy = live.reduce((n, w) => n + w.busy, 0);
+  const starved = p.queued > 0 && live.length === 0;
+  const title = (
+    <>
+      Pool <strong class="pool-name">{p.pool}</strong>
+      <span class="card-sub" data-testid="pool-summary">
+        {' '}
+        · {plural(live.length, 'live worker')} · {busy} / {slots} busy ·{' '}
+        <span data-testid="pool-queued" class={starved ? 'bad' : ''}>
+          {p.queued} queued
+        </span>
+        {p.oldestQueuedSeconds !== null && ` · oldest waits ${formatSeconds(p.oldestQueuedSeconds)}`}
+      </span>
+    </>
+  );
+  return (
+    <div class="pool-section" data-pool={p.pool} data-testid="pool-section">
+      <Card title={title} testid={`pool-${p.pool}`}>
+        {starved && (
+          <div class="error-note" role="alert" data-testid="pool-starved">
+            <strong>Jobs wait with no worker</strong>
+            <span class="error-message">
+              {plural(p.queued, 'job')} of pool {p.pool} {p.queued === 1 ? 'waits' : 'wait'}, and no worker of the pool is live: only workers started with <Mono>VMLB_WORKER_POOL={p.pool}</Mono> take them.
+            </span>
+          </div>
+        )}
+        {workers.length === 0 ? (
+          <Empty>
+            No worker of pool {p.pool} has registered. Start one with <Mono>VMLB_WORKER_POOL={p.pool} vmlb-worker</Mono> (see apps/worker/README.md).
+          </Empty>
         ) : (
           <table class="table" data-testid="workers-table">
             <thead>
@@ -60,14 +113,12 @@ export function FleetPage() {
               </tr>
             </thead>
             <tbody>
-              {f.workers.map((w) => (
-                <WorkerRow key={w.id} w={w} now={now} polledAt={fleet.updatedAt} />
+              {workers.map((w) => (
+                <WorkerRow key={w.id} w={w} now={now} polledAt={polledAt} />
               ))}
             </tbody>
           </table>
         )}
-      </Card>
-      <Card title="Queues">
         <table class="table queues-table" data-testid="queues-table">
           <thead>
             <tr>
@@ -86,7 +137,7 @@ export function FleetPage() {
                   <strong>{q}</strong>
                 </td>
                 {QUEUE_STATES.map((s) => {
-                  const n = f.queues[q]?.[s] ?? 0;
+                  const n = p[q]?.[s] ?? 0;
                   return (
                     <td class={`num ${n === 0 ? 'zero' : ''} ${s === 'failed' && n > 0 ? 'bad' : ''}`} key={s} data-state={s}>
                       {n}

@@ -10,6 +10,8 @@ interface Row {
   kind: string;
   status: LayerStatus;
   worker?: string;
+  /** A hit found in a pool the build's pool trusts for reading: that pool. */
+  sharedFrom?: string;
   seconds?: number;
   bytes?: number;
   /** ms since the epoch */
@@ -39,7 +41,7 @@ function layerRow(l: LayerRecord, created: number, buildEnd: number | undefined,
     else if (l.status === 'queued' || l.status === 'waiting') queuedUntil = buildEnd ?? now;
     else if (l.status === 'cancelled') queuedUntil = buildEnd;
   }
-  const parts = [`${l.name} (${l.kind}): ${l.status === 'hit' ? 'cached' : l.status}`];
+  const parts = [`${l.name} (${l.kind}): ${l.status === 'hit' ? (l.pool ? `cached (shared: ${l.pool})` : 'cached') : l.status}`];
   if (l.worker) parts.push(`on ${l.worker}`);
   if (l.seconds !== undefined) parts.push(`${formatSeconds(l.seconds)}`);
   if (l.bytes !== undefined) parts.push(formatBytes(l.bytes));
@@ -47,6 +49,7 @@ function layerRow(l: LayerRecord, created: number, buildEnd: number | undefined,
   if (l.exitCode !== undefined) parts.push(`exit ${l.exitCode}`);
   const row: Row = { key: `l${l.index}`, index: l.index, name: l.name, kind: l.kind, status: l.status, detail: parts.join(' · ') };
   if (l.worker !== undefined) row.worker = l.worker;
+  if (l.status === 'hit' && l.pool) row.sharedFrom = l.pool;
   if (l.seconds !== undefined) row.seconds = l.seconds;
   // Still running, or stopped by a cancel: how long it has run (until the build ended).
   else if (hasStart && (l.status === 'building' || l.status === 'cancelled') && end !== undefined) row.seconds = (end - started) / 1000;
@@ -187,7 +190,13 @@ export function Timeline({ record, now, selected, onSelect }: { record: BuildRec
               <Badge status={r.status}>{STATUS_LABEL[r.status]}</Badge>
             </div>
             <div role="cell" class="tl-worker">
-              {r.worker ?? (r.status === 'hit' ? 'shared store' : '—')}
+              {r.sharedFrom ? (
+                <span class="tl-shared" data-pool={r.sharedFrom} title={`found in pool ${r.sharedFrom}, which this build's pool trusts for reading`}>
+                  shared: {r.sharedFrom}
+                </span>
+              ) : (
+                (r.worker ?? (r.status === 'hit' ? 'shared store' : '—'))
+              )}
             </div>
             <div role="cell" class="num tl-seconds">
               {r.status === 'hit' ? '0s' : formatSeconds(r.seconds)}
