@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-packages="qemu-utils qemu-system-common qemu-system-x86 e2fsprogs fdisk cloud-guest-utils busybox-static fuse3 util-linux mmdebstrap mtools dosfstools bubblewrap slirp4netns iproute2 gcc libc6-dev ${VMLB_SETUP_EXTRA:-}"
+packages="qemu-utils qemu-system-common zstd qemu-system-x86 e2fsprogs fdisk cloud-guest-utils busybox-static fuse3 util-linux mmdebstrap mtools dosfstools bubblewrap slirp4netns iproute2 gcc libc6-dev ${VMLB_SETUP_EXTRA:-}"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
