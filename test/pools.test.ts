@@ -152,6 +152,20 @@ describe('pools', () => {
   });
 });
 
+describe('gc --shared per pool', () => {
+  it('collects one pool\'s namespace (s3://…/pools/b) and leaves the other pools\' layers alone', async () => {
+    const before = { a: (await storeOf('a').listLayers()).length, platform: (await storeOf('platform').listLayers()).length, b: (await storeOf('b').listLayers()).length };
+    expect(before.b).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 50));
+    const r = await vmlb(services.sb, ['gc', '--shared', `${services.sharedUrl}/pools/b`, '--unused-for', '1ms', '--json'], services.s3.env);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { shared: { layers: unknown[] } }).shared.layers).toHaveLength(before.b);
+    expect(await storeOf('b').listLayers()).toEqual([]);
+    expect((await storeOf('a').listLayers()).length).toBe(before.a);
+    expect((await storeOf('platform').listLayers()).length).toBe(before.platform);
+  });
+});
+
 describe('npm run fleet with pools', () => {
   it('VMLB_FLEET_TEAMS makes the teams and pools, one worker per pool, and a token line per team; VMLB_FLEET_READS makes a pool trust another', async () => {
     const sb = await sandbox('pools-dev');
