@@ -5,6 +5,8 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { debian } from './debian.js';
+import { debianFleet } from './debian-fleet.js';
+import { mkosiPeer } from './mkosi.js';
 import { FLEET_BENCHMARKS } from './fleet.js';
 import { API_BENCHMARKS } from './api.js';
 import { TRANSFER_BENCHMARKS } from './transfer.js';
@@ -448,6 +450,8 @@ export const BENCHMARKS: Benchmark[] = [
   { name: 'flatten', title: '--flatten vs bare qemu-img convert of the same chain', run: flatten },
   { name: 'write', title: 'writing 500 MiB inside a build-layer vs on a plain loop device', run: write },
   { name: 'debian', title: 'examples/debian: first, no-op and edit-last-layer builds; boot to the marker; diff of two layers', run: debian },
+  { name: 'debian-fleet', title: 'examples/debian through npm run fleet vs locally: cold, an edit of the last layer, bytes moved', run: debianFleet },
+  { name: 'mkosi-peer', title: 'examples/debian by vmlb and by mkosi (incremental cache): cold, and after a one-file edit', run: mkosiPeer },
   ...FLEET_BENCHMARKS,
   ...API_BENCHMARKS,
   ...TRANSFER_BENCHMARKS,
