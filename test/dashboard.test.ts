@@ -25,7 +25,7 @@ import { TOKENS, apiFor, startScheduler, tarGz, waitFor, type RunningScheduler, 
 import { sha256Hex, Teams } from '../apps/scheduler/src/index.js';
 import { freePort, type RedisServer } from './helpers/redis-server.js';
 import type { S3Server } from './helpers/s3-server.js';
-import { BUSYBOX_BASE, REPO, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, REPO, vmlb, type Sandbox } from './helpers/vmlb.js';
 import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from './helpers/worker-process.js';
 
@@ -366,6 +366,16 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     for (const i of [1, 2]) await expect(layerRow(page, i).locator('.tl-worker').textContent()).resolves.toBe(poolWorkers.get('a')!.id);
     await expect(page.locator('[data-testid=build-layers]').textContent()).resolves.toBe('3 · 1 cached · 2 built');
     await ui.screenshot(page, '14-pool-build-shared');
+
+    // vmlb builds says the same: a POOL column, and `pool` in --json; an admin lists one pool with --pool.
+    const cli = (args: string[], token: string) => vmlb(sb, ['builds', ...args], { VMLB_SERVER: sched.url, VMLB_TOKEN: token });
+    const mine = await cli([], POOL_TOKENS.app);
+    expect(mine.exitCode, mine.stderr).toBe(0);
+    expect(mine.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
+    expect(mine.stdout).toMatch(new RegExp(`^${appBuild}\\s+app\\s+a\\s+done\\s+3 \\(1 cached, 2 built\\)`, 'm'));
+    expect(JSON.parse((await cli(['--json'], POOL_TOKENS.app)).stdout)).toEqual([expect.objectContaining({ id: appBuild, team: 'app', pool: 'a' })]);
+    const platform = JSON.parse((await cli(['--json', '--pool', 'platform'], TOKENS.ops)).stdout) as Array<{ team: string; pool: string }>;
+    expect(platform.map((b) => [b.team, b.pool])).toEqual([['base', 'platform']]);
 
     // A build of pool default's own (all its layers found in its own namespace) says no such thing.
     const { page: web } = await ui.newPage();

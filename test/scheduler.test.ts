@@ -505,7 +505,10 @@ describe('a submission', () => {
       expect(viaUrl).toEqual(image);
 
       const list = await cli(['builds']);
-      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+done\\s+3 \\(1 cached, 2 built\\)`));
+      expect(list.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
+      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+default\\s+done\\s+3 \\(1 cached, 2 built\\)`));
+      const listed = JSON.parse((await cli(['builds', '--json'])).stdout) as Array<{ id: string; pool: string }>;
+      expect(listed.find((b) => b.id === id)?.pool).toBe('default');
     } finally {
       await workers.close();
     }
@@ -718,15 +721,16 @@ describe('/healthz and /metrics', () => {
     }
     expect(text).toMatch(/^# TYPE process_cpu_user_seconds_total counter$/m);
     expect(text).toMatch(/^# TYPE vmlb_builds_submitted_total counter$/m);
-    expect(text).toMatch(/^vmlb_builds_submitted_total\{team="web"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^vmlb_builds_submitted_total\{team="web",pool="default"\} [1-9]\d*$/m);
     expect(text).toMatch(/^# TYPE vmlb_layer_cache_lookups_total counter$/m);
     expect(text).toMatch(/^vmlb_shared_store_up 1$/m);
-    expect(text).toMatch(/^vmlb_queue_oldest_job_age_seconds\{queue="vmlb-layers"\} \d+(\.\d+)?$/m);
+    expect(text).toMatch(/^vmlb_queue_oldest_job_age_seconds\{queue="vmlb-layers",pool="default",kind="layer"\} \d+(\.\d+)?$/m);
     expect(text).toMatch(/^vmlb_uploads_refused_total\{reason="UNSAFE_ENTRY"\} [1-9]\d*$/m);
-    expect(text).toMatch(/^vmlb_queue_jobs\{queue="vmlb-layers",state="waiting"\} \d+$/m);
+    expect(text).toMatch(/^vmlb_queue_jobs\{queue="vmlb-layers",pool="default",kind="layer",state="waiting"\} \d+$/m);
+    expect(text).toMatch(/^vmlb_queue_jobs\{queue="vmlb-flatten",pool="default",kind="flatten",state="waiting"\} \d+$/m);
     expect(text).toMatch(/^vmlb_http_request_duration_seconds_bucket\{le="0.1",method="GET",route="\/v1\/builds\/:id",status="200"\} \d+$/m);
     expect(text).toMatch(/^vmlb_builds_active \d+$/m);
-    expect(text).toMatch(/^vmlb_fleet_workers \d+$/m);
+    expect(text).toMatch(/^vmlb_fleet_workers\{pool="default"\} \d+$/m);
   });
 });
 

@@ -421,15 +421,19 @@ export function registerFleetCommands(program: Command): void {
     .addOption(tokenOption())
     .addOption(new Option('--state <state>', 'only builds in this state').choices(['active', 'queued', 'building', 'done', 'failed', 'cancelled']))
     .option('--team <team>', 'another team\'s builds (admin tokens only)')
+    .option('--pool <pool>', 'only builds of this pool (the pool a build ran in)')
     .option('--limit <n>', 'at most this many', '20')
     .option('--json', 'print the list as JSON')
-    .action(async (o: ConnOpts & { state?: string; team?: string; limit: string; json?: boolean }) => {
+    .action(async (o: ConnOpts & { state?: string; team?: string; pool?: string; limit: string; json?: boolean }) => {
       const ep = await endpointFrom(o);
       const q = new URLSearchParams({ limit: o.limit });
       if (o.state) q.set('state', o.state);
       if (o.team) q.set('team', o.team);
+      if (o.pool) q.set('pool', o.pool);
       const res = await check(await request(ep, 'GET', `/v1/builds?${q}`), 'listing builds');
-      const { builds } = (await res.json()) as { builds: Array<{ id: string; team: string; state: string; createdAt: string; finishedAt?: string; layers: number; hits: number; built: number; error?: string }> };
+      const listed = (await res.json()) as { builds: Array<{ id: string; team: string; pool?: string; state: string; createdAt: string; finishedAt?: string; layers: number; hits: number; built: number; error?: string }> };
+      // A summary from before pools names none: it is pool default's.
+      const builds = listed.builds.map((b) => ({ ...b, pool: b.pool ?? 'default' }));
       if (o.json) {
         process.stdout.write(JSON.stringify(builds, null, 2) + '\n');
         return;
@@ -438,7 +442,7 @@ export function registerFleetCommands(program: Command): void {
         process.stdout.write('no builds\n');
         return;
       }
-      const rows = [['BUILD', 'TEAM', 'STATE', 'LAYERS', 'CREATED', 'TOOK'], ...builds.map((b) => [b.id, b.team, b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)])];
+      const rows = [['BUILD', 'TEAM', 'POOL', 'STATE', 'LAYERS', 'CREATED', 'TOOK'], ...builds.map((b) => [b.id, b.team, b.pool, b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)])];
       const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
       for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
     });
