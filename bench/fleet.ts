@@ -371,11 +371,18 @@ async function fleetConcurrent(o: BenchOptions, pool = 'default'): Promise<Row[]
         };
         const buildings = async (b: SubmittedBuild) =>
           (await readEvents(connection, b.buildId, '0', { count: 100_000 })).map((e) => e.event as FleetEvent).filter((e) => e.type === 'job' && e.status === 'building').length;
-        const measure = async (tag: string, copies: number) => {
-          const project = await writeProject(path.join(sb.dir, tag), concurrentProject(tag));
-          progress(`fleet-concurrent: ${copies} build(s) of a fresh 3-layer project`);
+        /** `branches`: each copy is its own branch of the project (its last layer differs); else identical copies. */
+        const measure = async (tag: string, copies: number, branches = false) => {
+          const projects = await Promise.all(
+            Array.from({ length: branches ? copies : 1 }, async (_, i) => {
+              const layers = concurrentProject(tag);
+              if (branches) layers[2] = [layers[2]![0], { kind: 'build-layer', script: `echo branch ${i} > /etc/y` }];
+              return writeProject(path.join(sb.dir, branches ? `${tag}-${i}` : tag), layers);
+            }),
+          );
+          progress(`fleet-concurrent: ${copies} build(s) of a fresh 3-layer project${branches ? ' (branches)' : ''}`);
           const t0 = performance.now();
-          const builds = await Promise.all(Array.from({ length: copies }, () => submitProject(project, { redisUrl: redis!.url, shared, pool })));
+          const builds = await Promise.all(Array.from({ length: copies }, (_, i) => submitProject(projects[branches ? i : 0]!, { redisUrl: redis!.url, shared, pool })));
           await Promise.all(builds.map(finished));
           const s = (performance.now() - t0) / 1000;
           const built = (await Promise.all(builds.map(buildings))).reduce((a, b) => a + b, 0);
@@ -385,6 +392,7 @@ async function fleetConcurrent(o: BenchOptions, pool = 'default'): Promise<Row[]
         await measure('warm', 1);
         const one = await measure('one', 1);
         const three = await measure('three', 3);
+        const branched = await measure('branches', 3, true);
         const what = (n: number) => `${n === 1 ? 'one build' : `${n} identical builds submitted at once`} of a fresh 3-layer busybox project (layer 2 sleeps 1 s), through 2 real worker processes (2 slots each), project upload to the last flatten completed; layer builds = \`building\` events`;
         return [
           { benchmark: `fleet-concurrent (1 build${label})`, what: what(1), result: `${secs(one.s)}, ${one.built} layer builds`, target: `${one.layers} layer builds`, ratio: '1.00×' },
@@ -394,6 +402,13 @@ async function fleetConcurrent(o: BenchOptions, pool = 'default'): Promise<Row[]
             result: `${secs(three.s)}, ${three.built} layer builds`,
             target: `${three.layers} layer builds (each layer once); wall ≈ one build`,
             ratio: `${(three.s / one.s).toFixed(2)}× the wall time of one; ${(three.built / three.layers).toFixed(2)}× the layer builds needed`,
+          },
+          {
+            benchmark: `fleet-concurrent (3 branches${label})`,
+            what: 'three teams\' branches of one fresh 3-layer project submitted at once (the same two lower layers, each its own last layer), same fleet',
+            result: `${secs(branched.s)}, ${branched.built} layer builds`,
+            target: `${branched.layers + 2} layer builds (each shared layer once); wall ≤ 1.2× one build`,
+            ratio: `${(branched.s / one.s).toFixed(2)}× the wall time of one; ${(branched.built / (branched.layers + 2)).toFixed(2)}× the layer builds needed`,
           },
         ];
       } finally {
