@@ -222,7 +222,8 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
       await expect(r.getAttribute('data-status')).resolves.toBe('done');
       await expect(r.locator('.tl-worker').textContent()).resolves.toBe(worker.id);
       await expect(r.locator('.tl-seconds').textContent()).resolves.toMatch(/^\d+(\.\d+)?s$|^\d+m\d\ds$/);
-      await expect(r.locator('.tl-bytes').textContent()).resolves.toMatch(/^\d+(\.\d+)? (B|KiB|MiB)$/);
+      // The layer's bytes, and what its worker pulled for its parent chain.
+      await expect(r.locator('.tl-bytes').textContent()).resolves.toMatch(/^\d+(\.\d+)? (B|KiB|MiB)(pulled \d+(\.\d+)? (B|KiB|MiB))?$/);
       await expect(r.locator('.tl-seg.seg-done').count()).resolves.toBe(1);
     }
     // Another layer's log, picked by hand: its echo output.
@@ -364,6 +365,9 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await expect(layerRow(page, 0).locator('.tl-shared').getAttribute('data-pool')).resolves.toBe('platform');
     await expect(layerRow(page, 0).getAttribute('title')).resolves.toMatch(/cached \(shared: platform\)/);
     for (const i of [1, 2]) await expect(layerRow(page, i).locator('.tl-worker').textContent()).resolves.toBe(poolWorkers.get('a')!.id);
+    // Pool a's worker pulled the platform base for layer 1 and had it for layer 2: the page says how much, per layer.
+    await expect(layerRow(page, 1).locator('[data-testid=layer-pulled]').textContent()).resolves.toMatch(/^pulled [\d.]+ MiB$/);
+    await expect(layerRow(page, 2).locator('[data-testid=layer-pulled]').textContent()).resolves.toBe('pulled 0 B');
     await expect(page.locator('[data-testid=build-layers]').textContent()).resolves.toBe('3 · 1 cached · 2 built');
     await ui.screenshot(page, '14-pool-build-shared');
 

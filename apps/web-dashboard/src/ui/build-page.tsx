@@ -123,6 +123,13 @@ export function BuildPage({ id }: { id: string }) {
               </span>
             ) : running ? (
               'not yet'
+            ) : record.state === 'done' && record.output === 'chain' ? (
+              <span title="the build's result is its chain of layers in the shared store">
+                its chain
+                <span class="fact-sub">
+                  <Mono>vmlb pull {record.id} -o FILE</Mono>
+                </span>
+              </span>
             ) : (
               'none'
             )}

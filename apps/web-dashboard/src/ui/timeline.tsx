@@ -14,6 +14,8 @@ interface Row {
   sharedFrom?: string;
   seconds?: number;
   bytes?: number;
+  /** Bytes its worker pulled from the shared store for its parent chain. */
+  pulled?: number;
   /** ms since the epoch */
   start?: number;
   end?: number;
@@ -45,6 +47,7 @@ function layerRow(l: LayerRecord, created: number, buildEnd: number | undefined,
   if (l.worker) parts.push(`on ${l.worker}`);
   if (l.seconds !== undefined) parts.push(`${formatSeconds(l.seconds)}`);
   if (l.bytes !== undefined) parts.push(formatBytes(l.bytes));
+  if (l.pulledBytes !== undefined) parts.push(`pulled ${formatBytes(l.pulledBytes)} for its parent chain`);
   if (hasStart) parts.push(`queued ${formatSeconds((started - created) / 1000)}`);
   if (l.exitCode !== undefined) parts.push(`exit ${l.exitCode}`);
   const row: Row = { key: `l${l.index}`, index: l.index, name: l.name, kind: l.kind, status: l.status, detail: parts.join(' · ') };
@@ -54,6 +57,7 @@ function layerRow(l: LayerRecord, created: number, buildEnd: number | undefined,
   // Still running, or stopped by a cancel: how long it has run (until the build ended).
   else if (hasStart && (l.status === 'building' || l.status === 'cancelled') && end !== undefined) row.seconds = (end - started) / 1000;
   if (l.bytes !== undefined) row.bytes = l.bytes;
+  if (l.pulledBytes !== undefined) row.pulled = l.pulledBytes;
   if (hasStart) row.start = started;
   if (end !== undefined) row.end = end;
   if (queuedUntil !== undefined) row.queuedUntil = queuedUntil;
@@ -203,6 +207,11 @@ export function Timeline({ record, now, selected, onSelect }: { record: BuildRec
             </div>
             <div role="cell" class="num tl-bytes">
               {formatBytes(r.bytes)}
+              {r.pulled !== undefined && (
+                <span class="fact-sub" data-testid="layer-pulled" title="pulled from the shared store for its parent chain">
+                  pulled {formatBytes(r.pulled)}
+                </span>
+              )}
             </div>
           </div>
         );
