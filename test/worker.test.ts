@@ -195,8 +195,8 @@ describe('fleet workers', () => {
     expect(Date.parse(later.lastHeartbeat)).toBeGreaterThan(Date.parse(a.lastHeartbeat));
 
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    expect(metrics).toMatch(/^vmlb_worker_slots\{worker="w-a"\} 2$/m);
-    expect(metrics).toMatch(/^vmlb_worker_busy_slots\{worker="w-a"\} 0$/m);
+    expect(metrics).toMatch(/^vmlb_worker_slots\{worker="w-a",pool="default"\} 2$/m);
+    expect(metrics).toMatch(/^vmlb_worker_busy_slots\{worker="w-a",pool="default"\} 0$/m);
   });
 
   let p1: string;

@@ -252,8 +252,8 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       clearInterval(heartbeat);
       // A heartbeat in flight must not write the registration again after it is removed.
       await within(beating, CLOSE_COMMAND_WAIT_MS);
-      await within(removeRegistration(redis, id).catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
-      await within(dropHeldKeys(redis, id).catch(() => undefined), CLOSE_COMMAND_WAIT_MS);
+      // One bounded wait for both: Redis may be down, and a stop must not add up waits.
+      await within(Promise.all([removeRegistration(redis, id).catch(() => undefined), dropHeldKeys(redis, id).catch(() => undefined)]), CLOSE_COMMAND_WAIT_MS);
       await evicting;
       await FuseDaemon.shutdown();
       await metrics.close();
