@@ -81,6 +81,7 @@ describe('a corrupted layer in the local store', () => {
     // The seal is taken again over the changed bytes, as if they had changed under the
     // filesystem after sealing (bit rot: no write, no new times): a plain hit trusts the seal,
     // a flatten hashes the blob whole and finds it.
+    await flip(payload, Math.floor((await stat(payload)).size / 3));
     const store = new LocalStore(sb.store);
     await store.seal(keys[1]!, (await store.getManifest(keys[1]!))!);
     const seal = JSON.parse(await readFile(path.join(sb.store, 'seals', `${keys[1]}.json`), 'utf8')) as { sha256: string; ctimeMs: number };
