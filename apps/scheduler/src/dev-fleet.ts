@@ -501,6 +501,7 @@ async function main(): Promise<number> {
     else {
       for (let i = 1; i <= workers; i++) {
         const pool = workerPools[i - 1]!;
+        const workerId = pool === 'default' ? `dev-worker-${i}` : `dev-${pool}-worker-${i}`;
         const wdir = path.join(dir, `worker-${i}`);
         await mkdir(path.join(wdir, 'run'), { recursive: true });
         startPart({
@@ -509,7 +510,7 @@ async function main(): Promise<number> {
           args: ['--import', 'tsx', WORKER_MAIN],
           env: {
             ...fleetEnv,
-            VMLB_WORKER_ID: pool === 'default' ? `dev-worker-${i}` : `dev-${pool}-worker-${i}`,
+            VMLB_WORKER_ID: workerId,
             VMLB_WORKER_POOL: pool,
             VMLB_STORE: path.join(wdir, 'store'),
             VMLB_RUN_DIR: path.join(wdir, 'run'),
@@ -517,7 +518,7 @@ async function main(): Promise<number> {
             VMLB_WORKER_GRACE: env.VMLB_WORKER_GRACE || '15s',
           },
           readyLine: /"msg":"worker started"/,
-          keeps: `same id, pool ${pool}, same store in ${wdir}`,
+          keeps: `same id ${workerId}${pool === 'default' ? '' : ` in pool ${pool}`}, same store in ${wdir}`,
           essential: false,
         });
       }
