@@ -404,6 +404,8 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await pools.selectOption('a');
     await hashIs(admin, '#/builds?pool=a');
     await row(admin, first).waitFor({ state: 'detached' });
+    // The filtered list replaces the rows once its answer is in.
+    await row(admin, appBuild).waitFor();
     await expect(admin.locator('tr[data-build]').count()).resolves.toBe(1);
     await expect(row(admin, appBuild).count()).resolves.toBe(1);
     await expect(admin.locator('.page-sub').textContent()).resolves.toMatch(/every team · pool a · 1 build/);
