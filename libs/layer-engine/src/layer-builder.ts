@@ -269,7 +269,7 @@ async function checkResult(ctx: LayerBuildContext, r: RunScriptResult): Promise<
   if (r.aborted) throw new AbortedError(`interrupted while building ${ctx.spec.name}`);
   if (r.setupError) throw new VmlbError('LAYER_SETUP', `${ctx.spec.name}: ${r.setupError}`);
   // Lost writes first: a script that then failed on a read-only filesystem failed because of them.
-  if (r.writeError) throw await lostWritesError(ctx.store, ctx.spec.name, `its filesystem: ${r.writeError || 'sync failed'}`, layerWriteBound(diskSizeOf(ctx) ?? 0));
+  if (r.writeError) throw await lostWritesError(ctx.store, ctx.spec.name, `its filesystem: ${r.writeError}`, layerWriteBound(diskSizeOf(ctx) ?? 0));
   if (r.timedOut || r.exitCode !== 0 || r.signal) {
     throw new LayerFailedError({
       layer: ctx.spec.name,
