@@ -8,14 +8,13 @@
  * A local layer with the same key but other bytes (built here, on another parent copy) is
  * replaced, with the layers built on it: the fleet's overlay is only valid on its own parent.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { convert, createOverlay, VmlbError, type LayerManifest, type LocalStore } from '@vmlb/layer-engine';
+import { convert, createOverlay, startZstd, VmlbError, type LayerManifest, type LocalStore } from '@vmlb/layer-engine';
 
 export interface ChainLayer {
   index: number;
@@ -55,18 +54,16 @@ async function download(fetcher: Fetcher, l: ChainLayer, m: LayerManifest, tmp: 
   const encoding = res.headers.get('x-vmlb-encoding');
   if (encoding && encoding !== 'zstd') throw new VmlbError('FLEET_ERROR', `pulling layer ${l.name} (${l.key}): the blob comes as "${encoding}", which this vmlb cannot read: upgrade vmlb`);
   if (encoding === 'zstd') {
-    // Stored compressed: zstd (Debian's) decompresses it on the way; the sha256 is the blob's.
-    const z = spawn('zstd', ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let err = '';
-    z.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const exited = new Promise<number | null>((resolve) => z.on('close', resolve));
+    // Stored compressed: the engine's zstd stream decompresses it on the way; the sha256 is the blob's.
+    const z = startZstd({ decompress: true });
     try {
-      await Promise.all([pipeline(body, z.stdin, { signal }), pipeline(z.stdout, hashing, createWriteStream(tmp), { signal })]);
+      await Promise.all([pipeline(body, z.stdin, { signal }), pipeline(z.stdout, hashing, createWriteStream(tmp), { signal }), z.done]);
     } catch (e) {
-      z.kill('SIGKILL');
-      throw err ? new VmlbError('SHARED_CORRUPT', `layer ${l.name} (${l.key}) arrived undecodable (zstd: ${err.trim().split('\n')[0]}); nothing of it was kept (try again)`, { retryable: true }) : e;
+      z.kill();
+      if (signal?.aborted) throw e;
+      const why = await z.done.then(() => null, (x: Error) => x.message);
+      throw why ? new VmlbError('SHARED_CORRUPT', `layer ${l.name} (${l.key}) arrived undecodable (${why}); nothing of it was kept (try again)`, { retryable: true }) : e;
     }
-    if ((await exited) !== 0) throw new VmlbError('SHARED_CORRUPT', `layer ${l.name} (${l.key}) arrived undecodable (zstd: ${err.trim().split('\n')[0] || 'failed'}); nothing of it was kept (try again)`, { retryable: true });
   } else {
     await pipeline(body, hashing, createWriteStream(tmp), { signal });
   }

@@ -45,31 +45,21 @@ export interface FleetConfig {
   backend: 'auto' | 'fuse' | 'nbd';
 }
 
-const size = (name: string, dflt: string) =>
+/** A variable parsed by `parse` (a size, a duration), its error reported under its name. */
+const parsed = (name: string, dflt: string, parse: (v: string) => number) =>
   z
     .string()
     .default(dflt)
     .transform((v, ctx) => {
       try {
-        return parseSize(v);
+        return parse(v);
       } catch (e) {
         ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
         return z.NEVER;
       }
     });
-
-const duration = (name: string, dflt: string) =>
-  z
-    .string()
-    .default(dflt)
-    .transform((v, ctx) => {
-      try {
-        return parseDuration(v);
-      } catch (e) {
-        ctx.addIssue({ code: 'custom', message: `${name}: ${(e as Error).message}` });
-        return z.NEVER;
-      }
-    });
+const size = (name: string, dflt: string) => parsed(name, dflt, parseSize);
+const duration = (name: string, dflt: string) => parsed(name, dflt, parseDuration);
 
 const positiveInt = (name: string) =>
   z

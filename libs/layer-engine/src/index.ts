@@ -31,3 +31,4 @@ export * from './image-diff.js';
 export * from './rollup.js';
 export * from './shared-gc.js';
 export * from './output-limits.js';
+export { startZstd, type ZstdProcess } from './zstd-stream.js';

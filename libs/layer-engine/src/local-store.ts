@@ -693,17 +693,19 @@ export class LocalStore {
       const owner = await readLockOwner(this.publishLockPath(key));
       return owner !== null && (await isRunning(owner));
     };
-    for (const n of names) {
-      const m = /^([0-9a-f]{64})\.(qcow2|log)$/.exec(n);
-      if (m && !have.has(m[1]!) && !active.has(m[1]!) && !(await publishing(m[1]!))) await add(path.join(this.layersDir, n));
-      const t = JSON_TMP_RE.exec(n);
-      if (t && !pidAlive(Number(t[2]))) await add(path.join(this.layersDir, n));
-    }
-    for (const n of await readdir(path.join(this.root, 'seals')).catch(() => [] as string[])) {
-      const m = /^([0-9a-f]{64})\.json$/.exec(n);
-      if (m && !have.has(m[1]!) && !active.has(m[1]!) && !(await publishing(m[1]!))) await add(path.join(this.root, 'seals', n));
-      const t = JSON_TMP_RE.exec(n);
-      if (t && !pidAlive(Number(t[2]))) await add(path.join(this.root, 'seals', n));
+    // A layer's files (layers/: blob, log; seals/: its seal) and the temp manifests beside them.
+    const seals = path.join(this.root, 'seals');
+    const dirs: Array<[string, string[], RegExp]> = [
+      [this.layersDir, names, /^([0-9a-f]{64})\.(qcow2|log)$/],
+      [seals, await readdir(seals).catch(() => [] as string[]), /^([0-9a-f]{64})\.json$/],
+    ];
+    for (const [dir, files, owned] of dirs) {
+      for (const n of files) {
+        const m = owned.exec(n);
+        if (m && !have.has(m[1]!) && !active.has(m[1]!) && !(await publishing(m[1]!))) await add(path.join(dir, n));
+        const t = JSON_TMP_RE.exec(n);
+        if (t && !pidAlive(Number(t[2]))) await add(path.join(dir, n));
+      }
     }
     return out;
   }
