@@ -7,6 +7,7 @@
  *   fleet-throughput   40 queue-level jobs of 1 s through 1, 2 and 4 slots vs the ideal
  *   store-transfer     SharedStore putFile/getFile of 512 MiB vs the bare minio client vs cp
  *   fleet-concurrent   three identical builds at once vs one, through two real workers
+ *                      (VMLB_BENCH_TIMELINE=1 prints each build's events, timed from its submit)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -383,10 +384,19 @@ async function fleetConcurrent(o: BenchOptions, pool = 'default'): Promise<Row[]
           );
           progress(`fleet-concurrent: ${copies} build(s) of a fresh 3-layer project${branches ? ' (branches)' : ''}`);
           const t0 = performance.now();
+          const t0Wall = Date.now();
           const builds = await Promise.all(Array.from({ length: copies }, (_, i) => submitProject(projects[branches ? i : 0]!, { redisUrl: redis!.url, shared, pool, flatten: false })));
           await Promise.all(builds.map(finished));
           const s = (performance.now() - t0) / 1000;
           const built = (await Promise.all(builds.map(buildings))).reduce((a, b) => a + b, 0);
+          if (process.env.VMLB_BENCH_TIMELINE) {
+            for (const b of builds) {
+              for (const e of await readEvents(connection, b.buildId, '0', { count: 100_000 })) {
+                const ev = e.event as FleetEvent & { at?: number };
+                process.stderr.write(`[timeline] ${tag} ${b.buildId.slice(0, 6)} +${(((ev.at ?? 0) - t0Wall) / 1000).toFixed(3)} ${JSON.stringify(ev).slice(0, 160)}\n`);
+              }
+            }
+          }
           return { s, built, layers: builds[0]!.chain.length };
         };
         // A first build warms the workers up (busybox base, the engine's first run): not measured.

@@ -301,6 +301,26 @@ describe('fleet workers', () => {
     expect(flattens.filter((f) => !f.message)).toHaveLength(1);
   });
 
+  it('a job whose layer another job builds, or that is shared already, is never put back for chain affinity: it waits or ends where it lands', async () => {
+    const p = await writeProject(path.join(sb.dir, 'affinity-waiters'), {
+      '01_base': { ...BUSYBOX_BASE, files: { marker: 'waiters\n' } },
+      '02_x': { kind: 'build-layer', script: 'sleep 1; echo x > /etc/x' },
+      '03_y': { kind: 'build-layer', script: 'echo y > /etc/y' },
+    });
+    const builds = await Promise.all([1, 2, 3].map(() => submit(p, { flatten: false })));
+    for (const b of builds) {
+      await until(`build ${b.buildId}'s last layer`, async () => (await (await layerQueue.getJob(b.layerJobIds[b.layerJobIds.length - 1]!))?.getState()) === 'completed', 90_000);
+    }
+    const all = await Promise.all(builds.map((b) => events(b.buildId)));
+    expect([0, 1, 2].map((i) => all.flat().filter((e) => e.type === 'job' && e.status === 'building' && e.index === i).length)).toEqual([1, 1, 1]);
+    // Every job that built nothing: no affinity wait was ever started for it (the key is set on the first put-back).
+    const notBuilding = builds.flatMap((b, n) => b.layerJobIds.filter((_, i) => !jobEvents(all[n]!, 'building').some((e) => e.index === i)));
+    expect(notBuilding).toHaveLength(6);
+    const putBack = [];
+    for (const id of notBuilding) if (await redis.exists(redisKeys.affinity(id))) putBack.push(id);
+    expect(putBack, workerLogs()).toEqual([]);
+  });
+
   it("# nocache layers are shared under their build's keys for the build's next job, and removed once the image is written", async () => {
     const p7 = await writeProject(path.join(sb.dir, 'p7'), {
       '01_base': BUSYBOX_BASE,

@@ -3,6 +3,7 @@ import { LayerFailedError, VmlbError } from '@vmlb/layer-engine';
 import {
   ClaimLease,
   LayerJobData,
+  claimJob,
   claimOwner,
   giveBackTeamSlot,
   poolClaimKey,
@@ -67,8 +68,10 @@ export function layerProcessor(ctx: WorkerContext) {
       throw new UnrecoverableError(`build ${data.buildId} was cancelled`);
     }
     // Chain affinity: a free worker of the pool that holds more of the parent chain takes it.
+    // A job that will not build (its layer is shared already, or another job builds it now)
+    // needs no chain: it is not put back, whoever took it ends it at once or waits.
     const holder = data.chain.length ? await betterHolder(ctx.redis, { workerId: ctx.id, pool: ctx.pool, store: ctx.store, chain: data.chain }) : null;
-    if (holder && (await mayWaitForHolder(ctx.redis, jobId))) {
+    if (holder && !(await needsNoChain(ctx, data, jobId)) && (await mayWaitForHolder(ctx.redis, jobId))) {
       log.info('put back for a worker that holds more of its chain', { holder: holder.id, held: holder.held, mine: holder.mine, of: data.chain.length });
       await job.moveToDelayed(Date.now() + AFFINITY_RETRY_MS, token);
       ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'delayed' });
@@ -112,6 +115,14 @@ export function layerProcessor(ctx: WorkerContext) {
       ctx.evictSoon();
     }
   };
+}
+
+/** Whether the job's layer is in the shared store already or claimed by another job (so the job builds nothing). */
+async function needsNoChain(ctx: WorkerContext, data: LayerJobData, jobId: string): Promise<boolean> {
+  if (!data.share) return false;
+  const holder = await ctx.redis.get(redisKeys.claim(poolClaimKey(ctx.pool, data.key)));
+  if (holder !== null && claimJob(holder) !== jobId) return true;
+  return (await ctx.viewFor(data.reads).getManifest(data.key).catch(() => null)) !== null;
 }
 
 /** How a finished job's layer counts as a cache lookup (see WorkerMetrics.lookups). */
