@@ -149,6 +149,45 @@ async function overhead(o: BenchOptions): Promise<Row[]> {
 // ---------------------------------------------------------------------------------------
 // 2. no-op rebuild of a 20-layer project
 
+// ---------------------------------------------------------------------------------------
+// engine overhead per layer: nbd vs fuse (npm run test:nbd runs it inside its VM)
+
+async function backendOverhead(o: BenchOptions): Promise<Row[]> {
+  const title = 'engine overhead per layer: nbd vs fuse';
+  const { nbdBackend } = await import('../libs/layer-engine/src/attach-nbd.js');
+  const why = await nbdBackend.unavailableReason();
+  if (why) return [{ benchmark: title, what: 'the same 10 `true` layers with `--backend nbd` and `--backend fuse`', result: `not measured: ${why} (npm run test:nbd measures it in a VM)`, target: '—', ratio: '' }];
+  const reps = o.quick ? 1 : 3;
+  return withSandbox('backend-overhead', async (sb) => {
+    const layers = trivialLayers(OVERHEAD_LAYERS);
+    const project = await writeProject(path.join(sb.dir, 'project'), layers);
+    const [baseName] = layers[0]!;
+    const [firstName] = layers[1]!;
+    progress('backend-overhead: building the base (not measured)');
+    await build(sb, project, 1, ['--last', baseName]);
+    const wall = { nbd: [] as number[], fuse: [] as number[] };
+    const engine = { nbd: [] as number[], fuse: [] as number[] };
+    for (let r = 0; r < reps; r++) {
+      // The two take turns, so that the machine's load falls on both alike.
+      for (const backend of ['nbd', 'fuse'] as const) {
+        await writeLayer(project, firstName, trueLayer(`rep ${r} ${backend}`));
+        progress(`backend-overhead: ${OVERHEAD_LAYERS} layers on ${backend} and a no-op build (${r + 1}/${reps})`);
+        const flags = ['--backend', backend];
+        const full = await build(sb, project, OVERHEAD_LAYERS, flags);
+        const noop = await build(sb, project, 0, flags);
+        wall[backend].push((full.ms - noop.ms) / OVERHEAD_LAYERS);
+        for (const e of eventsOf(full, 'layer-done')) engine[backend].push((e.seconds as number) * 1000);
+      }
+    }
+    const what = (b: string) =>
+      `(wall of \`vmlb build --backend ${b}\` of ${OVERHEAD_LAYERS} \`true\` layers, base cached − wall of a no-op build) ÷ ${OVERHEAD_LAYERS}, sandboxed; ${times(reps)}, in turns (the engine's own seconds per layer: ${median(engine[b as 'nbd' | 'fuse']).toFixed(0)} ms)`;
+    return [
+      { benchmark: `${title} (nbd)`, what: what('nbd'), result: summary(wall.nbd, 0, 'ms / layer'), target: '—', ratio: `${ratio(median(wall.nbd), median(wall.fuse))} fuse` },
+      { benchmark: `${title} (fuse)`, what: what('fuse'), result: summary(wall.fuse, 0, 'ms / layer'), target: '—', ratio: '1.00×' },
+    ];
+  });
+}
+
 async function noop(o: BenchOptions): Promise<Row[]> {
   const reps = o.quick ? 3 : 5;
   return withSandbox('noop', async (sb) => {
@@ -444,6 +483,7 @@ async function write(o: BenchOptions): Promise<Row[]> {
 
 export const BENCHMARKS: Benchmark[] = [
   { name: 'overhead', title: 'engine overhead per layer (10 `true` layers), sandboxed and not, vs the bare primitives', run: overhead },
+  { name: 'backend-overhead', title: 'engine overhead per layer, nbd vs fuse (in turns; needs the nbd module: npm run test:nbd runs it in a VM)', run: backendOverhead },
   { name: 'noop', title: 'no-op rebuild of a 20-layer project, all cached', run: noop },
   { name: 'incremental', title: 'the last of 10 layers changed vs all 10 built', run: incremental },
   { name: 'hit-size', title: 'cached rebuild with a 1 GiB layer vs a 10 MiB layer', run: hitSize },

@@ -35,20 +35,25 @@ export interface WorkerProcessOptions {
 
 export function startWorkerProcess(o: WorkerProcessOptions): WorkerProcess {
   const id = o.id ?? `w-${o.name}`;
+  const env: Record<string, string | undefined> = {
+    ...process.env,
+    ...o.s3env,
+    REDIS_URL: o.redisUrl,
+    VMLB_SHARED: o.sharedUrl,
+    VMLB_STORE: path.join(o.dir, `store-${o.name}`),
+    VMLB_RUN_DIR: path.join(o.dir, `run-${o.name}`),
+    VMLB_WORKER_ID: id,
+    VMLB_WORKER_SLOTS: '2',
+    VMLB_BACKEND: 'fuse',
+    ...(o.shortLocks === false ? {} : { VMLB_WORKER_LOCK_MS: '2000', VMLB_WORKER_STALLED_MS: '1000' }),
+    ...o.env,
+  };
+  // An empty value in `env` unsets the variable (e.g. VMLB_WORKER_SLOTS: '' for the worker's own count).
+  for (const [k, v] of Object.entries(env)) if (v === '') delete env[k];
   const child = execa(process.execPath, ['--import', 'tsx', WORKER_MAIN], {
     cwd: REPO,
-    env: {
-      ...o.s3env,
-      REDIS_URL: o.redisUrl,
-      VMLB_SHARED: o.sharedUrl,
-      VMLB_STORE: path.join(o.dir, `store-${o.name}`),
-      VMLB_RUN_DIR: path.join(o.dir, `run-${o.name}`),
-      VMLB_WORKER_ID: id,
-      VMLB_WORKER_SLOTS: '2',
-      VMLB_BACKEND: 'fuse',
-      ...(o.shortLocks === false ? {} : { VMLB_WORKER_LOCK_MS: '2000', VMLB_WORKER_STALLED_MS: '1000' }),
-      ...o.env,
-    },
+    env,
+    extendEnv: false,
     reject: false,
     stdin: 'ignore',
     buffer: false,

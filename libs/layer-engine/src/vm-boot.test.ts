@@ -32,6 +32,18 @@ describe('the qemu command line', () => {
     expect(qemuArgv({ ...kernelBoot, network: { type: 'user', sshPort: 2222 } }, 'tcg').join(' ')).toContain('hostfwd=tcp:127.0.0.1:2222-:22');
   });
 
+  it('writes a writable extra disk for real, every other disk through a snapshot', () => {
+    const ro = qemuArgv({ ...kernelBoot, extraDrives: [{ file: '/t/data.img', format: 'raw' }] }, 'tcg').join(' ');
+    expect(ro).toContain(' -snapshot ');
+    expect(ro).toContain('-drive file=/t/data.img,format=raw,if=virtio ');
+    const rw = qemuArgv({ ...kernelBoot, extraDrives: [{ file: '/t/results.img', format: 'raw', writable: true }, { file: '/t/more.img', format: 'raw' }] }, 'tcg').join(' ');
+    // -snapshot would win over a drive's snapshot=off: with a writable disk it is per drive.
+    expect(rw).not.toContain(' -snapshot ');
+    expect(rw).toContain('-drive file=/x/image,,1.qcow2,format=qcow2,if=virtio,snapshot=on');
+    expect(rw).toContain('-drive file=/t/results.img,format=raw,if=virtio ');
+    expect(rw).toContain('-drive file=/t/more.img,format=raw,if=virtio,snapshot=on');
+  });
+
   it('builds the kernel command line from the root partition', () => {
     expect(kernelCommandLine(2, 'quiet')).toBe('root=/dev/vda2 ro console=ttyS0,115200 quiet');
     expect(kernelCommandLine(0)).toBe('root=/dev/vda ro console=ttyS0,115200');

@@ -31,6 +31,12 @@ export interface VmSpec {
   append?: string;
   /** A cloud-init seed disk (vfat, label CIDATA). */
   seed?: string;
+  /**
+   * More virtio disks after the image (and the seed), in order (vdb, vdc, … after them). A
+   * `writable` one is written for real; the others, like the image, through a throw-away
+   * snapshot (qemu's -snapshot, per drive when one is writable).
+   */
+  extraDrives?: Array<{ file: string; format: string; writable?: boolean }>;
   /** @default 1024 */
   memoryMiB?: number;
   /** @default 2 */
@@ -57,13 +63,18 @@ export function kernelCommandLine(rootPartition: number, extra?: string): string
 
 /** The qemu command line (pure: unit-tested). */
 export function qemuArgv(spec: VmSpec, accel: Accel, qemu = QEMU_SYSTEM): string[] {
-  const argv = [qemu, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-snapshot'];
+  // -snapshot applies to every drive, even one given snapshot=off: with a writable drive, each
+  // other drive gets snapshot=on instead.
+  const perDrive = spec.extraDrives?.some((d) => d.writable) ?? false;
+  const snap = perDrive ? ',snapshot=on' : '';
+  const argv = [qemu, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', ...(perDrive ? [] : ['-snapshot'])];
   argv.push('-accel', accel);
   // The host's CPU under KVM; under TCG the default model, which every guest kernel boots on.
   if (accel === 'kvm') argv.push('-cpu', 'host');
   argv.push('-m', String(spec.memoryMiB ?? 1024), '-smp', String(spec.cpus ?? 2));
-  argv.push('-drive', `file=${qemuOpt(spec.image)},format=${spec.format},if=virtio`);
+  argv.push('-drive', `file=${qemuOpt(spec.image)},format=${spec.format},if=virtio${snap}`);
   if (spec.seed) argv.push('-drive', `file=${qemuOpt(spec.seed)},format=raw,if=virtio,readonly=on`);
+  for (const d of spec.extraDrives ?? []) argv.push('-drive', `file=${qemuOpt(d.file)},format=${d.format},if=virtio${d.writable ? '' : snap}`);
   if (spec.boot.mode === 'kernel') {
     argv.push('-kernel', spec.boot.kernel);
     if (spec.boot.initrd) argv.push('-initrd', spec.boot.initrd);

@@ -1,0 +1,43 @@
+#!/bin/bash
+# Runs inside the nbd test VM as its one job (vmlb-nbd-check.service of the test-host image,
+# test/nbd-vm/host-image), with this repository mounted at /repo: loads the nbd module, runs
+# the nbd backend's tests, the in-VM tests (guest.vmtest.ts: examples/hello and a base-image
+# project with --backend nbd, a fleet worker with nbd slots) and the benchmark
+# backend-overhead (nbd vs fuse). Writes /repo/.nbd-vm-results/ (steps.tsv, each step's log,
+# vitest JSON, bench.md) for
+# run.ts to read after power-off, and says each step on the console as "vmlb-nbd: ...".
+set -u
+cd /repo
+out=/repo/.nbd-vm-results
+rm -rf "$out" /repo/.nbd-vm-tmp
+mkdir -p "$out" /repo/.nbd-vm-tmp
+# Temp dirs (test sandboxes, stores) on the repository disk, which has the room.
+export TMPDIR=/repo/.nbd-vm-tmp CI=1 NO_COLOR=1 FORCE_COLOR=0
+say() { echo "vmlb-nbd: $*"; }
+
+step() {
+  local name=$1; shift
+  say "step $name: $*"
+  local t0; t0=$(date +%s.%N)
+  "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  local secs; secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
+  # The summary lines of each step on the console; the whole log is in the results.
+  grep -E '✓|✗|×|FAIL|Tests |Test Files|passed|failed|Error' "$out/$name.log" | tail -n 40 | sed "s/^/vmlb-nbd: [$name] /"
+  say "step $name: exit $rc ($secs s)"
+  return 0
+}
+
+say "kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB, node $(node --version)"
+step modprobe bash -c 'modprobe nbd max_part=16 && modprobe fuse 2>/dev/null; modprobe loop 2>/dev/null; test -b /dev/nbd0 && echo "max_part=$(cat /sys/module/nbd/parameters/max_part), $(ls /sys/block | grep -c "^nbd") devices"'
+step attach-tests node node_modules/vitest/vitest.mjs run --project integration test/attach.test.ts \
+  --reporter=default --reporter=json --outputFile.json="$out/attach.json"
+step guest-tests node node_modules/vitest/vitest.mjs run --config test/nbd-vm/vitest.config.ts \
+  --reporter=default --reporter=json --outputFile.json="$out/guest.json"
+step bench bash -c 'VMLB_BENCH_TMP=$TMPDIR node --import tsx bench/run.ts --only backend-overhead && cp bench/results.md '"$out"'/bench.md'
+# What the engine could have left: nothing.
+step leftovers bash -c 'c=0; for p in /sys/block/nbd*/pid; do [ -e "$p" ] && { echo "connected: $p"; c=1; }; done; losetup -a; pgrep -a "qemu-nbd|qemu-storage" && c=1; exit $c'
+rm -rf /repo/.nbd-vm-tmp
+sync
+say "done"

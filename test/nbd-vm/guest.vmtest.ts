@@ -1,0 +1,145 @@
+/**
+ * Runs inside the nbd test VM (test/nbd-vm/run.ts boots it; guest.sh runs this with
+ * test/nbd-vm/vitest.config.ts), where the nbd module is loaded: the nbd backend for real.
+ * Not part of `npm test` on the host (its name is not *.test.ts), which has no nbd module.
+ *
+ * - examples/hello (create-disk, build-layer with every hint, modify-disk adding a partition)
+ *   with `--backend nbd`, read back;
+ * - a project of the remaining kind, base-image (hello's flattened image), with a build-layer
+ *   and a modify-disk on top;
+ * - a worker with the nbd backend and no VMLB_WORKER_SLOTS (slots = free nbd devices) against
+ *   a fleet in the VM (redis-server, s3rver), building hello through the queue, flatten included.
+ * After each: no nbd device left connected, no loop device, mount or daemon left.
+ */
+import { cp, readdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freeNbdDevices } from '../../apps/worker/src/slots.js';
+import { readEvents } from '../../libs/fleet/src/event-stream.js';
+import { redisKeys } from '../../libs/fleet/src/names.js';
+import type { FleetEvent } from '../../libs/fleet/src/build-record.js';
+import type { WorkerRegistration } from '../../libs/fleet/src/workers-registry.js';
+import { fleetClients, startFleetServices, type FleetClients, type FleetServices } from '../helpers/fleet-services.js';
+import { submitProject } from '../helpers/fleet-submit.js';
+import { startWorkerProcess, workerLogs, type WorkerProcess } from '../helpers/worker-process.js';
+import { REPO, buildJson, builtNames, leftovers, readImageFiles, sandbox, sha256sum, writeProject, type Sandbox } from '../helpers/vmlb.js';
+
+/** nbd devices a qemu-nbd serves now (`/sys/block/nbdN/pid` exists while one does). */
+async function connectedNbd(): Promise<string[]> {
+  const names = (await readdir('/sys/block')).filter((n) => /^nbd\d+$/.test(n));
+  const served: string[] = [];
+  for (const n of names) if (await stat(`/sys/block/${n}/pid`).then(() => true, () => false)) served.push(n);
+  return served;
+}
+
+let sb: Sandbox;
+let hello: string;
+beforeAll(async () => {
+  sb = await sandbox('nbd-guest');
+  hello = path.join(sb.dir, 'hello');
+  await cp(path.join(REPO, 'examples/hello'), hello, { recursive: true, filter: (src) => path.basename(src) !== 'build' });
+});
+afterEach(async () => {
+  expect(await connectedNbd()).toEqual([]);
+  expect(await leftovers(sb)).toEqual([]);
+});
+afterAll(async () => {
+  await sb?.cleanup();
+});
+
+describe('the nbd backend, in a VM with the nbd module', () => {
+  it('the module is loaded with max_part=16 and every device is free', async () => {
+    expect((await readFile('/sys/module/nbd/parameters/max_part', 'utf8')).trim()).toBe('16');
+    expect(await freeNbdDevices()).toBeGreaterThan(0);
+    expect(await connectedNbd()).toEqual([]);
+  });
+
+  it('builds examples/hello with --backend nbd: all six layers, the new data partition read back', async () => {
+    const r = await buildJson(sb, hello, ['--backend', 'nbd', '--plain']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(builtNames(r)).toEqual(['01_base', '02_motd', '03_grow', '04_data', '05_app', '06_stamp']);
+    const image = path.join(hello, 'build/image.qcow2');
+    const root = await readImageFiles(sb, image, 1, ['/etc/motd', '/usr/local/bin/hello']);
+    expect(root['/etc/motd']).toContain('Welcome to the vm-layer-builder hello image.');
+    expect(root['/usr/local/bin/hello']).toContain('hello from');
+    const data = await readImageFiles(sb, image, 2, ['/hello.txt']);
+    expect(data['/hello.txt']).toBe('data written by 04_data');
+  });
+
+  it('builds on a base-image (hello flattened), with a build-layer and a modify-disk on top, with --backend nbd', async () => {
+    const flat = path.join(sb.dir, 'hello-flat.qcow2');
+    const f = await buildJson(sb, hello, ['--backend', 'nbd', '--flatten', '-o', flat]);
+    expect(f.exitCode, f.stderr).toBe(0);
+    const sha = await sha256sum(flat);
+    const p = await writeProject(path.join(sb.dir, 'on-base'), {
+      '01_base': { kind: 'base-image', script: `source: ${flat}\nsha256: ${sha}` },
+      '02_note': { kind: 'build-layer', script: 'cat /etc/hostname > /etc/from-base; echo on nbd >> /etc/from-base' },
+      '03_grow': {
+        kind: 'modify-disk',
+        script: '# disk-size 320M\nset -eu\ngrowpart "$VMLB_DEVICE" 1 || [ $? -eq 1 ]\nroot=$(vmlb-partition 1)\ncase "$root" in /dev/nbd*p1) ;; *) echo "not an nbd partition: $root"; exit 9;; esac\ne2fsck -fy "$root" >/dev/null || [ $? -le 1 ]\nresize2fs "$root"\necho "grew $root"',
+      },
+    });
+    const r = await buildJson(sb, p, ['--backend', 'nbd']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(builtNames(r)).toEqual(['01_base', '02_note', '03_grow']);
+    const image = path.join(p, 'build/image.qcow2');
+    const info = JSON.parse(String((await execa('qemu-img', ['info', '-U', '--output=json', image])).stdout)) as { 'virtual-size': number };
+    expect(info['virtual-size']).toBe(320 * 1024 * 1024);
+    const files = await readImageFiles(sb, image, 1, ['/etc/from-base']);
+    expect(files['/etc/from-base']).toBe('hello\non nbd\n');
+  });
+});
+
+describe('a fleet worker with the nbd backend', () => {
+  let services: FleetServices;
+  let clients: FleetClients;
+  let worker: WorkerProcess | undefined;
+  beforeAll(async () => {
+    services = await startFleetServices('nbd-fleet');
+    clients = fleetClients(services);
+  });
+  afterAll(async () => {
+    if (worker && worker.child.exitCode === null) await worker.stop();
+    await clients?.close();
+    await services?.close();
+  });
+
+  it('has as many slots as free nbd devices, and builds hello through the queue, flatten included', async () => {
+    const free = await freeNbdDevices();
+    // No VMLB_WORKER_SLOTS: the worker counts the free devices itself.
+    worker = startWorkerProcess({
+      name: 'nbd',
+      dir: services.sb.dir,
+      redisUrl: services.redis.url,
+      sharedUrl: services.sharedUrl,
+      s3env: services.s3.env,
+      env: { VMLB_BACKEND: 'nbd', VMLB_WORKER_SLOTS: '' },
+    });
+    const deadline = Date.now() + 180_000;
+    let reg: WorkerRegistration | null = null;
+    while (!reg) {
+      const text = await clients.redis.get(redisKeys.worker(worker.id));
+      if (text) reg = JSON.parse(text) as WorkerRegistration;
+      else if (Date.now() > deadline) throw new Error(`the worker did not register:\n${workerLogs([worker])}`);
+      else await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(reg.backend).toBe('nbd');
+    expect(reg.slots).toBe(free);
+
+    const b = await submitProject(hello, { redisUrl: services.redis.url, shared: clients.shared });
+    for (;;) {
+      const state = await (await clients.flattenQueue.getJob(b.flattenJobId))?.getState();
+      if (state === 'completed') break;
+      if (state === 'failed' || Date.now() > deadline + 600_000) throw new Error(`build ${b.buildId}: ${state}\n${workerLogs([worker])}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const events = (await readEvents(clients.redis, b.buildId, '0', { count: 100_000 })).map((e) => e.event as FleetEvent);
+    const built = events.filter((e) => e.type === 'job' && e.status === 'done' && e.seconds !== undefined).map((e) => (e as { index: number }).index);
+    expect(built.sort()).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(await clients.shared.getManifest(b.chain[4]!)).toBeNull(); // 05_app is # noshare
+    expect(await clients.shared.getManifest(b.chain[3]!)).not.toBeNull();
+    await worker.stop();
+    expect(await connectedNbd()).toEqual([]);
+  });
+});
