@@ -34,7 +34,7 @@ const PARTITION_NODE_TIMEOUT_MS = 2000;
 /** After `qemu-nbd --disconnect`, how long the serving qemu-nbd may take to exit. */
 const STOP_GRACE_MS = 3000;
 
-const NO_MODULE = 'no /dev/nbd0: load the nbd kernel module (modprobe nbd max_part=63)';
+const NO_MODULE = 'no /dev/nbd0: load the nbd kernel module (modprobe nbd max_part=16)';
 
 export const nbdBackend: DiskBackend = {
   name: 'nbd',
@@ -324,8 +324,8 @@ class NbdDisk implements AttachedDisk {
         errors.push(e);
       }
     };
-    // Loops over the device: ours (max_part=0) and vmlb-partition's. While this process
-    // serves the device, nobody else's loop can sit on it.
+    // Loops over the device: ours (a module without partition nodes) and vmlb-partition's.
+    // While this process serves the device, nobody else's loop can sit on it.
     await step(async () => {
       if (!this.device) return;
       await detachLoops(await loopsOn(this.device, this.loopLog));
