@@ -21,6 +21,9 @@ export default defineConfig({
           testTimeout: 180_000,
           hookTimeout: 180_000,
           fileParallelism: false,
+          // The run's one Ceph cluster, started when a file first asks for a radosgw
+          // (s3-transfer, pool-credentials; every S3 file with VMLB_TEST_S3=radosgw).
+          globalSetup: ['test/helpers/ceph-broker.ts'],
         },
       },
     ],

@@ -5,9 +5,12 @@
  * part has a parent-death signal), only what the workers attached, which the next start on the
  * same folder sweeps; and a part that dies at once every time is given up on in one line.
  *
- * The fleet here runs its own s3rver (no S3_ENDPOINT), so that it too is one of its parts.
+ * The fleet here runs its own s3rver (no S3_ENDPOINT), so that it too is one of its parts; with
+ * VMLB_TEST_S3=radosgw (npm run test:radosgw) it is given this file's radosgw as S3_ENDPOINT
+ * instead, and a prefix of its own there (VMLB_SHARED).
  */
 import { execa, type ResultPromise } from 'execa';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -15,6 +18,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDevFleet, type DevFleet } from './helpers/dev-fleet.js';
 import { waitFor } from './helpers/fleet-api.js';
+import { s3Kind, startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, REPO, leftovers, sandbox, spawnVmlb, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
@@ -99,10 +103,17 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
   let submit: ResultPromise | undefined;
   let slowBuild = '';
   let debris: string[] = [];
-  const fleetEnv = () => ({ S3_ENDPOINT: '', VMLB_SHARED: '', VMLB_FLEET_DIR: fleetDir, VMLB_WORKER_SLOTS: '2' });
+  let s3: S3Server | undefined;
+  /** Its own s3rver (S3_ENDPOINT empty), or this file's server and a prefix of its own there. */
+  const s3Env = (): Record<string, string> => (s3 ? { ...s3.env, VMLB_SHARED: `s3://vmlb-test/dev-fleet-${randomBytes(4).toString('hex')}` } : { S3_ENDPOINT: '', VMLB_SHARED: '' });
+  let fleetS3: Record<string, string> = {};
+  const fleetEnv = () => ({ ...fleetS3, VMLB_FLEET_DIR: fleetDir, VMLB_WORKER_SLOTS: '2' });
 
   beforeAll(async () => {
     sb = await sandbox('dev-fleet');
+    if (s3Kind() === 'radosgw') s3 = await startS3Server();
+    // The same store across the fleet's restarts on the same folder.
+    fleetS3 = s3Env();
     fleetDir = path.join(sb.dir, 'fleet');
     fleet = await startDevFleet({ env: fleetEnv(), workers: 2 });
   });
@@ -111,6 +122,7 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     submit?.kill('SIGKILL');
     await fleet?.stop();
     await execa('pkill', ['-KILL', '-f', SLEEP], { reject: false });
+    await s3?.close();
     await sb?.cleanup();
   });
 
@@ -251,7 +263,7 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
 
   it('a fleet in a temporary folder, killed with SIGKILL, is swept and removed by the next npm run fleet', async () => {
     await fleet?.stop();
-    const tempEnv = { S3_ENDPOINT: '', VMLB_SHARED: '', VMLB_FLEET_DIR: '' };
+    const tempEnv = { ...s3Env(), VMLB_FLEET_DIR: '' };
     const stateDir = (f: DevFleet) => /^fleet: up: .*; state in (\S+)$/m.exec(f.errors)![1]!;
     const killed = await startDevFleet({ env: tempEnv, workers: 1 });
     const dir = stateDir(killed);

@@ -1,7 +1,8 @@
 /**
  * Least privilege, enforced by real servers (deploy/README.md, "Credentials").
  *
- * The shared store: Ceph radosgw (test/helpers/ceph-rgw.ts, started once for this file), one
+ * The shared store: Ceph radosgw (test/helpers/ceph-rgw.ts, a radosgw of this file's own on the
+ * run's one Ceph cluster, which other files use too: its buckets and users are this file's), one
  * radosgw user per pool of deploy/teams.example.json and one for the scheduler, and one bucket
  * policy made by deploy/minio/pool-policies.mjs from that teams file — the same statements as
  * the MinIO policies in deploy/minio/policies/, each given a Principal. Requests are made with

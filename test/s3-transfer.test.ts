@@ -1,7 +1,8 @@
 /**
- * Large transfers against a real S3 server: Ceph radosgw (test/helpers/ceph-rgw.ts, started
- * once for this file), reached directly or through a TCP proxy in this file that counts the
- * bytes each way, can slow the upload down, and can cut one connection mid-transfer.
+ * Large transfers against a real S3 server: Ceph radosgw (test/helpers/ceph-rgw.ts, a radosgw
+ * of this file's own on the run's one Ceph cluster), reached directly or through a TCP proxy in
+ * this file that counts the bytes each way, can slow the upload down, and can cut one
+ * connection mid-transfer.
  *
  *  - a multipart part whose connection is cut is sent again alone (the bytes the server
  *    received are the blob and one part at most, not the blob twice), and the blob arrives

@@ -24,8 +24,8 @@ let escape: string;
 let marker: { file: string; secret: string };
 let loopback: Listener;
 let ports: { scheduler: number; redis: number; s3: number };
-/** The fleet's S3 secret (s3rver does not check it): no layer may see it, no job may carry it. */
-const SECRET = `s3-secret-${Math.random().toString(36).slice(2)}`;
+/** The fleet's S3 secret (a key pair of its own on the server): no layer may see it, no job may carry it. */
+let secret = `s3-secret-${Math.random().toString(36).slice(2)}`;
 const submitEnv = () => fleet.exported;
 
 beforeAll(async () => {
@@ -37,7 +37,10 @@ beforeAll(async () => {
   const sharedUrl = `s3://vmlb-test/sandbox-fleet-${Date.now().toString(36)}`;
   await ensureBucket({ ...s3.env, VMLB_SHARED: sharedUrl });
   // One worker with two slots: two builds' jobs run side by side on the same host.
-  fleet = await startDevFleet({ env: { ...s3.env, S3_SECRET_KEY: SECRET, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_WORKER_SLOTS: '2' }, workers: 1 });
+  // An external server cannot be given keys: its own secret is the one looked for then.
+  const keys = s3.withSecret ? await s3.withSecret(secret) : s3.env;
+  secret = keys.S3_SECRET_KEY!;
+  fleet = await startDevFleet({ env: { ...keys, VMLB_SHARED: sharedUrl, VMLB_FLEET_DIR: path.join(sb.dir, 'fleet'), VMLB_WORKER_SLOTS: '2' }, workers: 1 });
   ports = { ...fleet.ports, s3: Number(new URL(s3.env.S3_ENDPOINT!).port) };
 });
 
@@ -83,11 +86,11 @@ describe('the sandbox through the fleet', () => {
       ]),
       { name: 'slirp-gateway-redis', host: '10.0.2.2', port: ports.redis },
     ];
-    const layer = escapeLayer({ escape, marker: marker.file, secret: marker.secret, connects, canary: SECRET });
+    const layer = escapeLayer({ escape, marker: marker.file, secret: marker.secret, connects, canary: secret });
     await writeProject(dir, {
-      '01_base': { kind: 'create-disk', script: `${BUSYBOX_BASE.script}\n${hostToolsAttack({ marker: marker.file, secret: marker.secret, canary: SECRET })}` },
+      '01_base': { kind: 'create-disk', script: `${BUSYBOX_BASE.script}\n${hostToolsAttack({ marker: marker.file, secret: marker.secret, canary: secret })}` },
       '02_escape': layer,
-      '03_modify': { kind: 'modify-disk', script: `# disk-size 96M\n${hostToolsAttack({ marker: marker.file, secret: marker.secret, canary: SECRET })}` },
+      '03_modify': { kind: 'modify-disk', script: `# disk-size 96M\n${hostToolsAttack({ marker: marker.file, secret: marker.secret, canary: secret })}` },
     });
     await cp(escape, path.join(dir, '02_escape/escape'));
     const before = loopback.connections();
@@ -147,7 +150,7 @@ describe('the sandbox through the fleet', () => {
         else if (type === 'set') dumped += (await redis.smembers(k)).join('\n');
       }
       expect(dumped.length).toBeGreaterThan(1000);
-      expect(dumped).not.toContain(SECRET);
+      expect(dumped).not.toContain(secret);
       // The jobs are there (their data JSON in BullMQ's hashes), only without the secret.
       expect(dumped).toMatch(/\\"team\\":\\"dev\\"/);
     } finally {

@@ -1,20 +1,36 @@
 /**
- * A real S3 server for the tests: a one-node Ceph 16.2 cluster (ceph-mon with auth none, one
- * memstore ceph-osd, pool size 1) and radosgw (beast) on 127.0.0.1, the recipe of
- * ../shared/real-s3/ceph-rgw.sh. Every daemon runs in the foreground (`-f`) as a child process
- * this helper waits on (a daemonized one is re-parented to init and reaped slowly here); all
- * state is in a temporary directory; `close()` stops the daemons by their pids and removes it.
- * Installs the Debian packages first when they are missing (apt-get, as scripts/setup.sh does).
- * About 25 s to start.
+ * A real S3 server for the tests: Ceph's radosgw (beast, on a free 127.0.0.1 port) on a one-node
+ * Ceph cluster (test/helpers/ceph-cluster.ts). In a vitest run the cluster is the run's one
+ * shared cluster (test/helpers/ceph-broker.ts, started on the first file that asks, stopped at
+ * the end of the run); elsewhere (bench/) `startCephRgw()` starts a cluster of its own, which
+ * `close()` stops. Each call starts its own radosgw process, a child of the caller (foreground,
+ * `setpriv --pdeathsig KILL`), so a test can stop it for an outage and start it again on the same
+ * port against the same cluster: the objects survive, as they are in the cluster.
+ *
+ * Its ops log (rgw_ops_log_file_path: one JSON record per request, written by radosgw itself)
+ * is what a test reads to see which requests the server handled (`opsLog()`).
  */
-import { execa, type ResultPromise } from 'execa';
-import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
-import os from 'node:os';
+import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { isRunning } from '../../libs/layer-engine/src/attach-state.js';
+import { cephEnv, freePort, readOwner, spawnDaemon, startCephCluster, waitForDaemons, type CephClusterInfo, type Daemon } from './ceph-cluster.js';
 
-export const CEPH_PACKAGES = ['radosgw', 'ceph-mon', 'ceph-osd', 'ceph-common'];
+export { CEPH_PACKAGES, ensureCephInstalled } from './ceph-cluster.js';
+
+/** One request as radosgw's ops log records it (the fields the tests read; there are more). */
+export interface RgwOp {
+  /** e.g. `init_multipart`, `put_obj`, `complete_multipart`, `get_obj`, `list_bucket`. */
+  operation: string;
+  bucket: string;
+  object: string;
+  /** e.g. `POST /vmlb-test/k/layers/x.qcow2.zst?uploads HTTP/1.1` */
+  uri: string;
+  http_status: string;
+  error_code?: string;
+  time: string;
+}
 
 export interface CephRgw {
   /** e.g. http://127.0.0.1:41234 */
@@ -25,166 +41,153 @@ export interface CephRgw {
   region: string;
   /** The variables the engine reads, for a `vmlb … s3://…` child. */
   env: Record<string, string>;
+  /** The radosgw user the keys above are of (`vmlb`, the cluster's, unless keys of its own were asked for). */
+  uid: string;
   /** `radosgw-admin ARGS` against this cluster (e.g. `user create`); its stdout. */
   radosgwAdmin(args: string[]): Promise<string>;
+  /** Gives the user another S3 key pair with this secret (and a new access key); its access key. */
+  addKey(secretKey: string): Promise<string>;
+  /** Every request this radosgw handled so far (all its runs), from its ops log. */
+  opsLog(): Promise<RgwOp[]>;
+  /** SIGKILLs the radosgw (an outage); the cluster and its objects stay. */
+  stop(): Promise<void>;
+  /** Starts the radosgw again on the same port against the same cluster (stopping it first if it runs). */
+  restart(): Promise<void>;
+  /** Stops the radosgw (and the cluster, when it is this caller's own). */
   close(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
+interface ClusterLease {
+  info: CephClusterInfo;
+  release(): Promise<void>;
 }
 
-/** Installs Ceph's Debian packages when a command of theirs is missing. */
-export async function ensureCephInstalled(): Promise<void> {
-  const have = await execa('sh', ['-c', 'command -v radosgw && command -v ceph-mon && command -v ceph-osd && command -v radosgw-admin && command -v ceph'], { reject: false });
-  if (have.exitCode === 0) return;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const install = () => execa('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...CEPH_PACKAGES], { env, reject: false });
-  let r = await install();
-  if (r.exitCode !== 0) {
-    await execa('apt-get', ['update', '-qq'], { env, reject: false });
-    r = await install();
+/** The vitest run's shared cluster (VMLB_CEPH_BROKER, set by ceph-broker.ts), or one of this caller's own. */
+async function leaseCluster(): Promise<ClusterLease> {
+  const broker = process.env.VMLB_CEPH_BROKER;
+  if (broker) {
+    const r = await fetch(`${broker}/cluster`, { method: 'POST', signal: AbortSignal.timeout(170_000) });
+    const body = await r.text();
+    if (!r.ok) throw new Error(`the run's Ceph cluster (${broker}) could not start: ${body}`);
+    return { info: JSON.parse(body) as CephClusterInfo, release: async () => {} };
   }
-  if (r.exitCode !== 0) throw new Error(`apt-get install ${CEPH_PACKAGES.join(' ')} failed (exit ${r.exitCode}): ${String(r.stderr).slice(-2000)}`);
+  const own = await startCephCluster();
+  return { info: own, release: () => own.close() };
 }
 
 export async function startCephRgw(o: { accessKey?: string; secretKey?: string } = {}): Promise<CephRgw> {
-  await ensureCephInstalled();
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlb-ceph-'));
-  const daemons: Array<{ name: string; child: ResultPromise }> = [];
-  const accessKey = o.accessKey ?? 'VMLBTESTACCESSKEY01';
-  const secretKey = o.secretKey ?? 'vmlbTestSecretKey0123456789abcdefghijklmn';
-  const conf = path.join(dir, 'ceph.conf');
-  const env = { ...process.env, CEPH_CONF: conf };
-  const run = (cmd: string, args: string[], opts: { input?: string } = {}) => execa(cmd, args, { env, timeout: 60_000, ...opts });
+  const lease = await leaseCluster();
+  const { info } = lease;
+  const id = randomBytes(4).toString('hex');
+  const name = `client.rgw.${id}`;
+  const rgwDir = path.join(info.dir, `rgw.${id}`);
+  const log = path.join(rgwDir, 'rgw.log');
+  const opsLogFile = path.join(rgwDir, 'ops.log');
+  const env = cephEnv(info);
+  const radosgwAdmin = async (args: string[]) => String((await execa('radosgw-admin', args, { env, timeout: 60_000 })).stdout);
+  let daemon: Daemon | null = null;
+  let port = 0;
 
+  const start = async () => {
+    const args = [
+      '-n',
+      name,
+      `--rgw_frontends=beast endpoint=127.0.0.1:${port}`,
+      `--rgw_data=${rgwDir}`,
+      '--rgw_dns_name=127.0.0.1',
+      // radosgw defaults to ms_mon_client_mode=secure, which auth none cannot do
+      '--ms_mon_client_mode=crc secure',
+      `--log_file=${log}`,
+      `--admin_socket=${path.join(rgwDir, 'rgw.asok')}`,
+      '--rgw_enable_ops_log=true',
+      '--rgw_ops_log_rados=false',
+      `--rgw_ops_log_file_path=${opsLogFile}`,
+    ];
+    const d = await spawnDaemon(info, `rgw.${id}`, 'radosgw', args);
+    daemon = d;
+    try {
+      await waitForDaemons('radosgw answering HTTP', 90, [d], async () => (await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2000) })).status > 0, log);
+    } catch (e) {
+      await d.kill();
+      daemon = null;
+      throw e;
+    }
+  };
   const stop = async () => {
-    for (const d of daemons.reverse()) {
-      if (d.child.exitCode !== undefined && d.child.exitCode !== null) continue;
-      d.child.kill('SIGTERM');
-      const done = await Promise.race([d.child.then(() => true), new Promise((r) => setTimeout(() => r(false), 5000))]);
-      if (!done) {
-        d.child.kill('SIGKILL');
-        await d.child;
-      }
-    }
-    daemons.length = 0;
-    await rm(dir, { recursive: true, force: true });
+    const d = daemon;
+    daemon = null;
+    await d?.kill();
   };
 
-  const spawn = (name: string, cmd: string, args: string[]) => {
-    const child = execa(cmd, ['-f', ...args], { env, reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', cleanup: true, buffer: true });
-    daemons.push({ name, child });
-    return child;
-  };
-
-  const waitFor = async (what: string, seconds: number, probe: () => Promise<boolean>) => {
-    const until = Date.now() + seconds * 1000;
-    for (;;) {
-      for (const d of daemons) {
-        if (d.child.exitCode !== undefined && d.child.exitCode !== null) {
-          const r = await d.child;
-          throw new Error(`${d.name} exited (${r.exitCode ?? r.signal}) while waiting for ${what}: ${String(r.stderr).slice(-1500)}`);
-        }
-      }
-      if (await probe().catch(() => false)) return;
-      if (Date.now() > until) {
-        const log = await readFile(path.join(dir, 'log', 'rgw.log'), 'utf8').catch(() => '');
-        throw new Error(`Ceph: no ${what} after ${seconds} s${log ? `; rgw.log ends: ${log.slice(-1500)}` : ''}`);
-      }
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  };
+  // A radosgw does not outlive the cluster's owner (a killed vitest run whose file goes on as an
+  // orphan): without its mon it would hang every request rather than exit.
+  const owner = await readOwner(info.dir);
+  const watchdog = setInterval(() => {
+    if (!owner || !daemon) return;
+    void isRunning(owner).then(async (alive) => {
+      if (!alive) await stop();
+    });
+  }, 1000);
+  watchdog.unref();
 
   try {
-    const [monV2, monV1, rgwPort] = [await freePort(), await freePort(), await freePort()];
-    // The daemons' own ports: a range of 100 unlikely to be in use (the kernel's ephemeral
-    // ports start at 32768).
-    const bindMin = 20_000 + Math.floor(Math.random() * 120) * 100;
-    for (const d of ['mon.a', 'osd.0', 'run', 'log', 'rgw']) await mkdir(path.join(dir, d), { recursive: true });
-    const fsid = randomUUID();
-    const mon = `[v2:127.0.0.1:${monV2},v1:127.0.0.1:${monV1}]`;
-    await writeFile(
-      conf,
-      `[global]
-fsid = ${fsid}
-mon host = ${mon}
-mon initial members = a
-public network = 127.0.0.0/8
-ms bind port min = ${bindMin}
-ms bind port max = ${bindMin + 99}
-auth cluster required = none
-auth service required = none
-auth client required = none
-auth allow insecure global id reclaim = true
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg num = 8
-osd pool default pgp num = 8
-osd pool default pg autoscale mode = off
-osd crush chooseleaf type = 0
-mon allow pool size one = true
-mon allow pool delete = true
-mon warn on pool no redundancy = false
-mon max pg per osd = 1000
-run dir = ${dir}/run
-admin socket = ${dir}/run/$name.asok
-pid file = ${dir}/run/$name.pid
-log file = ${dir}/log/$name.log
-keyring = ${dir}/keyring
-[mon.a]
-mon data = ${dir}/mon.a
-[osd]
-osd data = ${dir}/osd.$id
-osd objectstore = memstore
-memstore device bytes = 4294967296
-osd memory target = 1073741824
-osd max object size = 134217728
-[client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:${rgwPort}
-rgw data = ${dir}/rgw
-rgw dns name = 127.0.0.1
-# radosgw defaults to ms_mon_client_mode=secure, which auth none cannot do
-ms mon client mode = crc secure
-log file = ${dir}/log/rgw.log
-`,
-    );
-    const keyring = path.join(dir, 'keyring');
-    await run('ceph-authtool', ['--create-keyring', keyring, '--gen-key', '-n', 'mon.', '--cap', 'mon', 'allow *']);
-    await run('ceph-authtool', [keyring, '--gen-key', '-n', 'client.admin', '--cap', 'mon', 'allow *', '--cap', 'osd', 'allow *', '--cap', 'mgr', 'allow *']);
-    await run('monmaptool', ['--create', '--fsid', fsid, '--addv', 'a', mon, path.join(dir, 'monmap')]);
-    await run('ceph-mon', ['--mkfs', '-i', 'a', '--monmap', path.join(dir, 'monmap'), '--keyring', keyring]);
-    spawn('ceph-mon', 'ceph-mon', ['-i', 'a']);
-    await waitFor('monitor', 30, async () => (await execa('ceph', ['-s', '--connect-timeout', '3'], { env, reject: false, timeout: 10_000 })).exitCode === 0);
-
-    const osdUuid = randomUUID();
-    const osdId = String((await run('ceph', ['osd', 'new', osdUuid])).stdout).trim();
-    await run('ceph-osd', ['-i', osdId, '--mkfs', '--osd-uuid', osdUuid]);
-    spawn('ceph-osd', 'ceph-osd', ['-i', osdId]);
-    await waitFor('OSD up', 60, async () => /\b1 up\b/.test(String((await execa('ceph', ['osd', 'stat'], { env, reject: false, timeout: 10_000 })).stdout)));
-
-    spawn('radosgw', 'radosgw', ['-n', 'client.rgw.a']);
-    await waitFor('radosgw answering HTTP', 90, async () => (await fetch(`http://127.0.0.1:${rgwPort}/`)).status > 0);
-    await run('radosgw-admin', ['user', 'create', '--uid=vmlb', '--display-name=vmlb', `--access-key=${accessKey}`, `--secret-key=${secretKey}`]);
-
-    const endpoint = `http://127.0.0.1:${rgwPort}`;
+    await mkdir(rgwDir, { recursive: true });
+    port = await freePort();
+    await start();
+    let accessKey = info.accessKey;
+    let secretKey = info.secretKey;
+    let uid = 'vmlb';
+    if ((o.accessKey && o.accessKey !== accessKey) || (o.secretKey && o.secretKey !== secretKey)) {
+      // Keys of its own: a user of its own on the shared cluster.
+      accessKey = o.accessKey ?? `VMLB${randomBytes(8).toString('hex').toUpperCase()}`;
+      secretKey = o.secretKey ?? randomBytes(20).toString('hex');
+      uid = `vmlb-${id}`;
+      await radosgwAdmin(['user', 'create', `--uid=${uid}`, `--display-name=${uid}`, `--access-key=${accessKey}`, `--secret-key=${secretKey}`]);
+    }
+    const endpoint = `http://127.0.0.1:${port}`;
     const region = 'us-east-1';
     return {
       endpoint,
-      port: rgwPort,
+      port,
       accessKey,
       secretKey,
       region,
       env: { S3_ENDPOINT: endpoint, S3_ACCESS_KEY: accessKey, S3_SECRET_KEY: secretKey, S3_REGION: region },
-      radosgwAdmin: async (args) => String((await run('radosgw-admin', args)).stdout),
-      close: stop,
+      uid,
+      radosgwAdmin,
+      async addKey(secret) {
+        const access = `VMLB${randomBytes(8).toString('hex').toUpperCase()}`;
+        await radosgwAdmin(['key', 'create', `--uid=${uid}`, '--key-type=s3', `--access-key=${access}`, `--secret-key=${secret}`]);
+        return access;
+      },
+      async opsLog() {
+        const text = await readFile(opsLogFile, 'utf8').catch(() => '');
+        // One JSON object per line; the last may be half written.
+        return text.split('\n').flatMap((l) => {
+          try {
+            return l.startsWith('{') ? [JSON.parse(l) as RgwOp] : [];
+          } catch {
+            return [];
+          }
+        });
+      },
+      stop,
+      async restart() {
+        await stop();
+        await start();
+      },
+      async close() {
+        clearInterval(watchdog);
+        await stop();
+        await rm(rgwDir, { recursive: true, force: true });
+        await lease.release();
+      },
     };
   } catch (e) {
+    clearInterval(watchdog);
     await stop();
+    await rm(rgwDir, { recursive: true, force: true });
+    await lease.release();
     throw e;
   }
 }
