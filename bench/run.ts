@@ -60,9 +60,11 @@ function table(rows: Row[]): string {
 }
 
 async function context(opts: { quick: boolean; only: string[] | null }, seconds: number, loadBefore: number): Promise<string> {
-  const line = async (argv: string[]) => (await run(argv, { check: false })).stdout.split('\n')[0]?.trim() ?? '';
+  // A command that is not there (git in npm run test:nbd's VM, which has no .git either) says nothing.
+  const output = async (argv: string[]) => (await run(argv, { check: false }).catch(() => ({ stdout: '', code: 1 }))).stdout;
+  const line = async (argv: string[]) => (await output(argv)).split('\n')[0]?.trim() ?? '';
   const commit = await line(['git', '-C', REPO, 'rev-parse', '--short', 'HEAD']);
-  const dirty = (await run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'], { check: false })).stdout.trim() !== '';
+  const dirty = (await output(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'])).trim() !== '';
   const qemu = (await line(['qemu-img', '--version'])).replace(/^qemu-img version /, '');
   const backend = process.env.VMLB_BACKEND || (existsSync('/dev/nbd0') ? 'nbd' : 'fuse');
   const cpus = os.cpus();

@@ -19,25 +19,30 @@ step() {
   local name=$1; shift
   say "step $name: $*"
   local t0; t0=$(date +%s.%N)
-  "$@" > "$out/$name.log" 2>&1
-  local rc=$?
+  # Each line on the console as it comes (the host shows them), and whole in the step's log.
+  timeout --kill-after=30 "${VMLB_NBD_STEP_TIMEOUT:-1800}" "$@" 2>&1 | tee "$out/$name.log" | sed -u "s/^/vmlb-nbd: [$name] /"
+  local rc=${PIPESTATUS[0]}
   local secs; secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
-  # The summary lines of each step on the console; the whole log is in the results.
-  grep -E '✓|✗|×|FAIL|Tests |Test Files|passed|failed|Error' "$out/$name.log" | tail -n 40 | sed "s/^/vmlb-nbd: [$name] /"
   say "step $name: exit $rc ($secs s)"
   return 0
 }
 
+# Every 3 minutes, what runs (and what it waits in), for a step that seems stuck.
+( while sleep 180; do
+    ps -eo pid,etimes,stat,wchan:24,args --sort=start_time | grep -v '\[' | tail -n 25 | cut -c1-200 | sed 's/^/vmlb-nbd: [ps] /'
+  done ) &
+watcher=$!
 say "kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB, node $(node --version)"
 step modprobe bash -c 'modprobe nbd max_part=16 && modprobe fuse 2>/dev/null; modprobe loop 2>/dev/null; test -b /dev/nbd0 && echo "max_part=$(cat /sys/module/nbd/parameters/max_part), $(ls /sys/block | grep -c "^nbd") devices"'
 step attach-tests node node_modules/vitest/vitest.mjs run --project integration test/attach.test.ts \
-  --reporter=default --reporter=json --outputFile.json="$out/attach.json"
+  --reporter=verbose --reporter=json --outputFile.json="$out/attach.json"
 step guest-tests node node_modules/vitest/vitest.mjs run --config test/nbd-vm/vitest.config.ts \
-  --reporter=default --reporter=json --outputFile.json="$out/guest.json"
+  --reporter=verbose --reporter=json --outputFile.json="$out/guest.json"
 step bench bash -c 'VMLB_BENCH_TMP=$TMPDIR node --import tsx bench/run.ts --only backend-overhead && cp bench/results.md '"$out"'/bench.md'
 # What the engine could have left: nothing.
 step leftovers bash -c 'c=0; for p in /sys/block/nbd*/pid; do [ -e "$p" ] && { echo "connected: $p"; c=1; }; done; losetup -a; pgrep -a "qemu-nbd|qemu-storage" && c=1; exit $c'
+kill "$watcher" 2>/dev/null
 rm -rf /repo/.nbd-vm-tmp
 sync
 say "done"

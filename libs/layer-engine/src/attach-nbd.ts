@@ -193,7 +193,10 @@ class NbdDisk implements AttachedDisk {
     this.name = name;
 
     const deadline = performance.now() + READY_TIMEOUT_MS;
-    while (!(await nbdServedBy(device, id.pid))) {
+    // Connected means served by our qemu-nbd *and* sized: the kernel shows the pid before it
+    // sets the capacity (nbd_start_device), and a size read in between is 0.
+    const ready = async () => (await nbdServedBy(device, id.pid)) && Number(await readSys(`/sys/block/${name}/size`)) > 0;
+    while (!(await ready())) {
       if (this.serverExited) {
         await done;
         this.server = undefined;
@@ -213,7 +216,28 @@ class NbdDisk implements AttachedDisk {
     }
     this.diskSize = Number(await readSys(`/sys/block/${name}/size`)) * 512;
     this.attached = true;
+    await this.settlePartitions();
     return true;
+  }
+
+  /**
+   * The kernel reads a newly connected nbd device's partition table only when someone opens it
+   * next (udev does, soon after): until then there is no /dev/nbdNpM, and tools that go by the
+   * name (growpart: /dev/nbd0p1 exists, so partition 1 is called that) and the sandbox, which
+   * gives a script the nodes there are when it starts, would see none. Have it read the table
+   * now and wait for the nodes; a table it cannot read leaves rangeDevice its loop devices.
+   */
+  private async settlePartitions(): Promise<void> {
+    const maxPart = Number((await readSys('/sys/module/nbd/parameters/max_part')) ?? '0');
+    if (maxPart === 0) return;
+    const table = await readPartitionTable(this.device).catch(() => null);
+    const want = (table?.partitions ?? []).map((p) => p.number).filter((n) => n <= maxPart);
+    if (want.length === 0) return;
+    const present = async () => (await Promise.all(want.map((n) => pathExists(`/dev/${this.name}p${n}`)))).every(Boolean);
+    // BLKRRPART is refused while a partition is open (udev probing it): then someone has read the table already.
+    if (!(await present())) await exec(['blockdev', '--rereadpt', this.device], { reject: false });
+    const deadline = performance.now() + PARTITION_NODE_TIMEOUT_MS;
+    while (!(await present()) && performance.now() < deadline) await sleep(POLL_MS * 5);
   }
 
   private stderrTail(): string {
