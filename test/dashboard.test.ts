@@ -1,6 +1,7 @@
 /**
  * The web dashboard in a real browser (Debian's Chromium, headless, driven by playwright-core)
- * over the real fleet: a private redis-server and s3rver, the scheduler serving the dashboard,
+ * over the real fleet: a private redis-server and S3 test server (s3rver, or radosgw with
+ * VMLB_TEST_S3=radosgw), the scheduler serving the dashboard,
  * a real worker process building real layers, and the standalone `vmlb-dashboard` server
  * proxying the API. Builds are submitted through the API while the browser watches:
  *

@@ -1,7 +1,8 @@
 /**
  * Fleet faults: what a build survives. A private redis-server run as production runs it for
  * BullMQ (append-only file, fsync on every write: without it a restart is an empty Redis and
- * every queued and running job is gone, which no worker can make up for), a private s3rver,
+ * every queued and running job is gone, which no worker can make up for), the S3 test server
+ * (s3rver, or radosgw with VMLB_TEST_S3=radosgw),
  * two real worker processes (`node --import tsx apps/worker/src/main.ts`, each with its own
  * local store), and builds added as the scheduler adds them (test/helpers/fleet-submit.ts).
  */

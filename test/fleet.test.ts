@@ -1,6 +1,7 @@
 /**
  * The fleet end to end, as a user runs it: `npm run fleet` (scripts/fleet.sh: a private
- * redis-server, the scheduler and two real worker processes; S3 is this suite's s3rver, given
+ * redis-server, the scheduler and two real worker processes; S3 is this suite's S3 test server
+ * (s3rver, or radosgw with VMLB_TEST_S3=radosgw), given
  * as S3_ENDPOINT like a MinIO), then `vmlb submit` with the two exported variables it prints,
  * `vmlb pull`, and Ctrl-C (SIGINT) stopping all of it.
  *

@@ -1,6 +1,7 @@
 /**
  * The fleet's Prometheus metrics move by the right amounts: a real scheduler (in this process)
- * and real worker processes over a private redis-server and s3rver, real builds submitted
+ * and real worker processes over a private redis-server and S3 test server (s3rver, or radosgw
+ * with VMLB_TEST_S3=radosgw), real builds submitted
  * through the API, then /metrics of the scheduler and of each worker read and compared with
  * what the builds did (layers built, hits, bytes in the build records). Also what the alert
  * rules of deploy/ watch: the oldest queued job, no live worker, a worker whose heartbeat

@@ -1,6 +1,7 @@
 /**
  * A layer that prints 200 MiB, locally and through the one-machine fleet (`npm run fleet`: its
- * Redis, scheduler and a real worker; S3 is this suite's s3rver): the log kept in the store is
+ * Redis, scheduler and a real worker; S3 is this suite's S3 test server, s3rver or radosgw): the
+ * log kept in the store is
  * the tail, at most VMLB_LOG_MAX (1 MiB here), under a line that says what was cut; what the
  * display, Redis and the scheduler see is capped with a "… N lines dropped, full log in the
  * store" line; the memory of the CLI, of Redis and of the scheduler stays flat.

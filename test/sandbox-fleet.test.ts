@@ -1,6 +1,7 @@
 /**
  * The layer sandbox through the one-machine fleet (`npm run fleet`: its Redis, scheduler and
- * two worker processes; S3 is this suite's s3rver, given as S3_ENDPOINT): a submitted project
+ * two worker processes; S3 is this suite's S3 test server, s3rver or radosgw, given as
+ * S3_ENDPOINT): a submitted project
  * that names a host path is refused at submission; a hostile team's layers of every kind,
  * built by a worker, reach neither the worker host nor the fleet's Redis, S3 and scheduler, nor
  * a listener the test opens, nor the worker's credentials, which are in no job's data either;

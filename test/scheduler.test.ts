@@ -1,5 +1,6 @@
 /**
- * The scheduler against a real redis-server and s3rver (test/helpers/redis-server.ts,
+ * The scheduler against a real redis-server and S3 test server, s3rver or radosgw
+ * (test/helpers/redis-server.ts,
  * s3-server.ts), started in this process: team tokens, upload validation, planning into a
  * BullMQ flow (with a hit taken from the shared store, put there by a local
  * `vmlb build --cache`), build records folded from the event stream, server-sent events,

@@ -1,5 +1,6 @@
 /**
- * The shared store (S3) end to end: a real s3rver in a child process (test/helpers/s3-server.ts),
+ * The shared store (S3) end to end: a real s3rver in a child process, or with
+ * VMLB_TEST_S3=radosgw a radosgw of this file's own (test/helpers/s3-server.ts),
  * real builds through the CLI with `--cache s3://…`, and the SharedStore class itself where a
  * test needs to watch or disturb an upload. Each test uses its own prefix in one bucket.
  *

@@ -1,5 +1,6 @@
 /**
- * Fleet workers end to end: a private redis-server and s3rver, real worker processes
+ * Fleet workers end to end: a private redis-server and S3 test server (s3rver, or radosgw with
+ * VMLB_TEST_S3=radosgw), real worker processes
  * (`node --import tsx apps/worker/src/main.ts`, each with its own local store and run dir, as
  * on two hosts), and builds submitted as the scheduler would (test/helpers/fleet-submit.ts).
  * Tests run in order: later ones reuse the layers earlier ones put in the shared store.
