@@ -8,7 +8,9 @@ import { listWorkers, redisKeys } from '@vmlb/fleet';
  * first, so a worker that lacks (some of) the chain looks whether another live worker of its
  * pool holds more of it and has a free slot; if so it puts the job back for a moment
  * (AFFINITY_RETRY_MS) for that worker to take. A job waits so at most AFFINITY_WAIT_MS in all,
- * counted from the first time it was put back; after that any worker builds it.
+ * counted from the first time it was put back; after that any worker builds it. A holder with
+ * one free slot waits for one job: more jobs put back for it (`vmlb:affinity-waiters:<id>`)
+ * than it has free slots, and the next one builds where it is.
  *
  * What each worker holds is a Redis set, `vmlb:worker-keys:<id>` (the keys of its local
  * store), written when it starts and whenever a job ends, with the registration's TTL.
@@ -43,18 +45,35 @@ async function heldHere(store: LocalStore, chain: string[]): Promise<number> {
  * The id of another live, running worker of `pool` with a free slot that holds more of
  * `chain` than this one does, if there is one (the one holding most).
  */
-export async function betterHolder(redis: Redis, o: { workerId: string; pool: string; store: LocalStore; chain: string[] }): Promise<{ id: string; held: number; mine: number } | null> {
+export async function betterHolder(redis: Redis, o: { workerId: string; pool: string; store: LocalStore; chain: string[]; jobId: string }): Promise<{ id: string; held: number; mine: number } | null> {
   if (o.chain.length === 0) return null;
   const mine = await heldHere(o.store, o.chain);
   if (mine === o.chain.length) return null;
   const others = (await listWorkers(redis)).filter((w) => w.id !== o.workerId && (w.pool ?? 'default') === o.pool && w.state === 'running' && w.busy < w.slots);
   let best: { id: string; held: number; mine: number } | null = null;
   for (const w of others) {
+    // Its free slots are for the jobs put back for it already: one slot, one job waits for it;
+    // the others build where they are.
+    if ((await waitersFor(redis, w.id, o.jobId)) >= w.slots - w.busy) continue;
     const flags = (await redis.smismember(heldKeysKey(w.id), ...o.chain)) as number[];
     const held = flags.reduce((a, b) => a + b, 0);
     if (held > mine && (!best || held > best.held)) best = { id: w.id, held, mine };
   }
   return best;
+}
+
+/** How many other jobs were put back for `holder` within the last two retry periods. */
+async function waitersFor(redis: Redis, holder: string, jobId: string): Promise<number> {
+  const key = redisKeys.affinityWaiters(holder);
+  await redis.zremrangebyscore(key, '-inf', String(Date.now() - 2 * AFFINITY_RETRY_MS));
+  const ids = await redis.zrange(key, '0', '-1');
+  return ids.filter((id) => id !== jobId).length;
+}
+
+/** Says that `jobId` was put back for `holder` to take (see waitersFor). */
+export async function waitFor(redis: Redis, holder: string, jobId: string): Promise<void> {
+  const key = redisKeys.affinityWaiters(holder);
+  await redis.multi().zadd(key, String(Date.now()), jobId).pexpire(key, 10 * AFFINITY_RETRY_MS).exec();
 }
 
 /** Whether the job may still be put back for a better holder (true the first AFFINITY_WAIT_MS after it first was). */

@@ -19,7 +19,7 @@ import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
 import { buildOne, checkChain, ensureChain, openProject, refuseOtherPool, retryStep, trustedLocal } from './layer-chain.js';
-import { AFFINITY_RETRY_MS, betterHolder, mayWaitForHolder } from './chain-affinity.js';
+import { AFFINITY_RETRY_MS, betterHolder, mayWaitForHolder, waitFor } from './chain-affinity.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -70,9 +70,10 @@ export function layerProcessor(ctx: WorkerContext) {
     // Chain affinity: a free worker of the pool that holds more of the parent chain takes it.
     // A job that will not build (its layer is shared already, or another job builds it now)
     // needs no chain: it is not put back, whoever took it ends it at once or waits.
-    const holder = data.chain.length ? await betterHolder(ctx.redis, { workerId: ctx.id, pool: ctx.pool, store: ctx.store, chain: data.chain }) : null;
+    const holder = data.chain.length ? await betterHolder(ctx.redis, { workerId: ctx.id, pool: ctx.pool, store: ctx.store, chain: data.chain, jobId }) : null;
     if (holder && !(await needsNoChain(ctx, data, jobId)) && (await mayWaitForHolder(ctx.redis, jobId))) {
       log.info('put back for a worker that holds more of its chain', { holder: holder.id, held: holder.held, mine: holder.mine, of: data.chain.length });
+      await waitFor(ctx.redis, holder.id, jobId);
       await job.moveToDelayed(Date.now() + AFFINITY_RETRY_MS, token);
       ctx.metrics.jobs.inc({ queue: 'layer', outcome: 'delayed' });
       throw new DelayedError();
@@ -86,6 +87,8 @@ export function layerProcessor(ctx: WorkerContext) {
 
     const running = ctx.jobs.add(jobId, 'layer');
     ctx.metrics.busy.set(ctx.jobs.busy);
+    // Busy at once, not at the next heartbeat: chain affinity puts jobs back only for a free holder.
+    await ctx.announce({ keys: false }).catch(() => undefined);
     const unfollow = running.stop.follow(signal, 'bullmq', 'BullMQ cancelled the job');
     let ticks = 0;
     const watch = setInterval(() => {

@@ -129,7 +129,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   metrics.slots.set(slots);
   const jobs = new RunningJobs();
 
-  let announceNow: () => Promise<void> = async () => {};
+  let announceNow: (o?: { keys?: boolean }) => Promise<void> = async () => {};
   let evicting: Promise<unknown> = Promise.resolve();
   let usage = { at: 0, bytes: 0 };
   const ctx: WorkerContext = {
@@ -148,7 +148,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     jobs,
     metrics,
     log,
-    announce: () => announceNow(),
+    announce: (o) => announceNow(o),
     evictSoon() {
       usage.at = 0; // a job ended: the next heartbeat measures the store again
       evicting = evicting.then(() =>
@@ -203,8 +203,8 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     });
   };
   await register();
-  announceNow = async () => {
-    await publishHeldKeys(redis, id, store);
+  announceNow = async (o = {}) => {
+    if (o.keys !== false) await publishHeldKeys(redis, id, store);
     await register();
   };
   await publishHeldKeys(redis, id, store).catch((e: unknown) => log.warn('could not publish the layers this worker holds', { error: (e as Error).message }));

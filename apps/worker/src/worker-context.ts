@@ -28,8 +28,11 @@ export interface WorkerContext {
   jobs: RunningJobs;
   metrics: WorkerMetrics;
   log: Logger;
-  /** Writes the worker's registration and the keys it holds now (chain affinity) at once, not at the next heartbeat. */
-  announce(): Promise<void>;
+  /**
+   * Writes the worker's registration (its busy slots) and the keys it holds now (chain
+   * affinity; not with `keys: false`) at once, not at the next heartbeat.
+   */
+  announce(o?: { keys?: boolean }): Promise<void>;
   /** Trims the local store to its cap, sparing what running jobs use (serialized, in the background). */
   evictSoon(): void;
 }

@@ -38,6 +38,8 @@ export const redisKeys = {
   workerKeys: (workerId: string) => `vmlb:worker-keys:${workerId}`,
   /** When a layer job was first put back for a worker that holds its chain (ms since the epoch). */
   affinity: (jobId: string) => `vmlb:affinity:${jobId}`,
+  /** Sorted set: jobs put back lately for this worker to take (chain affinity), scored by when. */
+  affinityWaiters: (workerId: string) => `vmlb:affinity-waiters:${workerId}`,
   /** Hash: worker id → its last registration, kept after its TTL so a dead worker stays visible. */
   workersSeen: 'vmlb:workers-seen',
   /** JSON { reads: string[] }: a pool as the scheduler's teams file defines it (written at start). */
