@@ -3,6 +3,7 @@ import { LayerFailedError, VmlbError } from '@vmlb/layer-engine';
 import {
   ClaimLease,
   LayerJobData,
+  claimHolder,
   claimJob,
   claimOwner,
   giveBackTeamSlot,
@@ -123,7 +124,7 @@ export function layerProcessor(ctx: WorkerContext) {
 /** Whether the job's layer is in the shared store already or claimed by another job (so the job builds nothing). */
 async function needsNoChain(ctx: WorkerContext, data: LayerJobData, jobId: string): Promise<boolean> {
   if (!data.share) return false;
-  const holder = await ctx.redis.get(redisKeys.claim(poolClaimKey(ctx.pool, data.key)));
+  const holder = await claimHolder(ctx.redis, poolClaimKey(ctx.pool, data.key));
   if (holder !== null && claimJob(holder) !== jobId) return true;
   return (await ctx.viewFor(data.reads).getManifest(data.key).catch(() => null)) !== null;
 }
