@@ -22,9 +22,5 @@ env -u S3_ENDPOINT -u S3_ACCESS_KEY -u S3_SECRET_KEY -u S3_REGION VMLB_TEST_S3=r
   npx --no-install vitest run --project integration --reporter=default --reporter=json --outputFile.json=test-results/vitest-radosgw.json "${files[@]}" "$@"
 rc=$?
 set -e
-node -e '
-  const r = JSON.parse(require("fs").readFileSync("test-results/vitest-radosgw.json", "utf8"));
-  const skipped = r.numPendingTests + (r.numTodoTests || 0);
-  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
-' || true
+node scripts/vitest-summary.mjs test-results/vitest-radosgw.json || true
 exit $rc

@@ -20,9 +20,5 @@ set +e
 npx --no-install vitest run --reporter=default --reporter=json --outputFile.json=test-results/vitest.json "$@"
 rc=$?
 set -e
-node -e '
-  const r = JSON.parse(require("fs").readFileSync("test-results/vitest.json", "utf8"));
-  const skipped = r.numPendingTests + (r.numTodoTests || 0);
-  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
-' || true
+node scripts/vitest-summary.mjs test-results/vitest.json || true
 exit $rc

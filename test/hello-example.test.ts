@@ -2,11 +2,11 @@
  * examples/hello — the README's first build — end to end: every layer kind but base-image
  * and every hint, checked inside the resulting image.
  */
-import { cp, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { REPO, buildJson, builtNames, cachedNames, findEvent, layerLog, leftovers, readImageFiles, sandbox, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
+import { buildJson, builtNames, cachedNames, findEvent, layerLog, leftovers, readImageFiles, sandbox, type Sandbox, type VmlbRun, copyExample } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let project: string;
@@ -14,7 +14,7 @@ let first: VmlbRun;
 beforeAll(async () => {
   sb = await sandbox('hello');
   project = path.join(sb.dir, 'hello');
-  await cp(path.join(REPO, 'examples/hello'), project, { recursive: true, filter: (src) => path.basename(src) !== 'build' });
+  await copyExample('hello', project);
   first = await buildJson(sb, project);
 });
 afterEach(async () => {

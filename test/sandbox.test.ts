@@ -15,7 +15,7 @@ import { chmod, cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/prom
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildEscapeTool, escapeLayer, escapeLines, hostAddresses, hostMarker, hostToolsAttack, listen, otherBuildPair, type Listener } from './helpers/hostile.js';
-import { BUSYBOX_BASE, REPO, buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, vmlb, writeProject, type Sandbox, copyExample } from './helpers/vmlb.js';
 
 let sb: Sandbox;
 let escape: string;
@@ -257,7 +257,7 @@ describe('a well-behaved layer, sandboxed', () => {
 
   it('writes files with their owners on disk, and examples/hello is the same image as unsandboxed', async () => {
     const project = path.join(sb.dir, 'hello');
-    await cp(path.join(REPO, 'examples/hello'), project, { recursive: true, filter: (src) => path.basename(src) !== 'build' });
+    await copyExample('hello', project);
     await writeProject(project, {
       '07_owners': { kind: 'build-layer', script: 'set -eu\ntouch /root-file /user-file\nchown 1000:1000 /user-file\nchown 0:0 /root-file\ncp -a /mnt/given /given\nstat -c "%n %u:%g" /root-file /user-file /given' , files: { given: 'from the layer folder\n' } },
     });

@@ -4,7 +4,7 @@
  * outlives it.
  */
 import { execa, type ResultPromise } from 'execa';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,12 @@ export async function sandbox(name: string): Promise<Sandbox> {
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A copy of examples/NAME in `dir` (without its build/ output), to build without touching the repository. */
+export async function copyExample(name: string, dir: string): Promise<string> {
+  await cp(path.join(REPO, 'examples', name), dir, { recursive: true, filter: (src) => path.basename(src) !== 'build' });
+  return dir;
 }
 
 export type LayerDef = {

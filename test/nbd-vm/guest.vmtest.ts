@@ -11,7 +11,7 @@
  *   a fleet in the VM (redis-server, s3rver), building hello through the queue, flatten included.
  * After each: no nbd device left connected, no loop device, mount or daemon left.
  */
-import { cp, readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -23,7 +23,7 @@ import type { WorkerRegistration } from '../../libs/fleet/src/workers-registry.j
 import { fleetClients, startFleetServices, type FleetClients, type FleetServices } from '../helpers/fleet-services.js';
 import { submitProject } from '../helpers/fleet-submit.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from '../helpers/worker-process.js';
-import { REPO, buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, writeProject, type Sandbox, type VmlbRun } from '../helpers/vmlb.js';
+import { buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, writeProject, type Sandbox, type VmlbRun, copyExample } from '../helpers/vmlb.js';
 
 /** A failed build's stderr and the log of the layer that failed (the VM's temp dirs do not come back). */
 function why(r: VmlbRun): string {
@@ -44,7 +44,7 @@ let hello: string;
 beforeAll(async () => {
   sb = await sandbox('nbd-guest');
   hello = path.join(sb.dir, 'hello');
-  await cp(path.join(REPO, 'examples/hello'), hello, { recursive: true, filter: (src) => path.basename(src) !== 'build' });
+  await copyExample('hello', hello);
 });
 afterEach(async () => {
   expect(await connectedNbd()).toEqual([]);
