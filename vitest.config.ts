@@ -23,7 +23,8 @@ export default defineConfig({
           fileParallelism: false,
           // The run's one Ceph cluster, started when a file first asks for a radosgw
           // (s3-transfer, pool-credentials; every S3 file with VMLB_TEST_S3=radosgw).
-          globalSetup: ['test/helpers/ceph-broker.ts'],
+          // The run's one PostgreSQL, for the schedulers' build history (test/helpers/postgres.ts).
+          globalSetup: ['test/helpers/ceph-broker.ts', 'test/helpers/postgres-broker.ts'],
         },
       },
     ],

@@ -9,6 +9,7 @@
  *   output-flood    the scheduler's memory and Redis's growth while a build's layer prints
  *                   200 MiB, with a live log stream open, vs a build that prints 2 KB
  */
+import { startPrivatePostgres } from '../apps/scheduler/src/private-postgres.js';
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -38,7 +39,7 @@ interface Fleet {
 
 /** Redis, s3rver and a scheduler process, stopped whatever happens. */
 async function withScheduler<T>(sb: Sandbox, fn: (f: Fleet) => Promise<T>): Promise<T> {
-  const [redis, s3] = await Promise.all([startRedis(), startS3Server()]);
+  const [redis, s3, pg] = await Promise.all([startRedis(), startS3Server(), startPrivatePostgres({ fast: true })]);
   let child: import('node:child_process').ChildProcess | undefined;
   const stderr: string[] = [];
   try {
@@ -46,7 +47,7 @@ async function withScheduler<T>(sb: Sandbox, fn: (f: Fleet) => Promise<T>): Prom
     await writeFile(teamsFile, JSON.stringify([...TEAMS.map((t) => ({ team: t, tokenSha256: sha256Hex(token(t)) })), { team: 'ops', tokenSha256: sha256Hex(ADMIN), admin: true }]));
     const port = await freePort();
     const sharedUrl = `s3://vmlb-bench/api-${randomBytes(3).toString('hex')}`;
-    const env = { ...process.env, ...s3.env, REDIS_URL: redis.url, VMLB_SHARED: sharedUrl, VMLB_TEAMS_FILE: teamsFile, VMLB_SCHEDULER_HOST: '127.0.0.1', VMLB_SCHEDULER_PORT: String(port) };
+    const env = { ...process.env, ...s3.env, REDIS_URL: redis.url, VMLB_SHARED: sharedUrl, VMLB_DATABASE_URL: await pg.ensureDatabase('vmlb'), VMLB_TEAMS_FILE: teamsFile, VMLB_SCHEDULER_HOST: '127.0.0.1', VMLB_SCHEDULER_PORT: String(port) };
     const { SharedStore, s3ConfigFrom } = await import('../libs/layer-engine/src/index.js');
     const store = new SharedStore(s3ConfigFrom(sharedUrl, env));
     await store.ensureBucket();
@@ -72,6 +73,7 @@ async function withScheduler<T>(sb: Sandbox, fn: (f: Fleet) => Promise<T>): Prom
       clearTimeout(t);
     }
     await Promise.allSettled([redis.close(), s3.close()]);
+    await pg.close();
   }
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `npm run fleet`: a whole fleet on this machine (Redis, S3, scheduler, dashboard, two workers),
+# `npm run fleet`: a whole fleet on this machine (Redis, S3, PostgreSQL, scheduler, dashboard, two workers),
 # on loopback. Prints `export VMLB_SERVER=…` and `export VMLB_TOKEN=…` for `vmlb submit`;
 # Ctrl-C stops everything; a part that dies is restarted (same port, token and state), and
 # none outlives the launcher, even a killed one. See apps/scheduler/src/dev-fleet.ts for the knobs.
@@ -11,6 +11,7 @@ for cmd in redis-server node; do
 done
 # Every part is started through setpriv --pdeathsig KILL, so that none outlives the launcher.
 command -v setpriv >/dev/null || { echo "fleet: setpriv is not installed (apt-get install util-linux)" >&2; exit 2; }
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "fleet: PostgreSQL is not installed (apt-get install postgresql): the scheduler keeps its build history there" >&2; exit 2; }
 [ -d node_modules/tsx ] || { echo "fleet: the npm packages are missing: run npm run setup first" >&2; exit 2; }
 # The workers attach disks (loop devices, FUSE, mounts): like vmlb build, they need root.
 [ "$(id -u)" -eq 0 ] || echo "fleet: not root: the workers will not be able to attach disks" >&2

@@ -30,6 +30,7 @@
  *   Redis ACL users match compose, redis.env and the REDIS_URLs. (Enforcement itself, on real
  *   servers: test/pool-credentials.test.ts.)
  */
+import { withTestDatabase } from './helpers/postgres.js';
 import { execa, type ResultPromise } from 'execa';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -797,7 +798,7 @@ describe('deploy/healthcheck.mjs: the image\'s health check, against a real sche
   beforeAll(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-health-'));
     [redis, s3] = await Promise.all([startRedis(), startS3Server()]);
-    env = fleetEnv(redis.url, s3.env, `s3://vmlb-test/deploy-health-${randomBytes(4).toString('hex')}`, { VMLB_TEAMS_FILE: await writeTeamsFile(tmp) });
+    env = await withTestDatabase(fleetEnv(redis.url, s3.env, `s3://vmlb-test/deploy-health-${randomBytes(4).toString('hex')}`, { VMLB_TEAMS_FILE: await writeTeamsFile(tmp) }));
     await ensureBucket(env);
   });
   afterAll(async () => {

@@ -36,6 +36,8 @@ import type { RedisServer } from './helpers/redis-server.js';
 import type { S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, spawnVmlb, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
 import { startFleetServices, type FleetServices } from './helpers/fleet-services.js';
+import { BuildHistory } from '../apps/scheduler/src/build-history.js';
+import { testDatabaseUrl } from './helpers/postgres.js';
 import { freePort } from './helpers/redis-server.js';
 import {
   MINIMAL_LAYER,
@@ -59,6 +61,8 @@ let workDir: string;
 let conn: ReturnType<typeof redisConnection>;
 let queues: { layers: Queue; flatten: Queue };
 let shared: SharedStore;
+/** The schedulers' build history (PostgreSQL), read directly. */
+let history: BuildHistory;
 let raw: Client;
 let prefix: string;
 let bucket: string;
@@ -79,6 +83,7 @@ beforeAll(async () => {
   prefix = c.prefix;
   bucket = c.bucket;
   shared = new SharedStore(c);
+  history = await BuildHistory.open(await testDatabaseUrl(sharedUrl));
   raw = new Client({ endPoint: c.host, port: c.port, useSSL: c.useSSL, accessKey: c.accessKey, secretKey: c.secretKey, region: c.region, pathStyle: true });
 });
 
@@ -94,6 +99,7 @@ afterAll(async () => {
   await queues?.flatten.close();
   conn?.disconnect();
   shared?.close();
+  await history?.close();
   await services?.close();
 });
 
@@ -453,8 +459,8 @@ describe('a submission', () => {
     expect(l1.opts.removeOnComplete).toMatchObject({ age: expect.any(Number) });
     expect(l1.opts.removeOnFail).toMatchObject({ age: expect.any(Number) });
 
-    // The record is in the shared store.
-    const stored = await shared.getJson<BuildRecord>(storePaths.build(b.id));
+    // The record is in the build history.
+    const stored = await history.get(b.id);
     expect(stored).toMatchObject({ id: b.id, team: 'web', state: 'queued', project: b.project });
     // And a use record naming its chain, so `vmlb gc --shared` keeps these layers.
     const uses = await Promise.all(
@@ -484,7 +490,7 @@ describe('a submission', () => {
       expect(r.layers.map((l) => l.status)).toEqual(['hit', 'done', 'done']);
       expect(r.layers[1]).toMatchObject({ worker: 'fake-worker', seconds: 0.5, bytes: 4096 });
       expect(r.image).toMatchObject({ key: r.layers[2]!.key, bytes: image.length });
-      expect(await shared.getJson<BuildRecord>(storePaths.build(id))).toMatchObject({ state: 'done', image: r.image });
+      expect(await history.get(id)).toMatchObject({ state: 'done', image: r.image });
 
       // Its events, after the fact: the same story from the stream, ending with the record.
       const after = await readEvents(await api('GET', `/v1/builds/${id}/events`));
@@ -506,10 +512,18 @@ describe('a submission', () => {
       expect(viaUrl).toEqual(image);
 
       const list = await cli(['builds']);
-      expect(list.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
-      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+default\\s+done\\s+3 \\(1 cached, 2 built\\)`));
-      const listed = JSON.parse((await cli(['builds', '--json'])).stdout) as Array<{ id: string; pool: string }>;
+      expect(list.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+PROJECT\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
+      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+default\\s+\\S+\\s+done\\s+3 \\(1 cached, 2 built\\)`));
+      const listed = JSON.parse((await cli(['builds', '--json'])).stdout) as Array<{ id: string; pool: string; projectName?: string; submitter?: string }>;
       expect(listed.find((b) => b.id === id)?.pool).toBe('default');
+      // What vmlb submit said of the project is in the history, and a search finds it.
+      const mineListed = listed.find((b) => b.id === id)!;
+      expect(mineListed.projectName).toBeTruthy();
+      expect(mineListed.submitter).toMatch(/@/);
+      const found = JSON.parse((await cli(['builds', '--json', '--search', mineListed.projectName!.slice(1, 6)])).stdout) as Array<{ id: string }>;
+      expect(found.map((b) => b.id)).toContain(id);
+      const none = JSON.parse((await cli(['builds', '--json', '--search', 'no-such-project-anywhere'])).stdout) as Array<{ id: string }>;
+      expect(none).toEqual([]);
     } finally {
       await workers.close();
     }
@@ -613,7 +627,7 @@ describe('cancel', () => {
       expect(await queues.flatten.getJob(flattenJobId(b.id))).toBeUndefined();
       expect(await queues.layers.getJob(layerJobId(b.id, 1))).toBeUndefined();
       expect(await conn.get(redisKeys.cancelled(b.id))).toBe('web');
-      expect(await shared.getJson<BuildRecord>(storePaths.build(b.id))).toMatchObject({ state: 'cancelled' });
+      expect(await history.get(b.id)).toMatchObject({ state: 'cancelled' });
       const followed = await readEvents(await events);
       expect(followed.end).toMatchObject({ state: 'cancelled' });
       expect(followed.events.at(-1)).toMatchObject({ type: 'failed', code: 'CANCELLED' });
@@ -642,7 +656,7 @@ describe('a scheduler restart', () => {
     const b = await record(id);
     const todo = b.layers.filter((l) => l.status === 'queued').map((l) => l.index);
     await appendEvent(conn, id, ev.job(todo[0]!, 'building'));
-    await waitFor('the record to say building', async () => (await shared.getJson<BuildRecord>(storePaths.build(id)).catch(() => null))?.state === 'building');
+    await waitFor('the record to say building', async () => (await history.get(id).catch(() => null))?.state === 'building');
     const port = Number(new URL(sched.url).port);
     await sched.close();
     await waitFor('vmlb submit to say it lost the scheduler', async () => /lost the scheduler \(.*\); reconnecting — build b[0-9a-z]+ goes on in the fleet meanwhile/.test(out), 20_000);
@@ -673,7 +687,7 @@ describe('a scheduler restart', () => {
     const b = await submit(await smallProject('restart'));
     await appendEvent(conn, b.id, ev.job(1, 'building'));
     // s3rver writes an object in place: a read racing a write can see half of it (MinIO's puts are atomic).
-    await waitFor('the record to say building', async () => (await shared.getJson<BuildRecord>(storePaths.build(b.id)).catch(() => null))?.state === 'building');
+    await waitFor('the record to say building', async () => (await history.get(b.id).catch(() => null))?.state === 'building');
     await sched.close();
     // Meanwhile the worker went on.
     await appendEvent(conn, b.id, ev.job(1, 'done', { seconds: 3, bytes: 10 }));

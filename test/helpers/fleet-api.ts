@@ -10,6 +10,7 @@ import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { fleetConfigFrom, type FleetConfig } from '../../libs/fleet/src/index.js';
 import { SharedStore, s3ConfigFrom } from '../../libs/layer-engine/src/index.js';
+import { withTestDatabase } from './postgres.js';
 import { createScheduler, sha256Hex, Teams, type Logger, type Scheduler, type SchedulerOptions } from '../../apps/scheduler/src/index.js';
 
 export const TOKENS = { web: 'tok-web-0123456789', data: 'tok-data-0123456789', ops: 'tok-ops-0123456789' } as const;
@@ -58,7 +59,7 @@ export interface RunningScheduler {
 }
 
 export async function startScheduler(env: Record<string, string>, opts: Partial<SchedulerOptions> = {}): Promise<RunningScheduler> {
-  const config = { ...fleetConfigFrom(env), schedulerHost: '127.0.0.1', schedulerPort: 0 };
+  const config = { ...fleetConfigFrom(await withTestDatabase(env)), schedulerHost: '127.0.0.1', schedulerPort: 0 };
   const log = memoryLogger();
   const scheduler = await createScheduler({ config, teams: Teams.parse(teamsJson(), 'test teams'), log, follower: { blockMs: 200, checkEveryMs: 500 }, ...opts });
   const url = await scheduler.listen();

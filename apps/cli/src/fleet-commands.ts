@@ -328,6 +328,63 @@ function detachOnInterrupt(ac: AbortController, id: () => string | undefined): (
   };
 }
 
+interface ListedBuild {
+  id: string;
+  team: string;
+  pool?: string;
+  state: string;
+  createdAt: string;
+  finishedAt?: string;
+  layers: number;
+  hits: number;
+  built: number;
+  error?: string;
+  projectName?: string;
+  gitBranch?: string;
+  gitCommit?: string;
+}
+
+/** `name@branch (commit)`, or what of it the build has; `-` for none. */
+function projectLabel(b: ListedBuild): string {
+  const name = b.projectName ?? '';
+  const at = b.gitBranch ? `@${b.gitBranch}` : '';
+  const commit = b.gitCommit ? ` ${b.gitCommit.slice(0, 8)}` : '';
+  return `${name}${at}${commit}`.trim() || '-';
+}
+
+/**
+ * What the fleet's history records of a submission (apps/scheduler/src/submission-meta.ts): the
+ * project's name (--name, else its folder's), the git commit and branch of its folder when it is
+ * in a git work tree (none when git is missing or it is not), and who submitted it
+ * (VMLB_SUBMITTER, else user@host). Percent-encoded, so any UTF-8 goes through a header.
+ */
+async function submissionHeaders(projectDir: string, name: string | undefined): Promise<Record<string, string>> {
+  const git = async (...args: string[]): Promise<string | undefined> => {
+    const { execFile } = await import('node:child_process');
+    return new Promise((resolve) => {
+      execFile('git', ['-C', projectDir, ...args], { timeout: 5000 }, (err, stdout) => resolve(err ? undefined : stdout.trim() || undefined));
+    });
+  };
+  const [commit, branch] = [await git('rev-parse', '--verify', '-q', 'HEAD'), await git('symbolic-ref', '--short', '-q', 'HEAD')];
+  let who = process.env.VMLB_SUBMITTER;
+  if (!who) {
+    try {
+      who = `${os.userInfo().username}@${os.hostname()}`;
+    } catch {
+      who = os.hostname();
+    }
+  }
+  const out: Record<string, string> = {};
+  const put = (h: string, v: string | undefined) => {
+    if (v) out[h] = encodeURIComponent(v.slice(0, 200));
+  };
+  put('x-vmlb-project-name', name ?? path.basename(projectDir));
+  put('x-vmlb-git-commit', commit && /^[0-9a-f]{4,64}$/.test(commit) ? commit : undefined);
+  put('x-vmlb-git-branch', branch);
+  put('x-vmlb-submitter', who);
+  return out;
+}
+
 function ago(iso: string): string {
   const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
   if (s < 90) return `${Math.round(s)}s ago`;
@@ -351,18 +408,19 @@ export function registerFleetCommands(program: Command): void {
     .addOption(tokenOption())
     .option('--detach', 'print the build id and return at once; do not follow the build')
     .option('--flatten', 'have the fleet make one flattened image of the build too (for the dashboard and API download)')
+    .option('--name <name>', "the project's name in the fleet's history (default: the folder's name)")
     .option('--no-pull', "do not fetch the build's layers into the local store as they are pushed")
     .addOption(storeOption())
     .option('--json', 'print build events as JSON lines (for machines)')
     .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
-    .action(async (dir: string, o: ConnOpts & { detach?: boolean; json?: boolean; plain?: boolean; flatten?: boolean; pull?: boolean; store?: string }) => {
+    .action(async (dir: string, o: ConnOpts & { detach?: boolean; json?: boolean; plain?: boolean; flatten?: boolean; pull?: boolean; store?: string; name?: string }) => {
       const ep = await endpointFrom(o);
       const projectDir = path.resolve(dir);
       // The scheduler checks it again; checking here first answers a broken project at once.
       await loadProject(projectDir);
       const body = await packProject(projectDir);
       const res = await check(
-        await request(ep, 'POST', `/v1/builds${o.flatten ? '?flatten=1' : ''}`, { body, headers: { 'content-type': 'application/gzip' } }),
+        await request(ep, 'POST', `/v1/builds${o.flatten ? '?flatten=1' : ''}`, { body, headers: { 'content-type': 'application/gzip', ...(await submissionHeaders(projectDir, o.name)) } }),
         `submitting ${path.relative(process.cwd(), projectDir) || '.'}`,
       );
       const submitted = (await res.json()) as BuildRecordLite;
@@ -422,16 +480,24 @@ export function registerFleetCommands(program: Command): void {
     .addOption(new Option('--state <state>', 'only builds in this state').choices(['active', 'queued', 'building', 'done', 'failed', 'cancelled']))
     .option('--team <team>', 'another team\'s builds (admin tokens only)')
     .option('--pool <pool>', 'only builds of this pool (the pool a build ran in)')
+    .option('--search <text>', 'only builds whose project name, git branch, commit or submitter holds this text')
+    .option('--project <name>', 'only builds of this project name')
+    .option('--branch <branch>', 'only builds of this git branch')
+    .option('--commit <sha>', 'only builds of this git commit (or a prefix of it)')
+    .option('--submitter <who>', 'only builds this submitter sent')
+    .option('--since <time>', 'only builds submitted since this ISO time (e.g. 2026-12-01)')
     .option('--limit <n>', 'at most this many', '20')
     .option('--json', 'print the list as JSON')
-    .action(async (o: ConnOpts & { state?: string; team?: string; pool?: string; limit: string; json?: boolean }) => {
+    .action(async (o: ConnOpts & { state?: string; team?: string; pool?: string; limit: string; json?: boolean; search?: string; project?: string; branch?: string; commit?: string; submitter?: string; since?: string }) => {
       const ep = await endpointFrom(o);
       const q = new URLSearchParams({ limit: o.limit });
       if (o.state) q.set('state', o.state);
       if (o.team) q.set('team', o.team);
       if (o.pool) q.set('pool', o.pool);
+      if (o.search) q.set('q', o.search);
+      for (const k of ['project', 'branch', 'commit', 'submitter', 'since'] as const) if (o[k]) q.set(k, o[k]!);
       const res = await check(await request(ep, 'GET', `/v1/builds?${q}`), 'listing builds');
-      const listed = (await res.json()) as { builds: Array<{ id: string; team: string; pool?: string; state: string; createdAt: string; finishedAt?: string; layers: number; hits: number; built: number; error?: string }> };
+      const listed = (await res.json()) as { builds: Array<ListedBuild> };
       // A summary from before pools names none: it is pool default's.
       const builds = listed.builds.map((b) => ({ ...b, pool: b.pool ?? 'default' }));
       if (o.json) {
@@ -442,7 +508,10 @@ export function registerFleetCommands(program: Command): void {
         process.stdout.write('no builds\n');
         return;
       }
-      const rows = [['BUILD', 'TEAM', 'POOL', 'STATE', 'LAYERS', 'CREATED', 'TOOK'], ...builds.map((b) => [b.id, b.team, b.pool, b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)])];
+      const rows = [
+        ['BUILD', 'TEAM', 'POOL', 'PROJECT', 'STATE', 'LAYERS', 'CREATED', 'TOOK'],
+        ...builds.map((b) => [b.id, b.team, b.pool, projectLabel(b), b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)]),
+      ];
       const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
       for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
     });

@@ -1,19 +1,28 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { endEventStream, flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
-import { isFinal, type BuildRecords, type StoredRecord } from './build-records.js';
+import { isFinal, type StoredRecord } from './build-records.js';
+import type { BuildHistory } from './build-history.js';
 import { cancelBuild, chainComplete, failBuild, finishBuild, finishChain, foldEvent } from './record-fold.js';
 import type { Logger } from './logger.js';
 import type { SharedStore } from '@vmlb/layer-engine';
 import { findImage } from './image-manifest.js';
 
 /**
- * The single writer of build records. It follows every unfinished build's event stream with
- * one blocking XREAD over all of them, folds each worker event into the build's record, and
- * writes the record (with the stream id it has folded up to) whenever its state changes, so a
- * restarted scheduler goes on from there. It also asks BullMQ now and then how each build's
- * flatten job stands: that is what says a build failed for good (a job failed past its
- * attempts, or a child failed it), and it catches a worker that died without a word.
+ * Follows builds' event streams with one blocking XREAD over all of them and folds each worker
+ * event into the build's record. It runs in one of two roles, set by the leader lease
+ * (leader-lease.ts):
+ *
+ * - **leading** (one scheduler of the fleet): it follows every unfinished build of the history
+ *   (those submitted to any scheduler, picked up each round), writes each record (with the
+ *   stream id it has folded up to) whenever its state changes, so the next leader goes on from
+ *   there, and asks BullMQ now and then how each build's jobs stand: that is what says a build
+ *   failed for good (a job failed past its attempts, or a child failed it), and it catches a
+ *   worker that died without a word. Once a final record is stored it appends an `ended` event
+ *   to the build's stream.
+ * - **observing** (every other scheduler): it follows only the builds this scheduler was asked
+ *   about (submitted here, or an event stream open here), folds them in memory for a live view,
+ *   writes nothing, and ends one when its stream says `ended` or the history has it final.
  *
  * Followers of one build (the SSE route) subscribe here and get each event as it is folded,
  * then the final record. Once a build's record is final, its stream expires sooner
@@ -74,6 +83,9 @@ export class BuildFollower {
   private readonly blockMs: number;
   private readonly checkEveryMs: number;
   private closed = false;
+  private leading = false;
+  /** When to look for builds to follow in the history next (leading). */
+  private nextAdopt = 0;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
 
@@ -83,7 +95,7 @@ export class BuildFollower {
       redis: Redis;
       /** A connection of its own for the blocking XREAD. */
       blocking: Redis;
-      records: BuildRecords;
+      records: BuildHistory;
       /** A pool's own namespace of the shared store (a record's `pool`; undefined: default). */
       sharedOf: (pool: string | undefined) => SharedStore;
       queuesOf: (pool: string | undefined) => { layers: Queue; flatten: Queue };
@@ -95,12 +107,22 @@ export class BuildFollower {
     this.checkEveryMs = opts.checkEveryMs ?? 2000;
   }
 
-  /** Starts following, first every build a previous scheduler left unfinished. */
-  async start(): Promise<number> {
-    const unfinished = await this.deps.records.unfinished();
-    for (const r of unfinished) this.track(r);
-    this.loop = this.run();
-    return unfinished.length;
+  /** Starts the loop (observing until setLeading(true)). */
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Leading: follow every unfinished build of the history, and write records; else observe. */
+  setLeading(leading: boolean): void {
+    if (this.leading === leading) return;
+    this.leading = leading;
+    this.nextAdopt = 0;
+    for (const a of this.active.values()) a.nextCheck = Date.now();
+    this.wake?.();
+  }
+
+  get isLeading(): boolean {
+    return this.leading;
   }
 
   /** Follows a build (its record must be stored already). */
@@ -115,26 +137,43 @@ export class BuildFollower {
     return this.active.get(id)?.record;
   }
 
+  /** Builds followed as the leader (0 while observing: the leader counts the fleet's). */
   get activeCount(): number {
-    return this.active.size;
+    return this.leading ? this.active.size : 0;
   }
 
-  /** Gets every event folded from now on, then the final record; undefined when the build is not followed. */
-  subscribe(id: string, listener: Listener): (() => void) | undefined {
-    const a = this.active.get(id);
+  /**
+   * Gets every event folded from now on, then the final record; undefined when the build is
+   * final. An unfinished build not followed yet is followed from now (an observer's too).
+   */
+  subscribe(record: StoredRecord, listener: Listener): (() => void) | undefined {
+    this.track(record);
+    const a = this.active.get(record.id);
     if (!a) return undefined;
     a.listeners.add(listener);
     return () => a.listeners.delete(listener);
   }
 
-  /** Marks a followed build cancelled and stores it; false when it is not followed (finished already). */
-  /** Marks a followed build cancelled at once (before the first await), then stores it. */
+  /**
+   * Cancels a build: marked at once in memory when followed (before the first await, so a job
+   * check of the loop meanwhile cannot fail it), then in the history under a row lock (whichever
+   * scheduler is asked: the leader's next write of it is then refused and it ends it).
+   * Returns the stored record, or undefined when it was final already.
+   */
   async cancel(id: string, by: string): Promise<StoredRecord | undefined> {
     const a = this.active.get(id);
-    if (!a) return undefined;
-    cancelBuild(a.record, by);
-    await this.persist(a);
-    return a.record;
+    if (a && !isFinal(a.record)) cancelBuild(a.record, by);
+    let was: StoredRecord | undefined;
+    const stored = await this.deps.records.update(id, (r) => {
+      if (isFinal(r)) return null;
+      was = r;
+      cancelBuild(r, by);
+      if (a) r.cursor = a.cursor;
+      return r;
+    });
+    if (!was || !stored) return undefined;
+    if (a && this.active.get(id) === a) this.finish(a, stored);
+    return stored;
   }
 
   async close(): Promise<void> {
@@ -149,6 +188,7 @@ export class BuildFollower {
   private async run(): Promise<void> {
     while (!this.closed) {
       try {
+        if (this.leading && Date.now() >= this.nextAdopt) await this.adopt();
         if (this.active.size === 0) {
           await new Promise<void>((resolve) => {
             const t = setTimeout(resolve, this.blockMs);
@@ -161,13 +201,27 @@ export class BuildFollower {
           continue;
         }
         await this.readOnce();
-        await this.checkJobs();
-        await this.flush();
+        if (this.leading) {
+          await this.checkJobs();
+          await this.flush();
+        } else {
+          await this.checkStored();
+        }
       } catch (e) {
         if (this.closed) return;
         this.deps.log.warn('following builds failed; trying again', { error: (e as Error).message });
         await new Promise((r) => setTimeout(r, 1000));
       }
+    }
+  }
+
+  /** Leading: follows the history's unfinished builds not followed yet (submitted to any scheduler). */
+  private async adopt(): Promise<void> {
+    this.nextAdopt = Date.now() + this.blockMs;
+    for (const id of await this.deps.records.unfinishedIds()) {
+      if (this.active.has(id)) continue;
+      const r = await this.deps.records.get(id);
+      if (r) this.track(r);
     }
   }
 
@@ -184,6 +238,11 @@ export class BuildFollower {
         a.cursor = streamId;
         const entry = parseEntry(streamId, fields);
         if (!entry) continue;
+        if (entry.event.type === 'ended') {
+          // The leader stored the final record: take it from the history.
+          a.nextCheck = 0;
+          continue;
+        }
         if (foldEvent(a.record, entry.event)) {
           a.dirty = true;
           if (entry.event.type === 'job' && entry.event.status === 'failed') a.nextCheck = Date.now() + 200;
@@ -191,6 +250,20 @@ export class BuildFollower {
         for (const l of a.listeners) l({ type: 'event', entry });
       }
       a.record.cursor = a.cursor;
+    }
+  }
+
+  /** Observing: ends the builds the history has final (asked every checkEveryMs, at once after an `ended`). */
+  private async checkStored(): Promise<void> {
+    const now = Date.now();
+    const due = [...this.active.values()].filter((a) => a.nextCheck <= now);
+    if (due.length === 0) return;
+    for (const a of due) a.nextCheck = now + this.checkEveryMs;
+    const finals = await this.deps.records.finalStates(due.map((a) => a.record.id));
+    for (const a of due) {
+      if (!finals.has(a.record.id)) continue;
+      const stored = await this.deps.records.get(a.record.id);
+      if (stored && this.active.get(a.record.id) === a) this.finish(a, stored);
     }
   }
 
@@ -277,25 +350,43 @@ export class BuildFollower {
     }
   }
 
-  /** Writes the record (one write at a time per build, each of the latest state); a final one ends its followers. */
+  /**
+   * Writes the record (one write at a time per build, each of the latest state); a final one
+   * ends its followers. A refused write (the history has it final: cancelled through another
+   * scheduler, or finished by another leader) ends it with the stored record.
+   */
   private persist(a: Active): Promise<void> {
     a.dirty = false;
     const write = a.writing.catch(() => undefined).then(async () => {
+      let written: boolean;
       try {
-        await this.deps.records.put(structuredClone(a.record));
+        written = await this.deps.records.put(structuredClone(a.record));
       } catch (e) {
         a.dirty = true;
         throw e;
       }
-      if (isFinal(a.record) && this.active.get(a.record.id) === a && !a.dirty) {
-        this.active.delete(a.record.id);
-        void endEventStream(this.deps.redis, a.record.id).catch((e: unknown) => this.deps.log.warn('could not shorten a finished build\'s event stream TTL', { buildId: a.record.id, error: (e as Error).message }));
-        for (const l of a.listeners) l({ type: 'end', record: a.record });
-        a.listeners.clear();
-        this.opts.onFinished?.(a.record);
+      if (this.active.get(a.record.id) !== a) return;
+      if (!written) {
+        const stored = await this.deps.records.get(a.record.id);
+        if (stored && isFinal(stored)) this.finish(a, stored);
+        return;
       }
+      if (isFinal(a.record) && !a.dirty) this.finish(a, a.record);
     });
     a.writing = write;
     return write;
+  }
+
+  /** A build's record is final in the history: its followers get it, its stream says so and expires sooner. */
+  private finish(a: Active, final: StoredRecord): void {
+    if (this.active.get(final.id) !== a) return;
+    this.active.delete(final.id);
+    a.record = final;
+    if (this.leading) {
+      void endEventStream(this.deps.redis, final.id, final.state).catch((e: unknown) => this.deps.log.warn("could not end a finished build's event stream", { buildId: final.id, error: (e as Error).message }));
+      this.opts.onFinished?.(final);
+    }
+    for (const l of a.listeners) l({ type: 'end', record: final });
+    a.listeners.clear();
   }
 }

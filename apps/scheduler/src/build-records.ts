@@ -6,10 +6,11 @@ export type { BuildSummary };
 import type { ObjectStore } from './object-store.js';
 
 /**
- * Build records in the shared store, `builds/<id>.json`, and one small index per team,
- * `builds/index/<team>.json` (newest first), so that a listing reads one object instead of every
- * record. The scheduler is their single writer: an index is read once, then kept in memory and
- * written through, one write at a time per team.
+ * Build records as the scheduler kept them before PostgreSQL (build-history.ts): in the shared
+ * store, `builds/<id>.json`, and one index per team, `builds/index/<team>.json` (newest first),
+ * rewritten whole on each change. The scheduler no longer writes them: a scheduler imports them
+ * into the history once (history-import.ts) and leaves them where they are. The class stays for
+ * that import, for tests that make such a store, and as the benchmark's baseline.
  */
 
 /** What the scheduler keeps in a record beyond BuildRecord: where its event stream was folded up to. */
@@ -52,7 +53,7 @@ export function summarize(r: BuildRecord): BuildSummary {
   return s;
 }
 
-export class BuildRecords {
+export class StoreIndexRecords {
   private readonly indexes = new Map<string, Promise<BuildSummary[]>>();
   private readonly writes = new Map<string, Promise<unknown>>();
 
@@ -75,6 +76,12 @@ export class BuildRecords {
   /** A team's builds, newest first. */
   async list(team: string): Promise<BuildSummary[]> {
     return [...(await this.index(team))];
+  }
+
+  /** Every record's id in the store (`builds/<id>.json`), listed or not in an index. */
+  async ids(): Promise<string[]> {
+    const names = await this.objects.list('builds/');
+    return names.map((n) => /^builds\/(b[0-9a-z]{8,40})\.json$/.exec(n)?.[1]).filter((id): id is string => !!id);
   }
 
   /** The teams that have an index (every team that ever submitted). */

@@ -1,7 +1,8 @@
 /**
  * `npm run fleet`: a whole fleet on this machine, on loopback, for trying `vmlb submit`:
  * a private redis-server, the S3 test server (s3rver, or the MinIO named by S3_ENDPOINT with
- * S3_ACCESS_KEY/S3_SECRET_KEY), the scheduler, the web dashboard when there is one, and two
+ * S3_ACCESS_KEY/S3_SECRET_KEY), a private PostgreSQL for the build history (initdb in the
+ * fleet's folder, run as Debian's postgres user; private-postgres.ts), the scheduler, the web dashboard when there is one, and two
  * workers. It prints the scheduler's URL and a development token as two shell lines,
  *
  *   export VMLB_SERVER=http://127.0.0.1:PORT
@@ -41,6 +42,7 @@ import { fileURLToPath } from 'node:url';
 import { SharedStore, describeSweep, isRunning, s3ConfigFrom, selfIdentity, sweep, type ProcessIdentity } from '@vmlb/layer-engine';
 import { freePort, portOpen } from '@vmlb/fleet';
 import { sha256Hex } from './teams.js';
+import { ensureDatabase, postgresReady, preparePostgres } from './private-postgres.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const S3RVER_LAUNCHER = path.join(REPO, 'test/fixtures/s3rver-launcher.mjs');
@@ -374,7 +376,7 @@ async function main(): Promise<number> {
   const cleanup = async (code: number): Promise<number> => {
     stopping = true;
     // Workers first (they finish or hand back their jobs), then what they talk to.
-    const order = ['worker', 'dashboard', 'scheduler', 's3', 'redis'];
+    const order = ['worker', 'dashboard', 'scheduler', 'postgres', 's3', 'redis'];
     for (const prefix of order) {
       await Promise.all(parts.filter((p) => p.spec.name.startsWith(prefix)).map((p) => stopPart(p, prefix === 'worker' ? 20_000 : 5000)));
     }
@@ -463,6 +465,20 @@ async function main(): Promise<number> {
 
     const fleetEnv: NodeJS.ProcessEnv = { ...env, ...s3env, REDIS_URL: redisUrl, VMLB_SHARED: sharedUrl };
 
+    // ---- PostgreSQL: the build history, in the fleet's folder (a kept VMLB_FLEET_DIR keeps it) ----
+    const pgPrepared = await preparePostgres({ dir: path.join(dir, 'postgres'), port: await freePort() });
+    const postgres = startPart({
+      name: 'postgres',
+      cmd: pgPrepared.cmd,
+      args: pgPrepared.args,
+      env,
+      ready: () => postgresReady(pgPrepared.baseUrl),
+      keeps: `same port ${pgPrepared.port}, same data in ${path.join(dir, 'postgres')}`,
+      essential: true,
+    });
+    await up(postgres);
+    const databaseUrl = await ensureDatabase(pgPrepared.baseUrl, 'vmlb');
+
     // ---- the scheduler ----
     const port = env.VMLB_SCHEDULER_PORT ? Number(env.VMLB_SCHEDULER_PORT) : await freePort();
     const server = `http://127.0.0.1:${port}`;
@@ -470,7 +486,7 @@ async function main(): Promise<number> {
       name: 'scheduler',
       cmd: process.execPath,
       args: ['--import', 'tsx', SCHEDULER_MAIN],
-      env: { ...fleetEnv, VMLB_TEAMS_FILE: teamsFile, VMLB_SCHEDULER_HOST: '127.0.0.1', VMLB_SCHEDULER_PORT: String(port) },
+      env: { ...fleetEnv, VMLB_DATABASE_URL: databaseUrl, VMLB_TEAMS_FILE: teamsFile, VMLB_SCHEDULER_HOST: '127.0.0.1', VMLB_SCHEDULER_PORT: String(port) },
       ready: async () => (await fetch(`${server}/healthz`)).ok,
       keeps: `same port ${port}, same token`,
       essential: true,

@@ -126,6 +126,7 @@ export class DisplayEvents {
           return out;
       }
     }
+    if (ev.type === 'ended') return out;
     // flatten
     if (ev.status === 'building') out.push({ type: 'notice', at: ev.at, message: `flattening the image on worker ${ev.worker}` });
     else if (ev.status === 'done' && ev.image) out.push(this.output(ev.image, ev.at));

@@ -2,7 +2,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { redisKeys } from '@vmlb/fleet';
 import type { BuildEvent } from '@vmlb/layer-engine';
-import type { BuildRecords, StoredRecord } from './build-records.js';
+import type { StoredRecord } from './build-records.js';
+import type { BuildHistory } from './build-history.js';
 import { compareStreamIds, parseEntry, type BuildFollower, type FollowerMessage } from './build-follower.js';
 import { DisplayEvents } from './display-events.js';
 import { publicRecord } from './public-record.js';
@@ -15,14 +16,15 @@ import { publicRecord } from './public-record.js';
  *   event: end / data: <record>      the build's final record; the stream ends after it
  *
  * First the build's plan and hits (from its record), then every event already in its Redis
- * stream, then the live ones as the scheduler folds them, then the outcome. A client that
+ * stream, then the live ones as this scheduler's follower reads them (whether or not it is the
+ * one that leads: any scheduler serves this), then the outcome. A client that
  * reconnects with Last-Event-ID (or ?after=ID) gets only what came after that id. A build
  * whose stream has expired is told from its record.
  */
 export async function streamBuildEvents(
   req: FastifyRequest,
   reply: FastifyReply,
-  ctx: { redis: Redis; follower: BuildFollower; records: BuildRecords; imageLocation: (path: string) => string; pingMs?: number },
+  ctx: { redis: Redis; follower: BuildFollower; records: BuildHistory; imageLocation: (path: string) => string; pingMs?: number },
   record: StoredRecord,
 ): Promise<void> {
   const id = record.id;
@@ -66,7 +68,7 @@ export async function streamBuildEvents(
   };
 
   // Subscribe before reading the history, so nothing falls between the two.
-  const unsubscribe = ctx.follower.subscribe(id, (m) => (live ? handle(m) : buffered.push(m)));
+  const unsubscribe = ctx.follower.subscribe(record, (m) => (live ? handle(m) : buffered.push(m)));
   const ping = setInterval(() => write(': ping\n\n'), ctx.pingMs ?? 15_000);
   // The response's close, not the request's: a GET's request stream may close as soon as it is read.
   raw.on('close', () => {

@@ -2,10 +2,10 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { DEFAULT_POOL, listKnownWorkers, poolPath, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
 import type { PoolRegistry } from './pool-registry.js';
-import type { BuildRecords, StoredRecord } from './build-records.js';
+import type { StoredRecord } from './build-records.js';
+import type { BuildHistory } from './build-history.js';
 import type { BuildFollower } from './build-follower.js';
 import { parseEntry } from './build-follower.js';
-import { hitRateSeries } from './cache-stats.js';
 import { HttpError } from './http-error.js';
 import { JOB_STATES, QUEUED_STATES, oldestQueuedAge } from './metrics.js';
 import type { ObjectStore } from './object-store.js';
@@ -18,7 +18,8 @@ import type { ObjectStore } from './object-store.js';
  *   GET /v1/fleet                          workers (live and recently lost), queue depths: of
  *                                          the asking team's pool (an admin's: every pool)
  *   GET /v1/stats/cache?hours&bucketMinutes&team
- *                                          layer cache hit rate over time, overall and per team
+ *                                          layer cache hit rate and build durations over time,
+ *                                          overall and per team (from the history)
  *   GET /v1/builds/:id/layers/:index/log   one layer's log, text/plain (at most VMLB_LOG_MAX: its tail)
  *
  * The fleet view shows a team its own pool's workers and queues (an admin every pool); hit
@@ -29,7 +30,7 @@ export function registerInsightRoutes(
   deps: {
     redis: Redis;
     pools: PoolRegistry;
-    records: BuildRecords;
+    records: BuildHistory;
     follower: BuildFollower;
     objects: ObjectStore;
     visibleBuild: (req: FastifyRequest) => Promise<StoredRecord>;
@@ -39,7 +40,7 @@ export function registerInsightRoutes(
     needsRedis: { onRequest: () => Promise<void> };
   },
 ): void {
-  const { redis, pools, records, follower, objects } = deps;
+  const { redis, pools, records, objects } = deps;
 
   app.get('/v1/whoami', async (req): Promise<WhoAmI> => ({ team: req.team!.team, admin: req.team!.admin, pool: req.team!.pool }));
 
@@ -91,11 +92,9 @@ export function registerInsightRoutes(
     }
     if ((hours * 60) / bucketMinutes > 2000) throw new HttpError(400, 'BAD_QUERY', `hours/bucketMinutes gives more than 2000 buckets: use larger buckets`);
     const teams = await deps.listedTeams(req, q.team, 'sees');
-    const builds = (await Promise.all(teams.map((t) => records.list(t)))).flat().map((b) => {
-      const live = follower.live(b.id);
-      return live ? { ...b, hits: live.layers.filter((l) => l.status === 'hit').length } : b;
-    });
-    return hitRateSeries(builds, { now: Date.now(), hours, bucketSeconds: bucketMinutes * 60, teams });
+    const now = Date.now();
+    const everyTeam = q.team === undefined && req.team!.admin;
+    return records.series({ teams: everyTeam ? null : teams, teamsShown: teams, from: now - hours * 3600_000, to: now, bucketSeconds: bucketMinutes * 60 });
   });
 
   app.get('/v1/builds/:id/layers/:index/log', async (req, reply) => {

@@ -12,7 +12,7 @@ import { Teams } from './teams.js';
 const log = jsonLogger(process.stderr, { app: 'scheduler' });
 
 async function main(): Promise<void> {
-  const config = fleetConfigFrom(process.env, { teams: true });
+  const config = fleetConfigFrom(process.env, { teams: true, database: true });
   const teams = await Teams.load(config.teamsFile!);
   const scheduler = await createScheduler({ config, teams, log });
   const url = await scheduler.listen();

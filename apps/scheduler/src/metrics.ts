@@ -48,6 +48,8 @@ export class SchedulerMetrics {
   readonly uploadsRefused: Counter<'reason'>;
   readonly uploadBytes: Histogram;
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
+  /** 1 while this scheduler holds the leader lease (follows builds), else 0. */
+  readonly leader: Gauge;
   private readonly initialized = new Set<string>();
 
   /**
@@ -97,9 +99,10 @@ export class SchedulerMetrics {
       buckets: [0.005, 0.025, 0.1, 0.5, 2, 10, 60, 600],
       registers,
     });
+    this.leader = new Gauge({ name: 'vmlb_scheduler_leader', help: 'Whether this scheduler holds the leader lease and follows builds (1) or not (0): one of the fleet\'s schedulers has 1.', registers });
     new Gauge({
       name: 'vmlb_builds_active',
-      help: 'Builds the scheduler is following (queued or building).',
+      help: 'Builds the scheduler is following as the leader (queued or building); 0 on the other schedulers.',
       registers,
       collect() {
         this.set(sources.activeBuilds());

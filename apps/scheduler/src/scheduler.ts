@@ -1,6 +1,7 @@
 import { FlowProducer } from 'bullmq';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +11,11 @@ import { findImage } from './image-manifest.js';
 import { PoolRegistry } from './pool-registry.js';
 import { BuildFollower, type FollowerOptions } from './build-follower.js';
 import { flattenData, flattenNode, removeBuildJobs } from './build-flow.js';
-import { BUILD_ID, BuildRecords, FINAL_STATES, isFinal, summarize, type BuildSummary, type StoredRecord } from './build-records.js';
+import { BUILD_ID, isFinal, summarize, type StoredRecord } from './build-records.js';
+import { BuildHistory, type HistoryQuery } from './build-history.js';
+import { importStoreRecords } from './history-import.js';
+import { LeaderLease, type LeaseOptions } from './leader-lease.js';
+import { submissionMeta } from './submission-meta.js';
 import { streamBuildEvents } from './event-stream-route.js';
 import { HttpError, noSuchBuild, redisUnavailable, unauthorized } from './http-error.js';
 import { jsonLogger, type Logger } from './logger.js';
@@ -34,12 +39,17 @@ export interface SchedulerOptions {
   /** How long a presigned image URL is valid. @default 3600 */
   presignSeconds?: number;
   follower?: FollowerOptions;
+  lease?: LeaseOptions;
   log?: Logger;
 }
 
 export interface Scheduler {
   app: FastifyInstance;
   metrics: SchedulerMetrics;
+  /** This scheduler's instance id (the leader lease's value). */
+  id: string;
+  /** Whether it leads now (follows builds and writes their records). */
+  readonly leading: boolean;
   /** Listens on config.schedulerHost:schedulerPort (port 0: any free one); returns the base URL. */
   listen(): Promise<string>;
   /** Stops taking requests, ends the event streams, closes Redis and S3 connections. Safe to call twice. */
@@ -75,6 +85,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   const workDir = opts.workDir ?? (await mkdtemp(path.join(os.tmpdir(), 'vmlb-scheduler-')));
   await mkdir(workDir, { recursive: true });
   const ownsWorkDir = !opts.workDir;
+  if (!config.databaseUrl) throw new VmlbError('FLEET_CONFIG', 'VMLB_DATABASE_URL: not set (the PostgreSQL database of the build history: postgres://USER:PASSWORD@HOST:PORT/DATABASE)');
+  const instanceId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
   const redis: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler');
   const blocking: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler-follow');
@@ -94,7 +106,13 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   // pool's namespace (pools.ts), read through its view.
   const shared = new SharedStore(config.shared);
   const objects = new ObjectStore(config.shared);
-  const records = new BuildRecords(shared, objects);
+  const records = await BuildHistory.open(config.databaseUrl);
+  // The records of a store from before PostgreSQL: copied in once (the first scheduler to start does it).
+  const imported = await importStoreRecords(records, shared, objects, `s3://${config.shared.bucket}/${config.shared.prefix}`).catch(async (e: Error) => {
+    await records.close();
+    throw e;
+  });
+  if (!imported.already) log.info('imported the shared store\'s build records into the history', { records: imported.imported });
   const pools = new PoolRegistry(config.shared, teams, redis);
   const queuesOf = (pool: string | undefined) => pools.queues(pool ?? DEFAULT_POOL);
   const flows = new FlowProducer({ connection: redis });
@@ -126,6 +144,10 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       opts.follower?.onFinished?.(r);
     },
   });
+  const lease = new LeaderLease(redis, instanceId, (leading) => {
+    follower.setLeading(leading);
+    metrics.leader.set(leading ? 1 : 0);
+  }, log, opts.lease);
 
   // requestTimeout: a request (an upload) must arrive whole in time, or Node answers 408.
   const app = Fastify({ logger: false, bodyLimit: config.maxUploadBytes, requestTimeout: config.uploadTimeoutMs, return503OnClosing: true, forceCloseConnections: true });
@@ -167,6 +189,10 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
         metrics.uploadsRefused.inc({ reason: err.code });
       }
       return reply.status(err.status).send({ error: { code: err.code, message: err.message, ...err.details } });
+    }
+    if (err instanceof VmlbError && err.code === 'HISTORY_UNAVAILABLE') {
+      log.warn('build history trouble', { url: req.url, error: err.message });
+      return reply.status(503).send({ error: { code: 'HISTORY_UNAVAILABLE', message: err.message } });
     }
     if (err instanceof StoreError || (err instanceof VmlbError && err.retryable)) {
       log.warn('shared store trouble', { url: req.url, error: err.message });
@@ -229,9 +255,11 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
         return (e as Error).message;
       }
     };
-    const [redisState, s3State] = await Promise.all([check(() => redis.ping()), check(() => objects.ping())]);
-    const ok = redisState === 'ok' && s3State === 'ok';
-    return reply.status(ok ? 200 : 503).send({ ok, redis: redisState, s3: s3State, following: follower.activeCount });
+    const [redisState, s3State, dbState] = await Promise.all([check(() => redis.ping()), check(() => objects.ping()), check(() => records.ping())]);
+    const ok = redisState === 'ok' && s3State === 'ok' && dbState === 'ok';
+    return reply
+      .status(ok ? 200 : 503)
+      .send({ ok, redis: redisState, s3: s3State, database: dbState, scheduler: instanceId, leader: lease.isLeader, following: follower.activeCount });
   });
 
   app.get('/metrics', async (_req, reply) => {
@@ -249,7 +277,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     try {
       // ?flatten=1: the build makes one flattened image besides its chain (vmlb submit --flatten).
       const flatten = ['1', 'true', 'yes'].includes(String((req.query as { flatten?: string }).flatten ?? ''));
-      record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload, flatten ? 'flattened' : 'chain');
+      const meta = submissionMeta(req.headers);
+      record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload, flatten ? 'flattened' : 'chain', meta);
     } finally {
       await upload.discard();
     }
@@ -268,28 +297,58 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       .send({ ...publicRecord(record), links: { self, events: `${self}/events`, image: `${self}/image`, cancel: `${self}/cancel` } });
   });
 
+  /**
+   * Builds, newest first, from the history: `?team&pool&state` (a state or `active`), `q` (text
+   * in the project name, branch, commit or submitter), `project`, `branch`, `commit` (a prefix),
+   * `submitter`, `since`/`until` (ISO times), `limit` (1–1000, default 50), and `before=ID` for
+   * the page after the one that ended with build ID.
+   */
   app.get('/v1/builds', async (req) => {
-    const q = req.query as { state?: string; team?: string; pool?: string; limit?: string };
+    const q = req.query as Record<string, string | undefined>;
     if (q.pool !== undefined && !POOL_NAME.test(q.pool)) throw new HttpError(400, 'BAD_QUERY', `pool must be a pool name: letters, digits, . _ - (not ${q.pool})`);
     if (q.state !== undefined && !['queued', 'building', 'done', 'failed', 'cancelled', 'active'].includes(q.state)) {
       throw new HttpError(400, 'BAD_QUERY', `state must be one of queued, building, done, failed, cancelled, active (not ${q.state})`);
     }
     const limit = q.limit === undefined ? 50 : Number(q.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new HttpError(400, 'BAD_QUERY', 'limit must be a whole number from 1 to 1000');
-    const teamsToList = await listedTeams(req, q.team, 'lists');
-    let builds: BuildSummary[] = [];
-    for (const t of teamsToList) builds.push(...(await records.list(t)));
-    // A followed build's line is fresher in memory than in its index.
-    builds = builds.map((b) => {
-      const live = follower.live(b.id);
-      return live ? summarize(live) : b;
+    for (const k of ['q', 'project', 'branch', 'commit', 'submitter'] as const) {
+      if (q[k] !== undefined && (q[k]!.length > 200 || q[k]!.length === 0)) throw new HttpError(400, 'BAD_QUERY', `${k} must be 1 to 200 characters`);
+    }
+    const time = (k: 'since' | 'until') => {
+      if (q[k] === undefined) return undefined;
+      const t = Date.parse(q[k]!);
+      if (Number.isNaN(t)) throw new HttpError(400, 'BAD_QUERY', `${k} must be an ISO time, e.g. 2026-12-01T00:00:00Z (not ${q[k]})`);
+      return new Date(t).toISOString();
+    };
+    let before: HistoryQuery['before'];
+    if (q.before !== undefined) {
+      const b = BUILD_ID.test(q.before) ? await records.get(q.before) : null;
+      if (!b) throw new HttpError(400, 'BAD_QUERY', `before must be the id of a build of the previous page (there is no build ${q.before})`);
+      before = { createdAt: b.createdAt, id: b.id };
+    }
+    const team = req.team!;
+    const teamsToList = q.team === undefined && team.admin ? null : await listedTeams(req, q.team, 'lists');
+    const builds = await records.list({
+      teams: teamsToList,
+      pool: q.pool,
+      state: q.state as HistoryQuery['state'],
+      q: q.q,
+      project: q.project,
+      branch: q.branch,
+      commit: q.commit,
+      submitter: q.submitter,
+      since: time('since'),
+      until: time('until'),
+      before,
+      limit,
     });
-    // The pool a build ran in (a team's own builds stay in the pool they were built in if it moves).
-    if (q.pool) builds = builds.filter((b) => (b.pool ?? DEFAULT_POOL) === q.pool);
-    if (q.state === 'active') builds = builds.filter((b) => !FINAL_STATES.has(b.state));
-    else if (q.state) builds = builds.filter((b) => b.state === q.state);
-    builds.sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));
-    return { builds: builds.slice(0, limit) };
+    // A build followed here is fresher in memory than in the history.
+    return {
+      builds: builds.map((b) => {
+        const live = follower.live(b.id);
+        return live ? summarize(live) : b;
+      }),
+    };
   });
 
   app.get('/v1/builds/:id', async (req) => publicRecord(await visibleBuild(req)));
@@ -391,12 +450,16 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   });
 
   let closed = false;
-  const resumed = await follower.start();
-  if (resumed) log.info('following unfinished builds again', { count: resumed });
+  follower.start();
+  await lease.start();
 
   return {
     app,
     metrics,
+    id: instanceId,
+    get leading() {
+      return lease.isLeader;
+    },
     async listen() {
       await app.listen({ host: config.schedulerHost, port: config.schedulerPort });
       const addr = app.server.address();
@@ -408,7 +471,9 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       if (closed) return;
       closed = true;
       await app.close();
+      await lease.close();
       await follower.close();
+      await records.close();
       await flows.close();
       await pools.close();
       redis.disconnect();

@@ -5,7 +5,9 @@ import { writeUseRecord, type LocalStore } from '@vmlb/layer-engine';
 import { DEFAULT_POOL, poolPath, storePaths, type PoolStores } from '@vmlb/fleet';
 import type { Team } from './teams.js';
 import { buildFlow } from './build-flow.js';
-import { isFinal, newBuildId, type BuildRecords, type StoredRecord } from './build-records.js';
+import { isFinal, newBuildId, type StoredRecord } from './build-records.js';
+import type { BuildHistory } from './build-history.js';
+import type { SubmissionMeta } from './submission-meta.js';
 import { HttpError } from './http-error.js';
 import { findImage } from './image-manifest.js';
 import type { ObjectStore } from './object-store.js';
@@ -18,7 +20,7 @@ export interface SubmitContext {
   /** The submitting team's pool: its namespace (projects, layers, images) and the pools it reads. */
   view: PoolStores;
   objects: ObjectStore;
-  records: BuildRecords;
+  records: BuildHistory;
   flows: FlowProducer;
   /** An empty local store for the engine's planning (the scheduler keeps no layers). */
   scratch: LocalStore;
@@ -32,7 +34,7 @@ export interface SubmitContext {
  * stored before the checks pass. Returns the record; a build with nothing to do is done
  * already. The caller follows the others.
  */
-export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | 'pool'>, upload: Upload, output: 'chain' | 'flattened' = 'chain'): Promise<StoredRecord> {
+export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | 'pool'>, upload: Upload, output: 'chain' | 'flattened' = 'chain', meta: SubmissionMeta = {}): Promise<StoredRecord> {
   const { team, pool } = { team: who.team, pool: who.pool ?? DEFAULT_POOL };
   const own = ctx.view.own;
   const listing = await inspectArchive(upload.file, ctx.archiveLimits);
@@ -54,7 +56,7 @@ export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | '
       if (there.length) await writeUseRecord(t.store, there, { project: `${pool}:${upload.sha256}` });
     }
 
-    const record: StoredRecord = { version: 1, id, team, pool, project: upload.sha256, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, output, image: null };
+    const record: StoredRecord = { version: 1, id, team, pool, project: upload.sha256, ...meta, createdAt: new Date().toISOString(), state: 'queued', layers: plan.layers, output, image: null };
     if (plan.firstMiss < 0) {
       // Every layer is a hit: the chain is there; when the image of this top key is there too
       // (or none was asked for), there is nothing to do.

@@ -15,6 +15,10 @@ export interface BuildSummary {
   pool: string;
   state: BuildState;
   project: string;
+  projectName?: string;
+  gitCommit?: string;
+  gitBranch?: string;
+  submitter?: string;
   createdAt: string;
   finishedAt?: string;
   layers: number;
@@ -61,6 +65,11 @@ export interface HitRateBucket {
   hits: number;
   /** hits / lookups, or null for a bucket with no build. */
   rate: number | null;
+  /** Builds submitted in the bucket. */
+  builds?: number;
+  /** Of those finished: the median and the 90th percentile of their durations, seconds (null: none finished). */
+  p50Seconds?: number | null;
+  p90Seconds?: number | null;
 }
 
 /** `GET /v1/stats/cache` */

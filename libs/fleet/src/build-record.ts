@@ -34,6 +34,16 @@ export interface BuildRecord {
   pool?: string;
   /** sha256 of the uploaded project. */
   project: string;
+  /**
+   * What `vmlb submit` says of the project (each optional, at most 200 characters, printable):
+   * its name (the folder's, or --name), the git commit and branch of its folder, and who
+   * submitted it (VMLB_SUBMITTER, else user@host). The team is the token's; these are what
+   * history's filters and search look at, not credentials.
+   */
+  projectName?: string;
+  gitCommit?: string;
+  gitBranch?: string;
+  submitter?: string;
   createdAt: string;
   finishedAt?: string;
   state: BuildState;
@@ -59,4 +69,6 @@ export interface BuildRecord {
 export type FleetEvent =
   | { type: 'job'; at: number; index: number; status: LayerStatus; worker: string; seconds?: number; bytes?: number; pulledBytes?: number; exitCode?: number; logTail?: string; message?: string }
   | { type: 'flatten'; at: number; status: 'building' | 'done' | 'failed'; worker: string; image?: { key: string; path: string; bytes: number }; message?: string }
-  | { type: 'engine'; at: number; index: number; worker: string; event: import('@vmlb/layer-engine').BuildEvent };
+  | { type: 'engine'; at: number; index: number; worker: string; event: import('@vmlb/layer-engine').BuildEvent }
+  /** The scheduler that leads stored the build's final record (the stream's last event). */
+  | { type: 'ended'; at: number; state: BuildState };

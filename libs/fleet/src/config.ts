@@ -16,6 +16,8 @@ import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from
  *   VMLB_SCHEDULER_HOST     @default 127.0.0.1
  *   VMLB_SCHEDULER_PORT     @default 8080
  *   VMLB_TEAMS_FILE         JSON [{ team, tokenSha256, admin? }]
+ *   VMLB_DATABASE_URL       postgres://USER:PASSWORD@HOST:PORT/DATABASE: the build history
+ *                           (the scheduler's; PostgreSQL, apps/scheduler/src/build-history.ts)
  *   VMLB_WORKER_SLOTS       @default free block devices (nbd) or 4 (fuse)
  *   VMLB_WORKER_ID          @default <hostname>-<pid>
  *   VMLB_WORKER_POOL        the pool whose jobs a worker takes (pools.ts)  @default default
@@ -33,6 +35,8 @@ export interface FleetConfig {
   schedulerHost: string;
   schedulerPort: number;
   teamsFile?: string;
+  /** The build history's PostgreSQL (VMLB_DATABASE_URL); the scheduler needs it. */
+  databaseUrl?: string;
   workerSlots?: number;
   workerId?: string;
   workerPool: string;
@@ -75,6 +79,10 @@ const schema = z.object({
   VMLB_SCHEDULER_HOST: z.string().default('127.0.0.1'),
   VMLB_SCHEDULER_PORT: z.string().default('8080').pipe(positiveInt('VMLB_SCHEDULER_PORT')),
   VMLB_TEAMS_FILE: z.string().optional(),
+  VMLB_DATABASE_URL: z
+    .string()
+    .optional()
+    .refine((u) => u === undefined || /^postgres(ql)?:\/\/[^/]+\/[^/?]+/.test(u), 'VMLB_DATABASE_URL must be a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL'),
   VMLB_WORKER_SLOTS: positiveInt('VMLB_WORKER_SLOTS').optional(),
   VMLB_WORKER_ID: z.string().optional(),
   VMLB_WORKER_POOL: z.string().default('default').refine((p) => POOL_NAME.test(p), 'VMLB_WORKER_POOL must be a pool name: letters, digits, . _ - (up to 63)'),
@@ -85,7 +93,7 @@ const schema = z.object({
   VMLB_BACKEND: z.enum(['auto', 'fuse', 'nbd']).default('auto'),
 });
 
-export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { teams?: boolean } = {}): FleetConfig {
+export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { teams?: boolean; database?: boolean } = {}): FleetConfig {
   const problems: string[] = [];
   const parsed = schema.safeParse(env);
   if (!parsed.success) {
@@ -101,6 +109,7 @@ export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { t
     problems.push((e as Error).message);
   }
   if (needs.teams && !env.VMLB_TEAMS_FILE) problems.push('VMLB_TEAMS_FILE: not set (a JSON file of teams and token hashes)');
+  if (needs.database && !env.VMLB_DATABASE_URL) problems.push('VMLB_DATABASE_URL: not set (the PostgreSQL database of the build history: postgres://USER:PASSWORD@HOST:PORT/DATABASE)');
   if (problems.length > 0 || !parsed.success || !shared) {
     throw new VmlbError('FLEET_CONFIG', `the fleet configuration has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
   }
@@ -113,6 +122,7 @@ export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { t
     schedulerHost: e.VMLB_SCHEDULER_HOST,
     schedulerPort: e.VMLB_SCHEDULER_PORT,
     teamsFile: e.VMLB_TEAMS_FILE,
+    databaseUrl: e.VMLB_DATABASE_URL,
     workerSlots: e.VMLB_WORKER_SLOTS,
     workerId: e.VMLB_WORKER_ID,
     workerPool: e.VMLB_WORKER_POOL,

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { FleetEvent } from './build-record.js';
+import type { BuildState, FleetEvent } from './build-record.js';
 import { redisKeys } from './names.js';
 
 /**
@@ -83,7 +83,13 @@ export async function takeLogBudget(redis: Redis, buildId: string, n: number, bu
   return Math.max(0, Math.min(n, budget - before));
 }
 
-/** The build has ended (its record is stored): its stream and budget expire EVENTS_FINISHED_TTL_S from now. */
-export async function endEventStream(redis: Redis, buildId: string): Promise<void> {
-  await redis.multi().expire(redisKeys.events(buildId), EVENTS_FINISHED_TTL_S).expire(redisKeys.logBudget(buildId), EVENTS_FINISHED_TTL_S).exec();
+/**
+ * The build has ended (its final record is stored): its stream says so last (an `ended` event,
+ * for the schedulers that follow it without writing its record), and it and the log budget
+ * expire EVENTS_FINISHED_TTL_S from now.
+ */
+export async function endEventStream(redis: Redis, buildId: string, state: BuildState): Promise<void> {
+  const key = redisKeys.events(buildId);
+  const ended: FleetEvent = { type: 'ended', at: Date.now(), state };
+  await redis.multi().xadd(key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', JSON.stringify(ended)).expire(key, EVENTS_FINISHED_TTL_S).expire(redisKeys.logBudget(buildId), EVENTS_FINISHED_TTL_S).exec();
 }

@@ -46,6 +46,10 @@ export const redisKeys = {
   pool: (pool: string) => `vmlb:pool:${pool}`,
   /** Running layer jobs of a team (the per-team cap). */
   teamRunning: (team: string) => `vmlb:team-running:${team}`,
+  /** SET NX PX, renewed: the scheduler that follows builds now (value: its instance id; apps/scheduler/src/leader-lease.ts). */
+  leader: 'vmlb:scheduler-leader',
+  /** Pub/sub channel: a scheduler took a build (message: its id), for the leader to follow at once. */
+  buildSubmitted: 'vmlb:build-submitted',
   /** Set when a build is cancelled; workers check it while they build. */
   cancelled: (buildId: string) => `vmlb:cancelled:${buildId}`,
 } as const;

@@ -1,0 +1,346 @@
+import pg from 'pg';
+import { VmlbError } from '@vmlb/layer-engine';
+import type { BuildState, BuildSummary, HitRateBucket, HitRateSeries, LayerRecord } from '@vmlb/fleet';
+import { BUILD_ID, FINAL_STATES, summarize, type StoredRecord } from './build-records.js';
+import { migrate } from './history-migrations.js';
+
+/**
+ * Build history in PostgreSQL (VMLB_DATABASE_URL): every build's record, its layers, and what
+ * lists, filters, search and the hit-rate and duration series read. Any number of schedulers
+ * write it, each write one statement (so one transaction) — see `putMany`. Blobs, logs and
+ * images stay in the shared store; Redis keeps only the queue and live state.
+ *
+ * A record may go from one unfinished state to another, or to a final one, but a final record
+ * is never overwritten by another state: a scheduler that folded a build's events a moment too
+ * late (after another marked it cancelled, or after it lost the lead) finds its write refused
+ * (`put` answers false) and reads the record again.
+ */
+
+export interface HistoryQuery {
+  /** The teams the listing covers; null: every team. */
+  teams: string[] | null;
+  pool?: string;
+  state?: BuildState | 'active';
+  /** Text in the project name, git branch, git commit or submitter (case-insensitive). */
+  q?: string;
+  /** Exactly this project name / branch / submitter. */
+  project?: string;
+  branch?: string;
+  /** A git commit or its prefix. */
+  commit?: string;
+  submitter?: string;
+  /** Submitted at or after / before (ISO times). */
+  since?: string;
+  until?: string;
+  /** The page after this build (the last line of the previous page): `createdAt` and `id`. */
+  before?: { createdAt: string; id: string };
+  limit: number;
+}
+
+export interface SeriesQuery {
+  teams: string[] | null;
+  from: number;
+  to: number;
+  bucketSeconds: number;
+}
+
+const FINAL = [...FINAL_STATES];
+
+/** A record as rows: the builds row (with the record minus its layers in doc) and its layers. */
+function rowOf(r: StoredRecord) {
+  const { layers, ...rest } = r;
+  const s = summarize(r);
+  return {
+    id: r.id,
+    team: r.team,
+    pool: r.pool ?? 'default',
+    state: r.state,
+    project_hash: r.project,
+    project_name: r.projectName ?? null,
+    git_commit: r.gitCommit ?? null,
+    git_branch: r.gitBranch ?? null,
+    submitter: r.submitter ?? null,
+    created_at: r.createdAt,
+    finished_at: r.finishedAt ?? null,
+    layer_count: s.layers,
+    hits: s.hits,
+    built: s.built,
+    error: r.error ?? null,
+    doc: rest,
+    layers: layers.map((l: LayerRecord) => ({ idx: l.index, name: l.name, key: l.key, status: l.status, worker: l.worker ?? null, seconds: l.seconds ?? null, bytes: l.bytes ?? null, doc: l })),
+  };
+}
+
+const INPUT = `jsonb_to_recordset($1::jsonb) AS r(id text, team text, pool text, state text, project_hash text, project_name text, git_commit text,
+  git_branch text, submitter text, created_at timestamptz, finished_at timestamptz, layer_count int, hits int, built int, error text, doc jsonb, layers jsonb)`;
+const COLUMNS = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, error, doc';
+
+/** The one write: builds upserted (a final row only by the same state), their layers with them, their teams. */
+const WRITE_SQL = (mode: 'update' | 'skip' | 'force') => `
+  WITH input AS (SELECT * FROM ${INPUT}),
+  up AS (
+    INSERT INTO builds (${COLUMNS}) SELECT ${COLUMNS} FROM input
+    ${
+      mode === 'skip'
+        ? 'ON CONFLICT (id) DO NOTHING'
+        : `ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, finished_at = EXCLUDED.finished_at, layer_count = EXCLUDED.layer_count,
+             hits = EXCLUDED.hits, built = EXCLUDED.built, error = EXCLUDED.error, doc = EXCLUDED.doc, updated_at = now()
+           ${mode === 'force' ? '' : `WHERE builds.state NOT IN ('done', 'failed', 'cancelled') OR builds.state = EXCLUDED.state`}`
+    }
+    RETURNING id
+  ),
+  layers AS (
+    INSERT INTO build_layers (build_id, idx, name, key, status, worker, seconds, bytes, doc)
+    SELECT i.id, l.idx, l.name, l.key, l.status, l.worker, l.seconds, l.bytes, l.doc
+    FROM input i JOIN up ON up.id = i.id, jsonb_to_recordset(i.layers) AS l(idx int, name text, key text, status text, worker text, seconds double precision, bytes bigint, doc jsonb)
+    ON CONFLICT (build_id, idx) DO UPDATE SET status = EXCLUDED.status, worker = EXCLUDED.worker, seconds = EXCLUDED.seconds, bytes = EXCLUDED.bytes, doc = EXCLUDED.doc
+    WHERE build_layers.doc IS DISTINCT FROM EXCLUDED.doc
+  ),
+  teams AS (INSERT INTO build_teams (team) SELECT DISTINCT team FROM input ON CONFLICT DO NOTHING)
+  SELECT id FROM up`;
+
+/** The columns a listing line is made of. */
+const SUMMARY = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, error';
+
+interface SummaryRow {
+  id: string;
+  team: string;
+  pool: string;
+  state: BuildState;
+  project_hash: string;
+  project_name: string | null;
+  git_commit: string | null;
+  git_branch: string | null;
+  submitter: string | null;
+  created_at: Date;
+  finished_at: Date | null;
+  layer_count: number;
+  hits: number;
+  built: number;
+  error: string | null;
+}
+
+function summaryOf(r: SummaryRow): BuildSummary {
+  const s: BuildSummary = { id: r.id, team: r.team, pool: r.pool, state: r.state, project: r.project_hash, createdAt: r.created_at.toISOString(), layers: r.layer_count, hits: r.hits, built: r.built };
+  if (r.project_name !== null) s.projectName = r.project_name;
+  if (r.git_commit !== null) s.gitCommit = r.git_commit;
+  if (r.git_branch !== null) s.gitBranch = r.git_branch;
+  if (r.submitter !== null) s.submitter = r.submitter;
+  if (r.finished_at) s.finishedAt = r.finished_at.toISOString();
+  if (r.error !== null) s.error = r.error;
+  return s;
+}
+
+const escapeLike = (s: string) => s.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+/** Where a database URL points, without its password, for messages. */
+export function describeDatabase(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname}${u.port ? `:${u.port}` : ''}${u.pathname}`;
+  } catch {
+    return 'VMLB_DATABASE_URL';
+  }
+}
+
+export class BuildHistory {
+  private constructor(
+    readonly pool: pg.Pool,
+    private readonly where: string,
+  ) {}
+
+  /** Connects (a pool of `max` connections), applies the missing migrations. */
+  static async open(url: string, o: { max?: number } = {}): Promise<BuildHistory> {
+    const pool = new pg.Pool({ connectionString: url, max: o.max ?? 10, connectionTimeoutMillis: 10_000, idleTimeoutMillis: 30_000 });
+    // An idle connection the server dropped (a restart) is replaced on the next query; say nothing here.
+    pool.on('error', () => undefined);
+    const h = new BuildHistory(pool, describeDatabase(url));
+    try {
+      await migrate(pool);
+    } catch (e) {
+      await pool.end().catch(() => undefined);
+      throw h.failure(e, 'preparing the build history');
+    }
+    return h;
+  }
+
+  /** A database error as one line naming the database. */
+  failure(e: unknown, doing: string): VmlbError {
+    if (e instanceof VmlbError) return e;
+    const err = e as Error & { code?: string };
+    const why = err.code === 'ECONNREFUSED' ? 'nothing listens there' : err.code === '3D000' ? 'no such database' : err.code === '28P01' ? 'wrong password' : err.message;
+    return new VmlbError('HISTORY_UNAVAILABLE', `${doing}: PostgreSQL at ${this.where}: ${why}`, { retryable: err.code !== '3D000' && err.code !== '28P01' });
+  }
+
+  private async query<R extends pg.QueryResultRow>(doing: string, sql: string, args: unknown[] = []): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.pool.query<R>(sql, args);
+    } catch (e) {
+      throw this.failure(e, doing);
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.query('asking the build history', 'SELECT 1');
+  }
+
+  async get(id: string): Promise<StoredRecord | null> {
+    if (!BUILD_ID.test(id)) return null;
+    const r = await this.query<{ doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null }>(
+      `reading build ${id}`,
+      `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM build_layers l WHERE l.build_id = b.id) AS layers FROM builds b WHERE b.id = $1`,
+      [id],
+    );
+    const row = r.rows[0];
+    return row ? { ...row.doc, layers: row.layers ?? [] } : null;
+  }
+
+  /** Writes a record; false when refused (it is final in the history with another state). */
+  async put(record: StoredRecord): Promise<boolean> {
+    return (await this.putMany([record])) === 1;
+  }
+
+  /**
+   * Writes records in one statement (one transaction): new ones inserted, known ones updated
+   * unless final with another state; `skip`: known ones left as they are (the import). Returns
+   * how many were written.
+   */
+  async putMany(records: StoredRecord[], mode: 'update' | 'skip' = 'update'): Promise<number> {
+    if (records.length === 0) return 0;
+    const r = await this.query(`writing ${records.length === 1 ? `build ${records[0]!.id}` : `${records.length} build records`}`, WRITE_SQL(mode), [JSON.stringify(records.map(rowOf))]);
+    return r.rowCount ?? 0;
+  }
+
+  /**
+   * Changes a record under a row lock (SELECT … FOR UPDATE): `change` gets the stored record and
+   * returns the new one, or null to leave it. Returns what is stored afterwards.
+   */
+  async update(id: string, change: (r: StoredRecord) => StoredRecord | null): Promise<StoredRecord | null> {
+    const client = await this.pool.connect().catch((e: unknown) => {
+      throw this.failure(e, `changing build ${id}`);
+    });
+    try {
+      await client.query('BEGIN');
+      const r = await client.query<{ doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null }>(
+        `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM build_layers l WHERE l.build_id = b.id) AS layers FROM builds b WHERE b.id = $1 FOR UPDATE`,
+        [id],
+      );
+      const row = r.rows[0];
+      if (!row) {
+        await client.query('ROLLBACK');
+        return null;
+      }
+      const current: StoredRecord = { ...row.doc, layers: row.layers ?? [] };
+      const next = change(structuredClone(current));
+      if (!next) {
+        await client.query('ROLLBACK');
+        return current;
+      }
+      await client.query(WRITE_SQL('force'), [JSON.stringify([rowOf(next)])]);
+      await client.query('COMMIT');
+      return next;
+    } catch (e) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw this.failure(e, `changing build ${id}`);
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Lines of builds, newest first (see HistoryQuery). */
+  async list(q: HistoryQuery): Promise<BuildSummary[]> {
+    const args: unknown[] = [];
+    const p = (v: unknown) => {
+      args.push(v);
+      return `$${args.length}`;
+    };
+    const where: string[] = [];
+    if (q.teams) where.push(q.teams.length === 1 ? `team = ${p(q.teams[0])}` : `team = ANY(${p(q.teams)})`);
+    if (q.pool) where.push(`pool = ${p(q.pool)}`);
+    if (q.state === 'active') where.push(`state IN ('queued', 'building')`);
+    else if (q.state) where.push(`state = ${p(q.state)}`);
+    if (q.project !== undefined) where.push(`project_name = ${p(q.project)}`);
+    if (q.branch !== undefined) where.push(`git_branch = ${p(q.branch)}`);
+    if (q.commit !== undefined) where.push(`git_commit LIKE ${p(`${escapeLike(q.commit.toLowerCase())}%`)}`);
+    if (q.submitter !== undefined) where.push(`submitter = ${p(q.submitter)}`);
+    if (q.q) where.push(`search LIKE ${p(`%${escapeLike(q.q.toLowerCase())}%`)}`);
+    if (q.since) where.push(`created_at >= ${p(q.since)}`);
+    if (q.until) where.push(`created_at < ${p(q.until)}`);
+    if (q.before) where.push(`(created_at, id) < (${p(q.before.createdAt)}::timestamptz, ${p(q.before.id)})`);
+    const sql = `SELECT ${SUMMARY} FROM builds ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id DESC LIMIT ${p(q.limit)}`;
+    const r = await this.query<SummaryRow>('listing builds', sql, args);
+    return r.rows.map(summaryOf);
+  }
+
+  /** Every team with builds on record. */
+  async teams(): Promise<string[]> {
+    return (await this.query<{ team: string }>('listing the teams with builds', 'SELECT team FROM build_teams ORDER BY team')).rows.map((r) => r.team);
+  }
+
+  /** Every build not finished: what a scheduler taking the lead follows. */
+  async unfinished(): Promise<StoredRecord[]> {
+    const ids = await this.unfinishedIds();
+    const out: StoredRecord[] = [];
+    for (const id of ids) {
+      const r = await this.get(id);
+      if (r && !FINAL_STATES.has(r.state)) out.push(r);
+    }
+    return out;
+  }
+
+  async unfinishedIds(): Promise<string[]> {
+    return (await this.query<{ id: string }>('listing unfinished builds', `SELECT id FROM builds WHERE state IN ('queued', 'building') ORDER BY created_at`)).rows.map((r) => r.id);
+  }
+
+  /** Of these builds, the ones that are final in the history, with their state. */
+  async finalStates(ids: string[]): Promise<Map<string, BuildState>> {
+    if (ids.length === 0) return new Map();
+    const r = await this.query<{ id: string; state: BuildState }>('reading build states', `SELECT id, state FROM builds WHERE id = ANY($1) AND state = ANY($2)`, [ids, FINAL]);
+    return new Map(r.rows.map((x) => [x.id, x.state]));
+  }
+
+  /**
+   * The layer cache hit rate and build durations over time: per bucket of bucketSeconds (aligned
+   * to multiples of it since the epoch), overall and per team, each build counted in the bucket
+   * of its submission (as hitRateSeries in cache-stats.ts, which this replaces for the fleet).
+   */
+  async series(q: SeriesQuery & { teamsShown: string[] }): Promise<HitRateSeries> {
+    const size = q.bucketSeconds * 1000;
+    const end = Math.floor(q.to / size) * size + size;
+    const count = Math.max(1, Math.ceil((q.to - q.from) / size));
+    const start = end - count * size;
+    const args: unknown[] = [new Date(start).toISOString(), new Date(end).toISOString(), q.bucketSeconds];
+    const teamFilter = q.teams ? `AND team = ANY($4)` : '';
+    if (q.teams) args.push(q.teams);
+    const r = await this.query<{ team: string | null; b: string; builds: string; lookups: string; hits: string; p50: number | null; p90: number | null }>(
+      'computing the hit-rate series',
+      `SELECT team, floor(extract(epoch FROM created_at) / $3)::bigint AS b, count(*) AS builds, sum(layer_count) AS lookups, sum(hits) AS hits,
+              percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS p50, percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds) AS p90
+       FROM builds WHERE created_at >= $1 AND created_at < $2 ${teamFilter}
+       GROUP BY GROUPING SETS ((team, b), (b))`,
+      args,
+    );
+    const empty = (): HitRateBucket[] =>
+      Array.from({ length: count }, (_, i) => ({ t: new Date(start + i * size).toISOString(), lookups: 0, hits: 0, rate: null, builds: 0, p50Seconds: null, p90Seconds: null }));
+    const overall = empty();
+    const teams: Record<string, HitRateBucket[]> = {};
+    for (const t of q.teamsShown) teams[t] = empty();
+    for (const row of r.rows) {
+      const i = Math.floor((Number(row.b) * q.bucketSeconds * 1000 - start) / size);
+      const series = row.team === null ? overall : (teams[row.team] ??= empty());
+      const x = series[i];
+      if (!x) continue;
+      x.builds = Number(row.builds);
+      x.lookups = Number(row.lookups);
+      x.hits = Number(row.hits);
+      x.rate = x.lookups ? x.hits / x.lookups : null;
+      x.p50Seconds = row.p50 === null ? null : Math.round(row.p50 * 10) / 10;
+      x.p90Seconds = row.p90 === null ? null : Math.round(row.p90 * 10) / 10;
+    }
+    return { from: new Date(start).toISOString(), to: new Date(end).toISOString(), bucketSeconds: q.bucketSeconds, overall, teams };
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end().catch(() => undefined);
+  }
+}

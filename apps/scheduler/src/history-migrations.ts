@@ -1,0 +1,105 @@
+import type pg from 'pg';
+
+/**
+ * The build history's schema, as numbered migrations: each runs once, in order, in one
+ * transaction, recorded in `vmlb_schema_migrations`. A scheduler applies the missing ones at
+ * start-up under an advisory lock, so schedulers starting together do not race. A migration is
+ * never edited once released: a change is a new one at the end.
+ */
+export const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: string }> = [
+  {
+    version: 1,
+    name: 'builds, their layers, the teams with builds',
+    sql: `
+      CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+      -- One row per build: the columns lists, filters, search and series read; the whole record
+      -- (without its layers) in doc.
+      CREATE TABLE builds (
+        id            text PRIMARY KEY,
+        team          text NOT NULL,
+        pool          text NOT NULL,
+        state         text NOT NULL CHECK (state IN ('queued', 'building', 'done', 'failed', 'cancelled')),
+        project_hash  text NOT NULL,
+        project_name  text,
+        git_commit    text,
+        git_branch    text,
+        submitter     text,
+        created_at    timestamptz NOT NULL,
+        finished_at   timestamptz,
+        seconds       double precision GENERATED ALWAYS AS (extract(epoch FROM finished_at - created_at)) STORED,
+        layer_count   integer NOT NULL,
+        hits          integer NOT NULL,
+        built         integer NOT NULL,
+        error         text,
+        search        text GENERATED ALWAYS AS (lower(coalesce(project_name, '') || ' ' || coalesce(git_branch, '') || ' ' || coalesce(git_commit, '') || ' ' || coalesce(submitter, ''))) STORED,
+        doc           jsonb NOT NULL,
+        updated_at    timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX builds_team_time ON builds (team, created_at DESC, id DESC);
+      CREATE INDEX builds_time ON builds (created_at DESC, id DESC) INCLUDE (team, layer_count, hits, seconds);
+      CREATE INDEX builds_team_project ON builds (team, project_name, created_at DESC);
+      CREATE INDEX builds_team_branch ON builds (team, git_branch, created_at DESC);
+      CREATE INDEX builds_commit ON builds (git_commit text_pattern_ops);
+      CREATE INDEX builds_submitter ON builds (submitter, created_at DESC);
+      CREATE INDEX builds_state_time ON builds (state, created_at DESC) WHERE state <> 'done';
+      CREATE INDEX builds_search ON builds USING gin (search gin_trgm_ops);
+
+      -- One row per layer of a build: its key (which builds used a layer), outcome and numbers.
+      CREATE TABLE build_layers (
+        build_id  text NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+        idx       integer NOT NULL,
+        name      text NOT NULL,
+        key       text NOT NULL,
+        status    text NOT NULL,
+        worker    text,
+        seconds   double precision,
+        bytes     bigint,
+        doc       jsonb NOT NULL,
+        PRIMARY KEY (build_id, idx)
+      );
+      CREATE INDEX build_layers_key ON build_layers (key);
+
+      -- Every team that ever submitted (a DISTINCT over builds would read them all).
+      CREATE TABLE build_teams (team text PRIMARY KEY);
+
+      -- Imports of the shared store's records from before (builds/*.json), once per store.
+      CREATE TABLE history_imports (
+        source    text PRIMARY KEY,
+        records   integer NOT NULL,
+        at        timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
+];
+
+/** An arbitrary constant: the advisory lock the migrations (and the import) run under. */
+export const MIGRATION_LOCK = 0x766d6c62;
+
+/** Applies the migrations the database lacks; returns the versions applied now. */
+export async function migrate(pool: pg.Pool): Promise<number[]> {
+  const client = await pool.connect();
+  const applied: number[] = [];
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await client.query(`CREATE TABLE IF NOT EXISTS vmlb_schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    const done = new Set((await client.query<{ version: number }>('SELECT version FROM vmlb_schema_migrations')).rows.map((r) => r.version));
+    const known = Math.max(...MIGRATIONS.map((m) => m.version));
+    const newest = Math.max(0, ...done);
+    if (newest > known) throw new Error(`the database's schema is at version ${newest}, newer than this scheduler knows (${known}): run a scheduler as new as the others`);
+    for (const m of MIGRATIONS) {
+      if (done.has(m.version)) continue;
+      await client.query(m.sql);
+      await client.query('INSERT INTO vmlb_schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      applied.push(m.version);
+    }
+    await client.query('COMMIT');
+    return applied;
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  } finally {
+    client.release();
+  }
+}
