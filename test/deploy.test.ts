@@ -339,7 +339,7 @@ describe('deploy/grafana', () => {
     for (const name of ['team', 'worker']) expect(vars.find((v) => v.name === name).query.query).toContain('pool=~"$pool"');
     // The metrics that carry a pool label (every worker series, and the scheduler's per-pool ones).
     const exported = exportedNames();
-    const pooled = new Set([...exported.vmlb].filter((n) => !['vmlb_builds_active', 'vmlb_redis_up', 'vmlb_shared_store_up', 'vmlb_uploads_refused_total', 'vmlb_upload_bytes', 'vmlb_http_request_duration_seconds'].includes(n)));
+    const pooled = new Set([...exported.vmlb].filter((n) => !['vmlb_builds_active', 'vmlb_scheduler_leader', 'vmlb_redis_up', 'vmlb_shared_store_up', 'vmlb_uploads_refused_total', 'vmlb_upload_bytes', 'vmlb_http_request_duration_seconds'].includes(n)));
     const unfiltered = panelsOf(d).flatMap((p) =>
       (p.targets ?? [])
         .filter((t) => t.expr && metricNames(t.expr).some((n) => pooled.has(n.replace(/_(bucket|sum|count)$/, ''))))
