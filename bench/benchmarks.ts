@@ -10,6 +10,7 @@ import { mkosiPeer } from './mkosi.js';
 import { FLEET_BENCHMARKS } from './fleet.js';
 import { API_BENCHMARKS } from './api.js';
 import { TRANSFER_BENCHMARKS } from './transfer.js';
+import { SENTINEL_BENCHMARKS } from './sentinel.js';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -495,4 +496,5 @@ export const BENCHMARKS: Benchmark[] = [
   ...FLEET_BENCHMARKS,
   ...API_BENCHMARKS,
   ...TRANSFER_BENCHMARKS,
+  ...SENTINEL_BENCHMARKS,
 ];

@@ -6,9 +6,9 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-# What the benchmarks run besides the engine's own packages: Redis (the fleet benchmarks) and
+# What the benchmarks run besides the engine's own packages: Redis and Sentinel (the fleet benchmarks) and
 # mkosi (the peer benchmark). setup.sh is quick when everything is there already.
-VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} redis-server mkosi" bash scripts/setup.sh >&2
+VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} redis-server redis-sentinel mkosi" bash scripts/setup.sh >&2
 echo "bench: building the TypeScript" >&2
 npx --no-install tsc -p libs/layer-engine && npx --no-install tsc -p apps/cli
 # The fleet benchmarks run the scheduler and worker processes as deployed (their dist/).

@@ -22,7 +22,11 @@
  * - systemd: `systemd-analyze verify`; `systemd-analyze security` scores (the scheduler 5 or
  *   below, neither above what it was measured at); the options the worker cannot take, and the
  *   kernel's reason for two of them; KillMode, the stop timeout against the worker's grace
- *   period, the nbd module, and one `max_part=` in the whole repository.
+ *   period, the nbd module, and one `max_part=` in the whole repository. The Sentinel variant's
+ *   drop-ins on Debian's redis-server and redis-sentinel units: verify, and their sandbox kept.
+ * - compose.sentinel.yaml with compose.yaml (`docker-compose config`, the schema): the replicas and
+ *   sentinels, the parts' REDIS_SENTINELS and their own Redis users, nothing published. (Its
+ *   ACL users and config scripts run for real in test/redis-sentinel.test.ts.)
  * - The env files name only variables the code reads; the example teams file parses.
  * - Credentials: the MinIO policies in deploy/minio/policies/ are what the generator writes for
  *   teams.example.json (and reach only what they should), every pool has its worker service and
@@ -34,7 +38,7 @@ import { withTestDatabase } from './helpers/postgres.js';
 import { execa, type ResultPromise } from 'execa';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -738,6 +742,82 @@ describe('deploy/compose.yaml', () => {
   });
 });
 
+describe('deploy/compose.sentinel.yaml: Redis as a Sentinel-managed primary with two replicas', () => {
+  const composeEnv = () => envFile('.env').values;
+  const NEW = ['redis-replica-1', 'redis-replica-2', 'sentinel-1', 'sentinel-2', 'sentinel-3'];
+  let tmp: string;
+  let resolved: Any;
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-sentinel-'));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it("docker-compose config (1.29) accepts compose.yaml with it: the replicas and sentinels added, still only the workers root and privileged", () => {
+    const r = composeV1(['-f', 'compose.yaml', '-f', 'compose.sentinel.yaml', 'config'], tmp);
+    expect(r.status, r.stderr).toBe(0);
+    resolved = parseYaml(r.stdout) as Any;
+    const base = interpolate(yamlFile('compose.yaml'), composeEnv());
+    expect(Object.keys(resolved.services).sort()).toEqual([...Object.keys(base.services), ...NEW].sort());
+    const workers = Object.keys(resolved.services).filter((n) => n.startsWith('worker-'));
+    expect(Object.entries<Any>(resolved.services).filter(([, svc]) => svc.privileged === true).map(([n]) => n).sort()).toEqual(workers.sort());
+    expect(Object.entries<Any>(resolved.services).filter(([, svc]) => svc.user === 'root' || svc.user === '0').map(([n]) => n).sort()).toEqual(workers.sort());
+    // Nothing of Redis is published; every node and sentinel has a volume of its own, a health check and a restart policy.
+    const dataVolumes = new Set<string>();
+    for (const name of ['redis', ...NEW]) {
+      const svc = resolved.services[name];
+      expect(svc.ports, name).toBeUndefined();
+      expect(svc.healthcheck?.test, name).toBeDefined();
+      expect(svc.restart, name).toBe('unless-stopped');
+      // compose 1.29 writes volumes as SOURCE:TARGET:MODE.
+      const volumes = (svc.volumes as string[]).map((v) => v.split(':'));
+      const data = volumes.find((v) => v[1] === '/data');
+      expect(data?.[0], `${name}: a named volume on /data`).toMatch(/^[a-z0-9-]+$/);
+      dataVolumes.add(data![0]!);
+      expect(volumes.some((v) => v[0] === path.join(DEPLOY, 'redis') && v[1] === '/etc/vmlb/redis' && v[2] === 'ro'), name).toBe(true);
+    }
+    expect(dataVolumes.size).toBe(6);
+  });
+
+  it('the scheduler and every worker: the sentinels, their own Redis user from REDIS_URL, and they wait for the sentinels', () => {
+    expect(resolved, 'the docker-compose config test above ran').toBeDefined();
+    const sentinels = NEW.filter((n) => n.startsWith('sentinel-'));
+    const sentinelEnv = resolved.services['sentinel-1'].environment;
+    const parts = ['scheduler', ...Object.keys(resolved.services).filter((n) => n.startsWith('worker-'))];
+    for (const name of parts) {
+      const env = resolved.services[name].environment as Record<string, string>;
+      expect(env.REDIS_SENTINELS, name).toBe(sentinels.map((s) => `${s}:26379`).join(','));
+      expect(env.REDIS_SENTINEL_NAME, name).toBe(sentinelEnv.REDIS_SENTINEL_NAME);
+      expect(env.REDIS_SENTINEL_PASSWORD, name).toBe(sentinelEnv.REDIS_SENTINEL_PASSWORD);
+      // The fleet's own parser: sentinels, with the part's user and password from its REDIS_URL.
+      const { redis } = fleetConfigFrom(env);
+      const user = name === 'scheduler' ? 'scheduler' : 'worker';
+      expect(redis, name).toMatchObject({ kind: 'sentinel', name: 'vmlb', username: user, password: envFile('env/redis.env').values[`REDIS_${user.toUpperCase()}_PASSWORD`] });
+      for (const s of sentinels) expect(resolved.services[name].depends_on[s]?.condition, `${name} waits for ${s}`).toBe('service_healthy');
+      if (name.startsWith('worker-')) expect(env.VMLB_SANDBOX_DENY?.split(','), name).toEqual(expect.arrayContaining(['redis', 'redis-replica-1', 'redis-replica-2']));
+    }
+    // Each data node announces its own service name; the replicas start as replicas of redis.
+    for (const n of ['redis', 'redis-replica-1', 'redis-replica-2']) expect(resolved.services[n].environment.REDIS_ANNOUNCE_HOST).toBe(n);
+    for (const n of ['redis-replica-1', 'redis-replica-2']) expect(resolved.services[n].environment.REDIS_PRIMARY_HOST).toBe('redis');
+    for (const s of sentinels) expect(resolved.services[s].environment.SENTINEL_ANNOUNCE_HOST).toBe(s);
+    // The scripts the commands run are deploy/redis's (run for real in test/redis-sentinel.test.ts).
+    const commands = ['redis', ...NEW].map((n) => [resolved.services[n].command].flat().join('\n'));
+    for (const c of commands.slice(0, 3)) expect(c).toMatch(/render-acl\.sh .*\n.*node-conf\.sh \/data\/redis\.conf\n\s*exec docker-entrypoint\.sh redis-server \/data\/redis\.conf/s);
+    for (const c of commands.slice(3)) expect(c).toMatch(/sentinel-conf\.sh \/data\/sentinel\.conf\n\s*exec docker-entrypoint\.sh redis-sentinel \/data\/sentinel\.conf/);
+    for (const f of ['render-acl.sh', 'node-conf.sh', 'sentinel-conf.sh', 'users.acl', 'replication.acl']) expect(existsSync(path.join(DEPLOY, 'redis', f)), f).toBe(true);
+  });
+
+  it.runIf(has('docker', ['compose', 'version']))('docker compose config accepts the two files', () => {
+    const r = run('docker', ['compose', '-f', path.join(DEPLOY, 'compose.yaml'), '-f', path.join(DEPLOY, 'compose.sentinel.yaml'), 'config', '-q']);
+    expect(r.status, r.out).toBe(0);
+  });
+
+  it('the compose JSON schema accepts it', () => {
+    const validate = composeSchemaValidator();
+    const ok = validate(interpolate(yamlFile('compose.sentinel.yaml'), composeEnv()));
+    expect(ok ? [] : validate.errors).toEqual([]);
+  });
+});
+
 // ---- the image's health check, against real processes ----
 
 const HEALTHCHECK = path.join(DEPLOY, 'healthcheck.mjs');
@@ -1169,6 +1249,40 @@ describe('deploy/systemd', () => {
     expect(attempt('mount -t proc -o hidepid=invisible proc /proc').status, 'ProtectProc=invisible: a proc instance of its own').toBe(0);
   });
 
+  it("the Sentinel variant's drop-ins on Debian's redis-server and redis-sentinel units: systemd-analyze verify, Debian's sandbox kept (1.2)", () => {
+    const problems: string[] = [];
+    for (const unit of ['redis-server.service', 'redis-sentinel.service']) {
+      const debian = `/lib/systemd/system/${unit}`;
+      if (!existsSync(debian)) throw new Error(`${debian} is missing: Debian's ${unit.replace('.service', '')} package (scripts/test.sh installs it)`);
+      // The unit and its drop-in folder side by side, as systemd finds them (the path form reads <unit>.d/ beside it).
+      const dir = path.join(tmp, `with-${unit}`);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(path.join(dir, `${unit}.d`), { recursive: true });
+      copyFileSync(debian, path.join(dir, unit));
+      const dropIn = `systemd/${unit}.d/vmlb-sentinel.conf`;
+      copyFileSync(path.join(DEPLOY, dropIn), path.join(dir, `${unit}.d`, 'vmlb-sentinel.conf'));
+      const v = run('systemd-analyze', ['verify', path.join(dir, unit)]);
+      const ours = v.out.split('\n').filter((l) => l.includes(unit) || l.includes('vmlb-sentinel.conf'));
+      if (ours.length || v.status !== 0) problems.push(`${unit} with ${dropIn}: verify (exit ${v.status}):\n  ${(ours.length ? ours : [v.out]).join('\n  ')}`);
+      const withDropIn = securityOf(path.join(dir, unit)).score;
+      const bare = securityOf(debian).score;
+      if (withDropIn > bare || withDropIn > 1.2) problems.push(`${unit}: exposure ${withDropIn} with ${dropIn}, ${bare} without`);
+      const said = /security: (\d+\.\d+)/.exec(read(dropIn))?.[1];
+      if (Number(said) !== withDropIn) problems.push(`${dropIn}: its comment says ${said}, systemd-analyze says ${withDropIn}`);
+      // It runs the file sentinel.md has node-conf.sh / sentinel-conf.sh write, with Debian's pid file.
+      const svc = iniFile(dropIn).Service!;
+      expect(svc.ExecStart![0], `${dropIn}: ExecStart= first resets Debian's`).toBe('');
+      const conf = unit === 'redis-server.service' ? '/etc/redis/vmlb-node.conf' : '/etc/redis/vmlb-sentinel.conf';
+      expect(svc.ExecStart![1]).toMatch(new RegExp(`^/usr/bin/${unit.replace('.service', '')} ${conf} --supervised systemd --daemonize no --pidfile `));
+      expect(read('sentinel.md')).toContain(conf);
+      const pidFile = /^PIDFile=(\S+)$/m.exec(readFileSync(debian, 'utf8'))?.[1];
+      expect(svc.ExecStart![1]!.endsWith(`--pidfile ${pidFile}`), `${dropIn}: Debian's PIDFile=${pidFile}`).toBe(true);
+    }
+    expect(problems).toEqual([]);
+    // A crashed primary waits past the failover before it comes back.
+    expect(seconds(iniFile('systemd/redis-server.service.d/vmlb-sentinel.conf').Service!.RestartSec![0]!)).toBeGreaterThanOrEqual(15);
+  });
+
   it('modprobe nbd max_part= is one number everywhere in the repository: 16', () => {
     const files = run('git', ['ls-files', '-z']).out.split('\0').filter(Boolean);
     expect(files.length).toBeGreaterThan(100);
@@ -1203,10 +1317,10 @@ describe('deploy env files and teams', () => {
     };
     for (const top of ['apps', 'libs']) for (const pkg of readdirSync(path.join(REPO, top))) if (existsSync(path.join(REPO, top, pkg, 'src'))) walk(path.join(REPO, top, pkg, 'src'));
     const code = sources.join('\n');
-    // env/redis.env is redis/render-acl.sh's (checked with the ACL below).
+    // env/redis.env and env/redis-sentinel.env are redis/render-acl.sh's (checked with the ACL below).
     const pools = readdirSync(path.join(DEPLOY, 'env')).filter((f) => /^worker-.+\.env$/.test(f)).map((f) => `env/${f}`);
     expect(pools.length).toBeGreaterThan(0);
-    const files = ['env/fleet.env', 'env/scheduler.env', 'env/worker.env', ...pools, 'env/dashboard.env', 'systemd/vmlb-worker.env', 'systemd/vmlb-scheduler.env'];
+    const files = ['env/fleet.env', 'env/fleet-sentinel.env', 'env/scheduler.env', 'env/worker.env', ...pools, 'env/dashboard.env', 'systemd/vmlb-worker.env', 'systemd/vmlb-scheduler.env'];
     const unknown = files.flatMap((f) => envFile(f).names.filter((n) => !code.includes(n)).map((n) => `${f}: ${n}`));
     expect(unknown).toEqual([]);
   });
@@ -1435,5 +1549,27 @@ describe('deploy credentials', () => {
     const rendered = readFileSync(out, 'utf8');
     expect(rendered).not.toMatch(/^#|\$\{/m);
     expect(rendered).toContain(`>${pw.REDIS_WORKER_PASSWORD} `);
+  });
+
+  it("Redis with Sentinel: replication.acl's users, env/redis-sentinel.env's passwords, rendered with users.acl", () => {
+    const acl = read('redis/replication.acl');
+    const users = Object.fromEntries([...acl.matchAll(/^user (\S+) (.*)$/gm)].map((m) => [m[1]!, m[2]!]));
+    expect(Object.keys(users)).toEqual(['replica', 'sentinel']);
+    // Redis' own rules for each ("ACL rules for Sentinel and Replicas"), no keys, nothing else.
+    const commands = (u: string) => users[u]!.split(' ').filter((w) => w.startsWith('+')).sort();
+    expect(commands('replica')).toEqual(['+ping', '+psync', '+replconf']);
+    expect(commands('sentinel')).toEqual(['+client|kill', '+client|setname', '+config|rewrite', '+exec', '+info', '+multi', '+ping', '+publish', '+role', '+script|kill', '+slaveof', '+subscribe'].sort());
+    for (const u of ['replica', 'sentinel']) expect(users[u]).toMatch(/^on resetpass >\$\{REDIS_[A-Z_]+_PASSWORD\} resetkeys .*nocommands /);
+    const pw = envFile('env/redis-sentinel.env').values;
+    expect(Object.keys(pw).sort()).toEqual([...new Set([...acl.matchAll(/\$\{(REDIS_[A-Z_]+_PASSWORD)\}/g)].map((m) => m[1]!))].sort());
+    // One file for render-acl.sh, as compose.sentinel.yaml's data nodes make it.
+    const tpl = path.join(tmp, 'users-sentinel.tpl');
+    writeFileSync(tpl, read('redis/users.acl') + acl);
+    const out = path.join(tmp, 'users-sentinel.acl');
+    const r = spawnSync('sh', [path.join(DEPLOY, 'redis/render-acl.sh'), tpl, out], { env: { PATH: process.env.PATH, ...envFile('env/redis.env').values, ...pw }, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/users: default scheduler worker replica sentinel/);
+    // The sentinels' own password follows render-acl.sh's rules too (sentinel-conf.sh checks it).
+    expect(envFile('env/fleet-sentinel.env').values.REDIS_SENTINEL_PASSWORD).toMatch(/^[A-Za-z0-9._~-]{16,}$/);
   });
 });

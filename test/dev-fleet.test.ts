@@ -20,6 +20,7 @@ import { startDevFleet, type DevFleet } from './helpers/dev-fleet.js';
 import { waitFor } from './helpers/fleet-api.js';
 import { s3Kind, startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, REPO, leftovers, sandbox, spawnVmlb, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { primaryPortFrom, roleOf } from '../apps/scheduler/src/sentinel-set.js';
 
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
 const workerMissing = !existsSync(WORKER_MAIN);
@@ -279,5 +280,63 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     const own = stateDir(fleet);
     await fleet.stop();
     expect(existsSync(own)).toBe(false);
+  });
+});
+
+describe.skipIf(workerMissing || !existsSync('/usr/bin/redis-sentinel'))('npm run fleet -- --sentinel', () => {
+  let sb: Sandbox;
+  let fleet: DevFleet | undefined;
+  let s3: S3Server | undefined;
+
+  beforeAll(async () => {
+    sb = await sandbox('dev-fleet-sentinel');
+    if (s3Kind() === 'radosgw') s3 = await startS3Server();
+  });
+
+  afterAll(async () => {
+    await fleet?.stop();
+    await s3?.close();
+    await sb?.cleanup();
+  });
+
+  it('a primary, two replicas and three sentinels: kill -9 of the primary, a replica takes over, the next build completes, the killed node comes back as a replica', async () => {
+    const fleetDir = path.join(sb.dir, 'fleet');
+    const s3env: Record<string, string> = s3 ? { ...s3.env, VMLB_SHARED: `s3://vmlb-test/dev-fleet-sentinel-${randomBytes(4).toString('hex')}` } : { S3_ENDPOINT: '', VMLB_SHARED: '' };
+    fleet = await startDevFleet({ env: { ...s3env, VMLB_FLEET_DIR: fleetDir, VMLB_WORKER_SLOTS: '2' }, workers: 1, args: ['--sentinel'] });
+    const f = fleet;
+    expect(f.errors).toMatch(/^fleet: up: scheduler \S+, Redis sentinels [\d.:,]+ \(master vmlb; primary redis-1 on port \d+, replicas redis-2 and redis-3; /m);
+    expect(f.sentinelPorts).toHaveLength(3);
+    for (const part of ['redis-1', 'redis-2', 'redis-3', 'sentinel-1', 'sentinel-2', 'sentinel-3']) expect(f.pids()[part], part).toBeGreaterThan(0);
+    const { sentinelPassword, password } = JSON.parse(await readFile(path.join(fleetDir, 'redis-sentinel/secrets.json'), 'utf8')) as { sentinelPassword: string; password: string };
+    const primary = () => primaryPortFrom(f.sentinelPorts[0]!, 'vmlb', sentinelPassword);
+
+    const project = async (name: string, text: string) => writeProject(path.join(sb.dir, name), { '01_base': BUSYBOX_BASE, '02_text': { kind: 'build-layer', script: `echo ${text} > /etc/text` } });
+    const first = await vmlb(sb, ['submit', await project('one', 'one'), '--plain'], f.exported);
+    expect(first.exitCode, `${first.stdout}${first.stderr}\n${f.errors.slice(-3000)}`).toBe(0);
+    const firstId = /as build (b[0-9a-z]+)/.exec(first.stdout)![1]!;
+
+    const oldPort = (await primary())!;
+    const old = f.pids()['redis-1']!;
+    process.kill(old, 'SIGKILL');
+    const newPort = await waitFor('the sentinels to promote a replica', async () => {
+      const p = await primary();
+      return p && p !== oldPort && (await roleOf(p, password)) === 'master' ? p : undefined;
+    }, 30_000, 100);
+    expect(f.errors).toMatch(new RegExp(`^fleet: redis-1 \\(pid ${old}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 5 s \\(same port ${oldPort}, `, 'm'));
+
+    const second = await vmlb(sb, ['submit', await project('two', 'two'), '--plain'], f.exported);
+    expect(second.exitCode, `${second.stdout}${second.stderr}\n${f.errors.slice(-3000)}`).toBe(0);
+    expect(second.stdout).toMatch(/^built 1, cached 1 in /m);
+    // The first build's record came through too, from the promoted replica.
+    const list = await vmlb(sb, ['builds', '--json'], f.exported);
+    expect((JSON.parse(list.stdout) as Array<{ id: string; state: string }>).find((b) => b.id === firstId)?.state).toBe('done');
+    // The killed node, restarted after the failover, is a replica of the new primary.
+    await waitFor('redis-1 back as a replica', async () => f.pids()['redis-1'] !== old && (await roleOf(oldPort, password)) === 'slave', 30_000, 200);
+    expect(await primary()).toBe(newPort);
+
+    const pids = Object.values(f.pids());
+    await f.stop();
+    expect(await survivors(pids, 5000)).toEqual([]);
+    fleet = undefined;
   });
 });

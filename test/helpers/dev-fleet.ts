@@ -18,8 +18,10 @@ export interface DevFleet {
   exported: { VMLB_SERVER: string; VMLB_TOKEN: string };
   /** Every variable of its export lines (VMLB_TOKEN_<TEAM> too, with VMLB_FLEET_TEAMS). */
   exports: Record<string, string>;
-  /** The ports of its scheduler and Redis, from its "up" line. */
+  /** The ports of its scheduler and Redis (NaN with --sentinel), from its "up" line. */
   ports: { scheduler: number; redis: number };
+  /** With --sentinel: the sentinels' ports, from its "up" line. */
+  sentinelPorts: number[];
   /** The pid of each part it runs (redis, s3, scheduler, dashboard, worker-N), the latest run's. */
   pids(): Record<string, number>;
   /** The launcher's own pid (the parent of its parts). */
@@ -30,11 +32,14 @@ export interface DevFleet {
   stop(): Promise<void>;
 }
 
-/** `workers`: VMLB_FLEET_WORKERS (per pool with VMLB_FLEET_TEAMS); `started`: how many to wait for. @default workers */
-export async function startDevFleet(o: { env: Record<string, string>; workers: number; started?: number }): Promise<DevFleet> {
+/**
+ * `workers`: VMLB_FLEET_WORKERS (per pool with VMLB_FLEET_TEAMS); `started`: how many to wait for
+ * (@default workers); `args`: the launcher's own (e.g. `--sentinel`).
+ */
+export async function startDevFleet(o: { env: Record<string, string>; workers: number; started?: number; args?: string[] }): Promise<DevFleet> {
   let output = '';
   let errors = '';
-  const proc = execa('npm', ['run', '-s', 'fleet'], {
+  const proc = execa('npm', ['run', '-s', 'fleet', ...(o.args?.length ? ['--', ...o.args] : [])], {
     cwd: REPO,
     env: { ...o.env, VMLB_FLEET_WORKERS: String(o.workers), VMLB_SERVER: '', VMLB_TOKEN: '' },
     reject: false,
@@ -52,7 +57,7 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
     }
   };
   const ended = () => proc.exitCode !== undefined && proc.exitCode !== null;
-  const upLine = /fleet: up: scheduler http:\/\/127\.0\.0\.1:(\d+), Redis redis:\/\/127\.0\.0\.1:(\d+),/;
+  const upLine = /fleet: up: scheduler http:\/\/127\.0\.0\.1:(\d+), Redis (?:redis:\/\/127\.0\.0\.1:(\d+)|sentinels ([\d.:,]+) )/;
   await waitFor('npm run fleet up', async () => (/export VMLB_TOKEN=\S+\n/.test(output) && upLine.test(errors)) || ended(), 90_000, 200);
   const exported: Record<string, string> = {};
   for (const m of output.matchAll(/^export (VMLB_[A-Z0-9_]+)=(\S+)$/gm)) exported[m[1]!] = m[2]!;
@@ -78,6 +83,7 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
     exported: { VMLB_SERVER: exported.VMLB_SERVER!, VMLB_TOKEN: exported.VMLB_TOKEN! },
     exports: exported,
     ports: { scheduler: Number(up[1]), redis: Number(up[2]) },
+    sentinelPorts: up[3] ? up[3].split(',').map((a) => Number(a.split(':')[1])) : [],
     pids,
     async launcherPid() {
       const scheduler = pids().scheduler;

@@ -23,7 +23,8 @@ export interface WorkerProcessOptions {
   /** Names the worker (`w-NAME`) and its folders under `dir`. */
   name: string;
   dir: string;
-  redisUrl: string;
+  /** REDIS_URL; without it, `env` says where Redis is (e.g. REDIS_SENTINELS). */
+  redisUrl?: string;
   sharedUrl: string;
   s3env: Record<string, string>;
   /** @default `w-NAME` */
@@ -38,7 +39,7 @@ export function startWorkerProcess(o: WorkerProcessOptions): WorkerProcess {
   const env: Record<string, string | undefined> = {
     ...process.env,
     ...o.s3env,
-    REDIS_URL: o.redisUrl,
+    ...(o.redisUrl ? { REDIS_URL: o.redisUrl } : {}),
     VMLB_SHARED: o.sharedUrl,
     VMLB_STORE: path.join(o.dir, `store-${o.name}`),
     VMLB_RUN_DIR: path.join(o.dir, `run-${o.name}`),

@@ -30,6 +30,18 @@
  *   VMLB_SHARED          the shared store                               @default s3://vmlb/fleet
  *   VMLB_FLEET_DIR       where the fleet keeps its state (Redis, s3rver's files, worker stores)
  *                        @default a new temporary folder, removed at the end
+ *
+ * `npm run fleet -- --sentinel` (`npm run fleet --sentinel` works too, through npm's
+ * npm_config_sentinel, while npm still passes unknown flags on that way): instead of the one
+ * redis-server, a Sentinel-managed Redis: three data nodes (redis-1 the primary at first, redis-2
+ * and redis-3 its replicas) and three sentinels (sentinel-1..3), each a part like the others, with
+ * passwords (kept in redis-sentinel/secrets.json of the fleet's folder); the scheduler and the
+ * workers get REDIS_SENTINELS, REDIS_SENTINEL_NAME, REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD
+ * instead of REDIS_URL. Kill the primary (its pid is on its "started" line; the "up" line says
+ * which node it is) and the sentinels promote a replica within seconds; the killed node is
+ * started again only after 5 s, once that is done, so that it comes back as a replica rather than
+ * as a second primary. A kept VMLB_FLEET_DIR starts the node that was the primary last as the
+ * primary again (redis-sentinel/primary).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -43,6 +55,7 @@ import { SharedStore, describeSweep, isRunning, s3ConfigFrom, selfIdentity, swee
 import { freePort, portOpen } from '@vmlb/fleet';
 import { sha256Hex } from './teams.js';
 import { ensureDatabase, postgresReady, preparePostgres } from './private-postgres.js';
+import { primaryPortFrom, sentinelSeesWholeSet, writeSentinelSet } from './sentinel-set.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const S3RVER_LAUNCHER = path.join(REPO, 'test/fixtures/s3rver-launcher.mjs');
@@ -81,6 +94,8 @@ interface PartSpec {
   keeps: string;
   /** Given up on, it stops the fleet. */
   essential: boolean;
+  /** The first restart's delay (doubling as the others'). @default BACKOFF_FIRST_MS */
+  restartAfterMs?: number;
 }
 
 interface Run {
@@ -223,7 +238,7 @@ function startPart(spec: PartSpec): Part {
         if (spec.essential) gaveUp(spec.name);
         return;
       }
-      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.max(0, quickDeaths - 1));
+      const delay = Math.min(BACKOFF_MAX_MS, (spec.restartAfterMs ?? BACKOFF_FIRST_MS) * 2 ** Math.max(0, quickDeaths - 1));
       say(`${spec.name} (pid ${run.proc.pid ?? '?'}) died (${how}) after ${seconds(lived)}: restarting it in ${seconds(delay)} (${spec.keeps})`);
       const until = Date.now() + delay;
       while (Date.now() < until && !stopping) await sleep(Math.min(100, until - Date.now()));
@@ -348,8 +363,106 @@ function tokenVariable(team: string): string {
   return `VMLB_TOKEN_${team.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
 }
 
+/** The fleet's Redis as its parts are told it: the variables, and how the "up" line says it. */
+interface FleetRedis {
+  env: Record<string, string>;
+  where: string;
+  /** Before the Redis parts stop (sentinel mode: which node is the primary, for the next start). */
+  beforeStop(): Promise<void>;
+}
+
+const SENTINEL_DIR = 'redis-sentinel';
+const SENTINEL_NAME = 'vmlb';
+/** Longer than the sentinels take to fail over (down-after 1 s, then the vote and the promotion). */
+const DATA_NODE_RESTART_MS = 5000;
+
+/** A data node's and a sentinel's part name, 0-based index. */
+const nodePart = (i: number) => `redis-${i + 1}`;
+
+/**
+ * `--sentinel`: three data nodes and three sentinels as parts (sentinel-set.ts writes their config
+ * files, which they rewrite as roles change), every write of each node persisted to its folder.
+ * Passwords and the last primary are kept in the fleet's folder.
+ */
+async function startSentinelParts(dir: string, env: NodeJS.ProcessEnv, up: (p: Part) => Promise<void>): Promise<FleetRedis> {
+  const setDir = path.join(dir, SENTINEL_DIR);
+  await mkdir(setDir, { recursive: true });
+  const secretsFile = path.join(setDir, 'secrets.json');
+  let secrets: { password: string; sentinelPassword: string };
+  try {
+    secrets = JSON.parse(await readFile(secretsFile, 'utf8')) as typeof secrets;
+  } catch {
+    secrets = { password: randomBytes(16).toString('hex'), sentinelPassword: randomBytes(16).toString('hex') };
+    await writeFile(secretsFile, JSON.stringify(secrets) + '\n', { mode: 0o600 });
+  }
+  const primaryFile = path.join(setDir, 'primary');
+  const last = Number((await readFile(primaryFile, 'utf8').catch(() => '0')).trim());
+  const primary = [0, 1, 2].includes(last) ? last : 0;
+  const nodePorts = [await freePort(), await freePort(), await freePort()];
+  const sentinelPorts = [await freePort(), await freePort(), await freePort()];
+  const files = await writeSentinelSet({ dir: setDir, name: SENTINEL_NAME, nodePorts, sentinelPorts, primary, ...secrets, appendOnly: true, logToStdout: true, downAfterMs: 1000, failoverTimeoutMs: 3000 });
+
+  // The primary first, so that the replicas sync from it at once.
+  const order = [primary, ...[0, 1, 2].filter((i) => i !== primary)];
+  for (const i of order) {
+    await up(
+      startPart({
+        name: nodePart(i),
+        cmd: 'redis-server',
+        args: [files.nodeConfs[i]!],
+        env,
+        ready: () => portOpen(nodePorts[i]!),
+        keeps: `same port ${nodePorts[i]}, same data in ${path.join(setDir, `node-${i}`)}; its role is the sentinels'`,
+        essential: true,
+        restartAfterMs: DATA_NODE_RESTART_MS,
+      }),
+    );
+  }
+  for (let i = 0; i < 3; i++) {
+    await up(
+      startPart({
+        name: `sentinel-${i + 1}`,
+        cmd: 'redis-sentinel',
+        args: [files.sentinelConfs[i]!],
+        env,
+        ready: () => portOpen(sentinelPorts[i]!),
+        keeps: `same port ${sentinelPorts[i]}, what it knew in ${path.join(setDir, `sentinel-${i}`)}`,
+        essential: true,
+      }),
+    );
+  }
+  // They learn of the replicas and of each other through the primary (every 2 s or so): without
+  // the others, no failover could be voted.
+  await waitUntil('the sentinels to see the whole set', async () => {
+    for (const p of sentinelPorts) if (!(await sentinelSeesWholeSet(p, { name: SENTINEL_NAME, sentinelPassword: secrets.sentinelPassword, replicas: 2, sentinels: 3 }))) return false;
+    return true;
+  }, READY_MS);
+
+  const sentinels = sentinelPorts.map((p) => `127.0.0.1:${p}`).join(',');
+  return {
+    env: { REDIS_SENTINELS: sentinels, REDIS_SENTINEL_NAME: SENTINEL_NAME, REDIS_PASSWORD: secrets.password, REDIS_SENTINEL_PASSWORD: secrets.sentinelPassword },
+    where: `sentinels ${sentinels} (master ${SENTINEL_NAME}; primary ${nodePart(primary)} on port ${nodePorts[primary]}, replicas ${order.slice(1).map(nodePart).join(' and ')}; passwords in ${secretsFile})`,
+    async beforeStop() {
+      for (const p of sentinelPorts) {
+        const port = await primaryPortFrom(p, SENTINEL_NAME, secrets.sentinelPassword);
+        if (port && nodePorts.includes(port)) {
+          await writeFile(primaryFile, `${nodePorts.indexOf(port)}\n`);
+          return;
+        }
+      }
+    },
+  };
+}
+
 async function main(): Promise<number> {
   const env = process.env;
+  const args = process.argv.slice(2);
+  const unknown = args.filter((a) => a !== '--sentinel');
+  if (unknown.length) {
+    say(`unknown argument ${unknown[0]} (known: --sentinel)`);
+    return 2;
+  }
+  const sentinelMode = args.includes('--sentinel') || env.npm_config_sentinel === 'true';
   let teamSpec: ReturnType<typeof fleetTeams>;
   try {
     teamSpec = fleetTeams(env);
@@ -373,11 +486,14 @@ async function main(): Promise<number> {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, LAUNCHER_FILE), JSON.stringify(await selfIdentity()) + '\n');
 
+  let fleetRedis: FleetRedis | undefined;
   const cleanup = async (code: number): Promise<number> => {
     stopping = true;
-    // Workers first (they finish or hand back their jobs), then what they talk to.
-    const order = ['worker', 'dashboard', 'scheduler', 'postgres', 's3', 'redis'];
+    // Workers first (they finish or hand back their jobs), then what they talk to; the sentinels
+    // before the data nodes (no failover while they stop).
+    const order = ['worker', 'dashboard', 'scheduler', 'postgres', 's3', 'sentinel', 'redis'];
     for (const prefix of order) {
+      if (prefix === 'sentinel') await fleetRedis?.beforeStop().catch(() => undefined);
       await Promise.all(parts.filter((p) => p.spec.name.startsWith(prefix)).map((p) => stopPart(p, prefix === 'worker' ? 20_000 : 5000)));
     }
     if (!keepDir) await rm(dir, { recursive: true, force: true });
@@ -415,19 +531,24 @@ async function main(): Promise<number> {
 
   try {
     // ---- Redis: every write persisted to its folder, so that a restarted one has it all ----
-    const redisPort = await freePort();
-    await mkdir(path.join(dir, 'redis'), { recursive: true });
-    const redis = startPart({
-      name: 'redis',
-      cmd: 'redis-server',
-      args: ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', path.join(dir, 'redis')],
-      env,
-      ready: () => portOpen(redisPort),
-      keeps: `same port ${redisPort}, same data in ${path.join(dir, 'redis')}`,
-      essential: true,
-    });
-    await up(redis);
-    const redisUrl = `redis://127.0.0.1:${redisPort}`;
+    if (sentinelMode) {
+      fleetRedis = await startSentinelParts(dir, env, up);
+    } else {
+      const redisPort = await freePort();
+      await mkdir(path.join(dir, 'redis'), { recursive: true });
+      const redis = startPart({
+        name: 'redis',
+        cmd: 'redis-server',
+        args: ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', path.join(dir, 'redis')],
+        env,
+        ready: () => portOpen(redisPort),
+        keeps: `same port ${redisPort}, same data in ${path.join(dir, 'redis')}`,
+        essential: true,
+      });
+      await up(redis);
+      const redisUrl = `redis://127.0.0.1:${redisPort}`;
+      fleetRedis = { env: { REDIS_URL: redisUrl }, where: redisUrl, beforeStop: async () => undefined };
+    }
 
     // ---- S3 ----
     let s3env: Record<string, string>;
@@ -463,7 +584,9 @@ async function main(): Promise<number> {
     };
     await writeFile(teamsFile, JSON.stringify(teamsJson, null, 2) + '\n', { mode: 0o600 });
 
-    const fleetEnv: NodeJS.ProcessEnv = { ...env, ...s3env, REDIS_URL: redisUrl, VMLB_SHARED: sharedUrl };
+    const fleetEnv: NodeJS.ProcessEnv = { ...env, ...s3env, ...fleetRedis.env, VMLB_SHARED: sharedUrl };
+    // With sentinels, a REDIS_URL of the caller's environment is not the fleet's.
+    if (sentinelMode) delete fleetEnv.REDIS_URL;
 
     // ---- PostgreSQL: the build history, in the fleet's folder (a kept VMLB_FLEET_DIR keeps it) ----
     const pgPrepared = await preparePostgres({ dir: path.join(dir, 'postgres'), port: await freePort() });
@@ -540,7 +663,7 @@ async function main(): Promise<number> {
       }
     }
 
-    say(`up: scheduler ${server}, Redis ${redisUrl}, shared store ${sharedUrl}${s3env.S3_ENDPOINT ? ` at ${s3env.S3_ENDPOINT}` : ''}, ${existsSync(WORKER_MAIN) ? workers : 0} workers; state in ${dir}`);
+    say(`up: scheduler ${server}, Redis ${fleetRedis.where}, shared store ${sharedUrl}${s3env.S3_ENDPOINT ? ` at ${s3env.S3_ENDPOINT}` : ''}, ${existsSync(WORKER_MAIN) ? workers : 0} workers; state in ${dir}`);
     say(`dashboard: ${server}/ (sign in with the token below); metrics: ${server}/metrics`);
     if (!teamSpec.admin) say(`teams: ${tokens.map((t) => `${t.team} (pool ${t.pool})`).join(', ')}${teamSpec.reads.size ? `; pools reading others: ${[...teamSpec.reads].map(([p, r]) => `${p} reads ${r.join(', ')}`).join('; ')}` : ''}`);
     say(`paste these lines into your shell, then \`vmlb submit DIR\` (VMLB_TOKEN is ${tokens[0]!.team}'s); Ctrl-C here stops the fleet`);

@@ -1,5 +1,5 @@
 import { VmlbError } from '@vmlb/layer-engine';
-import { fleetConfigFrom } from '@vmlb/fleet';
+import { describeRedisTarget, fleetConfigFrom } from '@vmlb/fleet';
 import { jsonLogger } from './logger.js';
 import { createScheduler } from './scheduler.js';
 import { Teams } from './teams.js';
@@ -16,7 +16,7 @@ async function main(): Promise<void> {
   const teams = await Teams.load(config.teamsFile!);
   const scheduler = await createScheduler({ config, teams, log });
   const url = await scheduler.listen();
-  log.info('scheduler listening', { url, teams: teams.names.length, shared: config.shared.url, redis: config.redisUrl.replace(/\/\/[^@]*@/, '//***@') });
+  log.info('scheduler listening', { url, teams: teams.names.length, shared: config.shared.url, redis: describeRedisTarget(config.redis) });
 
   process.on('SIGHUP', () => {
     Teams.load(config.teamsFile!).then(

@@ -40,6 +40,10 @@ export class PoolRegistry {
     let q = this.queueMap.get(pool);
     if (!q) {
       q = { layers: new Queue(layerQueueOf(pool), { connection: this.redis }), flatten: new Queue(flattenQueueOf(pool), { connection: this.redis }) };
+      // A queue passes on its connection's errors (each reconnect attempt while Redis is down or
+      // failing over); without a listener BullMQ console.errors them. The scheduler logs the
+      // outage once, from the connection itself.
+      for (const queue of [q.layers, q.flatten]) queue.on('error', () => undefined);
       this.queueMap.set(pool, q);
     }
     return q;

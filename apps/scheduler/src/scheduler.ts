@@ -88,8 +88,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   if (!config.databaseUrl) throw new VmlbError('FLEET_CONFIG', 'VMLB_DATABASE_URL: not set (the PostgreSQL database of the build history: postgres://USER:PASSWORD@HOST:PORT/DATABASE)');
   const instanceId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
-  const redis: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler');
-  const blocking: Redis = redisConnection(config.redisUrl, 'vmlb-scheduler-follow');
+  const redis: Redis = redisConnection(config.redis, 'vmlb-scheduler');
+  const blocking: Redis = redisConnection(config.redis, 'vmlb-scheduler-follow');
   // While Redis is down ioredis reconnects by itself; say so once per outage, in the log.
   for (const [name, c] of [['main', redis], ['follow', blocking]] as const) {
     let down = false;

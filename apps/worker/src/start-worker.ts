@@ -114,7 +114,18 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const sandboxDeny = fleetDenyList(config, settings.sandboxDeny);
   const backend = await chooseBackend(config.backend);
   const slots = await workerSlots(backend.name, config.workerSlots);
-  const redis = redisConnection(config.redisUrl, `vmlb-worker-${id}`);
+  const redis = redisConnection(config.redis, `vmlb-worker-${id}`);
+  // While Redis is down or failing over, ioredis reconnects by itself: say so once per outage
+  // (without a listener ioredis prints each attempt's error as an "Unhandled error event").
+  let redisDown = false;
+  redis.on('error', (e: Error) => {
+    if (!redisDown) log.warn('Redis connection lost; reconnecting', { error: e.message });
+    redisDown = true;
+  });
+  redis.on('ready', () => {
+    if (redisDown) log.info('Redis connection back');
+    redisDown = false;
+  });
   const pool = config.workerPool;
   const metrics = new WorkerMetrics(id, pool);
   const storeOpts = { onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
@@ -162,7 +173,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
 
   const connections: Redis[] = [redis];
   const bullWorker = (queue: string, processor: ReturnType<typeof layerProcessor> | ReturnType<typeof flattenProcessor>, concurrency: number) => {
-    const connection = redisConnection(config.redisUrl, `vmlb-worker-${id}-${queue}`);
+    const connection = redisConnection(config.redis, `vmlb-worker-${id}-${queue}`);
     connections.push(connection);
     const w = new Worker(queue, processor, {
       connection,

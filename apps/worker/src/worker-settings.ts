@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { VmlbError, logMaxFromEnv, parseDuration } from '@vmlb/layer-engine';
-import { fleetConfigFrom, type FleetConfig } from '@vmlb/fleet';
+import { fleetConfigFrom, redisHosts, type FleetConfig } from '@vmlb/fleet';
 
 /**
  * A worker's own settings, on top of the fleet configuration (libs/fleet/src/config.ts), from
@@ -140,7 +140,9 @@ export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { flee
  * scheduler — and VMLB_SANDBOX_DENY. Wildcard listen addresses name no host.
  */
 export function fleetDenyList(config: FleetConfig, extra: readonly string[]): string[] {
-  const hosts = [new URL(config.redisUrl).hostname, config.shared.host, config.schedulerHost];
+  // With sentinels, each of them (the data nodes they name are found at run time: list their
+  // networks in VMLB_SANDBOX_DENY).
+  const hosts = [...redisHosts(config.redis), config.shared.host, config.schedulerHost];
   const named = hosts.map((h) => h.replace(/^\[|\]$/g, '')).filter((h) => h && h !== '0.0.0.0' && h !== '::');
   return [...new Set([...named, ...extra])];
 }

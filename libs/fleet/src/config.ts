@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { POOL_NAME } from './pools.js';
 import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from '@vmlb/layer-engine';
+import { redisEnvSchema, redisTargetOf, type RedisTarget } from './redis-target.js';
 
 /**
  * The fleet's configuration: the environment → one zod schema → one typed FleetConfig.
@@ -8,7 +9,17 @@ import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from
  * Each app reads only the parts it needs (`needs`), so a worker does not ask for the
  * scheduler's port and the other way round.
  *
- *   REDIS_URL               @default redis://127.0.0.1:6379
+ *   REDIS_URL               one Redis: redis[s]://[USER:PASSWORD@]HOST:PORT[/DB]
+ *                           @default redis://127.0.0.1:6379
+ *   REDIS_SENTINELS         or a Sentinel-managed primary with replicas: HOST:PORT,HOST:PORT,…
+ *                           (the sentinels; when set, REDIS_URL's host and port are not used,
+ *                           only its user, password and /DB if it has them)
+ *   REDIS_SENTINEL_NAME     the master group name the sentinels monitor   @default vmlb
+ *   REDIS_USERNAME          the data nodes' ACL user (not as well as one in REDIS_URL)
+ *   REDIS_PASSWORD          the data nodes' password (not as well as one in REDIS_URL)
+ *   REDIS_SENTINEL_USERNAME the sentinels' own ACL user, if they have one
+ *   REDIS_SENTINEL_PASSWORD the sentinels' own password (their requirepass), if any
+ *                           (redis-target.ts; connections: redis.ts)
  *   VMLB_SHARED             s3://BUCKET/PREFIX: the shared store (with S3_ENDPOINT, S3_ACCESS_KEY,
  *                           S3_SECRET_KEY, S3_REGION; see layer-engine's s3-config.ts)
  *   VMLB_STORE              a worker's local store (the engine's cache)   @default ~/.cache/vmlb
@@ -28,7 +39,8 @@ import { VmlbError, parseDuration, parseSize, s3ConfigFrom, type S3Config } from
  *   VMLB_BACKEND            auto | fuse | nbd                               @default auto
  */
 export interface FleetConfig {
-  redisUrl: string;
+  /** Where Redis is: one server, or the sentinels of a primary with replicas (redis-target.ts). */
+  redis: RedisTarget;
   shared: S3Config;
   store?: string;
   storeCapBytes: number;
@@ -73,7 +85,6 @@ const positiveInt = (name: string) =>
     .refine((n) => n > 0, `${name} must be at least 1`);
 
 const schema = z.object({
-  REDIS_URL: z.string().default('redis://127.0.0.1:6379').refine((u) => /^rediss?:\/\//.test(u), 'REDIS_URL must be a redis:// or rediss:// URL'),
   VMLB_STORE: z.string().optional(),
   VMLB_STORE_CAP: size('VMLB_STORE_CAP', '20G'),
   VMLB_SCHEDULER_HOST: z.string().default('127.0.0.1'),
@@ -93,15 +104,21 @@ const schema = z.object({
   VMLB_BACKEND: z.enum(['auto', 'fuse', 'nbd']).default('auto'),
 });
 
+/** The Redis variables, parsed on their own so that how they go together is checked even when another variable is wrong. */
+const redisSchema = z.object(redisEnvSchema);
+
 export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { teams?: boolean; database?: boolean } = {}): FleetConfig {
   const problems: string[] = [];
   const parsed = schema.safeParse(env);
-  if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
+  const parsedRedis = redisSchema.safeParse(env);
+  for (const result of [parsedRedis, parsed]) {
+    if (result.success) continue;
+    for (const issue of result.error.issues) {
       const name = String(issue.path[0] ?? '');
       problems.push(issue.message.startsWith(name) ? issue.message : `${name}: ${issue.message}`);
     }
   }
+  const redis = parsedRedis.success ? redisTargetOf(parsedRedis.data, problems) : undefined;
   let shared: S3Config | undefined;
   try {
     shared = s3ConfigFrom(env.VMLB_SHARED, env, { urlName: 'VMLB_SHARED' });
@@ -110,12 +127,12 @@ export function fleetConfigFrom(env: NodeJS.ProcessEnv = process.env, needs: { t
   }
   if (needs.teams && !env.VMLB_TEAMS_FILE) problems.push('VMLB_TEAMS_FILE: not set (a JSON file of teams and token hashes)');
   if (needs.database && !env.VMLB_DATABASE_URL) problems.push('VMLB_DATABASE_URL: not set (the PostgreSQL database of the build history: postgres://USER:PASSWORD@HOST:PORT/DATABASE)');
-  if (problems.length > 0 || !parsed.success || !shared) {
+  if (problems.length > 0 || !parsed.success || !shared || !redis) {
     throw new VmlbError('FLEET_CONFIG', `the fleet configuration has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
   }
   const e = parsed.data;
   return {
-    redisUrl: e.REDIS_URL,
+    redis,
     shared,
     store: e.VMLB_STORE,
     storeCapBytes: e.VMLB_STORE_CAP,

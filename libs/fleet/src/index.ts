@@ -13,3 +13,4 @@ export * from './team-cap.js';
 export * from './job-options.js';
 export * from './project-cache.js';
 export * from './pools.js';
+export * from './redis-target.js';
