@@ -99,6 +99,11 @@ const WRITE_SQL = (mode: 'update' | 'skip' | 'force') => `
   teams AS (INSERT INTO build_teams (team) SELECT DISTINCT team FROM input ON CONFLICT DO NOTHING)
   SELECT id FROM up`;
 
+/** A record as stored: its builds row's doc and its layers' docs in order (get, and update under a row lock). */
+const READ_RECORD = `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM build_layers l WHERE l.build_id = b.id) AS layers FROM builds b WHERE b.id = $1`;
+type RecordRow = { doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null };
+const recordOf = (row: RecordRow | undefined): StoredRecord | null => (row ? { ...row.doc, layers: row.layers ?? [] } : null);
+
 /** The columns a listing line is made of. */
 const SUMMARY = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, error';
 
@@ -186,13 +191,8 @@ export class BuildHistory {
 
   async get(id: string): Promise<StoredRecord | null> {
     if (!BUILD_ID.test(id)) return null;
-    const r = await this.query<{ doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null }>(
-      `reading build ${id}`,
-      `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM build_layers l WHERE l.build_id = b.id) AS layers FROM builds b WHERE b.id = $1`,
-      [id],
-    );
-    const row = r.rows[0];
-    return row ? { ...row.doc, layers: row.layers ?? [] } : null;
+    const r = await this.query<RecordRow>(`reading build ${id}`, READ_RECORD, [id]);
+    return recordOf(r.rows[0]);
   }
 
   /** Writes a record; false when refused (it is final in the history with another state). */
@@ -221,16 +221,11 @@ export class BuildHistory {
     });
     try {
       await client.query('BEGIN');
-      const r = await client.query<{ doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null }>(
-        `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM build_layers l WHERE l.build_id = b.id) AS layers FROM builds b WHERE b.id = $1 FOR UPDATE`,
-        [id],
-      );
-      const row = r.rows[0];
-      if (!row) {
+      const current = recordOf((await client.query<RecordRow>(`${READ_RECORD} FOR UPDATE OF b`, [id])).rows[0]);
+      if (!current) {
         await client.query('ROLLBACK');
         return null;
       }
-      const current: StoredRecord = { ...row.doc, layers: row.layers ?? [] };
       const next = change(structuredClone(current));
       if (!next) {
         await client.query('ROLLBACK');
@@ -278,16 +273,6 @@ export class BuildHistory {
   }
 
   /** Every build not finished: what a scheduler taking the lead follows. */
-  async unfinished(): Promise<StoredRecord[]> {
-    const ids = await this.unfinishedIds();
-    const out: StoredRecord[] = [];
-    for (const id of ids) {
-      const r = await this.get(id);
-      if (r && !FINAL_STATES.has(r.state)) out.push(r);
-    }
-    return out;
-  }
-
   async unfinishedIds(): Promise<string[]> {
     return (await this.query<{ id: string }>('listing unfinished builds', `SELECT id FROM builds WHERE state IN ('queued', 'building') ORDER BY created_at`)).rows.map((r) => r.id);
   }

@@ -90,18 +90,6 @@ export class StoreIndexRecords {
     return names.map((n) => /^builds\/index\/(.+)\.json$/.exec(n)?.[1]).filter((t): t is string => !!t);
   }
 
-  /** Every build not finished, of every team: what a restarted scheduler goes on following. */
-  async unfinished(): Promise<StoredRecord[]> {
-    const out: StoredRecord[] = [];
-    for (const team of await this.teams()) {
-      for (const s of await this.index(team)) {
-        if (FINAL_STATES.has(s.state)) continue;
-        const r = await this.get(s.id);
-        if (r && !isFinal(r)) out.push(r);
-      }
-    }
-    return out;
-  }
 
   private index(team: string): Promise<BuildSummary[]> {
     let p = this.indexes.get(team);

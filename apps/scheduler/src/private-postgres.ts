@@ -136,28 +136,27 @@ export async function preparePostgres(o: { dir: string; port: number; fast?: boo
 export async function waitForPostgres(baseUrl: string, timeoutMs = 30_000, gone?: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const client = new pg.Client({ connectionString: `${baseUrl}postgres` });
-    try {
-      await client.connect();
-      await client.end();
-      return;
-    } catch (e) {
-      await client.end().catch(() => undefined);
-      if (gone?.()) throw new Error(`PostgreSQL exited before it took logins at ${new URL(baseUrl).host}`);
-      if (Date.now() > deadline) throw new Error(`PostgreSQL at ${new URL(baseUrl).host} did not take logins within ${timeoutMs / 1000} s: ${(e as Error).message}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const failed = await tryLogin(baseUrl);
+    if (!failed) return;
+    if (gone?.()) throw new Error(`PostgreSQL exited before it took logins at ${new URL(baseUrl).host}`);
+    if (Date.now() > deadline) throw new Error(`PostgreSQL at ${new URL(baseUrl).host} did not take logins within ${timeoutMs / 1000} s: ${failed.message}`);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
 /** Whether a server at baseUrl takes logins now (one try). */
 export async function postgresReady(baseUrl: string): Promise<boolean> {
+  return (await tryLogin(baseUrl)) === null;
+}
+
+/** One login to database postgres: null when it worked, else why not. */
+async function tryLogin(baseUrl: string): Promise<Error | null> {
   const client = new pg.Client({ connectionString: `${baseUrl}postgres`, connectionTimeoutMillis: 2000 });
   try {
     await client.connect();
-    return true;
-  } catch {
-    return false;
+    return null;
+  } catch (e) {
+    return e as Error;
   } finally {
     await client.end().catch(() => undefined);
   }

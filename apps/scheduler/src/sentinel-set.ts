@@ -98,21 +98,16 @@ export function sentinelConf(layout: SentinelSetLayout, i: number): string {
 /** Writes node-<i>/redis.conf and sentinel-<i>/sentinel.conf (new ones: any old state is replaced). */
 export async function writeSentinelSet(layout: SentinelSetLayout): Promise<SentinelSetFiles> {
   check(layout);
+  const write = async (folder: string, file: string, text: string) => {
+    const dir = path.join(layout.dir, folder);
+    await mkdir(dir, { recursive: true });
+    const f = path.join(dir, file);
+    await writeFile(f, text, { mode: 0o600 });
+    return f;
+  };
   const files: SentinelSetFiles = { nodeConfs: [], sentinelConfs: [] };
-  for (let i = 0; i < layout.nodePorts.length; i++) {
-    const dir = path.join(layout.dir, `node-${i}`);
-    await mkdir(dir, { recursive: true });
-    const f = path.join(dir, 'redis.conf');
-    await writeFile(f, dataNodeConf(layout, i), { mode: 0o600 });
-    files.nodeConfs.push(f);
-  }
-  for (let i = 0; i < layout.sentinelPorts.length; i++) {
-    const dir = path.join(layout.dir, `sentinel-${i}`);
-    await mkdir(dir, { recursive: true });
-    const f = path.join(dir, 'sentinel.conf');
-    await writeFile(f, sentinelConf(layout, i), { mode: 0o600 });
-    files.sentinelConfs.push(f);
-  }
+  for (let i = 0; i < layout.nodePorts.length; i++) files.nodeConfs.push(await write(`node-${i}`, 'redis.conf', dataNodeConf(layout, i)));
+  for (let i = 0; i < layout.sentinelPorts.length; i++) files.sentinelConfs.push(await write(`sentinel-${i}`, 'sentinel.conf', sentinelConf(layout, i)));
   return files;
 }
 

@@ -48,8 +48,6 @@ export const redisKeys = {
   teamRunning: (team: string) => `vmlb:team-running:${team}`,
   /** SET NX PX, renewed: the scheduler that follows builds now (value: its instance id; apps/scheduler/src/leader-lease.ts). */
   leader: 'vmlb:scheduler-leader',
-  /** Pub/sub channel: a scheduler took a build (message: its id), for the leader to follow at once. */
-  buildSubmitted: 'vmlb:build-submitted',
   /** Set when a build is cancelled; workers check it while they build. */
   cancelled: (buildId: string) => `vmlb:cancelled:${buildId}`,
 } as const;
