@@ -322,7 +322,7 @@ describe.skipIf(workerMissing || !existsSync('/usr/bin/redis-sentinel'))('npm ru
       const p = await primary();
       return p && p !== oldPort && (await roleOf(p, password)) === 'master' ? p : undefined;
     }, 30_000, 100);
-    expect(f.errors).toMatch(new RegExp(`^fleet: redis-1 \\(pid ${old}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 5 s \\(same port ${oldPort}, `, 'm'));
+    expect(f.errors).toMatch(new RegExp(`^fleet: redis-1 \\(pid ${old}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 10 s \\(same port ${oldPort}, `, 'm'));
 
     const second = await vmlb(sb, ['submit', await project('two', 'two'), '--plain'], f.exported);
     expect(second.exitCode, `${second.stdout}${second.stderr}\n${f.errors.slice(-3000)}`).toBe(0);
@@ -332,7 +332,7 @@ describe.skipIf(workerMissing || !existsSync('/usr/bin/redis-sentinel'))('npm ru
     expect((JSON.parse(list.stdout) as Array<{ id: string; state: string }>).find((b) => b.id === firstId)?.state).toBe('done');
     // The killed node, restarted after the failover, is a replica of the new primary.
     await waitFor('redis-1 back as a replica', async () => f.pids()['redis-1'] !== old && (await roleOf(oldPort, password)) === 'slave', 30_000, 200);
-    expect(await primary()).toBe(newPort);
+    expect(await primary(), `a second failover?\n${f.errors.slice(-4000)}`).toBe(newPort);
 
     const pids = Object.values(f.pids());
     await f.stop();

@@ -38,9 +38,9 @@
  * passwords (kept in redis-sentinel/secrets.json of the fleet's folder); the scheduler and the
  * workers get REDIS_SENTINELS, REDIS_SENTINEL_NAME, REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD
  * instead of REDIS_URL. Kill the primary (its pid is on its "started" line; the "up" line says
- * which node it is) and the sentinels promote a replica within seconds; the killed node is
- * started again only after 5 s, once that is done, so that it comes back as a replica rather than
- * as a second primary. A kept VMLB_FLEET_DIR starts the node that was the primary last as the
+ * which node it is) and the sentinels promote a replica within seconds (down-after 3 s); the
+ * killed node is started again only after 10 s, once that is done, so that it comes back as a
+ * replica rather than as a second primary. A kept VMLB_FLEET_DIR starts the node that was the primary last as the
  * primary again (redis-sentinel/primary).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -373,8 +373,14 @@ interface FleetRedis {
 
 const SENTINEL_DIR = 'redis-sentinel';
 const SENTINEL_NAME = 'vmlb';
-/** Longer than the sentinels take to fail over (down-after 1 s, then the vote and the promotion). */
-const DATA_NODE_RESTART_MS = 5000;
+/**
+ * How long a data node may not answer before the sentinels call it down. Not 1 s: on a host busy
+ * with builds (and a fsync per write), a healthy primary can stall that long, and the sentinels
+ * would fail over a second time, from the node they just promoted.
+ */
+const SENTINEL_DOWN_AFTER_MS = 3000;
+/** Longer than the sentinels take to fail over (down-after, then the vote and the promotion). */
+const DATA_NODE_RESTART_MS = 10_000;
 
 /** A data node's and a sentinel's part name, 0-based index. */
 const nodePart = (i: number) => `redis-${i + 1}`;
@@ -400,7 +406,7 @@ async function startSentinelParts(dir: string, env: NodeJS.ProcessEnv, up: (p: P
   const primary = [0, 1, 2].includes(last) ? last : 0;
   const nodePorts = [await freePort(), await freePort(), await freePort()];
   const sentinelPorts = [await freePort(), await freePort(), await freePort()];
-  const files = await writeSentinelSet({ dir: setDir, name: SENTINEL_NAME, nodePorts, sentinelPorts, primary, ...secrets, appendOnly: true, logToStdout: true, downAfterMs: 1000, failoverTimeoutMs: 3000 });
+  const files = await writeSentinelSet({ dir: setDir, name: SENTINEL_NAME, nodePorts, sentinelPorts, primary, ...secrets, appendOnly: true, logToStdout: true, downAfterMs: SENTINEL_DOWN_AFTER_MS, failoverTimeoutMs: 3 * SENTINEL_DOWN_AFTER_MS });
 
   // The primary first, so that the replicas sync from it at once.
   const order = [primary, ...[0, 1, 2].filter((i) => i !== primary)];

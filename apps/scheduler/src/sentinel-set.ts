@@ -66,7 +66,10 @@ export function dataNodeConf(layout: SentinelSetLayout, i: number): string {
     `bind ${LOOPBACK}`,
     `dir ${dir}`,
     'save ""',
-    ...(layout.appendOnly ? ['appendonly yes', 'appendfsync always'] : ['appendonly no']),
+    // everysec, not always: a process killed loses nothing either way (the page cache keeps its
+    // writes), and a fsync per write on a busy disk stalls the node's replies to the sentinels'
+    // pings for as long as the disk takes — long enough, under load, to be failed over.
+    ...(layout.appendOnly ? ['appendonly yes', 'appendfsync everysec'] : ['appendonly no']),
     // BullMQ cannot work with keys evicted under it (its docs, "Going to production").
     'maxmemory-policy noeviction',
     `logfile ${layout.logToStdout ? '""' : path.join(dir, 'redis.log')}`,
