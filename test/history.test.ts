@@ -136,6 +136,11 @@ describe('two schedulers', () => {
         expect(health).toMatchObject({ ok: true, database: 'ok', leader: s === leader });
         expect((await apiFor(() => s.url, TOKENS.web).json('GET', '/v1/builds?limit=1')).status).toBe(200);
       }
+      // The fleet's state (queues, workers) once, from the leader: a sum over the schedulers counts each once.
+      const fleetSeries = async (s: typeof a) => (await (await fetch(`${s.url}/metrics`)).text()).split('\n').filter((l) => /^vmlb_(queue_jobs|queue_oldest_job_age_seconds|fleet_workers|fleet_slots)\{/.test(l));
+      expect((await fleetSeries(leader)).length).toBeGreaterThan(0);
+      expect(await fleetSeries(other)).toEqual([]);
+      expect(await (await fetch(`${other.url}/metrics`)).text()).toMatch(/^vmlb_scheduler_leader 0$/m);
       const t0 = Date.now();
       await leader.close();
       while (!other.scheduler.leading) {
@@ -143,6 +148,7 @@ describe('two schedulers', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       expect(other.log.lines.join('\n')).toMatch(/this scheduler leads/);
+      expect((await fleetSeries(other)).length).toBeGreaterThan(0);
     } finally {
       await a.close();
       await b.close();

@@ -25,6 +25,12 @@ export interface MetricSources {
   activeBuilds: () => number;
   /** The shared store's latest probe: true when it answered. */
   sharedStoreUp: () => Promise<boolean>;
+  /**
+   * Whether this scheduler leads now. The fleet's state (queues, workers, heartbeats) is one for
+   * every scheduler: only the leader exports it, so that a sum over the schedulers' series (the
+   * alert rules', Grafana's) counts each job and worker once. Absent: always (one scheduler).
+   */
+  leading?: () => boolean;
 }
 
 /** The `kind` label of a queue series: what its jobs do (the worker's `queue` label says the same). */
@@ -34,8 +40,9 @@ export const QUEUE_KINDS = [['layers', 'layer'], ['flatten', 'flatten']] as cons
  * The scheduler's Prometheus metrics, on a registry of its own (so two schedulers in one
  * process, as in tests, do not collide): prom-client's default process metrics, and the
  * fleet's own with the `vmlb_` prefix (the catalog is in docs/metrics.md). Queue depths, the
- * workers and the shared store's state are read when Prometheus scrapes; the pools and teams
- * too, so that those of a reloaded teams file appear.
+ * workers and the shared store's state are read when Prometheus scrapes (the queues and the
+ * workers by the leading scheduler only); the pools and teams too, so that those of a reloaded
+ * teams file appear.
  */
 export class SchedulerMetrics {
   readonly registry = new Registry();
@@ -71,6 +78,7 @@ export class SchedulerMetrics {
 
   constructor(sources: MetricSources) {
     const redisReady = () => sources.redis.status === 'ready';
+    const leading = () => sources.leading?.() ?? true;
     collectDefaultMetrics({ register: this.registry });
     const registers = [this.registry];
     const self = this;
@@ -117,7 +125,7 @@ export class SchedulerMetrics {
       registers,
       async collect() {
         this.reset();
-        if (!redisReady()) return;
+        if (!leading() || !redisReady()) return;
         const counts = await Promise.all(queues().map(async (q) => ({ ...q, byState: await q.queue.getJobCounts(...JOB_STATES) })));
         this.reset();
         for (const { pool, kind, queue, byState } of counts) {
@@ -132,7 +140,7 @@ export class SchedulerMetrics {
       registers,
       async collect() {
         this.reset();
-        if (!redisReady()) return;
+        if (!leading() || !redisReady()) return;
         const ages = await Promise.all(queues().map(async (q) => ({ ...q, age: await oldestQueuedAge(q.queue) })));
         this.reset();
         for (const { pool, kind, queue, age } of ages) this.set({ queue: queue.name, pool, kind }, age ?? 0);
@@ -165,6 +173,7 @@ export class SchedulerMetrics {
         labelNames: ['pool'],
         registers,
         async collect() {
+          if (!leading()) return this.reset();
           if (!redisReady()) return; // the last values read
           const live = (await workers()).filter((w) => w.live);
           const byPool = new Map<string, number>(sources.pools().map((p) => [p.pool, 0]));
@@ -181,7 +190,7 @@ export class SchedulerMetrics {
       registers,
       async collect() {
         this.reset();
-        if (!redisReady()) return;
+        if (!leading() || !redisReady()) return;
         for (const w of await workers()) this.set({ worker: w.id, pool: poolOf(w) }, Date.parse(w.lastHeartbeat) / 1000);
       },
     });

@@ -128,6 +128,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     redis,
     activeBuilds: () => follower.activeCount,
     sharedStoreUp: storeProbe,
+    leading: () => lease.isLeader,
   });
   metrics.initTeams(teams.list);
   const countFinished = (r: StoredRecord) => {
