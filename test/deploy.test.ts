@@ -236,7 +236,11 @@ describe('deploy/prometheus', () => {
     const job = (name: string) => (cfg.scrape_configs as Any[]).find((j) => j.job_name === name);
     const schedulerPort = envFile('env/scheduler.env').values.VMLB_SCHEDULER_PORT;
     const workerPort = envFile('env/worker.env').values.VMLB_WORKER_METRICS_PORT;
-    expect(job('vmlb-scheduler').static_configs[0].targets).toContain(`scheduler:${schedulerPort}`);
+    // Every scheduler on its own address (compose: the alias `schedulers`; bare metal: schedulers/*.yml).
+    expect(job('vmlb-scheduler').dns_sd_configs[0]).toMatchObject({ names: ['schedulers'], type: 'A', port: Number(schedulerPort) });
+    expect(job('vmlb-scheduler').file_sd_configs[0].files).toEqual(['schedulers/*.yml']);
+    expect(yamlFile('compose.yaml').services.scheduler.networks.default.aliases).toContain('schedulers');
+    expect(existsSync(path.join(PROM, 'schedulers/hosts.yml.example'))).toBe(true);
     expect(job('vmlb-worker').dns_sd_configs[0]).toMatchObject({ names: ['worker'], port: Number(workerPort) });
     expect(envFile('systemd/vmlb-worker.env').values.VMLB_WORKER_METRICS_PORT).toBe(workerPort);
     for (const j of ['vmlb-scheduler', 'vmlb-worker']) expect(job(j).metrics_path ?? '/metrics').toBe('/metrics');
@@ -473,8 +477,8 @@ function dockerIgnored(patterns: string[], file: string): boolean {
 const COMPOSE_V1_MISSING = "docker-compose is not installed: it is Debian's docker-compose package (apt-get install docker-compose; scripts/test.sh installs it)";
 
 /** `docker-compose … config` (compose 1.29) in a clean environment: only deploy/.env interpolates. */
-function composeV1(args: string[], home: string) {
-  const r = spawnSync('docker-compose', args, { cwd: DEPLOY, encoding: 'utf8', env: { PATH: process.env.PATH, HOME: home } });
+function composeV1(args: string[], home: string, env: Record<string, string> = {}) {
+  const r = spawnSync('docker-compose', args, { cwd: DEPLOY, encoding: 'utf8', env: { PATH: process.env.PATH, HOME: home, ...env } });
   if (r.error) throw new Error(`${COMPOSE_V1_MISSING} (${r.error.message})`);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -815,6 +819,117 @@ describe('deploy/compose.sentinel.yaml: Redis as a Sentinel-managed primary with
     const validate = composeSchemaValidator();
     const ok = validate(interpolate(yamlFile('compose.sentinel.yaml'), composeEnv()));
     expect(ok ? [] : validate.errors).toEqual([]);
+  });
+});
+
+describe('deploy/compose.ha.yaml and haproxy/haproxy.cfg: two schedulers behind HAProxy', () => {
+  const HA_FILES = ['-f', 'compose.yaml', '-f', 'compose.sentinel.yaml', '-f', 'compose.ha.yaml'];
+  const HA_ENV = { VMLB_SCHEDULER_PUBLISH: '127.0.0.1:8082' };
+  let tmp: string;
+  let resolved: Any;
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmlb-deploy-ha-'));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('docker-compose config (1.29) accepts the three files: scheduler-2 and api added, only api publishes 8080, the first scheduler on loopback', () => {
+    const r = composeV1([...HA_FILES, 'config'], tmp, HA_ENV);
+    expect(r.status, r.stderr).toBe(0);
+    resolved = parseYaml(r.stdout) as Any;
+    const sentinel = parseYaml(composeV1(['-f', 'compose.yaml', '-f', 'compose.sentinel.yaml', 'config'], tmp).stdout) as Any;
+    expect(Object.keys(resolved.services).sort()).toEqual([...Object.keys(sentinel.services), 'scheduler-2', 'api'].sort());
+    // No host port twice; the API's 8080 is HAProxy's; the first scheduler is on loopback (.env says how).
+    // compose 1.29 writes a port as { published, target }, or with a host address as "IP:PORT:TARGET/tcp".
+    const portOf = (p: Any) => (typeof p === 'string' ? (([ip, port]) => ({ ip: ip!, port: port! }))(p.split(':')) : { ip: '', port: String(p.published) });
+    const published = Object.entries<Any>(resolved.services).flatMap(([n, svc]) => (svc.ports ?? []).map((p: Any) => ({ n, ...portOf(p) })));
+    expect(new Set(published.map((p) => `${p.ip}:${p.port}`)).size).toBe(published.length);
+    expect(published.filter((p) => p.port === '8080').map((p) => p.n)).toEqual(['api']);
+    expect(published.find((p) => p.n === 'scheduler')).toMatchObject({ ip: '127.0.0.1', port: '8082' });
+    expect(read('.env')).toMatch(/^# .*compose\.ha\.yaml.*\n.*127\.0\.0\.1:8082/m);
+    // Without it, compose.yaml's scheduler publishes 8080 as before.
+    const plain = parseYaml(composeV1(['-f', 'compose.yaml', 'config'], tmp).stdout) as Any;
+    expect(String(plain.services.scheduler.ports[0].published)).toBe('8080');
+    // Still only the workers root and privileged.
+    const workers = Object.keys(resolved.services).filter((n) => n.startsWith('worker-'));
+    expect(Object.entries<Any>(resolved.services).filter(([, svc]) => svc.privileged === true).map(([n]) => n).sort()).toEqual(workers.sort());
+  });
+
+  it("scheduler-2 is compose.yaml's scheduler (same image, command, environment with the sentinels, health check), both answer to `schedulers`; the dashboard goes through api; no layer reaches any part", () => {
+    expect(resolved, 'the docker-compose config test above ran').toBeDefined();
+    const [one, two] = [resolved.services.scheduler, resolved.services['scheduler-2']];
+    for (const k of ['image', 'command', 'environment', 'healthcheck', 'volumes', 'init', 'restart', 'stop_grace_period']) expect(two[k], k).toEqual(one[k]);
+    expect(Object.keys(two.depends_on).sort()).toEqual(Object.keys(one.depends_on).filter((d) => d !== 'redis').sort());
+    for (const s of [one, two]) expect(s.networks.default.aliases).toContain('schedulers');
+    expect(two.environment.REDIS_SENTINELS).toBeTruthy();
+    expect(resolved.services.dashboard.environment.VMLB_SERVER).toBe('http://api:8080');
+    const api = resolved.services.api;
+    expect(api.environment).toEqual({ VMLB_API_BIND: ':8080', VMLB_SCHEDULER_1: 'scheduler:8080', VMLB_SCHEDULER_2: 'scheduler-2:8080' });
+    expect(api.volumes).toContain(`${path.join(DEPLOY, 'haproxy/haproxy.cfg')}:/usr/local/etc/haproxy/haproxy.cfg:ro`);
+    const parts = Object.keys(resolved.services).filter((n) => !n.startsWith('worker-') && !n.startsWith('minio') && !n.startsWith('sentinel-'));
+    for (const w of Object.keys(resolved.services).filter((n) => n.startsWith('worker-'))) {
+      expect(resolved.services[w].environment.VMLB_SANDBOX_DENY.split(',').sort(), w).toEqual(parts.sort());
+    }
+  });
+
+  it('the compose JSON schema accepts it', () => {
+    const validate = composeSchemaValidator();
+    const ok = validate(interpolate(yamlFile('compose.ha.yaml'), { ...envFile('.env').values, ...HA_ENV }));
+    expect(ok ? [] : validate.errors).toEqual([]);
+  });
+
+  it.runIf(existsSync('/usr/sbin/haproxy'))("Debian's haproxy runs haproxy.cfg: it spreads requests over both, takes out the one whose /healthz fails within 3 s and brings it back, and passes an event stream through as it is written", async () => {
+    const cfg = path.join(DEPLOY, 'haproxy/haproxy.cfg');
+    const backends = await Promise.all(['one', 'two'].map(async (name) => {
+      const port = await freePort();
+      const b = { name, port, healthy: true, server: undefined as unknown as import('node:http').Server };
+      const { createServer } = await import('node:http');
+      b.server = createServer((req, res) => {
+        if (req.url === '/healthz') {
+          res.writeHead(b.healthy ? 200 : 503).end();
+        } else if (req.url === '/events') {
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          res.write(`data: ${name} 1\n\n`);
+          setTimeout(() => res.end(`data: ${name} 2\n\n`), 1500);
+        } else {
+          res.writeHead(200, { 'content-type': 'text/plain' }).end(name);
+        }
+      });
+      await new Promise<void>((r) => b.server.listen(port, '127.0.0.1', r));
+      return b;
+    }));
+    const apiPort = await freePort();
+    const env = { ...process.env, VMLB_API_BIND: `127.0.0.1:${apiPort}`, VMLB_SCHEDULER_1: `127.0.0.1:${backends[0]!.port}`, VMLB_SCHEDULER_2: `localhost:${backends[1]!.port}` };
+    const check = spawnSync('haproxy', ['-c', '-f', cfg], { env, encoding: 'utf8' });
+    expect(check.status, `${check.stdout}${check.stderr}`).toBe(0);
+    const proxy = execa('haproxy', ['-db', '-f', cfg], { env, reject: false, stdio: ['ignore', 'pipe', 'pipe'] });
+    const answers = async (n: number) => {
+      const seen: string[] = [];
+      for (let i = 0; i < n; i++) seen.push(await (await fetch(`http://127.0.0.1:${apiPort}/v1/builds`)).text());
+      return seen;
+    };
+    try {
+      await waitFor('haproxy to answer from both', async () => new Set(await answers(6).catch(() => [])).size === 2, 10_000, 200);
+      backends[1]!.healthy = false;
+      const t0 = Date.now();
+      await waitFor('the failing one taken out', async () => (await answers(6)).every((a) => a === 'one'), 10_000, 100);
+      expect(Date.now() - t0).toBeLessThan(3000);
+      backends[1]!.healthy = true;
+      await waitFor('it back in', async () => (await answers(6)).includes('two'), 10_000, 200);
+      // An event stream: its first event arrives before the backend ends it.
+      const res = await fetch(`http://127.0.0.1:${apiPort}/events`);
+      const reader = res.body!.getReader();
+      const s0 = Date.now();
+      const first = new TextDecoder().decode((await reader.read()).value);
+      expect(first).toMatch(/^data: (one|two) 1/);
+      expect(Date.now() - s0).toBeLessThan(1200);
+      let rest = '';
+      for (let c = await reader.read(); !c.done; c = await reader.read()) rest += new TextDecoder().decode(c.value);
+      expect(rest).toMatch(/data: (one|two) 2/);
+    } finally {
+      proxy.kill('SIGKILL');
+      await proxy;
+      for (const b of backends) b.server.close();
+    }
   });
 });
 
