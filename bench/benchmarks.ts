@@ -11,6 +11,7 @@ import { FLEET_BENCHMARKS } from './fleet.js';
 import { API_BENCHMARKS } from './api.js';
 import { TRANSFER_BENCHMARKS } from './transfer.js';
 import { SENTINEL_BENCHMARKS } from './sentinel.js';
+import { TAKEOVER_BENCHMARKS } from './takeover.js';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -497,4 +498,5 @@ export const BENCHMARKS: Benchmark[] = [
   ...API_BENCHMARKS,
   ...TRANSFER_BENCHMARKS,
   ...SENTINEL_BENCHMARKS,
+  ...TAKEOVER_BENCHMARKS,
 ];

@@ -273,11 +273,13 @@ async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) =>
         `following build ${id}`,
       );
       if (!res.body) throw new VmlbError('FLEET_ERROR', `following build ${id}: the scheduler sent no event stream`);
+      // Reached once the stream is open, not at its first event: a resumed stream (Last-Event-ID)
+      // sends nothing until the build moves on, which can be minutes.
+      if (downSince !== undefined) {
+        onEvent({ type: 'notice', at: Date.now(), message: `reached the scheduler again after ${Math.round((Date.now() - downSince) / 1000)} s; following build ${id} from where it was` });
+        downSince = undefined;
+      }
       for await (const m of readSse(res.body)) {
-        if (downSince !== undefined) {
-          onEvent({ type: 'notice', at: Date.now(), message: `reached the scheduler again after ${Math.round((Date.now() - downSince) / 1000)} s; following build ${id} from where it was` });
-          downSince = undefined;
-        }
         failures = 0;
         if (m.id) lastId = m.id;
         if (m.event === 'end') return JSON.parse(m.data) as BuildRecordLite;

@@ -40,6 +40,9 @@ export async function streamBuildEvents(
     connection: 'keep-alive',
     'x-accel-buffering': 'no',
   });
+  // Node sends the headers with the first write: a resumed stream (Last-Event-ID) may have
+  // nothing to write until the build moves on, and its client (or a proxy) would wait for them.
+  raw.flushHeaders();
   let closed = false;
   const write = (text: string) => {
     if (!closed) raw.write(text);
