@@ -1,11 +1,46 @@
 import { defineConfig } from 'vitest/config';
 
-// Two projects: `unit` (pure logic beside each module, fast, parallel) and `integration`
-// (real qemu-img chains, loop devices, mounts and chroots in test/; run one file at a time
-// because they share the host's loop devices and CPU).
+/**
+ * The fleet's test files: schedulers, workers, Redis, the dashboard. They run one at a time, as
+ * the engine's files do, but beside them: the two lanes share the host (loop devices, CPU), and
+ * every check of what a test left behind looks only at its own (its sandbox folder, its own
+ * processes' descendants: test/helpers/vmlb.ts `leftovers`), so neither sees the other's.
+ */
+const FLEET_FILES = [
+  'dashboard',
+  'dev-fleet',
+  'fleet',
+  'fleet-faults',
+  'history',
+  'metrics',
+  'pools',
+  'redis-sentinel',
+  'sandbox-fleet',
+  'scheduler',
+  'scheduler-ha',
+  'worker',
+].map((f) => `test/${f}.test.ts`);
+
+const integration = {
+  testTimeout: 180_000,
+  hookTimeout: 180_000,
+  fileParallelism: false,
+  // The run's one Ceph cluster, started when a file first asks for a radosgw
+  // (s3-transfer, pool-credentials; every S3 file with VMLB_TEST_S3=radosgw).
+  // The run's one PostgreSQL, for the schedulers' build history (test/helpers/postgres.ts).
+  // (Each lane runs these; the files of both use the broker set up last: one of each per run.)
+  globalSetup: ['test/helpers/ceph-broker.ts', 'test/helpers/postgres-broker.ts'],
+};
+
+// Three projects: `unit` (pure logic beside each module, fast, parallel), and two lanes of
+// integration tests (real qemu-img chains, loop devices, mounts and chroots in test/), each one
+// file at a time: `integration` (the engine, the CLI, stores, deploy/) and `integration-fleet`.
+// `--project 'integration*'` picks both.
 export default defineConfig({
   test: {
     reporters: ['default'],
+    // unit + one file of each lane at a time.
+    maxWorkers: 3,
     projects: [
       {
         test: {
@@ -15,17 +50,10 @@ export default defineConfig({
         },
       },
       {
-        test: {
-          name: 'integration',
-          include: ['test/**/*.test.ts'],
-          testTimeout: 180_000,
-          hookTimeout: 180_000,
-          fileParallelism: false,
-          // The run's one Ceph cluster, started when a file first asks for a radosgw
-          // (s3-transfer, pool-credentials; every S3 file with VMLB_TEST_S3=radosgw).
-          // The run's one PostgreSQL, for the schedulers' build history (test/helpers/postgres.ts).
-          globalSetup: ['test/helpers/ceph-broker.ts', 'test/helpers/postgres-broker.ts'],
-        },
+        test: { name: 'integration', include: ['test/**/*.test.ts'], exclude: [...FLEET_FILES, '**/node_modules/**'], ...integration },
+      },
+      {
+        test: { name: 'integration-fleet', include: FLEET_FILES, ...integration },
       },
     ],
   },

@@ -19,7 +19,7 @@ echo "test-radosgw: ${#files[@]} files on radosgw: ${files[*]}"
 set +e
 # An S3_ENDPOINT from the caller's shell would send the suite to that server instead.
 env -u S3_ENDPOINT -u S3_ACCESS_KEY -u S3_SECRET_KEY -u S3_REGION VMLB_TEST_S3=radosgw \
-  npx --no-install vitest run --project integration --reporter=default --reporter=json --outputFile.json=test-results/vitest-radosgw.json "${files[@]}" "$@"
+  npx --no-install vitest run --project 'integration*' --reporter=default --reporter=json --outputFile.json=test-results/vitest-radosgw.json "${files[@]}" "$@"
 rc=$?
 set -e
 node scripts/vitest-summary.mjs test-results/vitest-radosgw.json || true

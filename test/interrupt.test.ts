@@ -14,14 +14,14 @@ beforeAll(async () => {
   sb = await sandbox('interrupt');
   project = await writeProject(path.join(sb.dir, 'p'), {
     '01_base': BUSYBOX_BASE,
-    '02_slow': { kind: 'build-layer', script: 'echo data > /etc/slow\nsleep 600 &\necho READY-MARK\nsleep 600' },
+    '02_slow': { kind: 'build-layer', script: 'echo data > /etc/slow\nsleep 6007 &\necho READY-MARK\nsleep 6007' },
   });
   // Build the base first so each test interrupts the slow layer, not the base.
   const r = await buildJson(sb, project, ['--last', '01_base']);
   expect(r.exitCode, r.stderr).toBe(0);
 });
 afterAll(async () => {
-  await execa('pkill', ['-f', 'sleep 600'], { reject: false });
+  await execa('pkill', ['-f', 'sleep 6007'], { reject: false });
   await sb?.cleanup();
 });
 
@@ -47,7 +47,7 @@ async function startSlowBuild(): Promise<{ child: ReturnType<typeof spawnVmlb> }
 }
 
 async function sleepers(): Promise<string> {
-  return String((await execa('pgrep', ['-af', 'sleep 600'], { reject: false })).stdout);
+  return String((await execa('pgrep', ['-af', 'sleep 6007'], { reject: false })).stdout);
 }
 
 describe('interruptions', () => {

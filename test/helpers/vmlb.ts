@@ -177,15 +177,31 @@ async function leftoversNow(sb: Sandbox): Promise<string[]> {
   }
   const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
   for (const line of mountinfo.split('\n')) if (line.includes(sb.dir)) found.push(`mount ${line}`);
-  const ps = await execa('ps', ['-eo', 'pid,etimes,comm,args'], { reject: false });
+  const ps = await execa('ps', ['-eo', 'pid,ppid,etimes,comm,args'], { reject: false });
   const lived = (Date.now() - sb.createdAt) / 1000;
-  for (const line of String(ps.stdout).split('\n').slice(1)) {
-    if (line.includes(sb.dir) && !line.includes('vitest') && !/\bps -eo\b/.test(line)) found.push(`process ${line.trim()}`);
-    // The sandbox's helpers name no path of the test: any started since the sandbox was made.
-    const [, , etimes, comm] = /^\s*(\d+)\s+(\d+)\s+(\S+)/.exec(line) ?? [];
-    if (comm && ['bwrap', 'slirp4netns'].includes(comm) && Number(etimes) <= lived + 1) found.push(`process ${line.trim()}`);
+  const rows = String(ps.stdout).split('\n').slice(1).map((line) => {
+    const [, pid, ppid, etimes, comm] = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)/.exec(line) ?? [];
+    return { line: line.trim(), pid: Number(pid), ppid: Number(ppid), etimes: Number(etimes), comm };
+  });
+  const parent = new Map(rows.map((r) => [r.pid, r.ppid]));
+  for (const r of rows) {
+    if (r.line.includes(sb.dir) && !r.line.includes('vitest') && !/\bps -eo\b/.test(r.line)) found.push(`process ${r.line}`);
+    // The sandbox's helpers name no path of the test: any started since the sandbox was made,
+    // below this test file's process or orphaned — not those below another file of the run
+    // (the other lane's: vitest.config.ts).
+    if (r.comm && ['bwrap', 'slirp4netns'].includes(r.comm) && r.etimes <= lived + 1 && !belowOtherTestFile(r.pid, parent)) found.push(`process ${r.line}`);
   }
   return found;
+}
+
+/** Whether pid runs below another file's process of this vitest run (a sibling of this one). */
+function belowOtherTestFile(pid: number, parent: Map<number, number>): boolean {
+  const runner = process.ppid;
+  for (let p = pid, hops = 0; p > 1 && hops < 64; p = parent.get(p) ?? 0, hops++) {
+    if (p === process.pid) return false;
+    if (parent.get(p) === runner) return true;
+  }
+  return false;
 }
 
 export async function sha256sum(file: string): Promise<string> {
