@@ -8,7 +8,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux redis-server prometheus chromium radosgw ceph-mon ceph-osd ceph-common" bash scripts/setup.sh
+VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux redis-server redis-sentinel postgresql haproxy prometheus chromium radosgw ceph-mon ceph-osd ceph-common" bash scripts/setup.sh
 mkdir -p test-results
 npx --no-install tsc -p test
 # The files that take their S3 server from the harness (startS3Server, the fleet services, the

@@ -5,7 +5,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux redis-server redis-sentinel postgresql prometheus chromium radosgw ceph-mon ceph-osd ceph-common docker-compose" bash scripts/setup.sh
+VMLB_SETUP_EXTRA="${VMLB_SETUP_EXTRA:-} tmux redis-server redis-sentinel postgresql haproxy prometheus chromium radosgw ceph-mon ceph-osd ceph-common docker-compose" bash scripts/setup.sh
 mkdir -p test-results
 npx --no-install tsc -p libs/layer-engine --noEmit
 npx --no-install tsc -p apps/cli --noEmit
