@@ -184,22 +184,22 @@ async function leftoversNow(sb: Sandbox): Promise<string[]> {
     return { line: line.trim(), pid: Number(pid), ppid: Number(ppid), etimes: Number(etimes), comm };
   });
   const parent = new Map(rows.map((r) => [r.pid, r.ppid]));
+  const vitests = new Set(rows.filter((r) => /\bvitest\b/.test(r.line)).map((r) => r.pid));
   for (const r of rows) {
     if (r.line.includes(sb.dir) && !r.line.includes('vitest') && !/\bps -eo\b/.test(r.line)) found.push(`process ${r.line}`);
     // The sandbox's helpers name no path of the test: any started since the sandbox was made,
-    // below this test file's process or orphaned — not those below another file of the run
-    // (the other lane's: vitest.config.ts).
-    if (r.comm && ['bwrap', 'slirp4netns'].includes(r.comm) && r.etimes <= lived + 1 && !belowOtherTestFile(r.pid, parent)) found.push(`process ${r.line}`);
+    // below this test file's process or orphaned — not those below another test file's process
+    // (the other lane's, vitest.config.ts, or another vitest run's).
+    if (r.comm && ['bwrap', 'slirp4netns'].includes(r.comm) && r.etimes <= lived + 1 && !belowOtherTestFile(r.pid, parent, vitests)) found.push(`process ${r.line}`);
   }
   return found;
 }
 
-/** Whether pid runs below another file's process of this vitest run (a sibling of this one). */
-function belowOtherTestFile(pid: number, parent: Map<number, number>): boolean {
-  const runner = process.ppid;
+/** Whether pid runs below a vitest process other than this test file's own. */
+function belowOtherTestFile(pid: number, parent: Map<number, number>, vitests: Set<number>): boolean {
   for (let p = pid, hops = 0; p > 1 && hops < 64; p = parent.get(p) ?? 0, hops++) {
     if (p === process.pid) return false;
-    if (parent.get(p) === runner) return true;
+    if (vitests.has(p)) return true;
   }
   return false;
 }
