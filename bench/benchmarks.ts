@@ -12,6 +12,7 @@ import { API_BENCHMARKS } from './api.js';
 import { TRANSFER_BENCHMARKS } from './transfer.js';
 import { SENTINEL_BENCHMARKS } from './sentinel.js';
 import { TAKEOVER_BENCHMARKS } from './takeover.js';
+import { HISTORY_BENCHMARKS } from './history.js';
 import path from 'node:path';
 import {
   BENCH_DIR,
@@ -499,4 +500,5 @@ export const BENCHMARKS: Benchmark[] = [
   ...TRANSFER_BENCHMARKS,
   ...SENTINEL_BENCHMARKS,
   ...TAKEOVER_BENCHMARKS,
+  ...HISTORY_BENCHMARKS,
 ];
