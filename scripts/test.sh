@@ -16,9 +16,25 @@ npx --no-install tsc -p apps/web-dashboard --noEmit
 npx --no-install tsc -p apps/web-dashboard/tsconfig.ui.json
 npx --no-install tsc -p bench
 npx --no-install tsc -p test
+# Two lanes side by side (vitest.config.ts): the unit tests and the engine's files here, the
+# fleet's files in a second vitest process whose output is shown when both are done (it is in
+# test-results/vitest-fleet.log meanwhile). Arguments (files, -t NAME) go to both.
 set +e
-npx --no-install vitest run --reporter=default --reporter=json --outputFile.json=test-results/vitest.json "$@"
+fleet_log=test-results/vitest-fleet.log
+echo "npm test: the fleet's test files run beside these; their output: $fleet_log (shown at the end)"
+node_modules/.bin/vitest run --project integration-fleet --passWithNoTests --reporter=default --reporter=json --outputFile.json=test-results/vitest-fleet.json "$@" >"$fleet_log" 2>&1 &
+fleet_pid=$!
+# Ctrl-C or a kill of this script stops the other lane too (a background job ignores SIGINT).
+trap 'kill -TERM "$fleet_pid" 2>/dev/null' INT TERM
+npx --no-install vitest run --project unit --project integration --passWithNoTests --reporter=default --reporter=json --outputFile.json=test-results/vitest.json "$@"
 rc=$?
+wait "$fleet_pid"
+fleet_rc=$?
+trap - INT TERM
+echo
+echo "---- the fleet's lane ($fleet_log) ----"
+cat "$fleet_log"
+[ "$rc" -ne 0 ] || rc=$fleet_rc
 set -e
-node scripts/vitest-summary.mjs test-results/vitest.json || true
+node scripts/vitest-summary.mjs test-results/vitest.json test-results/vitest-fleet.json || true
 exit $rc

@@ -1,8 +1,10 @@
 // The closing line of the test commands (scripts/test.sh, scripts/test-radosgw.sh), from
-// vitest's JSON report:   node scripts/vitest-summary.mjs REPORT.json
+// vitest's JSON reports (npm test's two lanes write one each), summed:
+//   node scripts/vitest-summary.mjs REPORT.json [REPORT.json …]
 //   vitest: N passed, N failed, N skipped
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 
-const r = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const skipped = r.numPendingTests + (r.numTodoTests || 0);
-console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+const reports = process.argv.slice(2).filter((f) => existsSync(f)).map((f) => JSON.parse(readFileSync(f, 'utf8')));
+const sum = (field) => reports.reduce((n, r) => n + (r[field] || 0), 0);
+const skipped = sum('numPendingTests') + sum('numTodoTests');
+console.log(`vitest: ${sum('numPassedTests')} passed, ${sum('numFailedTests')} failed, ${skipped} skipped`);
