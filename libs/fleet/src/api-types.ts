@@ -67,7 +67,10 @@ export interface HitRateBucket {
   rate: number | null;
   /** Builds submitted in the bucket. */
   builds?: number;
-  /** Of those finished: the median and the 90th percentile of their durations, seconds (null: none finished). */
+  /**
+   * Of those finished: the median and the 90th percentile of their durations, seconds (null: none
+   * finished). In `teams`, only when the answer is one team's; the overall series always has them.
+   */
   p50Seconds?: number | null;
   p90Seconds?: number | null;
 }
