@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import { endEventStream, flattenJobId, layerJobId, redisKeys, type FleetEvent } from '@vmlb/fleet';
 import { isFinal, type StoredRecord } from './build-records.js';
 import type { BuildHistory } from './build-history.js';
-import { cancelBuild, chainComplete, failBuild, finishBuild, finishChain, foldEvent } from './record-fold.js';
+import { cancelBuild, chainComplete, failBuild, finishBuild, finishChain, foldEvent, layerFailureLine } from './record-fold.js';
 import type { Logger } from './logger.js';
 import type { SharedStore } from '@vmlb/layer-engine';
 import { findImage } from './image-manifest.js';
@@ -326,11 +326,11 @@ export class BuildFollower {
       if (l.status === 'hit') continue;
       const job = await this.deps.queuesOf(r.pool).layers.getJob(layerJobId(r.id, l.index));
       if (job && (await job.getState()) === 'failed') {
-        return { message: `layer ${l.name} failed: ${job.failedReason ?? 'no reason given'}`, layer: { index: l.index } };
+        return { message: layerFailureLine(l.name, job.failedReason), layer: { index: l.index } };
       }
     }
     const failedLayer = r.layers.find((l) => l.status === 'failed');
-    if (failedLayer) return { message: `layer ${failedLayer.name} failed${failedLayer.exitCode !== undefined ? ` with exit code ${failedLayer.exitCode}` : ''}`, layer: { index: failedLayer.index } };
+    if (failedLayer) return { message: `layer ${failedLayer.name} ${failedLayer.exitCode !== undefined ? `exited with status ${failedLayer.exitCode}` : 'failed'}`, layer: { index: failedLayer.index } };
     return { message: flattenReason === undefined ? 'its last layer job failed' : `flatten failed: ${flattenReason}` };
   }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { FleetEvent } from '@vmlb/fleet';
 import type { StoredRecord } from './build-records.js';
-import { cancelBuild, failBuild, foldEvent } from './record-fold.js';
+import { cancelBuild, failBuild, foldEvent, layerFailureLine } from './record-fold.js';
 
 const key = (c: string) => c.repeat(64);
 
@@ -85,5 +85,20 @@ describe('foldEvent', () => {
     expect(foldEvent(r, job(1, 'done', { seconds: 1 }))).toBe(false);
     failBuild(r, 'late');
     expect(r.state).toBe('cancelled');
+  });
+});
+
+describe('layerFailureLine', () => {
+  it('says a failed script once, in one line, with no worker path', () => {
+    expect(layerFailureLine('07_fail', 'layer 07_fail exited with status 1')).toBe('layer 07_fail exited with status 1');
+    // A worker of before put the log's tail and its local path after the first line.
+    expect(layerFailureLine('07_fail', 'layer 07_fail exited with status 1\n--- last lines of its log (/var/lib/vmlb/layers/ab.failed.log) ---\noops\n')).toBe('layer 07_fail exited with status 1');
+    expect(layerFailureLine('07_fail', 'layer 07_fail failed: layer 07_fail exited with status 1')).toBe('layer 07_fail exited with status 1');
+  });
+
+  it('names the layer before any other reason, and joins a multi-line one', () => {
+    expect(layerFailureLine('02_x', 'qemu-img convert exited with 1:\n  No space left on device')).toBe('layer 02_x failed: qemu-img convert exited with 1: No space left on device');
+    expect(layerFailureLine('02_x', undefined)).toBe('layer 02_x failed');
+    expect(layerFailureLine('02.x', 'layer 02.x passed its # timeout and was stopped')).toBe('layer 02.x passed its # timeout and was stopped');
   });
 });

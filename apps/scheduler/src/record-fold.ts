@@ -135,3 +135,29 @@ export function finishBuild(r: StoredRecord, image: NonNullable<StoredRecord['im
   r.state = 'done';
   r.finishedAt = new Date(at).toISOString();
 }
+
+/**
+ * A failed layer's cause as the build record's `error`, in one line, said once: a job's failure
+ * reason that names the layer already (`layer 02_app exited with status 3`) is taken as it is,
+ * anything else is put after `layer NAME failed: `. What a worker of before put after its first
+ * line (its log's last lines, under the path of the log on that worker) is left out: the log is
+ * the layer's (its `logTail`, and GET /v1/builds/:id/layers/:index/log), and a worker's local
+ * path means nothing to whoever reads the build. Other multi-line reasons (a command's stderr)
+ * are joined into the one line.
+ */
+export function layerFailureLine(name: string, reason: string | undefined): string {
+  const text = (reason ?? '').split(/\n--- last lines of its log\b/)[0]!;
+  const line = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(' ')
+    // The same, from a scheduler of before that wrote it into the record already.
+    .replace(new RegExp(`^layer ${escapeRegExp(name)} failed: (?=layer ${escapeRegExp(name)} )`), '');
+  if (!line) return `layer ${name} failed`;
+  return line.startsWith(`layer ${name} `) ? line : `layer ${name} failed: ${line}`;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}

@@ -49,7 +49,10 @@ export class ExecError extends VmlbError {
   }
 }
 
-/** A user's layer script failed or passed its timeout. Not retryable: the same inputs fail again. */
+/**
+ * A user's layer script failed or passed its timeout. Not retryable: the same inputs fail again.
+ * Its message is one line (`layer 02_app exited with status 3`); `logTail` and `logPath` say the rest.
+ */
 export class LayerFailedError extends VmlbError {
   readonly layer: string;
   readonly exitCode: number | undefined;
@@ -62,7 +65,11 @@ export class LayerFailedError extends VmlbError {
       : args.signal
         ? `was killed by ${args.signal}`
         : `exited with status ${args.exitCode}`;
-    super('LAYER_FAILED', `layer ${args.layer} ${why}\n--- last lines of its log (${args.logPath}) ---\n${args.logTail}`);
+    // One line: what happened. Its log's tail and where the full log is are fields, shown by
+    // whoever reports it (the CLI's display prints the tail; the fleet keeps it as the layer's
+    // log): a message that carried them was repeated, and put a worker's local path in front
+    // of users of the fleet.
+    super('LAYER_FAILED', `layer ${args.layer} ${why}`);
     this.layer = args.layer;
     this.exitCode = args.exitCode;
     this.timedOut = args.timedOut ?? false;

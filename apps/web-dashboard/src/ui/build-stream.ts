@@ -38,8 +38,12 @@ function describe(e: BuildEvent): ActivityLine | null {
       return { at: e.at, text: `${e.name}: ${e.step}` };
     case 'layer-done':
       return { at: e.at, text: `${e.name}: done in ${e.seconds.toFixed(2)}s`, tone: 'ok' };
-    case 'layer-failed':
-      return { at: e.at, text: `${e.name}: failed${e.exitCode !== undefined ? ` (exit ${e.exitCode})` : ''}: ${e.message}`, tone: 'bad' };
+    case 'layer-failed': {
+      // The message names the layer already (`layer 02_app exited with status 3`): say it once.
+      const own = `layer ${e.name} `;
+      const why = e.message.startsWith(own) ? e.message.slice(own.length) : `failed${e.exitCode !== undefined ? ` (exit ${e.exitCode})` : ''}: ${e.message}`;
+      return { at: e.at, text: `${e.name}: ${why}`, tone: 'bad' };
+    }
     case 'output':
       return { at: e.at, text: `image written: ${e.path}`, tone: 'ok' };
     case 'done':
