@@ -14,6 +14,7 @@ const FLEET_FILES = [
   'fleet',
   'fleet-faults',
   'history',
+  'hit-rate',
   'metrics',
   'pools',
   'redis-sentinel',

@@ -9,6 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort } from '../../libs/fleet/src/loopback-port.js';
 
+/** 90 % of a scrape interval (`1s`, `250ms`), in milliseconds. */
+function scrapeTimeout(interval: string): string {
+  const m = /^(\d+)(ms|s)$/.exec(interval);
+  if (!m) throw new Error(`scrape interval ${interval}: give it as NNNms or NNs`);
+  return `${Math.floor(Number(m[1]) * (m[2] === 's' ? 1000 : 1) * 0.9)}ms`;
+}
+
 export interface PrometheusServer {
   url: string;
   /** An instant query: the result vector's samples. */
@@ -21,11 +28,12 @@ export interface PrometheusServer {
   close(): Promise<void>;
 }
 
-export async function startPrometheus(o: { jobs: Record<string, string[]>; ruleFiles?: string[] }): Promise<PrometheusServer> {
+/** `scrapeInterval`: Prometheus' duration syntax (`250ms`); the scrape timeout is 90 % of it. @default 1s */
+export async function startPrometheus(o: { jobs: Record<string, string[]>; ruleFiles?: string[]; scrapeInterval?: string }): Promise<PrometheusServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlb-prometheus-'));
   const port = await freePort();
   const config = {
-    global: { scrape_interval: '1s', scrape_timeout: '900ms', evaluation_interval: '1s' },
+    global: { scrape_interval: o.scrapeInterval ?? '1s', scrape_timeout: scrapeTimeout(o.scrapeInterval ?? '1s'), evaluation_interval: '1s' },
     rule_files: o.ruleFiles ?? [],
     scrape_configs: Object.entries(o.jobs).map(([job, targets]) => ({ job_name: job, static_configs: [{ targets }] })),
   };

@@ -340,6 +340,8 @@ interface ListedBuild {
   layers: number;
   hits: number;
   built: number;
+  /** Cache lookups (docs/metrics.md): hits + built + failed for good. */
+  lookups?: number;
   error?: string;
   projectName?: string;
   gitBranch?: string;
@@ -516,6 +518,10 @@ export function registerFleetCommands(program: Command): void {
       ];
       const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
       for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');
+      // The hit rate of the builds listed, counted as the metrics and the dashboard count it (docs/metrics.md).
+      const hits = builds.reduce((n, b) => n + b.hits, 0);
+      const lookups = builds.reduce((n, b) => n + (b.lookups ?? b.layers), 0);
+      process.stdout.write(`cache: ${hits} hits of ${lookups} lookups${lookups ? ` (${((100 * hits) / lookups).toFixed(1)} %)` : ''} in these ${builds.length} builds\n`);
     });
 
   program

@@ -104,8 +104,16 @@ const READ_RECORD = `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM 
 type RecordRow = { doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null };
 const recordOf = (row: RecordRow | undefined): StoredRecord | null => (row ? { ...row.doc, layers: row.layers ?? [] } : null);
 
+/**
+ * A build's cache lookups (build-records.ts lookupsOf, docs/metrics.md): its hits, the layers
+ * built, and those failed for good. Only a build with layers neither hit nor built (failed,
+ * cancelled, or not finished) has its failed layers counted, by its layers' primary key.
+ */
+const LOOKUPS = `(builds.hits + builds.built + CASE WHEN builds.hits + builds.built < builds.layer_count
+  THEN (SELECT count(*)::int FROM build_layers l WHERE l.build_id = builds.id AND l.status = 'failed') ELSE 0 END)`;
+
 /** The columns a listing line is made of. */
-const SUMMARY = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, error';
+const SUMMARY = `id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, ${LOOKUPS} AS lookups, error`;
 
 interface SummaryRow {
   id: string;
@@ -122,11 +130,12 @@ interface SummaryRow {
   layer_count: number;
   hits: number;
   built: number;
+  lookups: number;
   error: string | null;
 }
 
 function summaryOf(r: SummaryRow): BuildSummary {
-  const s: BuildSummary = { id: r.id, team: r.team, pool: r.pool, state: r.state, project: r.project_hash, createdAt: r.created_at.toISOString(), layers: r.layer_count, hits: r.hits, built: r.built };
+  const s: BuildSummary = { id: r.id, team: r.team, pool: r.pool, state: r.state, project: r.project_hash, createdAt: r.created_at.toISOString(), layers: r.layer_count, hits: r.hits, built: r.built, lookups: r.lookups };
   if (r.project_name !== null) s.projectName = r.project_name;
   if (r.git_commit !== null) s.gitCommit = r.git_commit;
   if (r.git_branch !== null) s.gitBranch = r.git_branch;
@@ -320,15 +329,15 @@ export class BuildHistory {
     const inBucket = `created_at >= $1::timestamptz + s.i * make_interval(secs => $3) AND created_at < $1::timestamptz + (s.i + 1) * make_interval(secs => $3) ${teamFilter}`;
     const percentiles = `percentile_cont('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY seconds)`;
     const perBucket = perTeamDurations
-      ? `SELECT team, count(*) AS builds, sum(layer_count) AS lookups, sum(hits) AS hits, ${percentiles} AS p
+      ? `SELECT team, count(*) AS builds, sum(${LOOKUPS}) AS lookups, sum(hits) AS hits, ${percentiles} AS p
          FROM builds WHERE ${inBucket}
          GROUP BY GROUPING SETS ((team), ())
          HAVING count(*) > 0`
-      : `SELECT NULL::text AS team, count(*) AS builds, sum(layer_count) AS lookups, sum(hits) AS hits, ${percentiles} AS p
+      : `SELECT NULL::text AS team, count(*) AS builds, sum(${LOOKUPS}) AS lookups, sum(hits) AS hits, ${percentiles} AS p
          FROM builds WHERE ${inBucket}
          HAVING count(*) > 0
          UNION ALL
-         SELECT team, count(*), sum(layer_count), sum(hits), NULL
+         SELECT team, count(*), sum(${LOOKUPS}), sum(hits), NULL
          FROM builds WHERE ${inBucket}
          GROUP BY team`;
     const r = await this.query<{ team: string | null; i: number; builds: string; lookups: string; hits: string; p: Array<number | null> | null }>(

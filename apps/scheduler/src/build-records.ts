@@ -36,6 +36,15 @@ interface IndexFile {
   builds: BuildSummary[];
 }
 
+/**
+ * A build's cache lookups, as the metrics count them (docs/metrics.md, "Cache lookups"): every
+ * layer whose lookup was settled — a hit (shared or local), built, or failed for good. A layer
+ * cancelled before its job ran, or still queued or building, is none (yet).
+ */
+export function lookupsOf(r: Pick<BuildRecord, 'layers'>): number {
+  return r.layers.filter((l) => l.status === 'hit' || l.status === 'done' || l.status === 'failed').length;
+}
+
 export function summarize(r: BuildRecord): BuildSummary {
   const s: BuildSummary = {
     id: r.id,
@@ -47,6 +56,7 @@ export function summarize(r: BuildRecord): BuildSummary {
     layers: r.layers.length,
     hits: r.layers.filter((l) => l.status === 'hit').length,
     built: r.layers.filter((l) => l.status === 'done').length,
+    lookups: lookupsOf(r),
   };
   if (r.finishedAt) s.finishedAt = r.finishedAt;
   if (r.error) s.error = r.error;

@@ -21,7 +21,7 @@ export function hitRateSeries(builds: BuildSummary[], o: { now: number; hours: n
     if (!(at >= start && at < end)) continue;
     const i = Math.floor((at - start) / size);
     for (const series of [overall, (teams[b.team] ??= empty())]) {
-      series[i]!.lookups += b.layers;
+      series[i]!.lookups += b.lookups ?? b.layers;
       series[i]!.hits += b.hits;
     }
   }

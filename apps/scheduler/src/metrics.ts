@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { DEFAULT_POOL, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers, type SeenWorker } from '@vmlb/fleet';
+import { DEFAULT_POOL, DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers, type SeenWorker } from '@vmlb/fleet';
 
 /** Jobs in these states are waiting to run (waiting-children wait on their parent layer instead). */
 export const QUEUED_STATES = ['waiting', 'prioritized', 'delayed'] as const;
@@ -80,6 +80,8 @@ export class SchedulerMetrics {
     const redisReady = () => sources.redis.status === 'ready';
     const leading = () => sources.leading?.() ?? true;
     collectDefaultMetrics({ register: this.registry });
+    // Gauges with a counter's suffix (`promtool check metrics` refuses them); the per-type ones stay.
+    for (const name of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(name);
     const registers = [this.registry];
     const self = this;
     const initNow = () => sources.teams && self.initTeams(sources.teams());

@@ -37,6 +37,10 @@ export function foldEvent(r: StoredRecord, ev: FleetEvent): boolean {
         // The job found the layer in the shared store (built meanwhile for another build): a hit.
         l.status = 'hit';
         l.source = 'shared';
+      } else if (ev.status === 'done' && ev.source === 'local') {
+        // The worker's own store had it (a # noshare layer it built before): a hit, not built.
+        l.status = 'hit';
+        l.source = 'local';
       }
       if (ev.status === 'building' || ev.status === 'waiting' || ev.status === 'done') startBuilding(r);
       if (ev.status === 'done' && r.output === 'chain' && chainComplete(r)) finishChain(r, ev.at);

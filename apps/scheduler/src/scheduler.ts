@@ -453,6 +453,16 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   let closed = false;
   follower.start();
   await lease.start();
+  // The teams and their pools, for the workers (vmlb:teams): each starts its pool's teams'
+  // lookup series at 0 (docs/metrics.md). Again every 10 s: a reloaded teams file's teams.
+  const publishTeams = () => {
+    const m = redis.multi().del(redisKeys.teams);
+    if (teams.list.length) m.hset(redisKeys.teams, Object.fromEntries(teams.list.map((t) => [t.team, t.pool])));
+    return m.exec().catch(() => undefined);
+  };
+  void publishTeams();
+  const teamsTimer = setInterval(() => redis.status === 'ready' && void publishTeams(), 10_000);
+  teamsTimer.unref();
 
   return {
     app,
@@ -471,6 +481,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     async close() {
       if (closed) return;
       closed = true;
+      clearInterval(teamsTimer);
       await app.close();
       await lease.close();
       await follower.close();

@@ -58,6 +58,8 @@ export function layerProcessor(ctx: WorkerContext) {
   return async (job: Job, token: string | undefined, signal?: AbortSignal): Promise<LayerJobResult> => {
     const data = parseJobData(LayerJobData, job, 'layer');
     refuseOtherPool(ctx, data, job);
+    // A team this worker has not heard of yet (added since its last read of vmlb:teams): its series at 0 now.
+    ctx.metrics.initTeams([data.team]);
     const jobId = job.id ?? `${data.buildId}:${data.index}`;
     const log = ctx.log.child({ job: jobId, layer: data.name });
     const events = new JobEvents(ctx.redis, data.buildId, data.index, ctx.id, log);
@@ -233,7 +235,8 @@ async function runLayerJob(ctx: WorkerContext, data: LayerJobData, jobId: string
       await lease.release();
       await publishReady(redis, claimKey);
     }
-    await events.job('done', { seconds: built.seconds, bytes: built.bytes, pulledBytes: built.pulledBytes, ...(built.shared ? {} : { message: built.note }) });
+    // Found in this worker's own store (a # noshare layer it built before): a hit, said so in the record.
+    await events.job('done', { seconds: built.seconds, bytes: built.bytes, pulledBytes: built.pulledBytes, ...(built.localHit ? { source: 'local' as const } : {}), ...(built.shared ? {} : { message: built.note }) });
     return { key: data.key, outcome: 'built', worker: ctx.id, seconds: built.seconds, bytes: built.bytes, shared: built.shared, localHit: built.localHit };
   } finally {
     unfollow();

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { DEFAULT_POOL, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS } from '@vmlb/fleet';
+import { DEFAULT_POOL, DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, WORKER_LOOKUP_RESULTS } from '@vmlb/fleet';
 
 /**
  * The worker's Prometheus metrics, on their own registry (a process may run two workers in
@@ -28,6 +28,26 @@ export class WorkerMetrics {
   readonly busy: Gauge;
   readonly cachedBytes: Gauge;
   private server: http.Server | undefined;
+  private readonly teams = new Set<string>();
+
+  /** Job outcomes by queue: their series start at 0. */
+  static readonly OUTCOMES = {
+    layer: ['built', 'shared-hit', 'waited', 'failed', 'retried', 'handed-back', 'cancelled', 'delayed'],
+    flatten: ['built', 'reused', 'failed', 'retried', 'handed-back'],
+  } as const;
+
+  /**
+   * Starts a team's lookup series at 0 (every result and source), so that its first lookup is
+   * an increase Prometheus sees: called with the teams of the worker's pool (read from Redis at
+   * start and at each heartbeat) and with a job's team when the job starts.
+   */
+  initTeams(teams: Iterable<string>): void {
+    for (const team of teams) {
+      if (this.teams.has(team)) continue;
+      this.teams.add(team);
+      for (const l of WORKER_LOOKUP_RESULTS) this.lookups.inc({ ...l, team, pool: this.pool }, 0);
+    }
+  }
 
   constructor(
     workerId: string,
@@ -56,7 +76,14 @@ export class WorkerMetrics {
     this.slots = new Gauge({ name: 'vmlb_worker_slots', help: 'Layer jobs this worker runs at once.', registers });
     this.busy = new Gauge({ name: 'vmlb_worker_busy_slots', help: 'Jobs running now.', registers });
     this.cachedBytes = new Gauge({ name: 'vmlb_worker_cached_bytes', help: 'Bytes in the local store.', registers });
+    for (const [queue, outcomes] of Object.entries(WorkerMetrics.OUTCOMES)) for (const outcome of outcomes) this.jobs.inc({ queue, outcome }, 0);
+    this.pushedBytes.inc({ object: 'layer' }, 0);
+    this.pushedBytes.inc({ object: 'image' }, 0);
+    this.pulledBytes.inc({ object: 'layer' }, 0);
     collectDefaultMetrics({ register: this.registry });
+    // prom-client's `nodejs_active_{handles,requests,resources}_total` are gauges with a counter's
+    // suffix (`promtool check metrics` refuses them): their per-type gauges without it stay.
+    for (const name of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(name);
   }
 
   /** Serves GET /metrics; returns the port (0 picks a free one). */

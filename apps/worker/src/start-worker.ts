@@ -22,6 +22,7 @@ import {
   layerQueueOf,
   pruneProjects,
   redisConnection,
+  redisKeys,
   removeRegistration,
   writeRegistration,
   type FleetConfig,
@@ -188,6 +189,13 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     w.on('completed', (job) => log.info('job done', { queue, job: job.id }));
     return w;
   };
+  // The lookup series of its pool's teams at 0 before the first job (docs/metrics.md): read
+  // again at each heartbeat, for teams added by a reloaded teams file.
+  const readTeams = async () => {
+    const all = await redis.hgetall(redisKeys.teams);
+    metrics.initTeams(Object.entries(all).filter(([, p]) => p === pool).map(([team]) => team));
+  };
+  await readTeams().catch((e: unknown) => log.warn('could not read the teams (vmlb:teams)', { error: (e as Error).message }));
   // Only its pool's queues: a job of another pool never reaches this worker (and is refused if forged).
   const layers = bullWorker(layerQueueOf(pool), layerProcessor(ctx), slots);
   // Flattening holds no block device; it waits on claims and streams files. As many as slots.
@@ -221,6 +229,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   await publishHeldKeys(redis, id, store).catch((e: unknown) => log.warn('could not publish the layers this worker holds', { error: (e as Error).message }));
   let beating: Promise<void> = Promise.resolve();
   const heartbeat = setInterval(() => {
+    void readTeams().catch(() => undefined);
     beating = register().catch((e: unknown) => log.warn('heartbeat failed', { error: (e as Error).message }));
   }, HEARTBEAT_MS);
 

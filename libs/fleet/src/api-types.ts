@@ -22,8 +22,14 @@ export interface BuildSummary {
   createdAt: string;
   finishedAt?: string;
   layers: number;
+  /** Layers taken from a cache: the shared store (at plan time or by their job) or a worker's own store. */
   hits: number;
   built: number;
+  /**
+   * Cache lookups (docs/metrics.md): the layers whose lookup was settled, hits + built + failed
+   * for good (a layer cancelled before its job ran is none). Absent in old stored indexes: `layers`.
+   */
+  lookups?: number;
   error?: string;
 }
 

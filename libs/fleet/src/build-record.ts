@@ -9,8 +9,12 @@ export interface LayerRecord {
   kind: LayerKind;
   key: string;
   status: LayerStatus;
-  /** For hits: where the layer already was. */
-  source?: 'shared';
+  /**
+   * For hits: where the layer already was: the shared store (at plan time, or found there by
+   * the job), or the local store of the worker that ran its job (`local`: a `# noshare` layer it
+   * had built before). docs/metrics.md, "Cache lookups".
+   */
+  source?: 'shared' | 'local';
   /** For a hit in a pool the build's pool trusts for reading: that pool (shown `CACHED (shared: POOL)`). */
   pool?: string;
   worker?: string;
@@ -67,7 +71,21 @@ export interface BuildRecord {
  * (BuildEvent, JSON in field `e`), and job transitions.
  */
 export type FleetEvent =
-  | { type: 'job'; at: number; index: number; status: LayerStatus; worker: string; seconds?: number; bytes?: number; pulledBytes?: number; exitCode?: number; logTail?: string; message?: string }
+  | {
+      type: 'job';
+      at: number;
+      index: number;
+      status: LayerStatus;
+      worker: string;
+      seconds?: number;
+      bytes?: number;
+      pulledBytes?: number;
+      exitCode?: number;
+      logTail?: string;
+      message?: string;
+      /** On `done`: the worker did not build the layer, its own store had it (a hit, `source: 'local'`). */
+      source?: 'local';
+    }
   | { type: 'flatten'; at: number; status: 'building' | 'done' | 'failed'; worker: string; image?: { key: string; path: string; bytes: number }; message?: string }
   | { type: 'engine'; at: number; index: number; worker: string; event: import('@vmlb/layer-engine').BuildEvent }
   /** The scheduler that leads stored the build's final record (the stream's last event). */

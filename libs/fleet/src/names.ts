@@ -42,8 +42,15 @@ export const redisKeys = {
   affinityWaiters: (workerId: string) => `vmlb:affinity-waiters:${workerId}`,
   /** Hash: worker id → its last registration, kept after its TTL so a dead worker stays visible. */
   workersSeen: 'vmlb:workers-seen',
+  /** Hash: worker id → its last registration (state `stopped`), for a while after it stopped cleanly. */
+  workersStopped: 'vmlb:workers-stopped',
   /** JSON { reads: string[] }: a pool as the scheduler's teams file defines it (written at start). */
   pool: (pool: string) => `vmlb:pool:${pool}`,
+  /**
+   * Hash: team → its pool, as the schedulers' teams file says (rewritten at start and every
+   * 10 s): a worker starts its teams' lookup series at 0 (docs/metrics.md).
+   */
+  teams: 'vmlb:teams',
   /** Running layer jobs of a team (the per-team cap). */
   teamRunning: (team: string) => `vmlb:team-running:${team}`,
   /** SET NX PX, renewed: the scheduler that follows builds now (value: its instance id; apps/scheduler/src/leader-lease.ts). */
