@@ -27,7 +27,9 @@ import {
   layerJobId,
   redisConnection,
   redisKeys,
+  removeRegistration,
   storePaths,
+  writeRegistration,
   type BuildRecord,
   type FleetEvent,
 } from '../libs/fleet/src/index.js';
@@ -150,7 +152,7 @@ async function putFakeImage(top: string, content: Buffer): Promise<{ key: string
  * Stand-in workers: each layer job appends what a worker appends (building, a log line, done or
  * failed) and the flatten job writes a fake image. `fail` names layers whose script "fails".
  */
-function fakeWorkers(o: { fail?: string[]; image?: Buffer; onLayer?: (job: Job) => Promise<void> } = {}): { close(): Promise<void> } {
+function fakeWorkers(o: { fail?: string[]; image?: Buffer; onLayer?: (job: Job) => Promise<void> } = {}): { ready: Promise<void>; close(): Promise<void> } {
   const connections = [redisConnection(redis.url, 'fake-layer-worker'), redisConnection(redis.url, 'fake-flatten-worker')];
   const layer = new Worker(
     LAYER_QUEUE,
@@ -168,6 +170,10 @@ function fakeWorkers(o: { fail?: string[]; image?: Buffer; onLayer?: (job: Job) 
     },
     { connection: connections[0]! },
   );
+  // Registered as a live worker of pool default would be (else each build says no worker is live).
+  const fakeId = `fake-worker-${randomBytes(3).toString('hex')}`;
+  const now = new Date().toISOString();
+  const registered = writeRegistration(conn, { id: fakeId, host: 'test', pid: process.pid, backend: 'fuse', pool: 'default', slots: 2, busy: 0, cachedBytes: 0, version: 'test', startedAt: now, lastHeartbeat: now, state: 'running' }, 600_000);
   const flatten = new Worker(
     FLATTEN_QUEUE,
     async (job: Job) => {
@@ -181,7 +187,9 @@ function fakeWorkers(o: { fail?: string[]; image?: Buffer; onLayer?: (job: Job) 
     { connection: connections[1]! },
   );
   return {
+    ready: registered,
     async close() {
+      await removeRegistration(conn, fakeId);
       await layer.close(true);
       await flatten.close(true);
       for (const c of connections) c.disconnect();
@@ -422,7 +430,21 @@ describe('a submission', () => {
     await emptyQueues();
     const run = await cli(['submit', projectDir, '--detach', '--json', '--flatten']);
     expect(run.exitCode, run.stderr).toBe(0);
+    // No worker is live (none registered here): it says so, in one line, and the API's answer too.
+    expect(run.stderr).toBe('vmlb: warning: no worker of pool default is live: the build waits until one registers');
     const b = JSON.parse(run.stdout) as BuildRecord;
+    expect(b.warning).toBe('no worker of pool default is live: the build waits until one registers');
+    expect((await record(b.id)).warning).toBe('no worker of pool default is live: the build waits until one registers');
+    const listedWaiting = (await api.json<{ builds: Array<{ id: string; warning?: string }> }>('GET', '/v1/builds')).body.builds.find((x) => x.id === b.id);
+    expect(listedWaiting?.warning).toBe('no worker of pool default is live: the build waits until one registers');
+    // A worker registers: the warning is gone (within the second the scheduler keeps its look).
+    const at = new Date().toISOString();
+    await writeRegistration(conn, { id: 'registered-meanwhile', host: 'test', pid: process.pid, backend: 'fuse', pool: 'default', slots: 1, busy: 0, cachedBytes: 0, version: 'test', startedAt: at, lastHeartbeat: at, state: 'running' }, 600_000);
+    try {
+      await waitFor('the warning to clear', async () => (await record(b.id)).warning === undefined, 10_000, 100);
+    } finally {
+      await removeRegistration(conn, 'registered-meanwhile');
+    }
     expect(b.layers.map((l) => [l.name, l.status])).toEqual([['01_base', 'hit'], ['02_tools', 'queued'], ['03_app', 'queued']]);
     expect(b.layers[0]!.key).toBe(baseKey);
 
@@ -533,13 +555,17 @@ describe('a submission', () => {
     await emptyQueues();
     const workers = fakeWorkers({ fail: ['02_tools'] });
     try {
+      await workers.ready;
       const run = await cli(['submit', projectDir, '--plain']);
       expect(run.exitCode, `${run.stdout}\n${run.stderr}`).toBe(1);
       // The log streamed as it came, then the failure (its tail is not repeated).
       expect(run.stdout).toMatch(/#2 building 02_tools\n[\s\S]*#2 ERROR exit 7/);
-      expect(run.stderr).toMatch(/build b[0-9a-z]+ failed: layer 02_tools failed: layer 02_tools exited with status 7/);
       const id = /build (b[0-9a-z]+)/.exec(run.stdout)![1]!;
+      // Said once, in one line: no repeated words, no worker path, no log in the message.
+      expect(run.stdout.split('\n').at(-1)).toBe('error: layer 02_tools exited with status 7');
+      expect(run.stderr).toBe(`vmlb: build ${id} failed: layer 02_tools exited with status 7`);
       const r = await record(id);
+      expect(r.error).toBe('layer 02_tools exited with status 7');
       expect(r.state).toBe('failed');
       expect(r.layers.map((l) => l.status)).toEqual(['hit', 'failed', 'cancelled']);
       expect(r.layers[1]).toMatchObject({ exitCode: 7, logTail: 'it went wrong' });

@@ -240,6 +240,8 @@ interface BuildRecordLite {
   team: string;
   state: string;
   error?: string;
+  /** What the scheduler adds when it answers, e.g. that no worker of the build's pool is live. */
+  warning?: string;
   createdAt: string;
   finishedAt?: string;
   image: { key: string; path: string; bytes: number } | null;
@@ -428,6 +430,8 @@ export function registerFleetCommands(program: Command): void {
         `submitting ${path.relative(process.cwd(), projectDir) || '.'}`,
       );
       const submitted = (await res.json()) as BuildRecordLite;
+      // E.g. no worker of the build's pool is live: one line on stderr (stdout stays the display, or the id).
+      if (submitted.warning) process.stderr.write(`vmlb: warning: ${submitted.warning}\n`);
       if (o.detach) {
         process.stdout.write(o.json ? `${JSON.stringify(submitted)}\n` : `${submitted.id}\n`);
         return;

@@ -27,6 +27,7 @@ import { TEAM_NAME, Teams, type Team } from './teams.js';
 import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
 import { registerInsightRoutes } from './insight-routes.js';
+import { WorkerPresence } from './worker-presence.js';
 import { registerDashboard } from '@vmlb/web-dashboard';
 
 export interface SchedulerOptions {
@@ -214,6 +215,9 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
    */
   const needsRedis = { onRequest: async () => requireRedis(redis) };
 
+  // An unfinished build of a pool with no live worker says so in the answers (worker-presence.ts).
+  const presence = new WorkerPresence(redis);
+
   /** A build the asking team may see: its own, or any for an admin; anything else is 404. */
   const visibleBuild = async (req: FastifyRequest): Promise<StoredRecord> => {
     const { id } = req.params as { id: string };
@@ -295,7 +299,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     return reply
       .status(201)
       .header('location', self)
-      .send({ ...publicRecord(record), links: { self, events: `${self}/events`, image: `${self}/image`, cancel: `${self}/cancel` } });
+      .send({ ...(await presence.one(publicRecord(record))), links: { self, events: `${self}/events`, image: `${self}/image`, cancel: `${self}/cancel` } });
   });
 
   /**
@@ -345,14 +349,16 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     });
     // A build followed here is fresher in memory than in the history.
     return {
-      builds: builds.map((b) => {
-        const live = follower.live(b.id);
-        return live ? summarize(live) : b;
-      }),
+      builds: await presence.annotate(
+        builds.map((b) => {
+          const live = follower.live(b.id);
+          return live ? summarize(live) : b;
+        }),
+      ),
     };
   });
 
-  app.get('/v1/builds/:id', async (req) => publicRecord(await visibleBuild(req)));
+  app.get('/v1/builds/:id', async (req) => presence.one(publicRecord(await visibleBuild(req))));
 
   app.get('/v1/builds/:id/events', needsRedis, async (req, reply) => {
     const record = await visibleBuild(req);

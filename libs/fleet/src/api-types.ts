@@ -31,6 +31,8 @@ export interface BuildSummary {
    */
   lookups?: number;
   error?: string;
+  /** Added by the API when it answers (see BuildRecord.warning). */
+  warning?: string;
 }
 
 /** `GET /v1/whoami` */

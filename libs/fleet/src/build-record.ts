@@ -63,7 +63,13 @@ export interface BuildRecord {
   image: { key: string; path: string; bytes: number } | null;
   /** The flatten job, once a worker took it. */
   flatten?: { worker: string; startedAt: string; finishedAt?: string; seconds?: number };
+  /** Why it failed, in one line (`layer 02_app exited with status 3`); the log is the layer's. */
   error?: string;
+  /**
+   * What the API adds when it answers, never stored: e.g. that no worker of the build's pool is
+   * live, so an unfinished build waits (`no worker of pool default is live: …`).
+   */
+  warning?: string;
 }
 
 /**
