@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { DEFAULT_POOL, listKnownWorkers, poolPath, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
+import { DEFAULT_POOL, listKnownWorkers, listStoppedWorkers, poolPath, redisKeys, storePaths, type FleetView, type WhoAmI } from '@vmlb/fleet';
 import type { PoolRegistry } from './pool-registry.js';
 import type { StoredRecord } from './build-records.js';
 import type { BuildHistory } from './build-history.js';
@@ -15,7 +15,8 @@ import type { ObjectStore } from './object-store.js';
  * routes of scheduler.ts:
  *
  *   GET /v1/whoami                         { team, admin, pool }
- *   GET /v1/fleet                          workers (live and recently lost), queue depths: of
+ *   GET /v1/fleet                          workers (live, recently lost, and stopped cleanly
+ *                                          within the hour: state `stopped`), queue depths: of
  *                                          the asking team's pool (an admin's: every pool)
  *   GET /v1/stats/cache?hours&bucketMinutes&team
  *                                          layer cache hit rate and build durations over time,
@@ -47,8 +48,10 @@ export function registerInsightRoutes(
   app.get('/v1/fleet', deps.needsRedis, async (req): Promise<FleetView> => {
     const team = req.team!;
     const shown = team.admin ? pools.all() : [{ pool: team.pool, queues: pools.queues(team.pool) }];
-    const [workers, perPool] = await Promise.all([
+    const [known, stopped, perPool] = await Promise.all([
       listKnownWorkers(redis),
+      // Those that stopped cleanly lately: listed as stopped (not dead), rather than vanishing.
+      listStoppedWorkers(redis),
       Promise.all(
         shown.map(async ({ pool, queues }) => {
           const [layers, flatten, oldestLayers, oldestFlatten] = await Promise.all([
@@ -64,6 +67,7 @@ export function registerInsightRoutes(
       ),
     ]);
     const now = Date.now();
+    const workers = [...known, ...stopped.filter((w) => !known.some((k) => k.id === w.id))].sort((a, b) => a.id.localeCompare(b.id));
     const sum = (pick: (p: (typeof perPool)[number]) => Record<string, number>) => {
       const out: Record<string, number> = {};
       for (const p of perPool) for (const [k, v] of Object.entries(pick(p))) out[k] = (out[k] ?? 0) + v;

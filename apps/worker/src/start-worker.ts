@@ -203,10 +203,12 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
 
   const startedAt = new Date().toISOString();
   let state: WorkerRegistration['state'] = 'running';
+  /** The last registration written: kept as the stopped worker's line after a clean stop. */
+  let registered: WorkerRegistration | undefined;
   const register = async () => {
     if (Date.now() - usage.at > USAGE_EVERY_MS) usage = { at: Date.now(), bytes: (await store.usage().catch(() => ({ bytes: usage.bytes }))).bytes };
     metrics.cachedBytes.set(usage.bytes);
-    await writeRegistration(redis, {
+    registered = {
       id,
       host: os.hostname(),
       pid: process.pid,
@@ -219,7 +221,8 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       startedAt,
       lastHeartbeat: new Date().toISOString(),
       state,
-    });
+    };
+    await writeRegistration(redis, registered);
   };
   await register();
   announceNow = async (o = {}) => {
@@ -273,7 +276,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       // A heartbeat in flight must not write the registration again after it is removed.
       await within(beating, CLOSE_COMMAND_WAIT_MS);
       // One bounded wait for both: Redis may be down, and a stop must not add up waits.
-      await within(Promise.all([removeRegistration(redis, id).catch(() => undefined), dropHeldKeys(redis, id).catch(() => undefined)]), CLOSE_COMMAND_WAIT_MS);
+      await within(Promise.all([removeRegistration(redis, id, registered).catch(() => undefined), dropHeldKeys(redis, id).catch(() => undefined)]), CLOSE_COMMAND_WAIT_MS);
       await evicting;
       await FuseDaemon.shutdown();
       await metrics.close();

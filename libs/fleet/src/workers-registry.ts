@@ -28,8 +28,10 @@ export interface WorkerRegistration {
   /** ISO times. */
   startedAt: string;
   lastHeartbeat: string;
-  /** 'running', or 'stopping' once it has stopped taking jobs. */
-  state: 'running' | 'stopping';
+  /** 'running', 'stopping' once it has stopped taking jobs, 'stopped' once it has (listStoppedWorkers). */
+  state: 'running' | 'stopping' | 'stopped';
+  /** When it stopped cleanly (ISO; state `stopped` only). */
+  stoppedAt?: string;
 }
 
 /**
@@ -42,9 +44,43 @@ export async function writeRegistration(redis: Redis, reg: WorkerRegistration, t
   await redis.multi().set(redisKeys.worker(reg.id), text, 'PX', ttlMs).hset(redisKeys.workersSeen, reg.id, text).exec();
 }
 
-/** A clean stop: the worker is gone from both views. */
-export async function removeRegistration(redis: Redis, workerId: string): Promise<void> {
-  await redis.multi().del(redisKeys.worker(workerId)).hdel(redisKeys.workersSeen, workerId).exec();
+/**
+ * A clean stop: the worker is gone from both views (it is not a dead one), and with its last
+ * registration (`last`) it is listed as stopped for STOPPED_KEEP_MS (listStoppedWorkers), so the
+ * fleet page says so rather than the worker just vanishing.
+ */
+export async function removeRegistration(redis: Redis, workerId: string, last?: WorkerRegistration, now = Date.now()): Promise<void> {
+  const m = redis.multi().del(redisKeys.worker(workerId)).hdel(redisKeys.workersSeen, workerId);
+  if (last) {
+    const stopped: WorkerRegistration = { ...last, busy: 0, state: 'stopped', stoppedAt: new Date(now).toISOString() };
+    m.hset(redisKeys.workersStopped, workerId, JSON.stringify(stopped));
+  }
+  await m.exec();
+}
+
+/** How long a worker that stopped cleanly stays listed as stopped. */
+export const STOPPED_KEEP_MS = 3600_000;
+
+/**
+ * The workers that stopped cleanly within STOPPED_KEEP_MS (live: false, state `stopped`), but
+ * not one registered again since (a worker of the same id); older ones are dropped here. Apart
+ * from listKnownWorkers: a stopped worker is no dead one (no heartbeat alert, no metric).
+ */
+export async function listStoppedWorkers(redis: Redis, now = Date.now()): Promise<SeenWorker[]> {
+  const stopped = await redis.hgetall(redisKeys.workersStopped);
+  const ids = Object.keys(stopped);
+  if (ids.length === 0) return [];
+  const seenAgain = await redis.hmget(redisKeys.workersSeen, ...ids);
+  const out: SeenWorker[] = [];
+  const stale: string[] = [];
+  ids.forEach((id, i) => {
+    const r = parse(stopped[id]!);
+    const at = Date.parse(r?.stoppedAt ?? '');
+    if (!r || !(now - at <= STOPPED_KEEP_MS) || seenAgain[i]) stale.push(id);
+    else out.push({ ...r, live: false });
+  });
+  if (stale.length) await redis.hdel(redisKeys.workersStopped, ...stale);
+  return out.sort((a, b) => a.id.localeCompare(b.id));
 }
 
 /** How long a worker that stopped without a word stays listed (as not live). */

@@ -27,7 +27,10 @@ export function FleetPage() {
   const slots = live.reduce((n, w) => n + w.slots, 0);
   const busy = live.reduce((n, w) => n + w.busy, 0);
   const cached = f.workers.reduce((n, w) => n + w.cachedBytes, 0);
-  const dead = f.workers.length - live.length;
+  // Not live: dead (its heartbeat stopped: not answering), or stopped cleanly (listed for a while).
+  const stopped = f.workers.filter((w) => !w.live && w.state === 'stopped').length;
+  const dead = f.workers.length - live.length - stopped;
+  const notLive = [dead ? `${dead} not answering` : '', stopped ? `${stopped} stopped` : ''].filter(Boolean).join(' · ');
   // A section per pool shown (the team's own; every pool for an admin), and any pool a listed
   // worker serves that the list lacks.
   const pools: PoolView[] = [...(f.pools ?? [])];
@@ -42,12 +45,15 @@ export function FleetPage() {
       <div class="page-head">
         <h1>Fleet</h1>
         <div class="page-sub">
-          {plural(f.workers.length, 'worker')} · {plural(pools.length, 'pool')}
+          <span data-testid="fleet-summary">
+            {plural(live.length, 'live worker')}
+            {notLive && ` · ${notLive}`} · {plural(pools.length, 'pool')}
+          </span>
         </div>
       </div>
       <ErrorNote error={fleet.error} what="the latest state" />
       <div class="stats">
-        <Stat label="Workers" value={`${live.length}`} sub={dead ? `${dead} not answering` : 'all answering'} tone={dead ? 'bad' : undefined} testid="stat-workers" />
+        <Stat label="Workers" value={`${live.length}`} sub={notLive || (live.length ? 'all answering' : 'none registered')} tone={dead ? 'bad' : undefined} testid="stat-workers" />
         <Stat label="Busy slots" value={`${busy} / ${slots}`} sub={<Meter value={busy} max={slots} />} testid="stat-slots" />
         <Stat label="Queue depth" value={String(f.queued)} sub={f.oldestQueuedSeconds !== null ? `oldest waits ${formatSeconds(f.oldestQueuedSeconds)}` : 'nothing waiting'} tone={f.queued > slots && slots > 0 ? 'warn' : undefined} testid="stat-queued" />
         <Stat label="Cached on workers" value={formatBytes(cached)} sub="local stores, together" testid="stat-cached" />
@@ -161,9 +167,9 @@ function heartbeatAgo(w: FleetWorker, polledAt: number, now: number): string {
 }
 
 function WorkerRow({ w, now, polledAt }: { w: FleetWorker; now: number; polledAt: number }) {
-  const status = !w.live ? 'dead' : w.state === 'stopping' ? 'stopping' : w.busy > 0 ? 'busy' : 'idle';
+  const status = !w.live ? (w.state === 'stopped' ? 'stopped' : 'dead') : w.state === 'stopping' ? 'stopping' : w.busy > 0 ? 'busy' : 'idle';
   return (
-    <tr data-worker={w.id} data-live={String(w.live)} class={w.live ? '' : 'row-bad'}>
+    <tr data-worker={w.id} data-live={String(w.live)} data-status={status} class={status === 'dead' ? 'row-bad' : ''}>
       <td>
         <Mono>{w.id}</Mono>
         <div class="cell-sub">
@@ -171,15 +177,20 @@ function WorkerRow({ w, now, polledAt }: { w: FleetWorker; now: number; polledAt
         </div>
       </td>
       <td>
-        <Badge status={status} />
+        <Badge status={status}>{status === 'dead' ? 'not answering' : status}</Badge>
       </td>
-      <td>
-        <div class="slots">
-          <span>
-            {w.busy} / {w.slots} busy
-          </span>
-          <Meter value={w.busy} max={w.slots} />
-        </div>
+      <td data-testid="worker-slots">
+        {w.live ? (
+          <div class="slots">
+            <span>
+              {w.busy} / {w.slots} busy
+            </span>
+            <Meter value={w.busy} max={w.slots} />
+          </div>
+        ) : (
+          // What it ran when it went is not what it runs now: no busy numbers for a worker that is not live.
+          <span class="cell-sub">{plural(w.slots, 'slot')} · {status === 'dead' ? 'not answering' : 'stopped'}</span>
+        )}
       </td>
       <td class="num">{formatBytes(w.cachedBytes)}</td>
       <td>{w.backend}</td>
@@ -187,8 +198,8 @@ function WorkerRow({ w, now, polledAt }: { w: FleetWorker; now: number; polledAt
         <Mono>{w.version}</Mono>
       </td>
       <td title={formatTime(w.startedAt)}>{formatAgo(w.startedAt, now)}</td>
-      <td title={formatTime(w.lastHeartbeat)} class={w.live ? '' : 'bad'}>
-        {w.live ? heartbeatAgo(w, polledAt, now) : `last heartbeat ${heartbeatAgo(w, polledAt, now)}`}
+      <td title={formatTime(w.stoppedAt ?? w.lastHeartbeat)} class={status === 'dead' ? 'bad' : ''}>
+        {w.live ? heartbeatAgo(w, polledAt, now) : status === 'stopped' && w.stoppedAt ? `stopped ${formatAgo(w.stoppedAt, now)}` : `last heartbeat ${heartbeatAgo(w, polledAt, now)}`}
       </td>
     </tr>
   );
