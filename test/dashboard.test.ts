@@ -24,6 +24,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } 
 import { ensureDashboardBundle, launchDashboardBrowser, signIn, type DashboardBrowser } from './helpers/dashboard-browser.js';
 import { TOKENS, apiFor, startScheduler, tarGz, waitFor, type RunningScheduler, type TarEntry } from './helpers/fleet-api.js';
 import { sha256Hex, Teams } from '../apps/scheduler/src/index.js';
+import { redisConnection, redisKeys } from '../libs/fleet/src/index.js';
 import { freePort, type RedisServer } from './helpers/redis-server.js';
 import type { S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, REPO, vmlb, type Sandbox } from './helpers/vmlb.js';
@@ -253,6 +254,19 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await rate.filter({ hasText: /^0\.0%$/ }).waitFor({ timeout: SLOW });
     await expect(webPage.locator('[data-testid=stat-lookups] .stat-value').textContent()).resolves.toBe('3');
     await webPage.locator('[data-testid=hit-rate-chart] canvas').first().waitFor();
+    // A fleet minutes old: the window fits it (15 minutes since its first build), not a sliver of 6 hours.
+    await expect(webPage.locator('[data-testid=range]').getAttribute('data-hours')).resolves.toBe('0.25');
+    await expect(webPage.locator('[data-testid=range] a.on').textContent()).resolves.toBe('Fit');
+    await expect(webPage.locator('[data-testid=stat-hit-rate] .stat-label').textContent()).resolves.toBe('Hit rate · last 15 min');
+    // The legend names a bucket by its time: the latest one at rest, the one under the cursor on hover.
+    const bucketTime = webPage.locator('[data-testid=hit-rate-chart] .u-legend .u-series').first().locator('.u-value');
+    await expect(bucketTime.textContent()).resolves.toMatch(/^\S+ \d+ \d\d:\d\d–\d\d:\d\d$|^\d+ \S+ \d\d:\d\d–\d\d:\d\d$/);
+    const over = webPage.locator('[data-testid=hit-rate-chart] .u-over');
+    const box = (await over.boundingBox())!;
+    await webPage.mouse.move(box.x + box.width * 0.3, box.y + box.height / 2);
+    await expect(bucketTime.textContent()).resolves.toMatch(/\d\d:\d\d–\d\d:\d\d$/);
+    await expect(bucketTime.textContent()).resolves.not.toBe('—');
+    await webPage.mouse.move(0, 0);
 
     again = await submit(await project('first'), TOKENS.web);
     await rate.filter({ hasText: /^50\.0%$/ }).waitFor({ timeout: SLOW });
@@ -478,11 +492,22 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await expect(app.locator('[data-testid=pool-section]').count()).resolves.toBe(1);
     await expect(app.locator('tr[data-worker]').evaluateAll((els) => els.map((e) => e.getAttribute('data-worker')))).resolves.toEqual([poolWorkers.get('a')!.id]);
 
-    // Pool a without its worker: a new build's job waits in pool a's queue (pool default's idle
-    // worker never takes it), and the section says so, live; the build is then cancelled.
+    // Pool a without its worker: it stopped cleanly, so it is listed as stopped (it does not
+    // vanish, nor count as not answering); a new build's job waits in pool a's queue (pool
+    // default's idle worker never takes it), the section says so live, and the build says that
+    // no worker of its pool is live, in the list and on its page, until one registers again.
+    const aWorker = poolWorkers.get('a')!.id;
     expect((await poolWorkers.get('a')!.stop()).exitCode).toBe(0);
     poolWorkers.delete('a');
-    const waiting = await submit(await project('pool a, no worker', 'echo "never built"'), POOL_TOKENS.app);
+    const stoppedRow = section('a').locator(`tr[data-worker="${aWorker}"]`);
+    await stoppedRow.and(admin.locator('[data-status=stopped]')).waitFor({ timeout: SLOW });
+    await expect(stoppedRow.locator('.badge').textContent()).resolves.toBe('stopped');
+    await expect(stoppedRow.locator('[data-testid=worker-slots]').textContent()).resolves.toBe('2 slots · stopped');
+    await expect(stoppedRow.textContent()).resolves.toMatch(/stopped \d+ s ago/);
+    await expect(admin.locator('[data-testid=fleet-summary]').textContent()).resolves.toBe('2 live workers · 1 stopped · 3 pools');
+    await expect(admin.locator('[data-testid=stat-workers] .stat-value').textContent()).resolves.toBe('2');
+    await expect(admin.locator('[data-testid=stat-workers] .stat-sub').textContent()).resolves.toBe('1 stopped');
+    const waiting = await submit(await project('pool a, no worker', 'echo "built once a worker came"'), POOL_TOKENS.app);
     onTestFinished(async () => {
       await apiFor(() => sched.url, POOL_TOKENS.app).json('POST', `/v1/builds/${waiting}/cancel`);
     });
@@ -492,24 +517,68 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await expect(section('a').locator('[data-testid=pool-queued]').textContent()).resolves.toBe('1 queued');
     await expect(section('a').locator('[data-queue=layers] [data-state=waiting]').textContent()).resolves.toBe('1');
     await expect(section('a').locator('[data-queue=flatten] [data-state=waiting-children]').textContent()).resolves.toBe('0');
-    await expect(section('a').locator('.empty').textContent()).resolves.toContain('No worker of pool a has registered');
     await expect(section('default').locator('[data-testid=pool-queued]').textContent()).resolves.toBe('0 queued');
     await expect(section('default').locator('[data-testid=pool-starved]').count()).resolves.toBe(0);
     await ui.screenshot(admin, '17-fleet-pool-without-worker');
 
-    expect((await apiFor(() => sched.url, POOL_TOKENS.app).json('POST', `/v1/builds/${waiting}/cancel`)).status).toBe(200);
+    const NO_WORKER = 'no worker of pool a is live: the build waits until one registers';
+    await app.goto(`${appUrl}/#/builds`);
+    const listed = row(app, waiting).locator('[data-testid=build-warning]');
+    await listed.waitFor({ timeout: SLOW });
+    await expect(listed.textContent()).resolves.toBe(NO_WORKER);
+    await expect(row(app, waiting).locator('[data-testid=build-warning]').count()).resolves.toBe(1);
+    await expect(row(app, appBuild).locator('[data-testid=build-warning]').count()).resolves.toBe(0);
+    await ui.screenshot(app, '18-builds-no-worker');
+    const { page: waitPage } = await ui.newPage();
+    await signIn(waitPage, appUrl, POOL_TOKENS.app, 'app');
+    await waitPage.goto(`${appUrl}/#/builds/${waiting}`);
+    const note = waitPage.locator('[data-testid=build-warning]');
+    await note.waitFor({ timeout: SLOW });
+    await expect(note.textContent()).resolves.toBe(`Waiting${NO_WORKER}`);
+    await ui.screenshot(waitPage, '19-build-no-worker');
+
+    // The worker comes back: the warnings go, by themselves, and the build runs.
+    startPoolWorker('a');
+    await note.waitFor({ state: 'detached', timeout: SLOW });
+    await listed.waitFor({ state: 'detached', timeout: SLOW });
+    await waitPage.locator(`[data-build="${waiting}"][data-state=done]`).waitFor({ timeout: SLOW });
     await section('a').locator('[data-testid=pool-queued]', { hasText: '0 queued' }).waitFor({ timeout: SLOW });
     await expect(starved.count()).resolves.toBe(0);
+    await stoppedRow.and(admin.locator('[data-status=idle]')).waitFor({ timeout: SLOW });
+
+    // A worker whose heartbeat stopped (as a SIGKILLed one leaves it: its line in the seen list,
+    // its registration expired): not answering, no busy numbers, and the counts agree.
+    const dead = 'w-dash-dead';
+    const beat = new Date(Date.now() - 60_000).toISOString();
+    const r = redisConnection(redis.url, 'dashboard-test');
+    try {
+      await r.hset(redisKeys.workersSeen, dead, JSON.stringify({ id: dead, host: 'gone', pid: 1, backend: 'fuse', pool: 'default', slots: 2, busy: 2, cachedBytes: 0, version: 'test', startedAt: beat, lastHeartbeat: beat, state: 'running' }));
+      const deadRow = section('default').locator(`tr[data-worker="${dead}"]`);
+      await deadRow.waitFor({ timeout: SLOW });
+      await expect(deadRow.getAttribute('data-status')).resolves.toBe('dead');
+      await expect(deadRow.locator('.badge').textContent()).resolves.toBe('not answering');
+      await expect(deadRow.locator('[data-testid=worker-slots]').textContent()).resolves.toBe('2 slots · not answering');
+      await expect(deadRow.textContent()).resolves.not.toMatch(/busy/);
+      await expect(admin.locator('[data-testid=fleet-summary]').textContent()).resolves.toBe('3 live workers · 1 not answering · 3 pools');
+      await expect(admin.locator('[data-testid=stat-workers] .stat-value').textContent()).resolves.toBe('3');
+      await expect(admin.locator('[data-testid=stat-workers] .stat-sub').textContent()).resolves.toBe('1 not answering');
+      // Busy slots are the live workers' only.
+      await expect(admin.locator('[data-testid=stat-slots] .stat-value').textContent()).resolves.toBe('0 / 6');
+      await ui.screenshot(admin, '20-fleet-not-answering');
+    } finally {
+      await r.hdel(redisKeys.workersSeen, dead);
+      r.disconnect();
+    }
   });
 
-  it('a bad token is refused with the server\'s message; sign out forgets the token', async () => {
+  it('a bad token is refused in words for people; sign out forgets the token', async () => {
     const { page } = await ui.newPage();
     await page.goto(appUrl);
     await page.locator('#token').fill('not-a-real-token');
     await page.getByRole('button', { name: 'Sign in' }).click();
     const error = page.locator('[data-testid=signin-error]');
     await error.waitFor();
-    await expect(error.textContent()).resolves.toMatch(/The token was refused: .*team token is required/);
+    await expect(error.textContent()).resolves.toBe('That token is not valid for this fleet.');
     await expect(page.evaluate('localStorage.length')).resolves.toBe(0);
     await ui.screenshot(page, '10-bad-token');
 
@@ -517,6 +586,39 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     await webPage.locator('[data-testid=token-form]').waitFor();
     await webPage.reload();
     await webPage.locator('[data-testid=token-form]').waitFor();
+  });
+
+  it('a failed build says why once, in one line, in the list and on its page; its log is the layer\'s', async () => {
+    const { page } = await ui.newPage();
+    await signIn(page, appUrl, TOKENS.web, 'web');
+    // Layers 01 and 02 are hits; 03 fails with status 3.
+    const failed = await submit(await project('first', 'echo "about to fail (dashboard)"; echo "on stderr" >&2; exit 3'), TOKENS.web);
+    await waitFor('the failing build to fail', async () => (await buildState(failed)) === 'failed', SLOW, 200);
+    const WHY = 'layer 03_world exited with status 3';
+    const record = (await api.json<{ error: string; layers: Array<{ status: string; logTail?: string }> }>('GET', `/v1/builds/${failed}`)).body;
+    expect(record.error).toBe(WHY);
+    expect(record.layers.map((l) => l.status)).toEqual(['hit', 'hit', 'failed']);
+    expect(record.layers[2]!.logTail).toContain('about to fail (dashboard)');
+
+    await row(page, failed).waitFor({ timeout: SLOW });
+    const cell = row(page, failed).locator('[data-testid=build-error]');
+    await expect(cell.textContent()).resolves.toBe(WHY);
+    await expect(cell.getAttribute('title')).resolves.toBe(WHY);
+    // Shown whole: nothing of it is cut off (it wraps when the column is narrow).
+    await expect(cell.evaluate((el) => el.scrollWidth <= el.clientWidth && (globalThis as unknown as { getComputedStyle(e: unknown): { textOverflow: string } }).getComputedStyle(el).textOverflow !== "ellipsis")).resolves.toBe(true);
+    await ui.screenshot(page, '21-builds-failed');
+
+    await page.goto(`${appUrl}/#/builds/${failed}`);
+    await page.locator(`[data-build="${failed}"][data-state=failed]`).waitFor({ timeout: SLOW });
+    await expect(page.locator('[data-testid=build-error] .error-message').textContent()).resolves.toBe(WHY);
+    // The log is the layer's, from the shared store, not in the message.
+    await page.locator('[data-testid=log][data-layer="2"]', { hasText: 'about to fail (dashboard)' }).waitFor({ timeout: SLOW });
+    await page.locator('.activity li', { hasText: '03_world: exited with status 3' }).waitFor({ timeout: SLOW });
+    await page.locator('.activity li', { hasText: `build failed: ${WHY}` }).waitFor({ timeout: SLOW });
+    const text = (await page.locator('main').textContent()) ?? '';
+    expect(text).not.toMatch(/failed\.log|last lines of its log|03_world failed: layer/);
+    expect(text).not.toContain(path.join(sb.dir, 'store-dash'));
+    await ui.screenshot(page, '22-build-failed');
   });
 
   it('through the standalone vmlb-dashboard server (a proxy to the scheduler), a build is followed live from its event stream', async () => {

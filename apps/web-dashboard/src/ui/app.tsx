@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useMemo, useState } from 'preact/hooks';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Api, ApiError } from './api';
 import { BuildPage } from './build-page';
 import { BuildsPage } from './builds-page';
@@ -15,6 +15,10 @@ type Auth =
   /** `attempt`: counts the checks of this token that did not get through. */
   | { state: 'checking'; token: string; attempt?: number }
   | { state: 'signed-in'; token: string; who: WhoAmI };
+
+/** What the sign-in says of a token the API refused (401). */
+export const UNAUTHORIZED = 'That token is not valid for this fleet.';
+export const UNAUTHORIZED_NOW = 'Your token is no longer valid for this fleet. Sign in with a current one.';
 
 /** A scheduler that does not answer is asked again after this long; a token is only dropped on a 401. */
 const RECHECK_MS = 3000;
@@ -35,7 +39,14 @@ export function App() {
   }, []);
 
   const token = auth.state === 'signed-out' ? null : auth.token;
-  const api = useMemo(() => (token ? new Api(token, (m) => signOut(`The token was refused: ${m}`)) : null), [token, signOut]);
+  // A 401 in words for people, not the API's (which speaks of headers): a token being checked
+  // is not one of this fleet's; one that worked before no longer is (revoked, or the teams file changed).
+  const signedIn = useRef(false);
+  signedIn.current = auth.state === 'signed-in';
+  const api = useMemo(
+    () => (token ? new Api(token, () => signOut(signedIn.current ? UNAUTHORIZED_NOW : UNAUTHORIZED)) : null),
+    [token, signOut],
+  );
 
   // Check a token (typed or remembered) before showing anything with it.
   useEffect(() => {
@@ -49,7 +60,7 @@ export function App() {
       },
       (e: unknown) => {
         if (ctrl.signal.aborted) return;
-        // A 401 signs out through the Api's callback (with the server's message).
+        // A 401 signs out through the Api's callback (UNAUTHORIZED).
         if (e instanceof ApiError && e.status === 401) return;
         if (e instanceof ApiError && e.status < 500) {
           signOut(`Could not check the token: ${e.message}`);

@@ -136,6 +136,12 @@ export function BuildPage({ id }: { id: string }) {
           </dd>
         </div>
       </dl>
+      {record.warning && running && (
+        <div class="warn-note" role="status" data-testid="build-warning">
+          <strong>Waiting</strong>
+          <span class="warn-message">{record.warning}</span>
+        </div>
+      )}
       {record.error && (
         <div class="error-note" role="alert" data-testid="build-error">
           <strong>Build {record.state}</strong>

@@ -155,8 +155,13 @@ function BuildRow({ b, now }: { b: BuildSummary; now: number }) {
       <td>
         <Badge status={b.state} />
         {b.error && (
-          <div class="cell-sub cell-error" title={b.error}>
+          <div class="cell-sub cell-error" title={b.error} data-testid="build-error">
             {b.error}
+          </div>
+        )}
+        {b.warning && (
+          <div class="cell-sub cell-warn" title={b.warning} data-testid="build-warning">
+            {b.warning}
           </div>
         )}
       </td>

@@ -1,4 +1,5 @@
 import { query } from './api';
+import { useRef } from 'preact/hooks';
 import { formatClock, formatPercent, formatTime } from './format';
 import { HitRateChart, TEAM_COLORS } from './hit-rate-chart';
 import { href, usePoll } from './hooks';
@@ -6,13 +7,49 @@ import { useSession } from './session';
 import type { CacheBucket, CacheStats } from './types';
 import { Card, Empty, ErrorNote, Loading, Meter, Stat } from './ui-kit';
 
-const RANGES = [
+interface Range {
+  hours: number;
+  bucketMinutes: number;
+  label: string;
+  /** Fitted to the data (the page without ?hours), not picked. */
+  fit?: boolean;
+}
+
+const RANGES: readonly Range[] = [
   { hours: 1, bucketMinutes: 1, label: '1 h' },
   { hours: 6, bucketMinutes: 5, label: '6 h' },
   { hours: 24, bucketMinutes: 15, label: '24 h' },
   { hours: 24 * 7, bucketMinutes: 120, label: '7 d' },
-] as const;
+];
+/** Without data to fit (no lookup in the last 7 days): this window. */
 const DEFAULT_HOURS = 6;
+/** Asked once when the page has no ?hours, to fit the window to the data: 7 days in 6-minute buckets. */
+const PROBE = { hours: 24 * 7, bucketMinutes: 6 };
+/** The windows a fitted one is one of (hours, buckets of minutes), smallest first. */
+const FIT_SPANS: ReadonlyArray<[number, number, string]> = [
+  [0.25, 1, '15 min'],
+  [0.5, 1, '30 min'],
+  [1, 1, '1 h'],
+  [2, 2, '2 h'],
+  [6, 5, '6 h'],
+  [12, 10, '12 h'],
+  [24, 15, '24 h'],
+  [72, 60, '3 d'],
+  [168, 120, '7 d'],
+];
+
+/**
+ * The window that fits the data: since the first lookup of the last 7 days, in the smallest
+ * span that holds it (a fleet that started 5 minutes ago gets 15 minutes of 1-minute buckets,
+ * not a sliver at the end of 6 hours). No lookup in 7 days: the 6 h window.
+ */
+export function fitRange(s: CacheStats, now: number): Range {
+  const first = s.overall.find((b) => b.lookups > 0);
+  if (!first) return RANGES.find((r) => r.hours === DEFAULT_HOURS)!;
+  const age = now - Date.parse(first.t);
+  const [hours, bucketMinutes, span] = FIT_SPANS.find(([h, b]) => h * 3600_000 >= age + b * 60_000) ?? FIT_SPANS[FIT_SPANS.length - 1]!;
+  return { hours, bucketMinutes, label: span, fit: true };
+}
 
 function totals(buckets: CacheBucket[]): { lookups: number; hits: number; rate: number | null } {
   const lookups = buckets.reduce((n, b) => n + b.lookups, 0);
@@ -23,14 +60,24 @@ function totals(buckets: CacheBucket[]): { lookups: number; hits: number; rate: 
 /** `#/cache?hours=&team=`: the cache hit rate over time, overall and per team. */
 export function CachePage({ params }: { params: URLSearchParams }) {
   const { api, who } = useSession();
-  const range = RANGES.find((r) => String(r.hours) === params.get('hours')) ?? RANGES.find((r) => r.hours === DEFAULT_HOURS)!;
+  const asked = RANGES.find((r) => String(r.hours) === params.get('hours'));
   const team = params.get('team') ?? '';
+  // No ?hours: the window is fitted to the data once (per team shown), then kept while the page is open.
+  const fitted = useRef<{ team: string; range: Range } | null>(null);
+  const load = (r: { hours: number; bucketMinutes: number }, signal: AbortSignal) => api.json<CacheStats>(`/v1/stats/cache${query({ hours: r.hours, bucketMinutes: r.bucketMinutes, team })}`, signal);
   const stats = usePoll(
-    (signal) => api.json<CacheStats>(`/v1/stats/cache${query({ hours: range.hours, bucketMinutes: range.bucketMinutes, team })}`, signal),
-    [api, range.hours, team],
+    async (signal): Promise<{ s: CacheStats; range: Range }> => {
+      const known = asked ?? (fitted.current?.team === team ? fitted.current.range : undefined);
+      if (known) return { s: await load(known, signal), range: known };
+      const fit = fitRange(await load(PROBE, signal), Date.now());
+      fitted.current = { team, range: fit };
+      return { s: await load(fit, signal), range: fit };
+    },
+    [api, asked?.hours, team],
     5000,
   );
-  const s = stats.data;
+  const range = stats.data?.range ?? asked ?? fitted.current?.range ?? RANGES.find((r) => r.hours === DEFAULT_HOURS)!;
+  const s = stats.data?.s;
   const overall = s ? totals(s.overall) : null;
   const teams = s ? Object.keys(s.teams).sort() : [];
 
@@ -44,7 +91,10 @@ export function CachePage({ params }: { params: URLSearchParams }) {
         </div>
       </div>
       <div class="filters">
-        <div class="segmented" data-testid="range">
+        <div class="segmented" data-testid="range" data-hours={range.hours}>
+          <a href={href(['cache'], { team })} class={range.fit ? 'on' : ''} title="since the first build of the last 7 days" data-fit={range.fit ? range.label : undefined}>
+            Fit
+          </a>
           {RANGES.map((r) => (
             <a key={r.hours} href={href(['cache'], { hours: String(r.hours), team })} class={r === range ? 'on' : ''}>
               {r.label}
@@ -54,7 +104,7 @@ export function CachePage({ params }: { params: URLSearchParams }) {
         {who.admin && teams.length > 0 && (
           <label class="filter">
             <span>Team</span>
-            <select value={team} onChange={(e) => (location.hash = href(['cache'], { hours: String(range.hours), team: e.currentTarget.value }))}>
+            <select value={team} onChange={(e) => (location.hash = href(['cache'], { hours: range.fit ? '' : String(range.hours), team: e.currentTarget.value }))}>
               <option value="">All teams</option>
               {[...new Set([...teams, ...(team ? [team] : [])])].map((t) => (
                 <option key={t} value={t}>

@@ -19,6 +19,18 @@ function toData(stats: CacheStats, teams: string[]): uPlot.AlignedData {
   return [xs, stats.overall.map((b) => (b.lookups > 0 ? b.lookups : null)), stats.overall.map((b) => rate(b.rate)), ...byTeam];
 }
 
+function showLatest(u: uPlot): void {
+  const n = u.data[0].length;
+  if (n > 0 && u.cursor.idx == null) u.setLegend({ idx: n - 1 });
+}
+
+/** `Dec 2 16:40–16:45`: a bucket by its start and end. */
+export function bucketLabel(startS: number | null, bucketSeconds: number): string {
+  if (startS === null) return '—';
+  const day = new Date(startS * 1000).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
+  return `${day} ${formatClock(startS * 1000, false)}–${formatClock((startS + bucketSeconds) * 1000, false)}`;
+}
+
 function options(width: number, teams: string[], bucketSeconds: number): uPlot.Options {
   const barPaths = uPlot.paths.bars?.({ size: [0.7, 24] });
   const axisStroke = '#6b7280';
@@ -28,6 +40,8 @@ function options(width: number, teams: string[], bucketSeconds: number): uPlot.O
     height: 280,
     cursor: { points: { size: 7 }, drag: { x: false, y: false } },
     legend: { live: true },
+    // With the cursor off the chart the legend shows the latest bucket, not a row of dashes.
+    hooks: { ready: [showLatest], setData: [showLatest], setCursor: [showLatest] },
     scales: {
       // Half a bucket of room on each side, so the first and the latest bucket are not cut in half.
       x: { time: true, range: (_u, min, max) => [(min ?? 0) - bucketSeconds / 2, (max ?? 0) + bucketSeconds / 2] },
@@ -50,7 +64,8 @@ function options(width: number, teams: string[], bucketSeconds: number): uPlot.O
       { scale: 'n', side: 1, stroke: axisStroke, grid: { show: false }, size: 40, values: (_u, vals) => vals.map((v) => (Number.isInteger(v) ? String(v) : '')) },
     ],
     series: [
-      { value: (_u, v) => (v === null ? '—' : `${new Date(v * 1000).toLocaleDateString(undefined, { month: 'short', day: 'numeric' })} ${formatClock(v * 1000, false)}`) },
+      // The bucket the cursor is on (its start), or, with the cursor off the chart, the latest bucket.
+      { label: 'bucket', value: (u, v, _s, idx) => bucketLabel(v ?? (idx == null ? null : (u.data[0][idx] ?? null)), bucketSeconds) },
       {
         label: `lookups / ${bucketSeconds >= 3600 ? `${bucketSeconds / 3600} h` : `${bucketSeconds / 60} min`}`,
         scale: 'n',
@@ -66,7 +81,8 @@ function options(width: number, teams: string[], bucketSeconds: number): uPlot.O
         scale: 'pct',
         stroke: OVERALL,
         width: 2.5,
-        spanGaps: true,
+        // An empty bucket is a gap, not a line drawn across it.
+        spanGaps: false,
         points: { show: true, size: 6, fill: OVERALL },
         value: (_u, v) => (v === null ? '—' : `${v.toFixed(1)}%`),
       },
@@ -76,7 +92,8 @@ function options(width: number, teams: string[], bucketSeconds: number): uPlot.O
         stroke: TEAM_COLORS[i % TEAM_COLORS.length]!,
         width: 1.5,
         dash: [5, 4],
-        spanGaps: true,
+        // An empty bucket is a gap, not a line drawn across it.
+        spanGaps: false,
         points: { show: true, size: 5 },
         value: (_u: uPlot, v: number | null) => (v === null ? '—' : `${v.toFixed(1)}%`),
       })),
