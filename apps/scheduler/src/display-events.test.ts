@@ -35,6 +35,15 @@ describe('DisplayEvents', () => {
     expect(types.filter((t) => t === 'layer-done')).toHaveLength(1);
   });
 
+  it('leaves a failed layer\'s worker-local log path out: the log is the API\'s', () => {
+    const d = new DisplayEvents(rec, url);
+    const out = d.fromFleet({
+      type: 'engine', at: 2, index: 1, worker: 'w1',
+      event: { type: 'layer-failed', at: 2, index: 1, name: '02_tools', key: key('b'), seconds: 1, message: 'layer 02_tools exited with status 3', exitCode: 3, timedOut: false, logPath: '/var/lib/vmlb/layers/x.failed.log', logTail: 'oops' },
+    });
+    expect(out.find((e) => e.type === 'layer-failed')).toMatchObject({ message: 'layer 02_tools exited with status 3', logPath: '', logTail: 'oops' });
+  });
+
   it('ends with the image, the summary and how to pull it', () => {
     const d = new DisplayEvents(rec, url);
     const done: BuildRecord = { ...rec, state: 'done', finishedAt: '2026-01-01T00:00:10.000Z', image: { key: key('b'), path: `images/${key('b')}.qcow2`, bytes: 5 } };

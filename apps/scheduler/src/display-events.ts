@@ -58,7 +58,9 @@ export class DisplayEvents {
         case 'layer-done':
         case 'layer-failed':
           this.ensureStarted(l.index, e.at, out);
-          if (!this.ended.has(l.index)) out.push({ ...e, index: l.index, name: l.name });
+          // A failed layer's log path is the worker's own (its local store): nothing a user of the
+          // fleet can open. The log is the layer's in the API (/v1/builds/:id/layers/:index/log).
+          if (!this.ended.has(l.index)) out.push(e.type === 'layer-failed' ? { ...e, index: l.index, name: l.name, logPath: '' } : { ...e, index: l.index, name: l.name });
           this.ended.add(l.index);
           return out;
         case 'layer-log':
