@@ -33,6 +33,12 @@ export interface MetricSources {
   leading?: () => boolean;
 }
 
+/**
+ * The refusals of an upload itself (upload.ts, project-archive.ts): their series start at 0.
+ * Other 4xx answers to a submission (a bad token, …) get theirs when they first happen.
+ */
+export const UPLOAD_REFUSALS = ['EMPTY_UPLOAD', 'UPLOAD_TOO_LARGE', 'UPLOAD_INCOMPLETE', 'UPLOAD_STALLED', 'NOT_A_TAR_GZ', 'EMPTY_ARCHIVE', 'ARCHIVE_TOO_LARGE', 'TOO_MANY_ENTRIES', 'UNSAFE_ENTRY'] as const;
+
 /** The `kind` label of a queue series: what its jobs do (the worker's `queue` label says the same). */
 export const QUEUE_KINDS = [['layers', 'layer'], ['flatten', 'flatten']] as const;
 
@@ -96,6 +102,7 @@ export class SchedulerMetrics {
     });
     this.lookups = new Counter({ ...LAYER_CACHE_LOOKUPS, labelNames: [...LAYER_CACHE_LOOKUPS.labelNames], registers, collect: initNow });
     this.uploadsRefused = new Counter({ name: 'vmlb_uploads_refused_total', help: 'Project uploads refused, by reason (error code).', labelNames: ['reason'], registers });
+    for (const reason of UPLOAD_REFUSALS) this.uploadsRefused.inc({ reason }, 0);
     this.uploadBytes = new Histogram({
       name: 'vmlb_upload_bytes',
       help: 'Sizes of accepted project uploads.',
