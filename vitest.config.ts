@@ -13,6 +13,7 @@ const FLEET_FILES = [
   'dev-fleet',
   'fleet',
   'fleet-faults',
+  'fleet-follow',
   'history',
   'hit-rate',
   'metrics',

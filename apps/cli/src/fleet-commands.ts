@@ -25,12 +25,12 @@ export const FLEET_USAGE_CODES = ['FLEET_USAGE', 'FLEET_AUTH', 'FLEET_REFUSED', 
 /** Codes for "cannot reach the scheduler or what it needs" (exit 3): an outage, not a failed build. */
 export const FLEET_OUTAGE_CODES = ['FLEET_UNREACHABLE', 'FLEET_UNAVAILABLE'];
 
-interface Endpoint {
+export interface Endpoint {
   server: string;
   token: string;
 }
 
-interface ConnOpts {
+export interface ConnOpts {
   server?: string;
   token?: string;
 }
@@ -43,7 +43,7 @@ export function configFile(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(base, 'vmlb', 'config.json');
 }
 
-async function endpointFrom(o: ConnOpts): Promise<Endpoint> {
+export async function endpointFrom(o: ConnOpts): Promise<Endpoint> {
   let file: { server?: unknown; token?: unknown } = {};
   const where = configFile();
   if (!o.server || !o.token) {
@@ -88,7 +88,7 @@ interface ApiError {
   error?: { code?: string; message?: string; entry?: string };
 }
 
-async function request(ep: Endpoint, method: string, route: string, init: { body?: Buffer; headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<Response> {
+export async function request(ep: Endpoint, method: string, route: string, init: { body?: Buffer; headers?: Record<string, string>; signal?: AbortSignal } = {}): Promise<Response> {
   try {
     return await fetch(`${ep.server}${route}`, {
       method,
@@ -105,7 +105,7 @@ async function request(ep: Endpoint, method: string, route: string, init: { body
 }
 
 /** Turns a refusal into a VmlbError that says what to do; passes a 2xx through. */
-async function check(res: Response, what: string): Promise<Response> {
+export async function check(res: Response, what: string): Promise<Response> {
   if (res.ok) return res;
   let body: ApiError = {};
   const text = await res.text().catch(() => '');
@@ -235,7 +235,7 @@ async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseMes
   }
 }
 
-interface BuildRecordLite {
+export interface BuildRecordLite {
   id: string;
   team: string;
   state: string;
@@ -246,6 +246,11 @@ interface BuildRecordLite {
   finishedAt?: string;
   image: { key: string; path: string; bytes: number } | null;
   layers: Array<{ index: number; name: string; key: string; status: string }>;
+  projectName?: string;
+  gitBranch?: string;
+  gitCommit?: string;
+  gitDirty?: boolean;
+  submitter?: string;
 }
 
 /** How long a follower keeps trying to reach a scheduler that went away, before it gives up (exit 3). */
@@ -260,7 +265,7 @@ const RECONNECT_MAX_DELAY_MS = 10_000;
  * last event seen (Last-Event-ID); the build goes on in the fleet meanwhile. A build that is
  * gone (404) or a refused token ends it at once.
  */
-async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) => void, signal: AbortSignal, reconnectForMs = RECONNECT_FOR_MS): Promise<BuildRecordLite> {
+export async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) => void, signal: AbortSignal, reconnectForMs = RECONNECT_FOR_MS): Promise<BuildRecordLite> {
   let lastId: string | undefined;
   let failures = 0;
   let downSince: number | undefined;
@@ -307,16 +312,16 @@ async function followBuild(ep: Endpoint, id: string, onEvent: (e: BuildEvent) =>
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-const serverOption = () => new Option('--server <url>', 'the scheduler, e.g. http://127.0.0.1:8080').env('VMLB_SERVER');
-const tokenOption = () => new Option('--token <token>', 'your team\'s token (prefer the variable: a flag shows in ps)').env('VMLB_TOKEN');
+export const serverOption = () => new Option('--server <url>', 'the scheduler, e.g. http://127.0.0.1:8080').env('VMLB_SERVER');
+export const tokenOption = () => new Option('--token <token>', 'your team\'s token (prefer the variable: a flag shows in ps)').env('VMLB_TOKEN');
 
-function buildIdArg(v: string): string {
+export function buildIdArg(v: string): string {
   if (!/^b[0-9a-z]{8,40}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a build id (they look like b0mhx3k2p7a1b2c3d4e5; \`vmlb builds\` lists yours)`);
   return v;
 }
 
 /** Ctrl-C while following: the build goes on in the fleet; say how to get back to it. */
-function detachOnInterrupt(ac: AbortController, id: () => string | undefined): () => void {
+export function detachOnInterrupt(ac: AbortController, id: () => string | undefined): () => void {
   const onSignal = () => {
     const b = id();
     process.stderr.write(
@@ -348,21 +353,26 @@ interface ListedBuild {
   projectName?: string;
   gitBranch?: string;
   gitCommit?: string;
+  gitDirty?: boolean;
+  submitter?: string;
 }
 
-/** `name@branch (commit)`, or what of it the build has; `-` for none. */
-function projectLabel(b: ListedBuild): string {
+/** `name@branch commit`, `-dirty` after the commit when the work tree had changes; `-` for none. */
+export function projectLabel(b: Pick<ListedBuild, 'projectName' | 'gitBranch' | 'gitCommit' | 'gitDirty'>): string {
   const name = b.projectName ?? '';
   const at = b.gitBranch ? `@${b.gitBranch}` : '';
-  const commit = b.gitCommit ? ` ${b.gitCommit.slice(0, 8)}` : '';
+  const commit = b.gitCommit ? ` ${b.gitCommit.slice(0, 8)}${b.gitDirty ? '-dirty' : ''}` : b.gitDirty ? ' dirty' : '';
   return `${name}${at}${commit}`.trim() || '-';
 }
 
 /**
  * What the fleet's history records of a submission (apps/scheduler/src/submission-meta.ts): the
  * project's name (--name, else its folder's), the git commit and branch of its folder when it is
- * in a git work tree (none when git is missing or it is not), and who submitted it
- * (VMLB_SUBMITTER, else user@host). Percent-encoded, so any UTF-8 goes through a header.
+ * in a git work tree (none when git is missing or it is not) and whether the folder had changes
+ * git has not committed (`git status --porcelain -- .`: modified, staged or untracked files under
+ * it, ignored ones aside), and who submitted it (VMLB_SUBMITTER, else user@host; the scheduler
+ * records the token's name instead when the teams file names the token). Percent-encoded, so
+ * any UTF-8 goes through a header.
  */
 async function submissionHeaders(projectDir: string, name: string | undefined): Promise<Record<string, string>> {
   const git = async (...args: string[]): Promise<string | undefined> => {
@@ -372,6 +382,8 @@ async function submissionHeaders(projectDir: string, name: string | undefined): 
     });
   };
   const [commit, branch] = [await git('rev-parse', '--verify', '-q', 'HEAD'), await git('symbolic-ref', '--short', '-q', 'HEAD')];
+  // Clean is an empty answer, which git() reads as none: ask whether it answered at all.
+  const status = commit ? await git('status', '--porcelain', '--untracked-files=normal', '--', '.').then((out) => out ?? '') : undefined;
   let who = process.env.VMLB_SUBMITTER;
   if (!who) {
     try {
@@ -387,6 +399,7 @@ async function submissionHeaders(projectDir: string, name: string | undefined): 
   put('x-vmlb-project-name', name ?? path.basename(projectDir));
   put('x-vmlb-git-commit', commit && /^[0-9a-f]{4,64}$/.test(commit) ? commit : undefined);
   put('x-vmlb-git-branch', branch);
+  if (status !== undefined) out['x-vmlb-git-dirty'] = status === '' ? '0' : '1';
   put('x-vmlb-submitter', who);
   return out;
 }
@@ -492,11 +505,14 @@ export function registerFleetCommands(program: Command): void {
     .option('--project <name>', 'only builds of this project name')
     .option('--branch <branch>', 'only builds of this git branch')
     .option('--commit <sha>', 'only builds of this git commit (or a prefix of it)')
-    .option('--submitter <who>', 'only builds this submitter sent')
+    .option('--submitter <who>', 'only builds this submitter sent (the token\'s name, when the teams file names it)')
+    .option('--dirty', 'only builds of a work tree with uncommitted changes')
+    .option('--clean', 'only builds of a clean git work tree')
     .option('--since <time>', 'only builds submitted since this ISO time (e.g. 2026-12-01)')
     .option('--limit <n>', 'at most this many', '20')
     .option('--json', 'print the list as JSON')
-    .action(async (o: ConnOpts & { state?: string; team?: string; pool?: string; limit: string; json?: boolean; search?: string; project?: string; branch?: string; commit?: string; submitter?: string; since?: string }) => {
+    .action(async (o: ConnOpts & { state?: string; team?: string; pool?: string; limit: string; json?: boolean; search?: string; project?: string; branch?: string; commit?: string; submitter?: string; since?: string; dirty?: boolean; clean?: boolean }) => {
+      if (o.dirty && o.clean) throw new VmlbError('FLEET_USAGE', 'give --dirty or --clean, not both');
       const ep = await endpointFrom(o);
       const q = new URLSearchParams({ limit: o.limit });
       if (o.state) q.set('state', o.state);
@@ -504,6 +520,7 @@ export function registerFleetCommands(program: Command): void {
       if (o.pool) q.set('pool', o.pool);
       if (o.search) q.set('q', o.search);
       for (const k of ['project', 'branch', 'commit', 'submitter', 'since'] as const) if (o[k]) q.set(k, o[k]!);
+      if (o.dirty || o.clean) q.set('dirty', o.dirty ? '1' : '0');
       const res = await check(await request(ep, 'GET', `/v1/builds?${q}`), 'listing builds');
       const listed = (await res.json()) as { builds: Array<ListedBuild> };
       // A summary from before pools names none: it is pool default's.
@@ -517,8 +534,8 @@ export function registerFleetCommands(program: Command): void {
         return;
       }
       const rows = [
-        ['BUILD', 'TEAM', 'POOL', 'PROJECT', 'STATE', 'LAYERS', 'CREATED', 'TOOK'],
-        ...builds.map((b) => [b.id, b.team, b.pool, projectLabel(b), b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)]),
+        ['BUILD', 'TEAM', 'POOL', 'PROJECT', 'SUBMITTER', 'STATE', 'LAYERS', 'CREATED', 'TOOK'],
+        ...builds.map((b) => [b.id, b.team, b.pool, projectLabel(b), b.submitter ?? '-', b.state, `${b.layers} (${b.hits} cached, ${b.built} built)`, ago(b.createdAt), duration(b)]),
       ];
       const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
       for (const r of rows) process.stdout.write(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n');

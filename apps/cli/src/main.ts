@@ -21,6 +21,7 @@ import {
 } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
 import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
+import { registerFollowCommands } from './follow-commands.js';
 import { registerImageCommands } from './image-commands.js';
 import { VERSION } from './version.js';
 
@@ -218,6 +219,7 @@ program
   });
 
 registerFleetCommands(program);
+registerFollowCommands(program);
 registerImageCommands(program);
 
 function exitCodeFor(e: unknown): number {

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { VmlbError } from '@vmlb/layer-engine';
-import type { BuildState, BuildSummary, HitRateBucket, HitRateSeries, LayerRecord } from '@vmlb/fleet';
+import type { BuildState, BuildSummary, HitRateBucket, HitRateSeries, LayerRecord, TrendBuild, TrendLayer } from '@vmlb/fleet';
 import { BUILD_ID, FINAL_STATES, summarize, type StoredRecord } from './build-records.js';
 import { migrate } from './history-migrations.js';
 
@@ -29,6 +29,8 @@ export interface HistoryQuery {
   /** A git commit or its prefix. */
   commit?: string;
   submitter?: string;
+  /** Only builds whose folder was dirty (true) / clean (false) in git. */
+  dirty?: boolean;
   /** Submitted at or after / before (ISO times). */
   since?: string;
   until?: string;
@@ -59,6 +61,7 @@ function rowOf(r: StoredRecord) {
     project_name: r.projectName ?? null,
     git_commit: r.gitCommit ?? null,
     git_branch: r.gitBranch ?? null,
+    git_dirty: r.gitDirty ?? null,
     submitter: r.submitter ?? null,
     created_at: r.createdAt,
     finished_at: r.finishedAt ?? null,
@@ -72,8 +75,8 @@ function rowOf(r: StoredRecord) {
 }
 
 const INPUT = `jsonb_to_recordset($1::jsonb) AS r(id text, team text, pool text, state text, project_hash text, project_name text, git_commit text,
-  git_branch text, submitter text, created_at timestamptz, finished_at timestamptz, layer_count int, hits int, built int, error text, doc jsonb, layers jsonb)`;
-const COLUMNS = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, error, doc';
+  git_branch text, git_dirty boolean, submitter text, created_at timestamptz, finished_at timestamptz, layer_count int, hits int, built int, error text, doc jsonb, layers jsonb)`;
+const COLUMNS = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, git_dirty, submitter, created_at, finished_at, layer_count, hits, built, error, doc';
 
 /** The one write: builds upserted (a final row only by the same state), their layers with them, their teams. */
 const WRITE_SQL = (mode: 'update' | 'skip' | 'force') => `
@@ -113,7 +116,7 @@ const LOOKUPS = `(builds.hits + builds.built + CASE WHEN builds.hits + builds.bu
   THEN (SELECT count(*)::int FROM build_layers l WHERE l.build_id = builds.id AND l.status = 'failed') ELSE 0 END)`;
 
 /** The columns a listing line is made of. */
-const SUMMARY = `id, team, pool, state, project_hash, project_name, git_commit, git_branch, submitter, created_at, finished_at, layer_count, hits, built, ${LOOKUPS} AS lookups, error`;
+const SUMMARY = `id, team, pool, state, project_hash, project_name, git_commit, git_branch, git_dirty, submitter, created_at, finished_at, layer_count, hits, built, ${LOOKUPS} AS lookups, error`;
 
 interface SummaryRow {
   id: string;
@@ -124,6 +127,7 @@ interface SummaryRow {
   project_name: string | null;
   git_commit: string | null;
   git_branch: string | null;
+  git_dirty: boolean | null;
   submitter: string | null;
   created_at: Date;
   finished_at: Date | null;
@@ -139,6 +143,7 @@ function summaryOf(r: SummaryRow): BuildSummary {
   if (r.project_name !== null) s.projectName = r.project_name;
   if (r.git_commit !== null) s.gitCommit = r.git_commit;
   if (r.git_branch !== null) s.gitBranch = r.git_branch;
+  if (r.git_dirty !== null) s.gitDirty = r.git_dirty;
   if (r.submitter !== null) s.submitter = r.submitter;
   if (r.finished_at) s.finishedAt = r.finished_at.toISOString();
   if (r.error !== null) s.error = r.error;
@@ -279,6 +284,8 @@ export class BuildHistory {
     if (q.branch !== undefined) where.push(`git_branch = ${p(q.branch)}`);
     if (q.commit !== undefined) where.push(`git_commit LIKE ${p(`${escapeLike(q.commit.toLowerCase())}%`)}`);
     if (q.submitter !== undefined) where.push(`submitter = ${p(q.submitter)}`);
+    if (q.dirty === true) where.push('git_dirty');
+    else if (q.dirty === false) where.push('git_dirty = false');
     if (q.q) where.push(`search LIKE ${p(`%${escapeLike(q.q.toLowerCase())}%`)}`);
     if (q.since) where.push(`created_at >= ${p(q.since)}`);
     if (q.until) where.push(`created_at < ${p(q.until)}`);
@@ -286,6 +293,41 @@ export class BuildHistory {
     const sql = `SELECT ${SUMMARY} FROM builds ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id DESC LIMIT ${p(q.limit)}`;
     const r = await this.query<SummaryRow>('listing builds', sql, args);
     return r.rows.map(summaryOf);
+  }
+
+  /**
+   * A project's last `limit` builds (of one branch, if given), newest first, each with its
+   * layers' outcome and seconds: the dashboard's project page. Per team one range of the index
+   * on (team, project_name[, git_branch], created_at DESC, id DESC), read to its first `limit`
+   * rows, then the layers of those builds by their primary key.
+   */
+  async trend(q: { teams: string[]; project: string; branch?: string; limit: number }): Promise<TrendBuild[]> {
+    if (q.teams.length === 0) return [];
+    const args: unknown[] = [q.teams, q.project, q.limit];
+    const branch = q.branch === undefined ? '' : `AND git_branch = $${args.push(q.branch)}`;
+    const r = await this.query<{
+      id: string; team: string; state: BuildState; created_at: Date; finished_at: Date | null; seconds: number | null;
+      git_branch: string | null; git_commit: string | null; git_dirty: boolean | null; submitter: string | null; hits: number; built: number; layers: TrendLayer[] | null;
+    }>(
+      `reading project ${q.project}'s builds`,
+      `SELECT b.id, b.team, b.state, b.created_at, b.finished_at, b.seconds, b.git_branch, b.git_commit, b.git_dirty, b.submitter, b.hits, b.built,
+         (SELECT jsonb_agg(jsonb_build_object('index', l.idx, 'name', l.name, 'status', l.status, 'seconds', l.seconds, 'key', l.key) ORDER BY l.idx)
+          FROM build_layers l WHERE l.build_id = b.id) AS layers
+       FROM unnest($1::text[]) AS t(team),
+       LATERAL (SELECT * FROM builds WHERE team = t.team AND project_name = $2 ${branch} ORDER BY created_at DESC, id DESC LIMIT $3) AS b
+       ORDER BY b.created_at DESC, b.id DESC
+       LIMIT $3`,
+      args,
+    );
+    return r.rows.map((x) => {
+      const b: TrendBuild = { id: x.id, team: x.team, state: x.state, createdAt: x.created_at.toISOString(), seconds: x.seconds === null ? null : Math.round(x.seconds * 10) / 10, hits: x.hits, built: x.built, layers: x.layers ?? [] };
+      if (x.finished_at) b.finishedAt = x.finished_at.toISOString();
+      if (x.git_branch !== null) b.gitBranch = x.git_branch;
+      if (x.git_commit !== null) b.gitCommit = x.git_commit;
+      if (x.git_dirty !== null) b.gitDirty = x.git_dirty;
+      if (x.submitter !== null) b.submitter = x.submitter;
+      return b;
+    });
   }
 
   /** Every team with builds on record. */

@@ -58,6 +58,8 @@ export function summarize(r: BuildRecord): BuildSummary {
     built: r.layers.filter((l) => l.status === 'done').length,
     lookups: lookupsOf(r),
   };
+  // What vmlb submit said of the project (a followed build's line must show it as the history's does).
+  for (const k of ['projectName', 'gitCommit', 'gitBranch', 'gitDirty', 'submitter'] as const) if (r[k] !== undefined) (s as unknown as Record<string, unknown>)[k] = r[k];
   if (r.finishedAt) s.finishedAt = r.finishedAt;
   if (r.error) s.error = r.error;
   return s;

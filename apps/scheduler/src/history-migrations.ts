@@ -91,6 +91,20 @@ export const MIGRATIONS: ReadonlyArray<{ version: number; name: string; sql: str
       CREATE INDEX builds_team_state_time ON builds (team, state, created_at DESC, id DESC) WHERE state <> 'done';
     `,
   },
+  {
+    version: 3,
+    name: 'whether a build\'s work tree was dirty; a project\'s last builds newest first',
+    sql: `
+      -- vmlb submit says whether the project's folder had uncommitted changes (null: not a git
+      -- work tree, or a record from before).
+      ALTER TABLE builds ADD COLUMN git_dirty boolean;
+      -- A team's dirty builds, newest first (the clean ones are most: builds_team_time serves them).
+      CREATE INDEX builds_team_dirty_time ON builds (team, created_at DESC, id DESC) WHERE git_dirty;
+      -- A project's trend (its last N builds, and of one branch): v1's builds_team_project has no
+      -- id to break ties and no branch; this one answers both straight off the index.
+      CREATE INDEX builds_team_project_branch_time ON builds (team, project_name, git_branch, created_at DESC, id DESC);
+    `,
+  },
 ];
 
 /** An arbitrary constant: the advisory lock the migrations (and the import) run under. */

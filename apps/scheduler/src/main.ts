@@ -14,7 +14,7 @@ const log = jsonLogger(process.stderr, { app: 'scheduler' });
 async function main(): Promise<void> {
   const config = fleetConfigFrom(process.env, { teams: true, database: true });
   const teams = await Teams.load(config.teamsFile!);
-  const scheduler = await createScheduler({ config, teams, log });
+  const scheduler = await createScheduler({ config, teams, log, grafanaUrl: process.env.VMLB_GRAFANA_URL || undefined });
   const url = await scheduler.listen();
   log.info('scheduler listening', { url, teams: teams.names.length, shared: config.shared.url, redis: describeRedisTarget(config.redis) });
 

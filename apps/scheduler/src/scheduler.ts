@@ -28,6 +28,7 @@ import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
 import { registerInsightRoutes } from './insight-routes.js';
 import { WorkerPresence } from './worker-presence.js';
+import { grafanaTemplate, registerProjectRoutes } from './project-routes.js';
 import { registerDashboard } from '@vmlb/web-dashboard';
 
 export interface SchedulerOptions {
@@ -42,6 +43,8 @@ export interface SchedulerOptions {
   follower?: FollowerOptions;
   lease?: LeaseOptions;
   log?: Logger;
+  /** A build's link to its Grafana/Prometheus view: VMLB_GRAFANA_URL (project-routes.ts). @default none */
+  grafanaUrl?: string;
 }
 
 export interface Scheduler {
@@ -87,6 +90,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   await mkdir(workDir, { recursive: true });
   const ownsWorkDir = !opts.workDir;
   if (!config.databaseUrl) throw new VmlbError('FLEET_CONFIG', 'VMLB_DATABASE_URL: not set (the PostgreSQL database of the build history: postgres://USER:PASSWORD@HOST:PORT/DATABASE)');
+  if (opts.grafanaUrl) grafanaTemplate(opts.grafanaUrl); // a bad one stops the start, naming the variable
   const instanceId = `${os.hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
   const redis: Redis = redisConnection(config.redis, 'vmlb-scheduler');
@@ -248,6 +252,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   };
 
   registerInsightRoutes(app, { redis, pools, records, follower, objects, visibleBuild, listedTeams, needsRedis });
+  registerProjectRoutes(app, { records, visibleBuild, listedTeams, grafanaUrl: opts.grafanaUrl });
   // The web dashboard at `/` (its files; it reads the /v1 routes with the user's token).
   await registerDashboard(app);
 
@@ -283,6 +288,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       // ?flatten=1: the build makes one flattened image besides its chain (vmlb submit --flatten).
       const flatten = ['1', 'true', 'yes'].includes(String((req.query as { flatten?: string }).flatten ?? ''));
       const meta = submissionMeta(req.headers);
+      // Who submitted it: the token's name within the team, when the teams file gives one.
+      if (team.tokenName !== undefined) meta.submitter = team.tokenName;
       record = await submitBuild({ view: pools.view(team.pool), objects, records, flows, scratch, workDir, archiveLimits: opts.archiveLimits }, team, upload, flatten ? 'flattened' : 'chain', meta);
     } finally {
       await upload.discard();
@@ -305,7 +312,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   /**
    * Builds, newest first, from the history: `?team&pool&state` (a state or `active`), `q` (text
    * in the project name, branch, commit or submitter), `project`, `branch`, `commit` (a prefix),
-   * `submitter`, `since`/`until` (ISO times), `limit` (1–1000, default 50), and `before=ID` for
+   * `submitter`, `dirty` (1: only builds of a dirty work tree, 0: only clean ones), `since`/`until` (ISO times), `limit` (1–1000, default 50), and `before=ID` for
    * the page after the one that ended with build ID.
    */
   app.get('/v1/builds', async (req) => {
@@ -319,6 +326,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     for (const k of ['q', 'project', 'branch', 'commit', 'submitter'] as const) {
       if (q[k] !== undefined && (q[k]!.length > 200 || q[k]!.length === 0)) throw new HttpError(400, 'BAD_QUERY', `${k} must be 1 to 200 characters`);
     }
+    if (q.dirty !== undefined && !['1', '0', 'true', 'false'].includes(q.dirty)) throw new HttpError(400, 'BAD_QUERY', `dirty must be 1 or 0 (not ${q.dirty})`);
     const time = (k: 'since' | 'until') => {
       if (q[k] === undefined) return undefined;
       const t = Date.parse(q[k]!);
@@ -342,6 +350,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
       branch: q.branch,
       commit: q.commit,
       submitter: q.submitter,
+      dirty: q.dirty === undefined ? undefined : q.dirty === '1' || q.dirty === 'true',
       since: time('since'),
       until: time('until'),
       before,

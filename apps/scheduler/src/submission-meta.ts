@@ -9,12 +9,14 @@ import { HttpError } from './http-error.js';
  *   x-vmlb-project-name   the project's name (its folder's, or --name)
  *   x-vmlb-git-commit     the commit its folder is at (hex, 4 to 64 digits)
  *   x-vmlb-git-branch     the branch its folder is on
- *   x-vmlb-submitter      who submitted it (VMLB_SUBMITTER, else user@host)
+ *   x-vmlb-git-dirty      1 when its folder had uncommitted changes, 0 when clean
+ *   x-vmlb-submitter      who submitted it (VMLB_SUBMITTER, else user@host); the name of the
+ *                         team's token, when the teams file names it, wins over this
  *
  * They are what the history's filters and search look at; the team is always the token's.
  * A bad one is a 400 naming the header.
  */
-export type SubmissionMeta = Pick<BuildRecord, 'projectName' | 'gitCommit' | 'gitBranch' | 'submitter'>;
+export type SubmissionMeta = Pick<BuildRecord, 'projectName' | 'gitCommit' | 'gitBranch' | 'gitDirty' | 'submitter'>;
 
 const FIELDS = [
   ['x-vmlb-project-name', 'projectName'],
@@ -25,6 +27,13 @@ const FIELDS = [
 
 export function submissionMeta(headers: IncomingHttpHeaders): SubmissionMeta {
   const meta: SubmissionMeta = {};
+  const dirty = headers['x-vmlb-git-dirty'];
+  if (dirty !== undefined) {
+    const v = Array.isArray(dirty) ? null : dirty.trim().toLowerCase();
+    if (v === '1' || v === 'true') meta.gitDirty = true;
+    else if (v === '0' || v === 'false') meta.gitDirty = false;
+    else throw new HttpError(400, 'BAD_HEADER', `x-vmlb-git-dirty: ${v === null ? 'given more than once' : `"${dirty}" is not 1 or 0`}`);
+  }
   for (const [header, field] of FIELDS) {
     const raw = headers[header];
     if (raw === undefined) continue;

@@ -41,4 +41,25 @@ describe('Teams', () => {
       /pool a reads pool nowhere, which no team is in and "pools" does not list/,
     );
   });
+
+  it('names tokens within a team: "name" beside one token, or a list of "tokens"', () => {
+    const t = Teams.parse(
+      JSON.stringify([
+        { team: 'web', tokens: [{ name: 'alice', tokenSha256: sha256Hex('a') }, { name: 'ci', tokenSha256: sha256Hex('c') }] },
+        { team: 'ops', tokenSha256: sha256Hex('o'), name: 'oncall', admin: true },
+        { team: 'data', tokenSha256: sha256Hex('d') },
+      ]),
+      'named',
+    );
+    expect(t.authenticate('a')).toEqual({ team: 'web', admin: false, pool: 'default', tokenName: 'alice' });
+    expect(t.authenticate('c')).toEqual({ team: 'web', admin: false, pool: 'default', tokenName: 'ci' });
+    expect(t.authenticate('o')).toEqual({ team: 'ops', admin: true, pool: 'default', tokenName: 'oncall' });
+    expect(t.authenticate('d')).toEqual({ team: 'data', admin: false, pool: 'default' });
+    expect(t.names).toEqual(['web', 'ops', 'data']);
+    expect(t.list).toEqual([{ team: 'web', pool: 'default' }, { team: 'ops', pool: 'default' }, { team: 'data', pool: 'default' }]);
+    const bad = JSON.stringify([{ team: 'web', tokens: [{ name: '', tokenSha256: sha256Hex('3') }, { name: 'b', tokenSha256: 'x' }] }]);
+    expect(() => Teams.parse(bad, 'bad')).toThrow(/2 problems[\s\S]*tokens\[0\]: "name"[\s\S]*tokens\[1\] \(b\): "tokenSha256"/);
+    const twice = JSON.stringify([{ team: 'web', tokens: [{ name: 'a', tokenSha256: sha256Hex('1') }, { name: 'a', tokenSha256: sha256Hex('2') }] }]);
+    expect(() => Teams.parse(twice, 'twice')).toThrow(/1 problem:[\s\S]*two tokens are named a/);
+  });
 });

@@ -9,7 +9,10 @@ import { DEFAULT_POOL, POOL_NAME } from '@vmlb/fleet';
  *   { "teams": [{ "team": "web", "tokenSha256": "…", "admin": false, "pool": "a" }, …],
  *     "pools": { "a": { "reads": ["platform"] }, "platform": {} } }
  *
- * or, as before pools, just the list of teams (every team in pool `default`). A team names no
+ * or, as before pools, just the list of teams (every team in pool `default`). A token may have a
+ * name within its team (who or what holds it: "alice", "ci"), recorded as a build's submitter:
+ * `"name"` beside `"tokenSha256"`, or several tokens of one team as
+ * `"tokens": [{ "name": "alice", "tokenSha256": "…" }, …]` (instead of, or besides, `tokenSha256`). A team names no
  * pool: `default`. A pool named by a team or a `reads` must be a valid name; `reads` may only
  * name pools that exist (a team's, or one listed under "pools").
  * Only token hashes are kept: a request's token is hashed and compared with every team's hash
@@ -19,6 +22,8 @@ export interface Team {
   team: string;
   admin: boolean;
   pool: string;
+  /** The name of the token within the team, when the teams file gives one. */
+  tokenName?: string;
 }
 
 export interface Pool {
@@ -30,6 +35,9 @@ export interface Pool {
 interface TeamEntry extends Team {
   hash: Buffer;
 }
+
+/** Token names: shown and searched as a build's submitter. */
+export const TOKEN_NAME = /^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,62}$/;
 
 /** Team names go into object names and Redis keys: keep them plain. */
 export const TEAM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -52,7 +60,7 @@ export class Teams {
     } catch (e) {
       throw new VmlbError('TEAMS_FILE', `${where} is not JSON: ${(e as Error).message}`);
     }
-    const shape = `expected { "teams": [{ "team", "tokenSha256", "admin"?, "pool"? }], "pools"?: { NAME: { "reads"?: [NAME] } } } or a JSON list of teams`;
+    const shape = `expected { "teams": [{ "team", "tokenSha256", "name"?, "tokens"?: [{ "name", "tokenSha256" }], "admin"?, "pool"? }], "pools"?: { NAME: { "reads"?: [NAME] } } } or a JSON list of teams`;
     let list: unknown = value;
     let poolsValue: unknown = {};
     if (!Array.isArray(value)) {
@@ -76,23 +84,44 @@ export class Teams {
     const seenTeams = new Set<string>();
     const seenHashes = new Set<string>();
     (list as unknown[]).forEach((raw: unknown, i) => {
-      const e = (raw ?? {}) as { team?: unknown; tokenSha256?: unknown; admin?: unknown; pool?: unknown };
+      const e = (raw ?? {}) as { team?: unknown; tokenSha256?: unknown; name?: unknown; tokens?: unknown; admin?: unknown; pool?: unknown };
       const at = `entry ${i}${typeof e.team === 'string' ? ` (${e.team})` : ''}`;
       const before = problems.length;
+      const hashOk = (h: unknown) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h);
+      const nameOk = (n: unknown) => n === undefined || (typeof n === 'string' && TOKEN_NAME.test(n));
       if (typeof e.team !== 'string' || !TEAM_NAME.test(e.team)) problems.push(`${at}: "team" must be a name of letters, digits, . _ - (up to 63)`);
-      if (typeof e.tokenSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(e.tokenSha256)) problems.push(`${at}: "tokenSha256" must be the sha256 of the token, 64 lowercase hex digits`);
+      const tokens: Array<{ hash: string; name?: string }> = [];
+      if (e.tokenSha256 !== undefined || e.tokens === undefined) {
+        if (!hashOk(e.tokenSha256)) problems.push(`${at}: "tokenSha256" must be the sha256 of the token, 64 lowercase hex digits`);
+        else tokens.push({ hash: e.tokenSha256 as string, ...(typeof e.name === 'string' ? { name: e.name } : {}) });
+      }
+      if (!nameOk(e.name)) problems.push(`${at}: "name" (the token's name) must be letters, digits, space . _ @ + - (up to 63)`);
+      if (e.tokens !== undefined) {
+        if (!Array.isArray(e.tokens)) problems.push(`${at}: "tokens" must be a list of { "name", "tokenSha256" }`);
+        else
+          e.tokens.forEach((t: unknown, j) => {
+            const x = (t ?? {}) as { name?: unknown; tokenSha256?: unknown };
+            if (typeof x.name !== 'string' || !TOKEN_NAME.test(x.name)) problems.push(`${at}: tokens[${j}]: "name" must be letters, digits, space . _ @ + - (up to 63)`);
+            else if (!hashOk(x.tokenSha256)) problems.push(`${at}: tokens[${j}] (${x.name}): "tokenSha256" must be the sha256 of the token, 64 lowercase hex digits`);
+            else tokens.push({ hash: x.tokenSha256 as string, name: x.name });
+          });
+      }
       if (e.admin !== undefined && typeof e.admin !== 'boolean') problems.push(`${at}: "admin" must be true or false`);
       if (e.pool !== undefined && (typeof e.pool !== 'string' || !POOL_NAME.test(e.pool))) problems.push(`${at}: "pool" must be a pool name: letters, digits, . _ - (up to 63)`);
       if (problems.length > before) return;
       const pool = (e.pool as string | undefined) ?? DEFAULT_POOL;
       if (!poolMap.has(pool)) poolMap.set(pool, { name: pool, reads: [] });
       const team = e.team as string;
-      const hash = e.tokenSha256 as string;
       if (seenTeams.has(team)) problems.push(`${at}: team ${team} is listed twice`);
-      if (seenHashes.has(hash)) problems.push(`${at}: the same token hash is given to two teams`);
       seenTeams.add(team);
-      seenHashes.add(hash);
-      entries.push({ team, admin: e.admin === true, pool, hash: Buffer.from(hash, 'hex') });
+      const names = new Set<string>();
+      for (const t of tokens) {
+        if (seenHashes.has(t.hash)) problems.push(`${at}: the same token hash is given to two teams`);
+        if (t.name !== undefined && names.has(t.name)) problems.push(`${at}: two tokens are named ${t.name}`);
+        seenHashes.add(t.hash);
+        if (t.name !== undefined) names.add(t.name);
+        entries.push({ team, admin: e.admin === true, pool, hash: Buffer.from(t.hash, 'hex'), ...(t.name !== undefined ? { tokenName: t.name } : {}) });
+      }
     });
     if (problems.length === problemsBefore) {
       for (const p of poolMap.values()) {
@@ -131,12 +160,13 @@ export class Teams {
   }
 
   get names(): string[] {
-    return this.entries.map((e) => e.team);
+    return [...new Set(this.entries.map((e) => e.team))];
   }
 
   /** Every team with its pool. */
   get list(): Array<{ team: string; pool: string }> {
-    return this.entries.map((e) => ({ team: e.team, pool: e.pool }));
+    const seen = new Set<string>();
+    return this.entries.filter((e) => !seen.has(e.team) && seen.add(e.team)).map((e) => ({ team: e.team, pool: e.pool }));
   }
 
   /** The team whose token this is, or null. */
@@ -146,7 +176,8 @@ export class Teams {
     for (const e of this.entries) {
       if (timingSafeEqual(hash, e.hash) && !found) found = e;
     }
-    return found ? { team: found.team, admin: found.admin, pool: found.pool } : null;
+    if (!found) return null;
+    return { team: found.team, admin: found.admin, pool: found.pool, ...(found.tokenName !== undefined ? { tokenName: found.tokenName } : {}) };
   }
 
   /** The bearer token of an Authorization header, or null. */

@@ -18,6 +18,7 @@ export interface BuildSummary {
   projectName?: string;
   gitCommit?: string;
   gitBranch?: string;
+  gitDirty?: boolean;
   submitter?: string;
   createdAt: string;
   finishedAt?: string;
@@ -90,4 +91,49 @@ export interface HitRateSeries {
   bucketSeconds: number;
   overall: HitRateBucket[];
   teams: Record<string, HitRateBucket[]>;
+}
+
+/** One layer of a build in a project's trend. */
+export interface TrendLayer {
+  index: number;
+  name: string;
+  /** hit, done, failed, … (LayerStatus) */
+  status: string;
+  /** Seconds its worker took (built layers only). */
+  seconds: number | null;
+  key: string;
+}
+
+/** One build of a project's trend. */
+export interface TrendBuild {
+  id: string;
+  team: string;
+  state: BuildState;
+  createdAt: string;
+  finishedAt?: string;
+  /** Submission to end, seconds (null while it runs). */
+  seconds: number | null;
+  gitBranch?: string;
+  gitCommit?: string;
+  gitDirty?: boolean;
+  submitter?: string;
+  hits: number;
+  built: number;
+  layers: TrendLayer[];
+}
+
+/** `GET /v1/projects/:name/trend?limit&branch&team`: the last builds of a project, newest first. */
+export interface ProjectTrend {
+  project: string;
+  /** The team whose builds these are (an admin asking without ?team: every team's). */
+  teams: string[];
+  branch?: string;
+  limit: number;
+  builds: TrendBuild[];
+}
+
+/** `GET /v1/builds/:id/links`: where else to look at a build (null: not configured). */
+export interface BuildLinks {
+  /** The build's time range on the fleet's Grafana (or Prometheus) view: VMLB_GRAFANA_URL. */
+  grafana: string | null;
 }

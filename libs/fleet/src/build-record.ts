@@ -41,12 +41,15 @@ export interface BuildRecord {
   /**
    * What `vmlb submit` says of the project (each optional, at most 200 characters, printable):
    * its name (the folder's, or --name), the git commit and branch of its folder, and who
-   * submitted it (VMLB_SUBMITTER, else user@host). The team is the token's; these are what
+   * submitted it: the name of the team's token it came with (a teams file entry's `name`), else
+   * what the CLI says (VMLB_SUBMITTER, else user@host). The team is the token's; these are what
    * history's filters and search look at, not credentials.
    */
   projectName?: string;
   gitCommit?: string;
   gitBranch?: string;
+  /** The project's folder had changes git had not committed (modified, staged or untracked files). */
+  gitDirty?: boolean;
   submitter?: string;
   createdAt: string;
   finishedAt?: string;

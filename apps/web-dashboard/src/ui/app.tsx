@@ -4,6 +4,7 @@ import { BuildPage } from './build-page';
 import { BuildsPage } from './builds-page';
 import { CachePage } from './cache-page';
 import { FleetPage } from './fleet-page';
+import { ProjectPage } from './project-page';
 import { href, useRoute } from './hooks';
 import { useLiveness } from './live-status';
 import { forgetToken, SessionContext, storedToken, storeToken, type Session } from './session';
@@ -105,6 +106,7 @@ function Shell({ session }: { session: Session }) {
   else if (section === 'builds') page = <BuildsPage params={route.params} />;
   else if (section === 'fleet') page = <FleetPage />;
   else if (section === 'cache') page = <CachePage params={route.params} />;
+  else if (section === 'projects' && id) page = <ProjectPage name={id} params={route.params} key={id} />;
   else
     page = (
       <div class="page">
@@ -115,7 +117,7 @@ function Shell({ session }: { session: Session }) {
       </div>
     );
   useEffect(() => {
-    const titles: Record<string, string> = { builds: id ? `build ${id}` : 'builds', fleet: 'fleet', cache: 'cache' };
+    const titles: Record<string, string> = { builds: id ? `build ${id}` : 'builds', fleet: 'fleet', cache: 'cache', projects: `project ${id ?? ''}` };
     document.title = `${titles[section] ?? 'not found'} · vmlb`;
   }, [section, id]);
 

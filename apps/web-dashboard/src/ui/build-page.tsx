@@ -1,9 +1,11 @@
 import { useEffect, useState } from 'preact/hooks';
 import { useBuildStream } from './build-stream';
 import { CancelBuildControl, useCancelBuild } from './cancel-build';
-import { elapsed, formatAgo, formatClock, formatBytes, formatSeconds, formatTime, shortHash } from './format';
+import { elapsed, formatAgo, formatClock, formatBytes, formatSeconds, formatTime } from './format';
 import { href, useNow, usePoll, useThrottled } from './hooks';
 import { LogPanel } from './log-panel';
+import { BuildLinksBar } from './build-links';
+import { ProjectLabel } from './project-label';
 import { useSession } from './session';
 import { Timeline } from './timeline';
 import { isFinal, type BuildRecord, type LayerStatus } from './types';
@@ -69,6 +71,7 @@ export function BuildPage({ id }: { id: string }) {
           {stream.connected ? 'streaming' : stream.ended || !running ? '' : 'polling'}
         </span>
         {running && <CancelBuildControl action={cancel} />}
+        <BuildLinksBar record={record} />
       </div>
       <ErrorNote error={cancel.error} title="Could not cancel the build" testid="cancel-error" />
       <dl class="facts">
@@ -89,9 +92,13 @@ export function BuildPage({ id }: { id: string }) {
         </div>
         <div>
           <dt>Project</dt>
-          <dd title={record.project}>
-            <Mono>{shortHash(record.project)}</Mono>
+          <dd data-testid="build-project">
+            <ProjectLabel b={record} submitter={false} />
           </dd>
+        </div>
+        <div>
+          <dt>Submitted by</dt>
+          <dd data-testid="build-submitter">{record.submitter ?? '—'}</dd>
         </div>
         <div>
           <dt>Created</dt>

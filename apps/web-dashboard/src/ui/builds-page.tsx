@@ -1,7 +1,8 @@
 import { useEffect, useState } from 'preact/hooks';
 import { query } from './api';
-import { elapsed, formatAgo, formatSeconds, formatTime, plural, shortHash } from './format';
+import { elapsed, formatAgo, formatSeconds, formatTime, plural } from './format';
 import { href, useNow, usePoll } from './hooks';
+import { ProjectLabel } from './project-label';
 import { useSession } from './session';
 import { BUILD_STATES, isFinal, type BuildSummary } from './types';
 import { Badge, Card, Empty, ErrorNote, Loading, Mono } from './ui-kit';
@@ -144,8 +145,8 @@ function BuildRow({ b, now }: { b: BuildSummary; now: number }) {
         <a href={link} class="build-link">
           <Mono>{b.id}</Mono>
         </a>
-        <div class="cell-sub" title={`project sha256 ${b.project}`}>
-          project <Mono>{shortHash(b.project)}</Mono>
+        <div class="cell-sub">
+          <ProjectLabel b={b} />
         </div>
       </td>
       <td>{b.team}</td>

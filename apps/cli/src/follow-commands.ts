@@ -1,0 +1,184 @@
+import type { Command } from 'commander';
+import { VmlbError } from '@vmlb/layer-engine';
+import { chooseMode, createDisplay } from './display.js';
+import {
+  buildIdArg,
+  check,
+  detachOnInterrupt,
+  endpointFrom,
+  followBuild,
+  request,
+  serverOption,
+  tokenOption,
+  type BuildRecordLite,
+  type ConnOpts,
+  type Endpoint,
+} from './fleet-commands.js';
+
+/**
+ * Following a fleet build again, from any shell (one sent with `vmlb submit --detach`, or by
+ * someone else of the team):
+ *
+ *   vmlb watch BUILD          the live display `vmlb submit` shows, to the build's end; exits as
+ *                             submit does: 0 done, 1 failed or cancelled, 3 the scheduler
+ *                             cannot be reached (2 no such build, or a refused token)
+ *   vmlb logs BUILD [LAYER]   its layers' logs as the API keeps them (a built layer's whole
+ *                             log, a failed one's, a running one's so far); LAYER is its folder
+ *                             name (02_hello), its name without the number (hello) or its
+ *                             position as the display counts (2); --follow prints what a running
+ *                             build's layers print as they print it, to the build's end
+ */
+
+const FINAL = ['done', 'failed', 'cancelled'];
+
+/** What a layer's status says in a log header. */
+const STATUS_WORDS: Record<string, string> = { hit: 'cached', done: 'built', failed: 'failed', building: 'building', queued: 'queued', waiting: 'queued', cancelled: 'cancelled' };
+
+type Layer = BuildRecordLite['layers'][number];
+
+/** LAYER as `vmlb logs` takes it: a folder name, a name without its number, or a position from 1. */
+export function resolveLayer(layers: Layer[], arg: string, buildId: string): Layer {
+  const byName = layers.find((l) => l.name === arg) ?? layers.find((l) => l.name.replace(/^\d+_/, '') === arg);
+  if (byName) return byName;
+  if (/^\d+$/.test(arg)) {
+    const n = Number(arg);
+    if (n >= 1 && n <= layers.length) return layers[n - 1]!;
+  }
+  throw new VmlbError('NO_SUCH_LAYER', `build ${buildId} has no layer "${arg}" (its layers: ${layers.map((l, i) => `${i + 1} ${l.name}`).join(', ')})`);
+}
+
+/** A layer's log from the API; null when it has none (yet). */
+async function layerLog(ep: Endpoint, id: string, index: number): Promise<string | null> {
+  const res = await request(ep, 'GET', `/v1/builds/${encodeURIComponent(id)}/layers/${index}/log`);
+  if (res.status === 404) {
+    const text = await res.text();
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
+    } catch {
+      /* not the API's error */
+    }
+    if (code === 'NO_LOG') return null;
+    return check(new Response(text, { status: 404, statusText: res.statusText }), `reading build ${id}'s logs`).then(() => null);
+  }
+  return (await check(res, `reading build ${id}'s logs`)).text();
+}
+
+async function getRecord(ep: Endpoint, id: string, doing: string): Promise<BuildRecordLite> {
+  return (await (await check(await request(ep, 'GET', `/v1/builds/${encodeURIComponent(id)}`), doing)).json()) as BuildRecordLite;
+}
+
+const header = (l: Layer, total: number, note?: string) => `==> [${l.index + 1}/${total}] ${l.name}${note ? ` (${note})` : ''} <==\n`;
+const withNewline = (t: string) => (t === '' || t.endsWith('\n') ? t : `${t}\n`);
+
+function failedBuild(r: BuildRecordLite): VmlbError {
+  return new VmlbError('BUILD_FAILED', `build ${r.id} ${r.state}${r.error ? `: ${r.error.split('\n')[0]}` : ''}`);
+}
+
+export function registerFollowCommands(program: Command): void {
+  program
+    .command('watch')
+    .description('follow a fleet build with the live display of vmlb submit (one sent with --detach, or from another shell), to its end')
+    .argument('<build>', 'the build id (vmlb builds lists them)', buildIdArg)
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .option('--json', 'print build events as JSON lines (for machines)')
+    .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
+    .action(async (id: string, o: ConnOpts & { json?: boolean; plain?: boolean }) => {
+      const ep = await endpointFrom(o);
+      // Asked once first: no such build (2) and an unreachable scheduler (3) answer at once,
+      // where the event stream would keep trying to reconnect.
+      const first = await getRecord(ep, id, `watching build ${id}`);
+      const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout);
+      const ac = new AbortController();
+      const undo = detachOnInterrupt(ac, () => id);
+      let final: BuildRecordLite;
+      try {
+        display.onEvent({ type: 'notice', at: Date.now(), message: `following build ${id} on ${ep.server} (${first.state}); on the dashboard: ${ep.server}/#/builds/${id}` });
+        final = await followBuild(ep, id, (e) => display.onEvent(e), ac.signal);
+      } catch (e) {
+        if (ac.signal.aborted) {
+          process.exitCode = 130;
+          return;
+        }
+        throw e;
+      } finally {
+        display.close();
+        undo();
+      }
+      if (final.state !== 'done') throw failedBuild(final);
+    });
+
+  program
+    .command('logs')
+    .description("print a fleet build's layer logs (every layer's, or LAYER's); --follow prints a running build's as they come")
+    .argument('<build>', 'the build id (vmlb builds lists them)', buildIdArg)
+    .argument('[layer]', 'one layer: its folder name (02_hello), its name (hello) or its position (2)')
+    .addOption(serverOption())
+    .addOption(tokenOption())
+    .option('-f, --follow', 'a running build: print what its layers print as they print it, until the build ends (exit 1 when it fails)')
+    .option('--json', 'print the logs as JSON (with --follow: one { index, name, chunk } per line)')
+    .action(async (id: string, layerArg: string | undefined, o: ConnOpts & { follow?: boolean; json?: boolean }) => {
+      const ep = await endpointFrom(o);
+      const record = await getRecord(ep, id, `reading build ${id}'s logs`);
+      const total = record.layers.length;
+      const only = layerArg === undefined ? undefined : resolveLayer(record.layers, layerArg, id);
+      const out = (t: string) => process.stdout.write(t);
+
+      if (o.follow && !FINAL.includes(record.state)) {
+        const ac = new AbortController();
+        const undo = detachOnInterrupt(ac, () => id);
+        let current = -1;
+        let atLineStart = true;
+        let final: BuildRecordLite;
+        try {
+          final = await followBuild(
+            ep,
+            id,
+            (e) => {
+              if (e.type !== 'layer-log' || (only && e.index !== only.index)) return;
+              if (o.json) return void out(`${JSON.stringify({ index: e.index, name: e.name, chunk: e.chunk })}\n`);
+              if (!only && e.index !== current) {
+                out(`${atLineStart ? '' : '\n'}${current === -1 ? '' : '\n'}${header({ index: e.index, name: e.name, key: '', status: '' }, total)}`);
+                current = e.index;
+                atLineStart = true;
+              }
+              if (e.chunk) {
+                out(e.chunk);
+                atLineStart = e.chunk.endsWith('\n');
+              }
+            },
+            ac.signal,
+          );
+        } catch (e) {
+          if (ac.signal.aborted) {
+            process.exitCode = 130;
+            return;
+          }
+          throw e;
+        } finally {
+          undo();
+        }
+        if (!atLineStart && !o.json) out('\n');
+        if (final.state !== 'done') throw failedBuild(final);
+        return;
+      }
+
+      if (only) {
+        const log = await layerLog(ep, id, only.index);
+        if (o.json) return void out(`${JSON.stringify({ id, state: record.state, index: only.index, name: only.name, status: only.status, log })}\n`);
+        if (log === null) throw new VmlbError('NO_LOG', `layer ${only.name} of build ${id} has no log (it is ${STATUS_WORDS[only.status] ?? only.status})`);
+        return void out(log);
+      }
+      const logs: Array<{ layer: Layer; log: string | null }> = [];
+      for (const layer of record.layers) logs.push({ layer, log: await layerLog(ep, id, layer.index) });
+      if (o.json) {
+        out(`${JSON.stringify({ id, state: record.state, layers: logs.map(({ layer: l, log }) => ({ index: l.index, name: l.name, status: l.status, log })) }, null, 2)}\n`);
+        return;
+      }
+      logs.forEach(({ layer, log }, i) => {
+        const word = STATUS_WORDS[layer.status] ?? layer.status;
+        out(`${i > 0 ? '\n' : ''}${header(layer, total, log === null ? `${word}; no log` : word)}${withNewline(log ?? '')}`);
+      });
+    });
+}
