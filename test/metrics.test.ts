@@ -229,7 +229,8 @@ describe('fleet metrics', () => {
     const fleet = await api.json('GET', '/v1/fleet');
     expect(fleet.body.queued).toBe(1);
     expect(fleet.body.oldestQueuedSeconds).toBeGreaterThanOrEqual(1.4);
-    expect(fleet.body.workers).toEqual([]);
+    // Worker a stopped cleanly: listed as stopped for a while (not lost, not live); no other.
+    expect(fleet.body.workers.map((w: { id: string; live: boolean; state: string }) => [w.id, w.live, w.state])).toEqual([['w-a', false, 'stopped']]);
 
     const b = await startWorker('b');
     const r = await finished(id, TOKENS.web);
@@ -401,7 +402,9 @@ describe('fleet metrics', () => {
       // The registration lapses after its TTL (15 s); the last heartbeat stays.
       await waitFor('w-b to be listed as lost', async () => {
         const f = await api.json('GET', '/v1/fleet');
-        return f.body.workers.length === 1 && f.body.workers[0].id === 'w-b' && f.body.workers[0].live === false;
+        // (Those stopped cleanly before are listed as stopped: not lost.)
+        const notStopped = f.body.workers.filter((w: { state: string }) => w.state !== 'stopped');
+        return notStopped.length === 1 && notStopped[0].id === 'w-b' && notStopped[0].live === false;
       }, 30_000, 500);
       await waitFor('vmlb_shared_store_up 0', async () => metricValue(await schedulerMetrics(), 'vmlb_shared_store_up') === 0 && hasMetric(await schedulerMetrics(), 'vmlb_shared_store_up'), 30_000, 500);
       s = await schedulerMetrics();
@@ -417,7 +420,7 @@ describe('fleet metrics', () => {
     workers.delete('b');
     const again = await startWorker('b');
     const f = await api.json('GET', '/v1/fleet');
-    expect(f.body.workers.map((w: { id: string; live: boolean }) => [w.id, w.live])).toEqual([['w-b', true]]);
+    expect(f.body.workers.filter((w: { state: string }) => w.state !== 'stopped').map((w: { id: string; live: boolean }) => [w.id, w.live])).toEqual([['w-b', true]]);
     expect((await again.stop()).exitCode).toBe(0);
   });
 
