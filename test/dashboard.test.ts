@@ -390,8 +390,8 @@ describe('the web dashboard, in Chromium, over a real fleet', () => {
     const cli = (args: string[], token: string) => vmlb(sb, ['builds', ...args], { VMLB_SERVER: sched.url, VMLB_TOKEN: token });
     const mine = await cli([], POOL_TOKENS.app);
     expect(mine.exitCode, mine.stderr).toBe(0);
-    expect(mine.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+PROJECT\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
-    expect(mine.stdout).toMatch(new RegExp(`^${appBuild}\\s+app\\s+a\\s+\\S+\\s+done\\s+3 \\(1 cached, 2 built\\)`, 'm'));
+    expect(mine.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+PROJECT\s+SUBMITTER\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
+    expect(mine.stdout).toMatch(new RegExp(`^${appBuild}\\s+app\\s+a\\s+\\S+\\s+\\S+\\s+done\\s+3 \\(1 cached, 2 built\\)`, 'm'));
     expect(JSON.parse((await cli(['--json'], POOL_TOKENS.app)).stdout)).toEqual([expect.objectContaining({ id: appBuild, team: 'app', pool: 'a' })]);
     const platform = JSON.parse((await cli(['--json', '--pool', 'platform'], TOKENS.ops)).stdout) as Array<{ team: string; pool: string }>;
     expect(platform.map((b) => [b.team, b.pool])).toEqual([['base', 'platform']]);

@@ -534,8 +534,8 @@ describe('a submission', () => {
       expect(viaUrl).toEqual(image);
 
       const list = await cli(['builds']);
-      expect(list.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+PROJECT\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
-      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+default\\s+\\S+\\s+done\\s+3 \\(1 cached, 2 built\\)`));
+      expect(list.stdout).toMatch(/^BUILD\s+TEAM\s+POOL\s+PROJECT\s+SUBMITTER\s+STATE\s+LAYERS\s+CREATED\s+TOOK\n/);
+      expect(list.stdout).toMatch(new RegExp(`${id}\\s+web\\s+default\\s+\\S+\\s+\\S+\\s+done\\s+3 \\(1 cached, 2 built\\)`));
       const listed = JSON.parse((await cli(['builds', '--json'])).stdout) as Array<{ id: string; pool: string; projectName?: string; submitter?: string }>;
       expect(listed.find((b) => b.id === id)?.pool).toBe('default');
       // What vmlb submit said of the project is in the history, and a search finds it.
