@@ -10,6 +10,7 @@ import { defineConfig } from 'vitest/config';
  */
 const FLEET_FILES = [
   'dashboard',
+  'dashboard-project',
   'dev-fleet',
   'fleet',
   'fleet-faults',
