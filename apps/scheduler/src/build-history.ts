@@ -68,6 +68,7 @@ function rowOf(r: StoredRecord) {
     layer_count: s.layers,
     hits: s.hits,
     built: s.built,
+    lookups: s.lookups,
     error: r.error ?? null,
     doc: rest,
     layers: layers.map((l: LayerRecord) => ({ idx: l.index, name: l.name, key: l.key, status: l.status, worker: l.worker ?? null, seconds: l.seconds ?? null, bytes: l.bytes ?? null, doc: l })),
@@ -75,8 +76,8 @@ function rowOf(r: StoredRecord) {
 }
 
 const INPUT = `jsonb_to_recordset($1::jsonb) AS r(id text, team text, pool text, state text, project_hash text, project_name text, git_commit text,
-  git_branch text, git_dirty boolean, submitter text, created_at timestamptz, finished_at timestamptz, layer_count int, hits int, built int, error text, doc jsonb, layers jsonb)`;
-const COLUMNS = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, git_dirty, submitter, created_at, finished_at, layer_count, hits, built, error, doc';
+  git_branch text, git_dirty boolean, submitter text, created_at timestamptz, finished_at timestamptz, layer_count int, hits int, built int, lookups int, error text, doc jsonb, layers jsonb)`;
+const COLUMNS = 'id, team, pool, state, project_hash, project_name, git_commit, git_branch, git_dirty, submitter, created_at, finished_at, layer_count, hits, built, lookups, error, doc';
 
 /** The one write: builds upserted (a final row only by the same state), their layers with them, their teams. */
 const WRITE_SQL = (mode: 'update' | 'skip' | 'force') => `
@@ -87,7 +88,7 @@ const WRITE_SQL = (mode: 'update' | 'skip' | 'force') => `
       mode === 'skip'
         ? 'ON CONFLICT (id) DO NOTHING'
         : `ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, finished_at = EXCLUDED.finished_at, layer_count = EXCLUDED.layer_count,
-             hits = EXCLUDED.hits, built = EXCLUDED.built, error = EXCLUDED.error, doc = EXCLUDED.doc, updated_at = now()
+             hits = EXCLUDED.hits, built = EXCLUDED.built, lookups = EXCLUDED.lookups, error = EXCLUDED.error, doc = EXCLUDED.doc, updated_at = now()
            ${mode === 'force' ? '' : `WHERE builds.state NOT IN ('done', 'failed', 'cancelled') OR builds.state = EXCLUDED.state`}`
     }
     RETURNING id
@@ -107,13 +108,8 @@ const READ_RECORD = `SELECT b.doc, (SELECT jsonb_agg(l.doc ORDER BY l.idx) FROM 
 type RecordRow = { doc: Omit<StoredRecord, 'layers'>; layers: LayerRecord[] | null };
 const recordOf = (row: RecordRow | undefined): StoredRecord | null => (row ? { ...row.doc, layers: row.layers ?? [] } : null);
 
-/**
- * A build's cache lookups (build-records.ts lookupsOf, docs/metrics.md): its hits, the layers
- * built, and those failed for good. Only a build with layers neither hit nor built (failed,
- * cancelled, or not finished) has its failed layers counted, by its layers' primary key.
- */
-const LOOKUPS = `(builds.hits + builds.built + CASE WHEN builds.hits + builds.built < builds.layer_count
-  THEN (SELECT count(*)::int FROM build_layers l WHERE l.build_id = builds.id AND l.status = 'failed') ELSE 0 END)`;
+/** A build's cache lookups (build-records.ts lookupsOf, docs/metrics.md), stored with it (history v4). */
+const LOOKUPS = 'builds.lookups';
 
 /** The columns a listing line is made of. */
 const SUMMARY = `id, team, pool, state, project_hash, project_name, git_commit, git_branch, git_dirty, submitter, created_at, finished_at, layer_count, hits, built, ${LOOKUPS} AS lookups, error`;
@@ -389,22 +385,26 @@ export class BuildHistory {
        LATERAL (${perBucket}) AS x`,
       args,
     );
-    const empty = (): HitRateBucket[] =>
-      Array.from({ length: count }, (_, i) => ({ t: new Date(start + i * size).toISOString(), lookups: 0, hits: 0, rate: null, builds: 0, p50Seconds: null, p90Seconds: null }));
-    const overall = empty();
+    const times = Array.from({ length: count }, (_, i) => new Date(start + i * size).toISOString());
+    // A team's buckets carry no duration fields when it has none (the answer of many teams).
+    const empty = (durations: boolean): HitRateBucket[] =>
+      times.map((t) => (durations ? { t, lookups: 0, hits: 0, rate: null, builds: 0, p50Seconds: null, p90Seconds: null } : { t, lookups: 0, hits: 0, rate: null, builds: 0 }));
+    const overall = empty(true);
     const teams: Record<string, HitRateBucket[]> = {};
-    for (const t of q.teamsShown) teams[t] = empty();
+    for (const t of q.teamsShown) teams[t] = empty(perTeamDurations);
     const tenth = (v: number | null | undefined) => (v === null || v === undefined ? null : Math.round(v * 10) / 10);
     for (const row of r.rows) {
-      const series = row.team === null ? overall : (teams[row.team] ??= empty());
+      const series = row.team === null ? overall : (teams[row.team] ??= empty(perTeamDurations));
       const x = series[row.i];
       if (!x) continue;
       x.builds = Number(row.builds);
       x.lookups = Number(row.lookups);
       x.hits = Number(row.hits);
       x.rate = x.lookups ? x.hits / x.lookups : null;
-      x.p50Seconds = tenth(row.p?.[0]);
-      x.p90Seconds = tenth(row.p?.[1]);
+      if (row.team === null || perTeamDurations) {
+        x.p50Seconds = tenth(row.p?.[0]);
+        x.p90Seconds = tenth(row.p?.[1]);
+      }
     }
     return { from: new Date(start).toISOString(), to: new Date(end).toISOString(), bucketSeconds: q.bucketSeconds, overall, teams };
   }
