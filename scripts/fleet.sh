@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `npm run fleet [-- --sentinel]`: a whole fleet on this machine (Redis, S3, PostgreSQL, scheduler, dashboard, two workers),
+# `npm run fleet [-- --sentinel] [-- --prometheus]`: a whole fleet on this machine (Redis, S3, PostgreSQL, scheduler, dashboard, two workers),
 # on loopback. Prints `export VMLB_SERVER=…` and `export VMLB_TOKEN=…` for `vmlb submit`;
 # Ctrl-C stops everything; a part that dies is restarted (same port, token and state), and
 # none outlives the launcher, even a killed one. See apps/scheduler/src/dev-fleet.ts for the knobs.
@@ -13,6 +13,10 @@ done
 # a primary, two replicas and three sentinels instead of the one redis-server.
 case " $* ${npm_config_sentinel:+--sentinel} " in
   *" --sentinel "*) command -v redis-sentinel >/dev/null || { echo "fleet: redis-sentinel is not installed (apt-get install redis-sentinel)" >&2; exit 2; } ;;
+esac
+# --prometheus: Debian's prometheus on the fleet (its config is written to the fleet's folder either way).
+case " $* ${npm_config_prometheus:+--prometheus} " in
+  *" --prometheus "*) command -v prometheus >/dev/null || { echo "fleet: prometheus is not installed (apt-get install prometheus)" >&2; exit 2; } ;;
 esac
 # Every part is started through setpriv --pdeathsig KILL, so that none outlives the launcher.
 command -v setpriv >/dev/null || { echo "fleet: setpriv is not installed (apt-get install util-linux)" >&2; exit 2; }

@@ -168,7 +168,7 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     process.kill(worker!, 'SIGKILL');
     await waitFor('Redis and the worker restarted', async () => f.pids().redis !== redis && f.pids()['worker-1'] !== worker, 60_000, 200);
     expect(f.errors).toMatch(new RegExp(`^fleet: redis \\(pid ${redis}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 1 s \\(same port ${f.ports.redis}, same data in \\S+\\)$`, 'm'));
-    expect(f.errors).toMatch(new RegExp(`^fleet: worker-1 \\(pid ${worker}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 1 s \\(same id dev-worker-1, same store in \\S+\\)$`, 'm'));
+    expect(f.errors).toMatch(new RegExp(`^fleet: worker-1 \\(pid ${worker}\\) died \\(signal SIGKILL\\) after [\\d.]+ s: restarting it in 1 s \\(same id dev-worker-1, same store in \\S+, same metrics port \\d+\\)$`, 'm'));
     // Redis came back with every write it had (append-only file, fsync always).
     const after = await waitFor('the builds again', async () => {
       const r = await vmlb(sb, ['builds', '--json'], f.exported);
@@ -215,9 +215,9 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     for (const d of debris) expect(d).toMatch(/^(loop|mount) /);
   });
 
-  it('the next start on the same folder sweeps what the killed workers attached and still knows the builds', async () => {
+  it('the next start on the same folder (with --prometheus) sweeps what the killed workers attached and still knows the builds', async () => {
     expect(slowBuild).not.toBe('');
-    fleet = await startDevFleet({ env: fleetEnv(), workers: 2 });
+    fleet = await startDevFleet({ env: fleetEnv(), workers: 2, args: ['--prometheus'] });
     const f = fleet;
     if (process.env.VMLB_TEST_DEBUG) console.log('debris', debris, /cleaned up after an interrupted run[^"]*/.exec(f.errors)?.[0]);
     if (debris.length > 0) expect(f.errors).toMatch(/cleaned up after an interrupted run/);
@@ -230,6 +230,41 @@ describe.skipIf(workerMissing)('npm run fleet survives its parts', () => {
     await waitFor('the slow build cancelled', async () => (await buildState(sb, f, slowBuild)) === 'cancelled', 60_000, 500);
     await waitFor('its script stopped', async () => String((await execa('pgrep', ['-af', SLEEP], { reject: false })).stdout) === '', 30_000, 200);
     expect(await attached(sb)).toEqual([]);
+  });
+
+  it('metrics: each worker answers /metrics on its own printed port; --prometheus runs a prometheus on the fleet\'s config, every target up', async () => {
+    const f = fleet!;
+    const line = /^fleet: metrics: scheduler (\S+)\/metrics((?:, worker-\d+ \S+)*)$/m.exec(f.errors);
+    expect(line, f.errors).not.toBeNull();
+    const workerUrls = [...line![2]!.matchAll(/worker-\d+ (http:\/\/127\.0\.0\.1:\d+\/metrics)/g)].map((m) => m[1]!);
+    expect(workerUrls.length).toBe(2);
+    expect(new Set(workerUrls).size).toBe(2);
+    const ids = new Set<string>();
+    for (const url of workerUrls) {
+      const text = await (await fetch(url)).text();
+      expect(text).toMatch(/^vmlb_worker_slots\{/m);
+      ids.add(/worker="([^"]+)"/.exec(text)![1]!);
+    }
+    expect([...ids].sort()).toEqual(['dev-worker-1', 'dev-worker-2']);
+    const promUrl = /^fleet: prometheus: (http:\/\/127\.0\.0\.1:\d+) \(config (\S+),/m.exec(f.errors);
+    expect(promUrl, f.errors).not.toBeNull();
+    expect(promUrl![2]).toBe(path.join(fleetDir, 'prometheus.yml'));
+    type Target = { labels: { job: string; instance: string }; health: string; lastError: string };
+    const targets = async () => ((await (await fetch(`${promUrl![1]}/api/v1/targets`)).json()) as { data: { activeTargets: Target[] } }).data.activeTargets;
+    await waitFor('every prometheus target up', async () => {
+      const t = await targets();
+      return t.length === 3 && t.every((x) => x.health === 'up');
+    }, 45_000, 500).catch(() => undefined);
+    const t = await targets();
+    expect(t.map((x) => [x.labels.job, x.labels.instance, x.health, x.lastError]).sort()).toEqual(
+      [
+        ['vmlb-scheduler', new URL(f.exported.VMLB_SERVER).host, 'up', ''],
+        ...workerUrls.map((u) => ['vmlb-worker', new URL(u).host, 'up', '']),
+      ].sort(),
+    );
+    // The deploy rules are loaded.
+    const rules = (await (await fetch(`${promUrl![1]}/api/v1/rules`)).json()) as { data: { groups: Array<{ rules: Array<{ name: string }> }> } };
+    expect(rules.data.groups.flatMap((g) => g.rules.map((r) => r.name))).toContain('VmlbCacheHitRatioLow');
   });
 
   it('a scheduler that dies at once every time (its port taken) is given up on in one line, and the fleet stops leaving nothing', async () => {

@@ -42,6 +42,15 @@
  * killed node is started again only after 10 s, once that is done, so that it comes back as a
  * replica rather than as a second primary. A kept VMLB_FLEET_DIR starts the node that was the primary last as the
  * primary again (redis-sentinel/primary).
+ *
+ * Metrics: each worker serves /metrics on a free port of its own (VMLB_WORKER_METRICS_PORT,
+ * kept across its restarts; a VMLB_WORKER_METRICS_PORT of the caller's environment is not
+ * used: workers would share it), each printed on the "metrics" line. The fleet's folder gets
+ * `prometheus.yml`, a ready Prometheus config for it: the scheduler and every worker as the
+ * jobs `vmlb-scheduler` and `vmlb-worker` (the names deploy/prometheus/alerts.yml uses, loaded
+ * as its rules), every 5 s. `npm run fleet -- --prometheus` (or `npm run fleet --prometheus`)
+ * also runs Debian's `prometheus` with it as one more part, on a free loopback port, its data in
+ * the fleet's `prometheus/` folder, and prints its URL.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -58,6 +67,7 @@ import { ensureDatabase, postgresReady, preparePostgres } from './private-postgr
 import { primaryPortFrom, sentinelSeesWholeSet, writeSentinelSet } from './sentinel-set.js';
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const ALERT_RULES = path.join(REPO, 'deploy/prometheus/alerts.yml');
 const S3RVER_LAUNCHER = path.join(REPO, 'test/fixtures/s3rver-launcher.mjs');
 const SCHEDULER_MAIN = path.join(REPO, 'apps/scheduler/src/main.ts');
 const WORKER_MAIN = path.join(REPO, 'apps/worker/src/main.ts');
@@ -460,15 +470,44 @@ async function startSentinelParts(dir: string, env: NodeJS.ProcessEnv, up: (p: P
   };
 }
 
+/** Whether a command is on PATH. */
+async function onPath(cmd: string): Promise<boolean> {
+  for (const d of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (d && existsSync(path.join(d, cmd))) return true;
+  }
+  return false;
+}
+
+/**
+ * A Prometheus config for the dev fleet (JSON is YAML): the scheduler and the workers under the
+ * job names deploy/prometheus/alerts.yml expects, its rules, every 5 s.
+ */
+function prometheusConfig(scheduler: string, workers: string[]): string {
+  const config = {
+    global: { scrape_interval: '5s', evaluation_interval: '5s', external_labels: { fleet: 'vmlb-dev' } },
+    rule_files: [ALERT_RULES],
+    scrape_configs: [
+      { job_name: 'vmlb-scheduler', metrics_path: '/metrics', static_configs: [{ targets: [scheduler] }] },
+      { job_name: 'vmlb-worker', metrics_path: '/metrics', static_configs: [{ targets: workers }] },
+    ],
+  };
+  return `# Prometheus for this dev fleet (npm run fleet): prometheus --config.file=THIS_FILE\n${JSON.stringify(config, null, 2)}\n`;
+}
+
 async function main(): Promise<number> {
   const env = process.env;
   const args = process.argv.slice(2);
-  const unknown = args.filter((a) => a !== '--sentinel');
+  const unknown = args.filter((a) => a !== '--sentinel' && a !== '--prometheus');
   if (unknown.length) {
-    say(`unknown argument ${unknown[0]} (known: --sentinel)`);
+    say(`unknown argument ${unknown[0]} (known: --sentinel, --prometheus)`);
     return 2;
   }
   const sentinelMode = args.includes('--sentinel') || env.npm_config_sentinel === 'true';
+  const prometheusMode = args.includes('--prometheus') || env.npm_config_prometheus === 'true';
+  if (prometheusMode && !(await onPath('prometheus'))) {
+    say("--prometheus: prometheus is not installed (Debian's package: apt-get install prometheus)");
+    return 2;
+  }
   let teamSpec: ReturnType<typeof fleetTeams>;
   try {
     teamSpec = fleetTeams(env);
@@ -497,7 +536,7 @@ async function main(): Promise<number> {
     stopping = true;
     // Workers first (they finish or hand back their jobs), then what they talk to; the sentinels
     // before the data nodes (no failover while they stop).
-    const order = ['worker', 'dashboard', 'scheduler', 'postgres', 's3', 'sentinel', 'redis'];
+    const order = ['prometheus', 'worker', 'dashboard', 'scheduler', 'postgres', 's3', 'sentinel', 'redis'];
     for (const prefix of order) {
       if (prefix === 'sentinel') await fleetRedis?.beforeStop().catch(() => undefined);
       await Promise.all(parts.filter((p) => p.spec.name.startsWith(prefix)).map((p) => stopPart(p, prefix === 'worker' ? 20_000 : 5000)));
@@ -642,6 +681,7 @@ async function main(): Promise<number> {
     const perPool = Number(env.VMLB_FLEET_WORKERS || (teamSpec.admin ? 2 : 1));
     const workerPools = poolNames.flatMap((pool) => Array.from({ length: perPool }, () => pool));
     const workers = workerPools.length;
+    const metricsPorts: number[] = [];
     if (!existsSync(WORKER_MAIN)) say(`no worker yet (${path.relative(REPO, WORKER_MAIN)} is missing): builds will stay queued`);
     else {
       for (let i = 1; i <= workers; i++) {
@@ -649,6 +689,8 @@ async function main(): Promise<number> {
         const workerId = pool === 'default' ? `dev-worker-${i}` : `dev-${pool}-worker-${i}`;
         const wdir = path.join(dir, `worker-${i}`);
         await mkdir(path.join(wdir, 'run'), { recursive: true });
+        const metricsPort = await freePort();
+        metricsPorts.push(metricsPort);
         startPart({
           name: `worker-${i}`,
           cmd: process.execPath,
@@ -661,16 +703,41 @@ async function main(): Promise<number> {
             VMLB_RUN_DIR: path.join(wdir, 'run'),
             VMLB_WORKER_SLOTS: env.VMLB_WORKER_SLOTS || '2',
             VMLB_WORKER_GRACE: env.VMLB_WORKER_GRACE || '15s',
+            VMLB_WORKER_METRICS_PORT: String(metricsPort),
+            VMLB_WORKER_METRICS_HOST: '127.0.0.1',
           },
           readyLine: /"msg":"worker started"/,
-          keeps: `same id ${workerId}${pool === 'default' ? '' : ` in pool ${pool}`}, same store in ${wdir}`,
+          keeps: `same id ${workerId}${pool === 'default' ? '' : ` in pool ${pool}`}, same store in ${wdir}, same metrics port ${metricsPort}`,
           essential: false,
         });
       }
     }
 
+    // ---- Prometheus: a config for this fleet, and with --prometheus Debian's prometheus on it ----
+    const promConfig = path.join(dir, 'prometheus.yml');
+    await writeFile(promConfig, prometheusConfig(`127.0.0.1:${port}`, metricsPorts.map((p) => `127.0.0.1:${p}`)));
+    let prometheusUrl: string | undefined;
+    if (prometheusMode) {
+      const promPort = await freePort();
+      const promData = path.join(dir, 'prometheus');
+      await mkdir(promData, { recursive: true });
+      prometheusUrl = `http://127.0.0.1:${promPort}`;
+      const prom = startPart({
+        name: 'prometheus',
+        cmd: 'prometheus',
+        args: [`--config.file=${promConfig}`, `--storage.tsdb.path=${promData}`, `--web.listen-address=127.0.0.1:${promPort}`, '--log.level=warn'],
+        env,
+        ready: async () => (await fetch(`${prometheusUrl}/-/ready`)).ok,
+        keeps: `same port ${promPort}, same data in ${promData}`,
+        essential: false,
+      });
+      await up(prom);
+    }
+
     say(`up: scheduler ${server}, Redis ${fleetRedis.where}, shared store ${sharedUrl}${s3env.S3_ENDPOINT ? ` at ${s3env.S3_ENDPOINT}` : ''}, ${existsSync(WORKER_MAIN) ? workers : 0} workers; state in ${dir}`);
     say(`dashboard: ${server}/ (sign in with the token below); metrics: ${server}/metrics`);
+    say(`metrics: scheduler ${server}/metrics${metricsPorts.map((p, i) => `, worker-${i + 1} http://127.0.0.1:${p}/metrics`).join('')}`);
+    say(prometheusUrl ? `prometheus: ${prometheusUrl} (config ${promConfig}, rules ${path.relative(REPO, ALERT_RULES)})` : `prometheus config: ${promConfig} (prometheus --config.file=${promConfig}; or npm run fleet -- --prometheus)`);
     if (!teamSpec.admin) say(`teams: ${tokens.map((t) => `${t.team} (pool ${t.pool})`).join(', ')}${teamSpec.reads.size ? `; pools reading others: ${[...teamSpec.reads].map(([p, r]) => `${p} reads ${r.join(', ')}`).join('; ')}` : ''}`);
     say(`paste these lines into your shell, then \`vmlb submit DIR\` (VMLB_TOKEN is ${tokens[0]!.team}'s); Ctrl-C here stops the fleet`);
     const perTeam = teamSpec.admin ? '' : tokens.map((t) => `export ${tokenVariable(t.team)}=${t.token}\n`).join('');
