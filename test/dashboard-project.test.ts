@@ -40,6 +40,11 @@ let worker: WorkerProcess;
 let ui: DashboardBrowser;
 const api = apiFor(() => sched.url, TOK.alice);
 
+// Function predicates, not strings: a string is eval'd in the page, which its CSP (script-src 'self') refuses.
+type InPage = { location: { hash: string }; document: { querySelectorAll(s: string): { length: number } } };
+const hashIs = (page: Page, hash: string) => page.waitForFunction((h) => (globalThis as unknown as InPage).location.hash === h, hash);
+const columns = (page: Page, n: number) => page.waitForFunction((k) => (globalThis as unknown as InPage).document.querySelectorAll('[data-testid=trend] thead th.col-head').length === k, n);
+
 function project(third: string): Promise<Buffer> {
   const entries: TarEntry[] = [
     { name: '01_base/create-disk', content: `#!/bin/sh\n${BUSYBOX_BASE.script}\n` },
@@ -134,7 +139,7 @@ describe('project names and a project\'s trend in the dashboard', () => {
     await expect((await api.json('GET', `/v1/builds/${id}/links`)).body).toEqual({ grafana });
     await ui.screenshot(page, 'p2-build-named');
     await page.locator('[data-testid=project-page-link]').click();
-    await page.waitForFunction(`location.hash === '#/projects/webapp'`);
+    await hashIs(page, '#/projects/webapp');
   });
 
   it('the project page: per layer, cached or built and its seconds, over the last builds, oldest on the left', async () => {
@@ -166,12 +171,12 @@ describe('project names and a project\'s trend in the dashboard', () => {
     // The branch control: only main's builds; the limit: the last two of them.
     await page.locator('[data-testid=trend-branch]').fill('main');
     await page.locator('[data-testid=trend-branch]').dispatchEvent('change');
-    await page.waitForFunction(`location.hash === '#/projects/webapp?limit=30&branch=main'`);
-    await page.waitForFunction(`document.querySelectorAll('[data-testid=trend] thead th.col-head').length === 3`);
+    await hashIs(page, '#/projects/webapp?limit=30&branch=main');
+    await columns(page, 3);
     await page.locator('[data-testid=trend-limit]').selectOption('10');
-    await page.waitForFunction(`location.hash === '#/projects/webapp?limit=10&branch=main'`);
+    await hashIs(page, '#/projects/webapp?limit=10&branch=main');
     await page.goto(`${sched.url}/#/projects/webapp?limit=10&branch=feature%2Fx`);
-    await page.waitForFunction(`document.querySelectorAll('[data-testid=trend] thead th.col-head').length === 1`);
+    await columns(page, 1);
     await expect(statuses('03_world')).resolves.toEqual(['done']);
     expect(ui.pageErrors).toEqual([]);
   });
