@@ -120,6 +120,20 @@ describe('project names and a project\'s trend in the dashboard', () => {
     // No anonymous hash where a name is known.
     await expect(page.locator('tbody').textContent()).resolves.not.toMatch(/project [0-9a-f]{12}/);
     await ui.screenshot(page, 'p1-builds-named');
+    // The search box: the API's ?q= (project, commit, branch, submitter), kept in the address.
+    await page.locator('[data-testid=search]').fill('feature/x');
+    await page.waitForFunction((h) => (globalThis as unknown as { location: { hash: string } }).location.hash === h, '#/builds?q=feature%2Fx');
+    await row(ids[0]!).waitFor({ state: 'detached' });
+    await expect(page.locator('tr[data-build]').count()).resolves.toBe(1);
+    await row(ids[3]!).waitFor();
+    await page.locator('[data-testid=search]').fill(COMMIT_A.slice(0, 7));
+    await row(ids[0]!).waitFor();
+    await expect(page.locator('tr[data-build]').count()).resolves.toBe(3);
+    await page.locator('[data-testid=search]').fill('no-such-project');
+    await page.locator('.empty', { hasText: 'No builds matching “no-such-project”' }).waitFor();
+    await page.locator('[data-testid=search]').fill('');
+    await row(ids[3]!).waitFor();
+    await expect(page.locator('tr[data-build]').count()).resolves.toBe(4);
   });
 
   it('the build page says the same, and links to its Grafana view and its project\'s page', async () => {

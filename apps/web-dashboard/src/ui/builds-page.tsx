@@ -13,14 +13,26 @@ const STATE_FILTERS: Array<{ value: string; label: string }> = [
   ...BUILD_STATES.map((s) => ({ value: s, label: s[0]!.toUpperCase() + s.slice(1) })),
 ];
 
-/** `#/builds?team=&pool=&state=`: the builds, newest first, filtered, polled every 2 s. */
+/**
+ * `#/builds?team=&pool=&state=&q=`: the builds, newest first, filtered, polled every 2 s. `q`
+ * searches the project name, git commit and branch and the submitter (the API's ?q=).
+ */
 export function BuildsPage({ params }: { params: URLSearchParams }) {
   const { api, who } = useSession();
   const team = params.get('team') ?? '';
   const pool = params.get('pool') ?? '';
   const state = params.get('state') ?? '';
+  const q = params.get('q') ?? '';
   const now = useNow();
-  const list = usePoll((signal) => api.json<{ builds: BuildSummary[] }>(`/v1/builds${query({ team, pool, state, limit: 200 })}`, signal), [api, team, pool, state]);
+  const list = usePoll((signal) => api.json<{ builds: BuildSummary[] }>(`/v1/builds${query({ team, pool, state, q, limit: 200 })}`, signal), [api, team, pool, state, q]);
+  // What is typed in the search box, sent when the user stops typing for a moment.
+  const [typed, setTyped] = useState(q);
+  useEffect(() => setTyped(q), [q]);
+  useEffect(() => {
+    if (typed === q) return;
+    const t = setTimeout(() => go({ q: typed }), 300);
+    return () => clearTimeout(t);
+  }, [typed]);
 
   // The admin's team menu: every team seen in an unfiltered listing, and the selected one.
   const [teams, setTeams] = useState<string[]>([who.team]);
@@ -43,8 +55,8 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
     });
   }, [list.data, pool]);
 
-  const go = (next: { team?: string; pool?: string; state?: string }) => {
-    location.hash = href(['builds'], { team: next.team ?? team, pool: next.pool ?? pool, state: next.state ?? state });
+  const go = (next: { team?: string; pool?: string; state?: string; q?: string }) => {
+    location.hash = href(['builds'], { team: next.team ?? team, pool: next.pool ?? pool, state: next.state ?? state, q: next.q ?? q });
   };
   const builds = list.data?.builds ?? [];
 
@@ -97,11 +109,22 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
         )}
         <div class="segmented" data-testid="state-filter">
           {STATE_FILTERS.map((f) => (
-            <a key={f.value} href={href(['builds'], { team, pool, state: f.value })} class={f.value === state ? 'on' : ''} aria-current={f.value === state ? 'true' : undefined}>
+            <a key={f.value} href={href(['builds'], { team, pool, state: f.value, q })} class={f.value === state ? 'on' : ''} aria-current={f.value === state ? 'true' : undefined}>
               {f.label}
             </a>
           ))}
         </div>
+        <label class="filter">
+          <span>Search</span>
+          <input
+            type="search"
+            data-testid="search"
+            placeholder="project, commit, branch, submitter"
+            value={typed}
+            onInput={(e) => setTyped(e.currentTarget.value)}
+            onKeyDown={(e) => e.key === 'Enter' && go({ q: e.currentTarget.value })}
+          />
+        </label>
       </div>
       <ErrorNote error={list.error} what="the builds" />
       <Card>
@@ -109,7 +132,7 @@ export function BuildsPage({ params }: { params: URLSearchParams }) {
           <Loading what="builds" />
         ) : builds.length === 0 ? (
           <Empty>
-            No builds{state ? ` in state ${state}` : ''}{team ? ` for team ${team}` : ''}{pool ? ` in pool ${pool}` : ''}. Submit one with <Mono>vmlb submit</Mono>.
+            No builds{q ? ` matching “${q}”` : ''}{state ? ` in state ${state}` : ''}{team ? ` for team ${team}` : ''}{pool ? ` in pool ${pool}` : ''}. Submit one with <Mono>vmlb submit</Mono>.
           </Empty>
         ) : (
           <table class="table builds-table" data-testid="builds-table">
