@@ -217,7 +217,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
    * For the routes that need Redis (queueing, cancelling, event streams, the fleet view): a 503
    * before anything else (before an upload is read) while its connection is down.
    */
-  const needsRedis = { onRequest: async () => requireRedis(redis) };
+  const redisGraceMs = config.redis.kind === 'sentinel' ? SENTINEL_RECONNECT_GRACE_MS : 0;
+  const needsRedis = { onRequest: async () => requireRedis(redis, redisGraceMs) };
 
   // An unfinished build of a pool with no live worker says so in the answers (worker-presence.ts).
   const presence = new WorkerPresence(redis);
@@ -418,7 +419,7 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
         r.image = image;
         await records.put(r);
       } else {
-        requireRedis(redis);
+        await requireRedis(redis, redisGraceMs);
         const data = flattenData({ ...r, pool, reads: pools.view(pool).trusted.map((t) => t.pool) }, r.layers.map((l) => l.key));
         const queued = await pools.queues(pool).flatten.getJob(flattenJobId(r.id));
         if (!queued || (await queued.getState()) === 'failed') {
@@ -511,9 +512,32 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
   };
 }
 
-/** Throws the 503 of redisUnavailable unless the connection is ready. */
-export function requireRedis(redis: Redis): void {
-  if (redis.status !== 'ready') throw redisUnavailable(`connection ${redis.status}`);
+/**
+ * With sentinels, how long a request waits for a connection that is being made again (a failover
+ * moves the primary: the sentinels name the new one within seconds) before its 503.
+ */
+const SENTINEL_RECONNECT_GRACE_MS = 5000;
+
+/**
+ * Throws the 503 of redisUnavailable unless the connection is ready — at once, or after waiting
+ * up to graceMs for a connection that is connecting or reconnecting to become ready.
+ */
+export async function requireRedis(redis: Redis, graceMs = 0): Promise<void> {
+  if (redis.status === 'ready') return;
+  if (graceMs > 0 && (redis.status === 'connecting' || redis.status === 'reconnecting' || redis.status === 'connect')) {
+    const ready = await new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        resolve(ok);
+      };
+      const onReady = () => done(true);
+      const timer = setTimeout(() => done(false), graceMs);
+      redis.on('ready', onReady);
+    });
+    if (ready) return;
+  }
+  throw redisUnavailable(`connection ${redis.status}`);
 }
 
 /** Rejects when `p` has not settled within `ms`. */
