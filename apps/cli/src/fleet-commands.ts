@@ -321,7 +321,7 @@ export function buildIdArg(v: string): string {
 }
 
 /** Ctrl-C while following: the build goes on in the fleet; say how to get back to it. */
-export function detachOnInterrupt(ac: AbortController, id: () => string | undefined): () => void {
+function detachOnInterrupt(ac: AbortController, id: () => string | undefined): () => void {
   const onSignal = () => {
     const b = id();
     process.stderr.write(
@@ -335,6 +335,36 @@ export function detachOnInterrupt(ac: AbortController, id: () => string | undefi
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   };
+}
+
+/**
+ * Runs `follow` with SIGINT and SIGTERM aborting its signal (detachOnInterrupt: the build goes
+ * on in the fleet): then the exit status is 130 and the result undefined. `cleanup` runs in any
+ * case, before the signal handlers go.
+ */
+export async function untilInterrupted<T>(buildId: () => string | undefined, follow: (signal: AbortSignal) => Promise<T>, cleanup: () => void = () => undefined): Promise<T | undefined> {
+  const ac = new AbortController();
+  const undo = detachOnInterrupt(ac, buildId);
+  try {
+    return await follow(ac.signal);
+  } catch (e) {
+    if (ac.signal.aborted) {
+      process.exitCode = 130;
+      return undefined;
+    }
+    throw e;
+  } finally {
+    cleanup();
+    undo();
+  }
+}
+
+/** A build's final states: it changes no more. */
+export const FINAL_STATES: readonly string[] = ['done', 'failed', 'cancelled'];
+
+/** The error (exit 1) of a followed build that ended other than done. */
+export function failedBuild(r: BuildRecordLite): VmlbError {
+  return new VmlbError('BUILD_FAILED', `build ${r.id} ${r.state}${r.error ? `: ${r.error.split('\n')[0]}` : ''}`);
 }
 
 interface ListedBuild {
@@ -450,47 +480,38 @@ export function registerFleetCommands(program: Command): void {
         return;
       }
       const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout);
-      const ac = new AbortController();
-      const undo = detachOnInterrupt(ac, () => submitted.id);
-      let final: BuildRecordLite;
       // Each layer is fetched into the local store as soon as the fleet has it (one at a time,
       // in order), so the chain is local when the build ends and `vmlb pull` only writes the file.
       const store = o.pull === false ? null : storeFrom(o);
-      let pulling: Promise<unknown> = Promise.resolve();
-      let pullProblem: string | undefined;
-      const pullUpTo = (index: number) => {
-        if (!store || pullProblem) return;
-        pulling = pulling.then(() =>
-          pullChain(fetcherFor(ep), submitted.id, store, { upTo: index, signal: ac.signal }).catch((e: Error) => {
-            if (!ac.signal.aborted) pullProblem = e.message;
-          }),
-        );
-      };
-      try {
-        display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded); on the dashboard: ${ep.server.replace(/\/+$/, '')}/#/builds/${submitted.id}` });
-        final = await followBuild(ep, submitted.id, (e) => {
-          display.onEvent(e);
-          if (e.type === 'layer-done' || e.type === 'layer-cached') pullUpTo(e.index);
-        }, ac.signal);
-        if (store && final.state === 'done') {
-          pullUpTo(final.layers.length - 1);
-          await pulling;
-          if (pullProblem) display.onEvent({ type: 'notice', at: Date.now(), message: `could not fetch the build's layers into ${store.root} (vmlb pull ${submitted.id} tries again): ${pullProblem}` });
-          else display.onEvent({ type: 'notice', at: Date.now(), message: `its layers are in ${store.root}: vmlb pull ${submitted.id} -o FILE writes the image at once` });
-        }
-      } catch (e) {
-        if (ac.signal.aborted) {
-          process.exitCode = 130;
-          return;
-        }
-        throw e;
-      } finally {
-        display.close();
-        undo();
-      }
-      if (final.state !== 'done') {
-        throw new VmlbError('BUILD_FAILED', `build ${final.id} ${final.state}${final.error ? `: ${final.error.split('\n')[0]}` : ''}`);
-      }
+      const final = await untilInterrupted(
+        () => submitted.id,
+        async (signal) => {
+          let pulling: Promise<unknown> = Promise.resolve();
+          let pullProblem: string | undefined;
+          const pullUpTo = (index: number) => {
+            if (!store || pullProblem) return;
+            pulling = pulling.then(() =>
+              pullChain(fetcherFor(ep), submitted.id, store, { upTo: index, signal }).catch((e: Error) => {
+                if (!signal.aborted) pullProblem = e.message;
+              }),
+            );
+          };
+          display.onEvent({ type: 'notice', at: Date.now(), message: `submitted to ${ep.server} as build ${submitted.id} (${formatBytes(body.length)} uploaded); on the dashboard: ${ep.server.replace(/\/+$/, '')}/#/builds/${submitted.id}` });
+          const ended = await followBuild(ep, submitted.id, (e) => {
+            display.onEvent(e);
+            if (e.type === 'layer-done' || e.type === 'layer-cached') pullUpTo(e.index);
+          }, signal);
+          if (store && ended.state === 'done') {
+            pullUpTo(ended.layers.length - 1);
+            await pulling;
+            if (pullProblem) display.onEvent({ type: 'notice', at: Date.now(), message: `could not fetch the build's layers into ${store.root} (vmlb pull ${submitted.id} tries again): ${pullProblem}` });
+            else display.onEvent({ type: 'notice', at: Date.now(), message: `its layers are in ${store.root}: vmlb pull ${submitted.id} -o FILE writes the image at once` });
+          }
+          return ended;
+        },
+        () => display.close(),
+      );
+      if (final && final.state !== 'done') throw failedBuild(final);
     });
 
   program
@@ -561,7 +582,7 @@ export function registerFleetCommands(program: Command): void {
       const out = path.resolve(o.output ?? `${id}.qcow2`);
       if (!o.serverImage) {
         let record = (await (await check(await request(ep, 'GET', `/v1/builds/${id}`), `pulling build ${id}`)).json()) as BuildRecordLite;
-        if (o.follow && !['done', 'failed', 'cancelled'].includes(record.state)) {
+        if (o.follow && !FINAL_STATES.includes(record.state)) {
           // Each layer as soon as the fleet has it, one at a time in order; the rest at the end.
           const store = storeFrom(o);
           const ac = new AbortController();

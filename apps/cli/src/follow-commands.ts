@@ -2,10 +2,11 @@ import type { Command } from 'commander';
 import { VmlbError } from '@vmlb/layer-engine';
 import { chooseMode, createDisplay } from './display.js';
 import {
+  FINAL_STATES,
   buildIdArg,
   check,
-  detachOnInterrupt,
   endpointFrom,
+  failedBuild,
   followBuild,
   request,
   serverOption,
@@ -13,6 +14,7 @@ import {
   type BuildRecordLite,
   type ConnOpts,
   type Endpoint,
+  untilInterrupted,
 } from './fleet-commands.js';
 
 /**
@@ -28,8 +30,6 @@ import {
  *                             position as the display counts (2); --follow prints what a running
  *                             build's layers print as they print it, to the build's end
  */
-
-const FINAL = ['done', 'failed', 'cancelled'];
 
 /** What a layer's status says in a log header. */
 const STATUS_WORDS: Record<string, string> = { hit: 'cached', done: 'built', failed: 'failed', building: 'building', queued: 'queued', waiting: 'queued', cancelled: 'cancelled' };
@@ -71,10 +71,6 @@ async function getRecord(ep: Endpoint, id: string, doing: string): Promise<Build
 const header = (l: Layer, total: number, note?: string) => `==> [${l.index + 1}/${total}] ${l.name}${note ? ` (${note})` : ''} <==\n`;
 const withNewline = (t: string) => (t === '' || t.endsWith('\n') ? t : `${t}\n`);
 
-function failedBuild(r: BuildRecordLite): VmlbError {
-  return new VmlbError('BUILD_FAILED', `build ${r.id} ${r.state}${r.error ? `: ${r.error.split('\n')[0]}` : ''}`);
-}
-
 export function registerFollowCommands(program: Command): void {
   program
     .command('watch')
@@ -90,23 +86,15 @@ export function registerFollowCommands(program: Command): void {
       // where the event stream would keep trying to reconnect.
       const first = await getRecord(ep, id, `watching build ${id}`);
       const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout);
-      const ac = new AbortController();
-      const undo = detachOnInterrupt(ac, () => id);
-      let final: BuildRecordLite;
-      try {
-        display.onEvent({ type: 'notice', at: Date.now(), message: `following build ${id} on ${ep.server} (${first.state}); on the dashboard: ${ep.server}/#/builds/${id}` });
-        final = await followBuild(ep, id, (e) => display.onEvent(e), ac.signal);
-      } catch (e) {
-        if (ac.signal.aborted) {
-          process.exitCode = 130;
-          return;
-        }
-        throw e;
-      } finally {
-        display.close();
-        undo();
-      }
-      if (final.state !== 'done') throw failedBuild(final);
+      const final = await untilInterrupted(
+        () => id,
+        (signal) => {
+          display.onEvent({ type: 'notice', at: Date.now(), message: `following build ${id} on ${ep.server} (${first.state}); on the dashboard: ${ep.server}/#/builds/${id}` });
+          return followBuild(ep, id, (e) => display.onEvent(e), signal);
+        },
+        () => display.close(),
+      );
+      if (final && final.state !== 'done') throw failedBuild(final);
     });
 
   program
@@ -125,40 +113,32 @@ export function registerFollowCommands(program: Command): void {
       const only = layerArg === undefined ? undefined : resolveLayer(record.layers, layerArg, id);
       const out = (t: string) => process.stdout.write(t);
 
-      if (o.follow && !FINAL.includes(record.state)) {
-        const ac = new AbortController();
-        const undo = detachOnInterrupt(ac, () => id);
+      if (o.follow && !FINAL_STATES.includes(record.state)) {
         let current = -1;
         let atLineStart = true;
-        let final: BuildRecordLite;
-        try {
-          final = await followBuild(
-            ep,
-            id,
-            (e) => {
-              if (e.type !== 'layer-log' || (only && e.index !== only.index)) return;
-              if (o.json) return void out(`${JSON.stringify({ index: e.index, name: e.name, chunk: e.chunk })}\n`);
-              if (!only && e.index !== current) {
-                out(`${atLineStart ? '' : '\n'}${current === -1 ? '' : '\n'}${header({ index: e.index, name: e.name, key: '', status: '' }, total)}`);
-                current = e.index;
-                atLineStart = true;
-              }
-              if (e.chunk) {
-                out(e.chunk);
-                atLineStart = e.chunk.endsWith('\n');
-              }
-            },
-            ac.signal,
-          );
-        } catch (e) {
-          if (ac.signal.aborted) {
-            process.exitCode = 130;
-            return;
-          }
-          throw e;
-        } finally {
-          undo();
-        }
+        const final = await untilInterrupted(
+          () => id,
+          (signal) =>
+            followBuild(
+              ep,
+              id,
+              (e) => {
+                if (e.type !== 'layer-log' || (only && e.index !== only.index)) return;
+                if (o.json) return void out(`${JSON.stringify({ index: e.index, name: e.name, chunk: e.chunk })}\n`);
+                if (!only && e.index !== current) {
+                  out(`${atLineStart ? '' : '\n'}${current === -1 ? '' : '\n'}${header({ index: e.index, name: e.name, key: '', status: '' }, total)}`);
+                  current = e.index;
+                  atLineStart = true;
+                }
+                if (e.chunk) {
+                  out(e.chunk);
+                  atLineStart = e.chunk.endsWith('\n');
+                }
+              },
+              signal,
+            ),
+        );
+        if (!final) return;
         if (!atLineStart && !o.json) out('\n');
         if (final.state !== 'done') throw failedBuild(final);
         return;
