@@ -28,6 +28,7 @@ import { receiveUpload, type Upload } from './upload.js';
 import { submitBuild } from './submit-build.js';
 import { registerInsightRoutes } from './insight-routes.js';
 import { WorkerPresence } from './worker-presence.js';
+import { withTimeout } from './with-timeout.js';
 import { grafanaTemplate, registerProjectRoutes } from './project-routes.js';
 import { registerDashboard } from '@vmlb/web-dashboard';
 
@@ -538,13 +539,6 @@ export async function requireRedis(redis: Redis, graceMs = 0): Promise<void> {
     if (ready) return;
   }
   throw redisUnavailable(`connection ${redis.status}`);
-}
-
-/** Rejects when `p` has not settled within `ms`. */
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms).unref()));
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 /** A probe run at most once per `ms` (scrapes in between get its last answer): true when `fn` resolved. */

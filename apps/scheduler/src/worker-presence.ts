@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { DEFAULT_POOL, listWorkers, type BuildState } from '@vmlb/fleet';
+import { withTimeout } from './with-timeout.js';
 
 /** What an unfinished build of a pool with no live worker says (the API's `warning`). */
 export function noWorkerWarning(pool: string): string {
@@ -27,15 +28,11 @@ export class WorkerPresence {
     if (this.last && Date.now() - this.last.at < FRESH_MS) return this.last.pools;
     const ask = async (): Promise<Set<string> | null> => {
       if (this.redis.status !== 'ready') return null;
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ASK_WITHIN_MS)));
       try {
-        const workers = await Promise.race([listWorkers(this.redis), late]);
-        return workers ? new Set(workers.filter((w) => w.state === 'running').map((w) => w.pool ?? DEFAULT_POOL)) : null;
+        const workers = await withTimeout(listWorkers(this.redis), ASK_WITHIN_MS);
+        return new Set(workers.filter((w) => w.state === 'running').map((w) => w.pool ?? DEFAULT_POOL));
       } catch {
         return null;
-      } finally {
-        clearTimeout(timer);
       }
     };
     this.last = { at: Date.now(), pools: ask() };
