@@ -60,7 +60,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SharedStore, describeSweep, isRunning, s3ConfigFrom, selfIdentity, sweep, type ProcessIdentity } from '@vmlb/layer-engine';
+import { SharedStore, commandOnPath, describeSweep, isRunning, s3ConfigFrom, selfIdentity, sweep, type ProcessIdentity } from '@vmlb/layer-engine';
 import { freePort, portOpen } from '@vmlb/fleet';
 import { sha256Hex } from './teams.js';
 import { ensureDatabase, postgresReady, preparePostgres } from './private-postgres.js';
@@ -470,14 +470,6 @@ async function startSentinelParts(dir: string, env: NodeJS.ProcessEnv, up: (p: P
   };
 }
 
-/** Whether a command is on PATH. */
-async function onPath(cmd: string): Promise<boolean> {
-  for (const d of (process.env.PATH ?? '').split(path.delimiter)) {
-    if (d && existsSync(path.join(d, cmd))) return true;
-  }
-  return false;
-}
-
 /**
  * A Prometheus config for the dev fleet (JSON is YAML): the scheduler and the workers under the
  * job names deploy/prometheus/alerts.yml expects, its rules, every 5 s.
@@ -504,7 +496,7 @@ async function main(): Promise<number> {
   }
   const sentinelMode = args.includes('--sentinel') || env.npm_config_sentinel === 'true';
   const prometheusMode = args.includes('--prometheus') || env.npm_config_prometheus === 'true';
-  if (prometheusMode && !(await onPath('prometheus'))) {
+  if (prometheusMode && !(await commandOnPath('prometheus'))) {
     say("--prometheus: prometheus is not installed (Debian's package: apt-get install prometheus)");
     return 2;
   }
