@@ -65,7 +65,10 @@ export async function startDevFleet(o: { env: Record<string, string>; workers: n
   expect(exported.VMLB_TOKEN, errors).toMatch(/\S/);
   const up = upLine.exec(errors)!;
   const started = o.started ?? o.workers;
-  await waitFor(`${started} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= started || ended(), 60_000, 200);
+  // A busy host (radosgw and a second vitest beside it) starts a worker in tens of seconds.
+  await waitFor(`${started} workers`, async () => (errors.match(/"msg":"worker started"/g) ?? []).length >= started || ended(), 120_000, 200).catch((e: Error) => {
+    throw new Error(`${e.message}; npm run fleet printed:\n${errors.split('\n').slice(-40).join('\n')}`);
+  });
   expect((errors.match(/"msg":"worker started"/g) ?? []).length, errors).toBeGreaterThanOrEqual(started);
   const pids = () => {
     const found: Record<string, number> = {};

@@ -8,7 +8,7 @@ import { ensureDatabase } from '../../apps/scheduler/src/private-postgres.js';
 
 export function testPgBase(): string {
   const base = process.env.VMLB_TEST_PG;
-  if (!base) throw new Error('VMLB_TEST_PG is not set: run the integration tests through vitest (test/helpers/postgres-broker.ts starts the server)');
+  if (!base) throw new Error('VMLB_TEST_PG is not set: run the integration tests through vitest on a host with PostgreSQL (apt-get install postgresql; test/helpers/postgres-broker.ts starts the server)');
   return base;
 }
 
