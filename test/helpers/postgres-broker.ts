@@ -19,13 +19,13 @@ function postgresInstalled(): boolean {
 
 export default async function setup(): Promise<() => Promise<void>> {
   if (process.env.VMLB_TEST_PG) return async () => undefined;
-  const t0 = Date.now();
   // A host without PostgreSQL still runs the files that need no scheduler history (the nbd
   // VM runs test/attach.test.ts only); a file that needs one fails naming what is missing.
   if (!postgresInstalled()) {
     console.warn('postgres-broker: PostgreSQL is not installed; files that need a scheduler history fail (apt-get install postgresql)');
     return async () => undefined;
   }
+  const t0 = Date.now();
   const pg = await startPrivatePostgres({ fast: true });
   process.env.VMLB_TEST_PG = pg.baseUrl;
   console.warn(`postgres-broker: the run's PostgreSQL started in ${((Date.now() - t0) / 1000).toFixed(1)} s (port ${pg.port})`);
