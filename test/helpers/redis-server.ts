@@ -20,6 +20,12 @@ export interface RedisServer {
   controllable: boolean;
   stop(): Promise<void>;
   start(): Promise<void>;
+  /**
+   * SIGSTOP / SIGCONT: the server keeps its connections but answers nothing (a partition, as
+   * a client sees it: no error, no reply), until `thaw()`.
+   */
+  freeze(): void;
+  thaw(): void;
   close(): Promise<void>;
 }
 
@@ -46,7 +52,7 @@ export interface StartRedisOptions {
 export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisServer> {
   if (process.env.REDIS_URL) {
     const url = process.env.REDIS_URL;
-    return { url, port: Number(new URL(url).port || 6379), controllable: false, stop: async () => {}, start: async () => {}, close: async () => {} };
+    return { url, port: Number(new URL(url).port || 6379), controllable: false, stop: async () => {}, start: async () => {}, freeze: () => {}, thaw: () => {}, close: async () => {} };
   }
   const port = await freePort();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vmlb-redis-'));
@@ -62,6 +68,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
   };
   const stop = async () => {
     if (!child) return;
+    child.kill('SIGCONT');
     child.kill('SIGKILL');
     await child;
     child = undefined;
@@ -73,6 +80,8 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisSer
     controllable: true,
     stop,
     start,
+    freeze: () => void child?.kill('SIGSTOP'),
+    thaw: () => void child?.kill('SIGCONT'),
     async close() {
       await stop();
       await rm(dir, { recursive: true, force: true });

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { redisKeys } from '@vmlb/fleet';
 import type { Logger } from './logger.js';
+import { withTimeout } from './with-timeout.js';
 
 /**
  * Which of the schedulers follows builds (folds their events into the history, asks BullMQ how
@@ -8,11 +9,19 @@ import type { Logger } from './logger.js';
  * set with NX and a TTL and renewed well before it runs out. Every scheduler serves every API
  * route; only the leader follows. When the leader dies, its lease runs out (ttlMs) and the next
  * scheduler to try (every renewMs) takes it: a takeover within ttlMs + renewMs. A leader that
- * cannot renew (Redis unreachable) for ttlMs steps down by itself, since another may hold the
+ * cannot renew (Redis unreachable) for ttlMs − renewMs steps down by itself, since another may hold the
  * lease by then; two leaders for a moment do no harm (a final record is never overwritten).
+ * Each try waits at most renewMs for Redis: the connection queues commands while Redis does
+ * not answer (a partition gives no error), and a try that waited for it would never step down.
+ * A take that Redis carries out after its try gave up leaves the lease under this id; the next
+ * try adopts it (TAKE renews a lease that already is this scheduler's).
  */
 
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+const TAKE = `local v = redis.call('GET', KEYS[1])
+if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 export interface LeaseOptions {
@@ -67,18 +76,19 @@ export class LeaderLease {
   private async tick(): Promise<void> {
     try {
       if (this.leading) {
-        const ok = (await this.redis.eval(RENEW, 1, redisKeys.leader, this.id, String(this.ttlMs))) === 1;
+        const ok = (await withTimeout(this.redis.eval(RENEW, 1, redisKeys.leader, this.id, String(this.ttlMs)), this.renewMs)) === 1;
         if (ok) this.lastRenewed = Date.now();
         else this.set(false, 'another scheduler holds the lease now');
       } else {
-        const ok = (await this.redis.set(redisKeys.leader, this.id, 'PX', this.ttlMs, 'NX')) === 'OK';
+        const ok = (await withTimeout(this.redis.eval(TAKE, 1, redisKeys.leader, this.id, String(this.ttlMs)), this.renewMs)) === 1;
         if (ok) {
           this.lastRenewed = Date.now();
           this.set(true, 'took the lease');
         }
       }
     } catch (e) {
-      if (this.leading && Date.now() - this.lastRenewed >= this.ttlMs) this.set(false, `could not renew the lease for ${this.ttlMs / 1000} s (${(e as Error).message})`);
+      // One try before the lease can run out: down before another can take it, as far as this side can tell.
+      if (this.leading && Date.now() - this.lastRenewed >= this.ttlMs - this.renewMs) this.set(false, `could not renew the lease for ${(Date.now() - this.lastRenewed) / 1000} s (${(e as Error).message})`);
     }
   }
 
