@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_DISK_SIZE, parseHints } from './hints.js';
+import { DEFAULT_DISK_SIZE, emptyHints, parseHints } from './hints.js';
 
 const script = (...lines: string[]) => ['#!/bin/sh', ...lines, 'set -eu', 'true'].join('\n');
 
@@ -83,8 +83,12 @@ describe('parseHints', () => {
   });
 
   it.each([
-    ['# nocache please', 'build-layer', /# nocache: takes no argument \(found "please"\)/],
-    ['# noshare x', 'create-disk', /# noshare: takes no argument/],
+    ['# disk-size 4G 8G', 'create-disk', /# disk-size: expects one SIZE.*found "4G 8G"/],
+    ['# disk-size 4 GB of space', 'create-disk', /# disk-size: expects one SIZE/],
+    ['# timeout 10 minutes', 'build-layer', /# timeout: expects one DURATION/],
+    ['# network none please', 'build-layer', /# network: the only setting is "# network none" \(found "none please"\)/],
+    ['# cache-mount /a /b', 'build-layer', /# cache-mount: expects one TARGET/],
+    ['# disk-size for the kernel', 'create-disk', /# disk-size: not a size: "for"/],
     ['# disk-size', 'create-disk', /# disk-size: expects one SIZE, e.g. "# disk-size 4G" \(found none\)/],
     ['# disk-size 4 G', 'create-disk', /# disk-size: expects one SIZE/],
     ['# disk-size huge', 'create-disk', /not a size: "huge"/],
@@ -121,6 +125,28 @@ describe('parseHints', () => {
     expect(parseHints(script('# disk-size 4G', '# disk-size 8G'), 'create-disk').problems).toEqual([
       'line 3: # disk-size: given twice (first on line 2); keep one',
     ]);
+  });
+
+  it('reads # nocache and # noshare as the original tool does: that hint, whatever follows', () => {
+    for (const line of ['# nocache (this hint tells vm-layer-builder to not cache the layer)', '# nocache please', '#nocache: it downloads the latest release', '# nocache(always)']) {
+      const r = parseHints(script(line), 'build-layer');
+      expect(r, line).toEqual({ hints: { ...emptyHints(), nocache: true }, problems: [] });
+    }
+    expect(parseHints(script('# noshare - holds the team\'s signing key'), 'create-disk').hints.noshare).toBe(true);
+    // Another word that only starts like a hint is an ordinary comment.
+    expect(parseHints(script('# nocaches are silly', '# noshare-later'), 'build-layer')).toEqual({ hints: emptyHints(), problems: [] });
+  });
+
+  it('takes prose after a hint\'s arguments, and only prose', () => {
+    const r = parseHints(
+      script('# timeout 10m because apt is slow here', '# network none (it needs nothing)', '# cache-mount /var/cache/apt -- kept between builds', '# chroot-mount 1 /boot/efi - the ESP'),
+      'build-layer',
+    );
+    expect(r.problems).toEqual([]);
+    expect(r.hints).toMatchObject({ timeoutMs: 600_000, network: 'none', cacheMounts: [{ target: '/var/cache/apt' }], partitionMounts: [{ partition: 1, target: '/boot/efi' }] });
+    const d = parseHints(script('# disk-size 20G (the original grew it with qemu-img create … 20G)'), 'modify-disk');
+    expect(d).toMatchObject({ problems: [], hints: { diskSize: 20 * 1024 ** 3 } });
+    expect(parseHints(script('# chroot-bind-mount ../cache /var/cache/apt # the apt cache'), 'build-layer').hints.bindMounts).toEqual([{ source: '../cache', target: '/var/cache/apt' }]);
   });
 
   it('allows a repeated nocache', () => {

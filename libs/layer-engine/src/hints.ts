@@ -7,10 +7,32 @@ export const DEFAULT_DISK_SIZE = 2 * 1024 ** 3;
 export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'cache-mount' | 'disk-size' | 'timeout' | 'network';
 
 /**
- * A hint is a whole comment line: `# name` or `# name ARGS`. Anything else after `#` is an
- * ordinary comment, so prose such as `# hints: timeout DURATION` is never read as a hint.
+ * A hint is a comment line that starts with a hint's name: `# name` or `# name ARGS`. Anything
+ * else after `#` is an ordinary comment, so prose such as `# hints: timeout DURATION` is never
+ * read as a hint. As the original tool reads them, `# nocache` and `# noshare` are that hint
+ * whatever follows (`# nocache (this layer is never cached)`); the other hints take their
+ * arguments and may be followed by prose (see isProse), while what is really malformed (a
+ * `# disk-size` with no size, a third mount argument) is refused, naming the line.
  */
-const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network)(?:\s+(.*?))?\s*$/;
+const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network)(?![\w-])\s*(.*?)\s*$/;
+
+/** How many arguments each hint takes: what follows them may be prose. */
+const ARITY: Record<HintName, number> = { nocache: 0, noshare: 0, 'disk-size': 1, timeout: 1, 'chroot-bind-mount': 2, 'chroot-mount': 2, 'cache-mount': 1, network: 1 };
+
+/** A unit written apart from its number (`4 G`, `10 min`): part of a malformed argument, not prose. */
+const UNIT_WORD = /^(?:[kmgtpe]i?b?|bytes?|ms|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?)$/i;
+
+/**
+ * Whether the text after a hint's arguments is plainly prose: it opens like a remark (a
+ * bracket, `#`, a dash, `:` `;` `,` `.`), or it is two or more words the first of which is a
+ * word of letters and no unit (`# disk-size 4G for the kernel and initramfs`). One stray
+ * word (`# chroot-mount 1 /boot extra`) or a detached unit (`# disk-size 4 G`) is not.
+ */
+function isProse(rest: string): boolean {
+  if (/^[([{#\-\u2013\u2014:;,.]/.test(rest)) return true;
+  const words = rest.split(/\s+/);
+  return words.length >= 2 && /^[a-z][a-z']+$/i.test(words[0]!) && !UNIT_WORD.test(words[0]!);
+}
 
 const SCRIPT_KINDS: readonly LayerKind[] = ['create-disk', 'build-layer', 'modify-disk'];
 
@@ -49,8 +71,16 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
     const m = HINT_LINE.exec(line);
     if (!m) return;
     const name = m[1] as HintName;
-    const arg = (m[2] ?? '').trim();
-    const args = arg === '' ? [] : arg.split(/\s+/);
+    let arg = (m[2] ?? '').trim();
+    let args = arg === '' ? [] : arg.split(/\s+/);
+    if (args.length > ARITY[name]) {
+      // What follows the arguments: prose kept out of them, or left in, to be refused below.
+      const rest = args.slice(ARITY[name]).join(' ');
+      if (ARITY[name] === 0 || isProse(rest)) {
+        args = args.slice(0, ARITY[name]);
+        arg = args.join(' ');
+      }
+    }
     const problem = (what: string): void => {
       problems.push(`line ${lineNo}: # ${name}: ${what}`);
     };
@@ -71,7 +101,6 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
     switch (name) {
       case 'nocache':
       case 'noshare':
-        if (args.length > 0) return problem(`takes no argument (found "${arg}"); write just "# ${name}"`);
         hints[name] = true;
         return;
 
