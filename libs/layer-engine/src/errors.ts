@@ -59,7 +59,9 @@ export class LayerFailedError extends VmlbError {
   readonly timedOut: boolean;
   readonly logTail: string;
   readonly logPath: string;
-  constructor(args: { layer: string; exitCode?: number; timedOut?: boolean; signal?: string; logTail: string; logPath: string }) {
+  /** Why the script may have failed, when the engine can tell (a usage line: see usageHint in layer-builder.ts). */
+  readonly hint: string | undefined;
+  constructor(args: { layer: string; exitCode?: number; timedOut?: boolean; signal?: string; logTail: string; logPath: string; hint?: string }) {
     const why = args.timedOut
       ? 'passed its # timeout and was stopped'
       : args.signal
@@ -69,7 +71,8 @@ export class LayerFailedError extends VmlbError {
     // whoever reports it (the CLI's display prints the tail; the fleet keeps it as the layer's
     // log): a message that carried them was repeated, and put a worker's local path in front
     // of users of the fleet.
-    super('LAYER_FAILED', `layer ${args.layer} ${why}`);
+    super('LAYER_FAILED', `layer ${args.layer} ${why}${args.hint ? `; ${args.hint}` : ''}`);
+    this.hint = args.hint;
     this.layer = args.layer;
     this.exitCode = args.exitCode;
     this.timedOut = args.timedOut ?? false;

@@ -17,7 +17,7 @@ import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
 import type { OutputLimits } from './output-limits.js';
 import { ensureRoom, isNoSpace, layerWriteBound, lostWritesError } from './store-space.js';
-import type { LayerInputs, LayerSpec, PartitionTable } from './types.js';
+import type { LayerInputs, LayerKind, LayerSpec, PartitionTable } from './types.js';
 
 export const ENGINE_VERSION = '0.1.0';
 
@@ -278,8 +278,29 @@ async function checkResult(ctx: LayerBuildContext, r: RunScriptResult): Promise<
       signal: r.timedOut ? undefined : r.signal,
       logTail: r.logTail,
       logPath: failedLogPath(ctx.store, ctx.key),
+      hint: r.timedOut || r.signal ? undefined : usageHint(ctx.spec.kind, r),
     });
   }
+}
+
+/** What each script kind gets here instead of arguments (said when a script printed its usage). */
+const CONTRACTS: Partial<Record<LayerKind, string>> = {
+  'create-disk': 'a create-disk gets no arguments here: its blank disk\'s root filesystem is mounted at $VMLB_ROOT (the disk is $VMLB_DEVICE, the image $VMLB_IMAGE)',
+  'build-layer': 'a build-layer gets no arguments here: it runs inside the image\'s root filesystem, its folder at /mnt',
+  'modify-disk':
+    'a modify-disk gets no arguments here: the disk is $VMLB_DEVICE (grown first by # disk-size SIZE) and vmlb-partition N names its partitions; ' +
+    'a script of the original tool\'s "source target device" contract: vmlb migrate rewrites it',
+};
+
+/**
+ * A script that failed within about two seconds (the sandbox's start included) after printing
+ * a usage line was most likely written for other arguments than the none it was given: say
+ * what its kind gets here. Null otherwise.
+ */
+export function usageHint(kind: LayerKind, r: Pick<RunScriptResult, 'seconds' | 'logTail'>): string | undefined {
+  if (r.seconds > 2 || !/^\s*usage:/im.test(r.logTail)) return undefined;
+  const contract = CONTRACTS[kind];
+  return contract ? `it printed a usage line: ${contract}` : undefined;
 }
 
 async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
