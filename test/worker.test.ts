@@ -41,7 +41,9 @@ const workers = new Map<string, WorkerProcess>();
 let metricsPort = 0;
 
 function startWorkerProcess(name: string, extraEnv: Record<string, string> = {}): WorkerProcess {
-  const w = startWorker({ name, dir: sb.dir, redisUrl: redisServer.url, sharedUrl, s3env: s3.env, env: extraEnv });
+  // Chain affinity for any chain, however small (these busybox chains are a few MiB, which a
+  // worker would pull rather than wait for: VMLB_AFFINITY_SMALL_CHAIN).
+  const w = startWorker({ name, dir: sb.dir, redisUrl: redisServer.url, sharedUrl, s3env: s3.env, env: { VMLB_AFFINITY_SMALL_CHAIN: '0', ...extraEnv } });
   workers.set(name, w);
   return w;
 }

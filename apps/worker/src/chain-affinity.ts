@@ -14,9 +14,16 @@ import { listWorkers, redisKeys } from '@vmlb/fleet';
  *
  * What each worker holds is a Redis set, `vmlb:worker-keys:<id>` (the keys of its local
  * store), written when it starts and whenever a job ends, with the registration's TTL.
+ *
+ * Waiting is for chains worth it: when what this worker lacks of the chain is at most
+ * VMLB_AFFINITY_SMALL_CHAIN (32 MiB: about what a worker pulls from a store on its network
+ * within one put-back) in the shared store (the manifests' blob sizes), pulling it costs less than
+ * one put-back (AFFINITY_RETRY_MS, a second dispatch, and the chance that the holder's slots
+ * are taken meanwhile by the job's siblings), so the job builds where it is at once.
  */
 export const AFFINITY_WAIT_MS = 3000;
 export const AFFINITY_RETRY_MS = 150;
+
 const HELD_TTL_MS = 60_000;
 
 const heldKeysKey = redisKeys.workerKeys;
@@ -68,6 +75,25 @@ async function waitersFor(redis: Redis, holder: string, jobId: string): Promise<
   await redis.zremrangebyscore(key, '-inf', String(Date.now() - 2 * AFFINITY_RETRY_MS));
   const ids = await redis.zrange(key, '0', '-1');
   return ids.filter((id) => id !== jobId).length;
+}
+
+/**
+ * Whether the part of `chain` this worker lacks is small enough to pull rather than wait for
+ * a holder (at most `limit` bytes; never with a limit of 0): every missing layer is in the shared store (`manifest` gives
+ * its blob size) and they add up to at most that. A missing layer not in the shared store (a
+ * `# noshare` layer, which would be built again here) is never small.
+ */
+export async function missingChainIsSmall(store: LocalStore, chain: string[], limit: number, manifest: (key: string) => Promise<{ blob: { size: number } } | null>): Promise<boolean> {
+  if (limit <= 0) return false;
+  let bytes = 0;
+  for (const k of chain) {
+    if ((await store.getManifest(k).catch(() => null)) !== null) continue;
+    const m = await manifest(k).catch(() => null);
+    if (!m) return false;
+    bytes += m.blob.size;
+    if (bytes > limit) return false;
+  }
+  return true;
 }
 
 /** Says that `jobId` was put back for `holder` to take (see waitersFor). */

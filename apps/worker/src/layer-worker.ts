@@ -20,7 +20,7 @@ import { JobEvents } from './job-events.js';
 import type { RunningJob } from './running-jobs.js';
 import type { WorkerContext } from './worker-context.js';
 import { buildOne, checkChain, ensureChain, openProject, refuseOtherPool, retryStep, trustedLocal } from './layer-chain.js';
-import { AFFINITY_RETRY_MS, betterHolder, mayWaitForHolder, waitFor } from './chain-affinity.js';
+import { AFFINITY_RETRY_MS, betterHolder, mayWaitForHolder, missingChainIsSmall, waitFor } from './chain-affinity.js';
 
 /** How often a running job looks for its build's cancellation. */
 export const CANCEL_POLL_MS = 1000;
@@ -72,9 +72,15 @@ export function layerProcessor(ctx: WorkerContext) {
     }
     // Chain affinity: a free worker of the pool that holds more of the parent chain takes it.
     // A job that will not build (its layer is shared already, or another job builds it now)
-    // needs no chain: it is not put back, whoever took it ends it at once or waits.
+    // needs no chain: it is not put back, whoever took it ends it at once or waits. Nor is one
+    // that lacks only a little of its chain (VMLB_AFFINITY_SMALL_CHAIN): it pulls that at once.
     const holder = data.chain.length ? await betterHolder(ctx.redis, { workerId: ctx.id, pool: ctx.pool, store: ctx.store, chain: data.chain, jobId }) : null;
-    if (holder && !(await needsNoChain(ctx, data, jobId)) && (await mayWaitForHolder(ctx.redis, jobId))) {
+    if (
+      holder &&
+      !(await needsNoChain(ctx, data, jobId)) &&
+      !(await missingChainIsSmall(ctx.store, data.chain, ctx.smallChainBytes, (k) => ctx.viewFor(data.reads).getManifest(k))) &&
+      (await mayWaitForHolder(ctx.redis, jobId))
+    ) {
       log.info('put back for a worker that holds more of its chain', { holder: holder.id, held: holder.held, mine: holder.mine, of: data.chain.length });
       await waitFor(ctx.redis, holder.id, jobId);
       await job.moveToDelayed(Date.now() + AFFINITY_RETRY_MS, token);

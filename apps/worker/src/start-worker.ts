@@ -156,6 +156,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     // Each team's # cache-mount folders are its own: another team's layers never see them.
     sandboxFor: (team) => ({ deny: sandboxDeny, cacheDir: cacheMountsDir(store, team), projectBindsOnly: true }),
     projectCache,
+    smallChainBytes: settings.smallChainBytes,
     workDir,
     jobs,
     metrics,

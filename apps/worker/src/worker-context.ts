@@ -23,6 +23,8 @@ export interface WorkerContext {
   sandboxFor(team: string): LayerSandbox;
   /** Project tarballs by hash. */
   projectCache: string;
+  /** VMLB_AFFINITY_SMALL_CHAIN: a missing chain up to this size is pulled rather than waited for. */
+  smallChainBytes: number;
   /** This process's scratch folder (extracted projects, images being written). */
   workDir: string;
   jobs: RunningJobs;

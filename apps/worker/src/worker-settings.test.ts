@@ -32,6 +32,13 @@ describe('workerSettingsFrom', () => {
     expect(() => workerSettingsFrom({ ...base, VMLB_SANDBOX: '0' })).toThrow(/VMLB_SANDBOX: a worker runs every layer sandboxed/);
   });
 
+  it('reads VMLB_AFFINITY_SMALL_CHAIN as a size (0: always wait for a holder), naming it when it is none', () => {
+    expect(workerSettingsFrom(base).settings.smallChainBytes).toBe(32 * 1024 * 1024);
+    expect(workerSettingsFrom({ ...base, VMLB_AFFINITY_SMALL_CHAIN: '0' }).settings.smallChainBytes).toBe(0);
+    expect(workerSettingsFrom({ ...base, VMLB_AFFINITY_SMALL_CHAIN: '1G' }).settings.smallChainBytes).toBe(1024 ** 3);
+    expect(() => workerSettingsFrom({ ...base, VMLB_AFFINITY_SMALL_CHAIN: 'big' })).toThrow(/VMLB_AFFINITY_SMALL_CHAIN: /);
+  });
+
   it('refuses a VMLB_LOG_MAX that is not a size of at least 4K, naming it', () => {
     expect(() => workerSettingsFrom({ ...base, VMLB_LOG_MAX: '64M' })).not.toThrow();
     expect(() => workerSettingsFrom({ ...base, VMLB_LOG_MAX: 'lots' })).toThrow(/VMLB_LOG_MAX must be a size of at least 4K \(e\.g\. 64M, the default\), not "lots"/);

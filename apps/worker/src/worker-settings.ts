@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { z } from 'zod';
-import { VmlbError, logMaxFromEnv, parseDuration } from '@vmlb/layer-engine';
+import { VmlbError, logMaxFromEnv, parseDuration, parseSize } from '@vmlb/layer-engine';
 import { fleetConfigFrom, redisHosts, type FleetConfig } from '@vmlb/fleet';
 
 /**
@@ -21,6 +21,10 @@ import { fleetConfigFrom, redisHosts, type FleetConfig } from '@vmlb/fleet';
  *   VMLB_SANDBOX                must not be 0: a worker runs every layer sandboxed
  *   VMLB_LOG_MAX                the most of a layer's log kept (its tail) in the local and the
  *                               shared store, a size (64M, 1G)   @default 64M
+ *   VMLB_AFFINITY_SMALL_CHAIN   a layer job whose missing parent chain is at most this size (in
+ *                               the shared store) builds where it lands instead of waiting for a
+ *                               worker that holds the chain (chain-affinity.ts); 0: always wait
+ *                               @default 32M
  *
  * A SIGKILLed worker's job runs again after its lock lapses: within LOCK_MS + STALLED_MS.
  */
@@ -36,6 +40,8 @@ export interface WorkerSettings {
   metricsHost: string;
   /** VMLB_SANDBOX_DENY, split. */
   sandboxDeny: string[];
+  /** VMLB_AFFINITY_SMALL_CHAIN in bytes. */
+  smallChainBytes: number;
 }
 
 export const DEFAULT_WORKER_SETTINGS = {
@@ -46,6 +52,7 @@ export const DEFAULT_WORKER_SETTINGS = {
   metricsPort: 0,
   metricsHost: '0.0.0.0',
   sandboxDeny: [] as string[],
+  smallChainBytes: 32 * 1024 * 1024,
 } as const;
 
 const duration = (name: string) =>
@@ -89,6 +96,17 @@ const schema = z.object({
         ctx.addIssue({ code: 'custom', message: (e as Error).message });
       }
     }),
+  VMLB_AFFINITY_SMALL_CHAIN: z
+    .string()
+    .transform((v, ctx) => {
+      try {
+        return parseSize(v);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: `VMLB_AFFINITY_SMALL_CHAIN: ${(e as Error).message}` });
+        return z.NEVER;
+      }
+    })
+    .optional(),
   VMLB_SANDBOX: z
     .string()
     .optional()
@@ -130,6 +148,7 @@ export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { flee
       metricsPort: e.VMLB_WORKER_METRICS_PORT ?? DEFAULT_WORKER_SETTINGS.metricsPort,
       metricsHost: e.VMLB_WORKER_METRICS_HOST ?? DEFAULT_WORKER_SETTINGS.metricsHost,
       sandboxDeny: e.VMLB_SANDBOX_DENY,
+      smallChainBytes: e.VMLB_AFFINITY_SMALL_CHAIN ?? DEFAULT_WORKER_SETTINGS.smallChainBytes,
     },
   };
 }
