@@ -55,7 +55,7 @@ function project(third: string): Promise<Buffer> {
 }
 
 /** Sent as vmlb submit sends it; waits for the build's end. */
-async function submit(body: Buffer, meta: { commit: string; branch: string; dirty: boolean }, token: string = TOK.alice): Promise<string> {
+async function submit(body: Buffer, meta: { commit: string; branch: string; dirty: boolean }, token: string = TOK.alice, ends: 'done' | 'failed' = 'done'): Promise<string> {
   const r = await api.json<{ id: string }>('POST', '/v1/builds', {
     body,
     token,
@@ -63,7 +63,7 @@ async function submit(body: Buffer, meta: { commit: string; branch: string; dirt
   });
   expect(r.status, JSON.stringify(r.body)).toBe(201);
   await waitFor(`build ${r.body.id} to end`, async () => ['done', 'failed'].includes((await api.json('GET', `/v1/builds/${r.body.id}`, { token })).body.state), 120_000, 200);
-  expect((await api.json('GET', `/v1/builds/${r.body.id}`, { token })).body.state).toBe('done');
+  expect((await api.json('GET', `/v1/builds/${r.body.id}`, { token })).body.state).toBe(ends);
   return r.body.id;
 }
 
@@ -123,9 +123,10 @@ describe('project names and a project\'s trend in the dashboard', () => {
     // The search box: the API's ?q= (project, commit, branch, submitter), kept in the address.
     await page.locator('[data-testid=search]').fill('feature/x');
     await page.waitForFunction((h) => (globalThis as unknown as { location: { hash: string } }).location.hash === h, '#/builds?q=feature%2Fx');
+    // The others gone and the match there (the list may be empty for a moment while it loads).
     await row(ids[0]!).waitFor({ state: 'detached' });
-    await expect(page.locator('tr[data-build]').count()).resolves.toBe(1);
     await row(ids[3]!).waitFor();
+    await expect(page.locator('tr[data-build]').count()).resolves.toBe(1);
     await page.locator('[data-testid=search]').fill(COMMIT_A.slice(0, 7));
     await row(ids[0]!).waitFor();
     await expect(page.locator('tr[data-build]').count()).resolves.toBe(3);
@@ -200,7 +201,7 @@ describe('project names and a project\'s trend in the dashboard', () => {
     expect(all.teams).toEqual(['web']);
     expect(all.limit).toBe(30);
     expect(all.builds.map((b: { id: string }) => b.id)).toEqual([...ids].reverse());
-    expect(all.builds[1]).toMatchObject({ team: 'web', state: 'done', gitBranch: 'main', gitCommit: COMMIT_A, gitDirty: true, submitter: 'alice', hits: 2, built: 1 });
+    expect(all.builds[1]).toMatchObject({ team: 'web', state: 'done', gitBranch: 'main', gitCommit: COMMIT_A, gitDirty: true, submitter: 'alice', hits: 2, built: 1, lookups: 3 });
     expect(all.builds[1].layers.map((l: { index: number; name: string; status: string }) => [l.index, l.name, l.status])).toEqual([[0, '01_base', 'hit'], [1, '02_hello', 'hit'], [2, '03_world', 'done']]);
     const two = (await api.json('GET', '/v1/projects/webapp/trend?limit=2&branch=main')).body;
     expect(two.builds.map((b: { id: string }) => b.id)).toEqual([ids[2], ids[1]]);
@@ -221,6 +222,26 @@ describe('project names and a project\'s trend in the dashboard', () => {
     await dataPage.goto(`${sched.url}/#/projects/webapp`);
     await dataPage.locator('.empty', { hasText: 'No builds of project webapp for this team.' }).waitFor();
     await ui.screenshot(dataPage, 'p4-project-other-team');
+    expect(ui.pageErrors).toEqual([]);
+  });
+
+  it('a failed build counts its failed layer as a lookup, not the layer its failure cancelled (the one hit rate)', async () => {
+    const entries: TarEntry[] = [
+      { name: '01_base/create-disk', content: `#!/bin/sh\n${BUSYBOX_BASE.script}\n` },
+      { name: '02_hello/build-layer', content: '#!/bin/sh\necho broken; exit 3\n' },
+      { name: '03_world/build-layer', content: '#!/bin/sh\necho world\n' },
+    ];
+    const id = await submit(await tarGz(entries), { commit: COMMIT_B, branch: 'broken', dirty: false }, TOK.alice, 'failed');
+    const b = (await api.json('GET', '/v1/projects/webapp/trend?branch=broken')).body.builds[0];
+    expect(b.layers.map((l: { status: string }) => l.status)).toEqual(['hit', 'failed', 'cancelled']);
+    expect(b).toMatchObject({ id, state: 'failed', hits: 1, built: 0, lookups: 2 });
+    // The list's and the cache page's definition: the same 1 of 2 for this build.
+    expect((await api.json('GET', `/v1/builds?q=broken`)).body.builds.find((x: { id: string }) => x.id === id)).toMatchObject({ hits: 1, lookups: 2 });
+    await page.goto(`${sched.url}/#/projects/webapp`);
+    await columns(page, 5);
+    // 7 of 12 before, and this build's 1 of 2.
+    await expect(page.locator('[data-testid=trend-hits] .stat-sub').textContent()).resolves.toBe('8 of 14 layers');
+    await expect(page.locator('[data-testid=trend-builds] .stat-sub').textContent()).resolves.toBe('1 failed');
     expect(ui.pageErrors).toEqual([]);
   });
 });

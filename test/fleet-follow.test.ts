@@ -173,7 +173,7 @@ describe('vmlb watch and vmlb logs against a running fleet', () => {
     const one = await vmlb(sb, ['logs', id2, 'hello', '-f'], as(TOK.alice));
     expect(one.exitCode, why(one)).toBe(0);
     expect(one.stdout).toBe('tock 1\ntock 2\n');
-    expect((await record(id2)).state).toBe('done');
+    expect(await record(id2)).toMatchObject({ state: 'done', projectName: 'slow-again' });
     // Of a finished build whose layer was a hit: the log of the build that made it.
     const id3 = await submitDetached(p.dir, TOK.alice, ['--name', 'slow-again']);
     expect((await record(id3)).state).toBe('done');
@@ -271,6 +271,9 @@ describe('vmlb watch and vmlb logs against a running fleet', () => {
     expect(await ids('--project', 'hello', '--clean')).toEqual([okId]);
     expect(await ids('--project', 'hello', '--submitter', 'ci')).toEqual([dirtyId]);
     expect(await ids('--search', 'alice', '--project', 'hello')).toEqual([okId]);
+    expect(await ids('--project', 'hello', '--branch', 'main')).toEqual([dirtyId, okId]);
+    expect(await ids('--project', 'hello', '--branch', 'no-such-branch')).toEqual([]);
+    expect(await ids('--commit', short, '--project', 'hello', '--submitter', 'alice')).toEqual([okId]);
     const both = await vmlb(sb, ['builds', '--dirty', '--clean'], as(TOK.alice));
     expect(both.exitCode).toBe(2);
     expect(both.stderr).toBe('vmlb: give --dirty or --clean, not both\n');

@@ -303,10 +303,10 @@ export class BuildHistory {
     const branch = q.branch === undefined ? '' : `AND git_branch = $${args.push(q.branch)}`;
     const r = await this.query<{
       id: string; team: string; state: BuildState; created_at: Date; finished_at: Date | null; seconds: number | null;
-      git_branch: string | null; git_commit: string | null; git_dirty: boolean | null; submitter: string | null; hits: number; built: number; layers: TrendLayer[] | null;
+      git_branch: string | null; git_commit: string | null; git_dirty: boolean | null; submitter: string | null; hits: number; built: number; lookups: number; layers: TrendLayer[] | null;
     }>(
       `reading project ${q.project}'s builds`,
-      `SELECT b.id, b.team, b.state, b.created_at, b.finished_at, b.seconds, b.git_branch, b.git_commit, b.git_dirty, b.submitter, b.hits, b.built,
+      `SELECT b.id, b.team, b.state, b.created_at, b.finished_at, b.seconds, b.git_branch, b.git_commit, b.git_dirty, b.submitter, b.hits, b.built, b.lookups,
          (SELECT jsonb_agg(jsonb_build_object('index', l.idx, 'name', l.name, 'status', l.status, 'seconds', l.seconds, 'key', l.key) ORDER BY l.idx)
           FROM build_layers l WHERE l.build_id = b.id) AS layers
        FROM unnest($1::text[]) AS t(team),
@@ -316,7 +316,7 @@ export class BuildHistory {
       args,
     );
     return r.rows.map((x) => {
-      const b: TrendBuild = { id: x.id, team: x.team, state: x.state, createdAt: x.created_at.toISOString(), seconds: x.seconds === null ? null : Math.round(x.seconds * 10) / 10, hits: x.hits, built: x.built, layers: x.layers ?? [] };
+      const b: TrendBuild = { id: x.id, team: x.team, state: x.state, createdAt: x.created_at.toISOString(), seconds: x.seconds === null ? null : Math.round(x.seconds * 10) / 10, hits: x.hits, built: x.built, lookups: x.lookups, layers: x.layers ?? [] };
       if (x.finished_at) b.finishedAt = x.finished_at.toISOString();
       if (x.git_branch !== null) b.gitBranch = x.git_branch;
       if (x.git_commit !== null) b.gitCommit = x.git_commit;

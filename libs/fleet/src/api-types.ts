@@ -119,6 +119,8 @@ export interface TrendBuild {
   submitter?: string;
   hits: number;
   built: number;
+  /** Its cache lookups: hits + built + failed layers (docs/metrics.md), not queued or cancelled ones. */
+  lookups: number;
   layers: TrendLayer[];
 }
 

@@ -45,7 +45,8 @@ export function ProjectPage({ name, params }: { name: string; params: URLSearchP
   const builds = t ? [...t.builds].reverse() : []; // oldest first, left to right
   const names = layerNames(t?.builds ?? []);
   const finished = builds.filter((b) => b.state === 'done' && b.seconds !== null).map((b) => b.seconds!);
-  const lookups = builds.reduce((n, b) => n + b.layers.length, 0);
+  // The one hit rate (docs/metrics.md): layers a failure cancelled are no lookups.
+  const lookups = builds.reduce((n, b) => n + b.lookups, 0);
   const hits = builds.reduce((n, b) => n + b.hits, 0);
   const failed = builds.filter((b) => b.state === 'failed').length;
   // Each layer's bar is scaled to its own slowest build here.
