@@ -6,6 +6,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
+import { rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { s3ConfigFrom, SharedStore } from '../libs/layer-engine/src/index.js';
 import { BuildHistory } from '../apps/scheduler/src/build-history.js';
 import { StoreIndexRecords, newBuildId, type StoredRecord } from '../apps/scheduler/src/build-records.js';
@@ -59,9 +62,16 @@ describe('the history', () => {
     const orphan = record({ team: 'web', createdAt: '2026-11-20T10:00:00.000Z' });
     await shared.putJson(`builds/${orphan.id}.json`, orphan);
     old.push(orphan);
+    // Two objects under builds/ that are no records: skipped, counted, left in place; the rest imported.
+    await shared.putJson('builds/bnotarecord1.json', { note: 'not a build record' });
+    const half = path.join(os.tmpdir(), `vmlb-history-half-${process.pid}.json`);
+    await writeFile(half, '{ half');
+    await shared.putFile('builds/bnotjson0002.json', half);
+    await rm(half, { force: true });
 
     sched = await startScheduler(services.env);
-    expect(sched.log.lines.join('\n')).toMatch(/imported the shared store's build records into the history .*"records":31/);
+    expect(sched.log.lines.join('\n')).toMatch(/imported the shared store's build records into the history .*"records":31,"skipped":2/);
+    expect(sched.log.lines.join('\n')).toMatch(/2 object\(s\) under builds\/ in the shared store are no build records/);
     for (const r of old) expect(await history.get(r.id)).toEqual(JSON.parse(JSON.stringify(r)));
     await sched.close();
     // A second start imports nothing again.

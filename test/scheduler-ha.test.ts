@@ -216,7 +216,8 @@ describe.skipIf(missing !== null)('two scheduler processes behind haproxy', () =
       waitFor('the other scheduler to lead', async () => (await other.health())?.leader === true, 30_000, 50).then(() => Date.now() - killedAt),
     ]);
     console.log(`scheduler-ha: haproxy took the dead scheduler out ${outMs} ms after the kill; the other led after ${takeoverMs} ms`);
-    expect(takeoverMs).toBeLessThan(30_000);
+    // 5 s of lease and a try every second: about 6 s; more only when the host is slow to schedule us.
+    expect(takeoverMs).toBeLessThan(12_000);
     expect(other.log.join('\n')).toMatch(/following builds: this scheduler leads/);
 
     // Every client follows its build to the end.

@@ -118,7 +118,8 @@ export async function createScheduler(opts: SchedulerOptions): Promise<Scheduler
     await records.close();
     throw e;
   });
-  if (!imported.already) log.info('imported the shared store\'s build records into the history', { records: imported.imported });
+  if (!imported.already) log.info('imported the shared store\'s build records into the history', { records: imported.imported, skipped: imported.skipped });
+  if (imported.skipped) log.warn(`${imported.skipped} object(s) under builds/ in the shared store are no build records (no team or no layers): not imported, left in place`);
   const pools = new PoolRegistry(config.shared, teams, redis);
   const queuesOf = (pool: string | undefined) => pools.queues(pool ?? DEFAULT_POOL);
   const flows = new FlowProducer({ connection: redis });
