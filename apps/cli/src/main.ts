@@ -23,6 +23,7 @@ import { chooseMode, createDisplay, formatPlan } from './display.js';
 import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
 import { registerFollowCommands } from './follow-commands.js';
 import { registerImageCommands } from './image-commands.js';
+import { failedOverlayHint, registerShellCommands, shellOnFailure, sweepFailedLine } from './shell-commands.js';
 import { VERSION } from './version.js';
 
 /**
@@ -113,6 +114,7 @@ program
   .option('--no-sandbox', 'run layer scripts unconfined, as root of this host, for debugging (also VMLB_SANDBOX=0); VMLB_SANDBOX_DENY=ADDR,… adds addresses layers may not reach')
   .option('--json', 'print build events as JSON lines (for machines)')
   .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
+  .option('--shell-on-failure', "when a layer fails, open a shell in its kept half-built overlay at once (on a terminal; as vmlb shell --failed)")
   .action(async (dir: string, o) => {
     const sandboxed = sandboxFrom(o);
     logMaxFromEnv(); // a bad VMLB_LOG_MAX is a usage error before anything runs
@@ -133,6 +135,12 @@ program
         signal: interruptSignal(),
         onEvent: (e) => display.onEvent(e),
       });
+    } catch (e) {
+      if (o.shellOnFailure && e instanceof LayerFailedError) {
+        display.close();
+        await shellOnFailure(e, { projectDir: path.resolve(dir), store: o.store, backend: o.backend, sandbox: sandboxed });
+      }
+      throw e;
     } finally {
       display.close();
       shared?.close();
@@ -172,11 +180,13 @@ program
   .command('sweep')
   .description('release loop devices, FUSE exports, daemons and half-built blobs left by a killed run (vmlb build does this first)')
   .addOption(storeOption())
+  .option('--failed', "also remove the half-built overlays kept of failed layers (vmlb shell --failed)")
   .action(async (o) => {
     const store = storeFrom(o);
     await store.init();
     const msg = await startupSweep(store);
     process.stdout.write((msg ?? 'nothing to clean up') + '\n');
+    if (o.failed) process.stdout.write((await sweepFailedLine(store)) + '\n');
   });
 
 program
@@ -221,6 +231,7 @@ program
 registerFleetCommands(program);
 registerFollowCommands(program);
 registerImageCommands(program);
+registerShellCommands(program);
 
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
@@ -266,7 +277,7 @@ try {
   // A build's display has already shown its failure; repeat only the one-line cause on stderr.
   const err = e as Error;
   if (e instanceof LayerFailedError) {
-    process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}; full log: ${e.logPath}\n`);
+    process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}; full log: ${e.logPath}${failedOverlayHint(e)}\n`);
   } else if (e instanceof VmlbError) {
     process.stderr.write(`vmlb: ${err.message}\n`);
   } else if (errnoLine(e)) {

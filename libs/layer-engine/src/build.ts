@@ -284,7 +284,7 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
         } else {
           backend ??= await chooseBackend(opts.backend ?? 'auto');
           sandbox ??= await layerSandbox(opts.sandbox, store);
-          manifest = await buildLayerReporting({ store, backend, sandbox: sandbox ?? undefined, index: i, layer: k, parent, signal: opts.signal, emit });
+          manifest = await buildLayerReporting({ store, backend, sandbox: sandbox ?? undefined, index: i, layer: k, parent, signal: opts.signal, emit, keepFailed: true });
         }
       } finally {
         await release();
@@ -351,6 +351,8 @@ export async function buildLayerReporting(o: {
   isFailure?: (e: unknown) => boolean;
   /** What of the script's output goes out as layer-log events. @default ENGINE_OUTPUT_LIMITS */
   outputLimits?: OutputLimits;
+  /** See LayerBuildContext.keepFailed (a local build's). */
+  keepFailed?: boolean;
 }): Promise<LayerManifest> {
   const { index, layer: k, emit } = o;
   const name = k.spec.name;
@@ -370,12 +372,13 @@ export async function buildLayerReporting(o: {
       sandbox: o.sandbox,
       signal: o.signal,
       outputLimits: o.outputLimits,
+      keepFailed: o.keepFailed,
       onOutput: (chunk) => emit({ type: 'layer-log', at: Date.now(), index, name, chunk }),
       onStep: (step) => emit({ type: 'layer-step', at: Date.now(), index, name, step }),
     });
   } catch (e) {
     if (o.isFailure?.(e) ?? true) {
-      const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string };
+      const err = e as Error & { exitCode?: number; timedOut?: boolean; logPath?: string; logTail?: string; keptOverlay?: string };
       emit({
         type: 'layer-failed',
         at: Date.now(),
@@ -388,6 +391,7 @@ export async function buildLayerReporting(o: {
         timedOut: err.timedOut ?? false,
         logPath: err.logPath ?? '',
         logTail: err.logTail ?? '',
+        ...(err.keptOverlay ? { overlay: err.keptOverlay } : {}),
       });
     }
     throw e;

@@ -61,6 +61,8 @@ export class LayerFailedError extends VmlbError {
   readonly logPath: string;
   /** Why the script may have failed, when the engine can tell (a usage line: see usageHint in layer-builder.ts). */
   readonly hint: string | undefined;
+  /** Where a local build kept the layer's half-built overlay (`vmlb shell --failed` opens it), if it did. */
+  keptOverlay?: string;
   constructor(args: { layer: string; exitCode?: number; timedOut?: boolean; signal?: string; logTail: string; logPath: string; hint?: string }) {
     const why = args.timedOut
       ? 'passed its # timeout and was stopped'

@@ -35,7 +35,7 @@ export type BuildEvent =
   | { type: 'layer-log'; at: number; index: number; name: string; chunk: string }
   | { type: 'layer-step'; at: number; index: number; name: string; step: string }
   | { type: 'layer-done'; at: number; index: number; name: string; key: string; seconds: number; bytes: number }
-  | { type: 'layer-failed'; at: number; index: number; name: string; key: string; seconds: number; message: string; exitCode?: number; timedOut: boolean; logPath: string; logTail: string }
+  | { type: 'layer-failed'; at: number; index: number; name: string; key: string; seconds: number; message: string; exitCode?: number; timedOut: boolean; logPath: string; logTail: string; overlay?: string }
   | { type: 'output'; at: number; path: string; flattened: boolean; seconds: number; bytes: number }
   | { type: 'done'; at: number; built: number; cached: number; seconds: number; image: string | null }
   | { type: 'failed'; at: number; message: string; code: string; seconds: number };

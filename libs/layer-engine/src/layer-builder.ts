@@ -17,6 +17,7 @@ import { DEFAULT_DISK_SIZE } from './hints.js';
 import { formatBytes } from './sizes.js';
 import type { OutputLimits } from './output-limits.js';
 import { ensureRoom, isNoSpace, layerWriteBound, lostWritesError } from './store-space.js';
+import { dropFailedOf, keepFailedOverlay } from './failed-layers.js';
 import type { LayerInputs, LayerKind, LayerSpec, PartitionTable } from './types.js';
 
 export const ENGINE_VERSION = '0.1.0';
@@ -37,6 +38,11 @@ export interface LayerBuildContext {
   onStep?: (step: string) => void;
   /** How scripts are confined (see sandbox.ts); unset: unsandboxed, as the host's root. */
   sandbox?: LayerSandbox;
+  /**
+   * Keep a failed script's half-built overlay for `vmlb shell --failed` (failed-layers.ts),
+   * and drop those of earlier failures of the layer first. Local builds do; workers do not.
+   */
+  keepFailed?: boolean;
 }
 
 /** The sandbox as one build applies it to each layer. */
@@ -54,18 +60,24 @@ export interface LayerSandbox {
 
 /** Host variables a script may rely on for network access; passed through when set. */
 const PASSTHROUGH_ENV = ['http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'];
-const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** A build-layer's PATH (and `vmlb shell`'s). */
+export const CHROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** The first partition of a disk made by create-disk starts at 1 MiB, as fdisk would put it. */
 const FIRST_PARTITION_START = 1 << 20;
 
 function scriptEnv(ctx: LayerBuildContext, extra: Record<string, string>): Record<string, string> {
+  return layerEnv(ctx.spec.name, ctx.key, extra);
+}
+
+/** A layer script's whole environment (`vmlb shell` and `vmlb run` give the same). */
+export function layerEnv(name: string, key: string, extra: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {
     HOME: '/root',
     LANG: 'C.UTF-8',
     TERM: 'dumb',
     DEBIAN_FRONTEND: 'noninteractive',
-    VMLB_LAYER: ctx.spec.name,
-    VMLB_KEY: ctx.key,
+    VMLB_LAYER: name,
+    VMLB_KEY: key,
   };
   for (const k of PASSTHROUGH_ENV) {
     const v = process.env[k];
@@ -89,9 +101,11 @@ export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest>
     const evicted = await ensureRoom(store, spec.name, bound!, `a layer on this ${formatBytes(size)} disk`);
     if (evicted) ctx.onStep?.(evicted);
   }
+  if (ctx.keepFailed) await dropFailedOf(store, spec.dir);
   const tmp = store.tempBlobPath(key);
   const tmpLog = tmp.replace(/\.qcow2$/, '.log');
   let published = false;
+  let failed: LayerFailedError | undefined;
   try {
     await writeFile(tmpLog, '');
     const result = await buildBlob(ctx, tmp, tmpLog);
@@ -122,8 +136,23 @@ export async function buildLayer(ctx: LayerBuildContext): Promise<LayerManifest>
     if (isNoSpace(e) && !(e instanceof VmlbError && e.code === 'NO_SPACE')) {
       throw await lostWritesError(store, spec.name, (e as Error).message.split('\n')[0]!, bound ?? 0);
     }
+    if (e instanceof LayerFailedError) failed = e;
     throw e;
   } finally {
+    if (!published && failed && ctx.keepFailed) {
+      const kept = await keepFailedOverlay(store, tmp, {
+        key,
+        name: spec.name,
+        kind: spec.kind,
+        project: path.dirname(spec.dir),
+        layerDir: spec.dir,
+        parent: ctx.parent?.key ?? null,
+        log: failedLogPath(store, key),
+        exitCode: failed.exitCode,
+        timedOut: failed.timedOut,
+      }).catch(() => undefined);
+      if (kept) failed.keptOverlay = kept.overlay;
+    }
     if (!published) {
       await rm(tmp, { force: true });
       await rename(tmpLog, failedLogPath(store, key)).catch(() => rm(tmpLog, { force: true }));
@@ -229,20 +258,7 @@ async function runEntryScript(
 ): Promise<void> {
   ctx.onStep?.(`running ${ctx.spec.kind}${ctx.sandbox ? '' : ' (no sandbox)'}`);
   const mount = o.mountPoint ?? scratchMount();
-  let sandbox: SandboxRun | undefined;
-  if (ctx.sandbox) {
-    const network = ctx.spec.hints.network !== 'none';
-    const routes = network ? await denyRoutes(ctx.sandbox.deny) : [];
-    sandbox = {
-      uidBase: pickUidBase(),
-      network,
-      routes,
-      resolvConf: await sandboxResolvConf(network, routes),
-      devices: o.devices ?? [],
-      readOnlyFiles: o.readOnlyFiles ?? [],
-      partitionServer: o.partitionServer,
-    };
-  }
+  const sandbox = ctx.sandbox ? await sandboxRunFor(ctx.sandbox, ctx.spec.hints.network !== 'none', o) : undefined;
   try {
     const r = await runScript({
       sandbox,
@@ -263,6 +279,24 @@ async function runEntryScript(
   } finally {
     await rm(mount, { recursive: true, force: true });
   }
+}
+
+/** One run's sandbox: a fresh uid range, the network (or none) with the build's deny routes. */
+export async function sandboxRunFor(
+  sb: LayerSandbox,
+  network: boolean,
+  o: { devices?: string[]; readOnlyFiles?: string[]; partitionServer?: Record<string, string> } = {},
+): Promise<SandboxRun> {
+  const routes = network ? await denyRoutes(sb.deny) : [];
+  return {
+    uidBase: pickUidBase(),
+    network,
+    routes,
+    resolvConf: await sandboxResolvConf(network, routes),
+    devices: o.devices ?? [],
+    readOnlyFiles: o.readOnlyFiles ?? [],
+    partitionServer: o.partitionServer,
+  };
 }
 
 async function checkResult(ctx: LayerBuildContext, r: RunScriptResult): Promise<void> {
@@ -350,31 +384,47 @@ async function createDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
 async function buildInChroot(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
   const parent = requireParent(ctx);
   await createLayerOverlay(tmp, parent.blob.file, parent.virtualSize, { signal: ctx.signal });
-  const { hints } = ctx.spec;
   await withDisk(ctx, tmp, async (disk) => {
     const root = await disk.mountSource(parent.root);
-    const mounts: ExtraMount[] = [];
-    for (const pm of hints.partitionMounts) {
-      const part = parent.partitions.partitions.find((p) => p.number === pm.partition);
-      if (!part) {
-        throw new VmlbError('NO_SUCH_PARTITION', `${ctx.spec.name}: # chroot-mount ${pm.partition} ${pm.target}: the disk has no partition ${pm.partition}`);
-      }
-      mounts.push({ type: 'part', from: await disk.mountSource(part), target: pm.target });
-    }
-    for (const bm of hints.bindMounts) {
-      const why = ctx.sandbox?.projectBindsOnly ? hostBindReason(path.dirname(ctx.spec.dir), ctx.spec.dir, bm.source) : null;
-      if (why) throw new VmlbError('PROJECT_INVALID', `${ctx.spec.name}: # chroot-bind-mount ${bm.source} ${bm.target}: a submitted project names no host path (${why})`);
-      mounts.push({ type: bindType(ctx), source: path.resolve(ctx.spec.dir, bm.source), target: bm.target });
-    }
-    for (const cm of hints.cacheMounts ?? []) {
-      const source = cacheMountDir(ctx.sandbox?.cacheDir ?? cacheMountsDir(ctx.store), cm.target);
-      await mkdir(source, { recursive: true });
-      mounts.push({ type: 'cache', source, target: cm.target });
-    }
+    const mounts = await chrootMounts({ spec: ctx.spec, store: ctx.store, sandbox: ctx.sandbox, disk, partitions: parent.partitions });
     await runEntryScript(ctx, log, { mode: 'chroot', root, mounts, env: scriptEnv(ctx, { PATH: CHROOT_PATH }) });
   });
   // A build-layer works inside the root filesystem: the partition table stays as it was.
   return { virtualSize: parent.virtualSize, partitions: parent.partitions, root: parent.root };
+}
+
+/**
+ * A build-layer's mounts inside the image, from its hints: `# chroot-mount` partitions of the
+ * disk, `# chroot-bind-mount` host paths, `# cache-mount` folders (`vmlb shell` makes the same).
+ */
+export async function chrootMounts(o: {
+  spec: LayerSpec;
+  store: LocalStore;
+  sandbox?: LayerSandbox;
+  disk: AttachedDisk;
+  partitions: PartitionTable;
+}): Promise<ExtraMount[]> {
+  const { spec, disk } = o;
+  const { hints } = spec;
+  const mounts: ExtraMount[] = [];
+  for (const pm of hints.partitionMounts) {
+    const part = o.partitions.partitions.find((p) => p.number === pm.partition);
+    if (!part) {
+      throw new VmlbError('NO_SUCH_PARTITION', `${spec.name}: # chroot-mount ${pm.partition} ${pm.target}: the disk has no partition ${pm.partition}`);
+    }
+    mounts.push({ type: 'part', from: await disk.mountSource(part), target: pm.target });
+  }
+  for (const bm of hints.bindMounts) {
+    const why = o.sandbox?.projectBindsOnly ? hostBindReason(path.dirname(spec.dir), spec.dir, bm.source) : null;
+    if (why) throw new VmlbError('PROJECT_INVALID', `${spec.name}: # chroot-bind-mount ${bm.source} ${bm.target}: a submitted project names no host path (${why})`);
+    mounts.push({ type: o.sandbox?.projectBindsOnly ? 'bind-ro' : 'bind', source: path.resolve(spec.dir, bm.source), target: bm.target });
+  }
+  for (const cm of hints.cacheMounts ?? []) {
+    const source = cacheMountDir(o.sandbox?.cacheDir ?? cacheMountsDir(o.store), cm.target);
+    await mkdir(source, { recursive: true });
+    mounts.push({ type: 'cache', source, target: cm.target });
+  }
+  return mounts;
 }
 
 async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
@@ -412,11 +462,6 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
     const partitions = await disk.partitionTable();
     return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
   });
-}
-
-/** A `# chroot-bind-mount` is read-only when the project is someone else's. */
-function bindType(ctx: LayerBuildContext): 'bind' | 'bind-ro' {
-  return ctx.sandbox?.projectBindsOnly ? 'bind-ro' : 'bind';
 }
 
 /**

@@ -228,6 +228,11 @@ export interface SandboxArgsInput {
   /** Host block devices, given at the same paths (e.g. /dev/loop5). */
   devices: string[];
   env: Record<string, string>;
+  /**
+   * bwrap's --new-session: the run has no controlling terminal, so it cannot push input into
+   * one (TIOCSTI). Off only for `vmlb shell`, whose terminal is a pty of its own. @default true
+   */
+  newSession?: boolean;
 }
 
 /**
@@ -235,7 +240,7 @@ export interface SandboxArgsInput {
  * no quoting of the script's environment anywhere); vmlb-run-layer adds the command.
  */
 export async function sandboxArgs(o: SandboxArgsInput): Promise<string[]> {
-  const args = ['--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', '--new-session', '--cap-add', 'ALL'];
+  const args = ['--unshare-pid', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--die-with-parent', ...(o.newSession === false ? [] : ['--new-session']), '--cap-add', 'ALL'];
   const stage = SANDBOX_STAGE_PATHS;
   if (o.mode === 'chroot') {
     // Everything the chroot had: /mnt read-only (and the cwd), /proc, /sys read-only, a

@@ -5,7 +5,8 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { exec, spawnChild, HOST_PATH } from './exec.js';
+import { execa } from 'execa';
+import { baseEnv, exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
 import { CappedLogFile, ENGINE_OUTPUT_LIMITS, OutputLimiter, logMaxFromEnv, type OutputLimits } from './output-limits.js';
@@ -33,6 +34,12 @@ export interface MountSource {
 
 /** bind: a host path (bind-ro: read-only); cache: a kept `# cache-mount` folder; part: a partition of the disk. */
 export type ExtraMount = { type: 'bind' | 'bind-ro' | 'cache'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
+
+/** What a run of the layer runner needs, whatever it runs (see RunScriptOptions, RunAttachedOptions). */
+export type RunBase = Pick<RunScriptOptions, 'mode' | 'layerDir' | 'script' | 'rootMount' | 'root' | 'mounts' | 'env' | 'sandbox'> & {
+  /** bwrap's --new-session (no controlling terminal: nothing to push input into). @default true */
+  newSession?: boolean;
+};
 
 export interface RunScriptOptions {
   /** chroot: build-layer, in the image's root; host: create-disk and modify-disk. */
@@ -81,30 +88,7 @@ export interface RunScriptResult {
 export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   const started = performance.now();
   const logMax = o.logMax ?? logMaxFromEnv();
-  await mkdir(o.rootMount, { recursive: true });
-  const statusFile = `${o.rootMount}.status`;
-  await rm(statusFile, { force: true });
-  const scratch = runScratch(o.rootMount);
-  const env: Record<string, string> = {
-    VMLB_MODE: o.mode,
-    VMLB_LAYER_DIR: o.layerDir,
-    VMLB_SCRIPT: o.script,
-    VMLB_ROOT: o.rootMount,
-    VMLB_STATUS_FILE: statusFile,
-  };
-  const scriptEnv = Object.entries(o.env).map(([k, v]) => `${k}=${v}`);
-  if (o.root) {
-    env.VMLB_ROOT_SRC = o.root.source;
-    env.VMLB_ROOT_OPTS = o.root.options;
-  }
-  if (o.mounts?.length) {
-    const lines = o.mounts.map((m) => (m.type === 'part' ? ['part', m.from.source, m.from.options, m.target] : [m.type, m.source, '-', m.target]));
-    for (const l of lines) {
-      if (l.some((f) => /\s/.test(f))) throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${l[1]} ${l[3]}`);
-    }
-    env.VMLB_MOUNTS = lines.map((l) => l.join(' ')).join('\n');
-  }
-  if (o.sandbox) Object.assign(env, await writeSandboxFiles(o, scratch));
+  const { env, scriptEnv, statusFile, scratch } = await prepareRun(o);
 
   const log = await CappedLogFile.open(o.logFile, logMax);
   const limiter = new OutputLimiter(o.outputLimits ?? ENGINE_OUTPUT_LIMITS);
@@ -127,15 +111,7 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     if (shown) o.onOutput?.(shown);
   };
 
-  const child = spawnChild(
-    [
-      'setpriv', '--pdeathsig', 'KILL', '--',
-      // Sandboxed, the run names its helpers' namespaces by /proc/PID: a /proc of its own pid namespace.
-      'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', ...(o.sandbox ? ['--mount-proc'] : []), '--',
-      '/bin/sh', path.join(ENGINE_BIN_DIR, 'vmlb-run-layer'), ...scriptEnv,
-    ],
-    { env: { ...env, ...(o.sandbox?.partitionServer ?? {}), PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` } },
-  );
+  const child = spawnChild(runnerArgv(o, scriptEnv), { env: runnerEnv(o, env) });
   for (const p of [child.stdout, child.stderr]) {
     if (!p) continue;
     pipes.push(p);
@@ -188,6 +164,58 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
   } catch (e) {
     logError = new VmlbError('LOG_WRITE', `could not write the layer's log ${o.logFile}: ${(e as Error).message}`, { cause: e });
   }
+  const { setupError, writeError } = await finishRun(o.rootMount, statusFile, scratch);
+  if (logError) throw logError;
+  const seconds = (performance.now() - started) / 1000;
+  debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
+  return { exitCode, signal, timedOut, aborted, setupError, writeError, logTail: tail(recent, 20), seconds };
+}
+
+/** What runScript and runAttached share before the run: the runner's variables, the script's environment, the sandbox's files. */
+async function prepareRun(o: RunBase) {
+  await mkdir(o.rootMount, { recursive: true });
+  const statusFile = `${o.rootMount}.status`;
+  await rm(statusFile, { force: true });
+  const scratch = runScratch(o.rootMount);
+  const env: Record<string, string> = {
+    VMLB_MODE: o.mode,
+    VMLB_LAYER_DIR: o.layerDir,
+    VMLB_SCRIPT: o.script,
+    VMLB_ROOT: o.rootMount,
+    VMLB_STATUS_FILE: statusFile,
+  };
+  const scriptEnv = Object.entries(o.env).map(([k, v]) => `${k}=${v}`);
+  if (o.root) {
+    env.VMLB_ROOT_SRC = o.root.source;
+    env.VMLB_ROOT_OPTS = o.root.options;
+  }
+  if (o.mounts?.length) {
+    const lines = o.mounts.map((m) => (m.type === 'part' ? ['part', m.from.source, m.from.options, m.target] : [m.type, m.source, '-', m.target]));
+    for (const l of lines) {
+      if (l.some((f) => /\s/.test(f))) throw new VmlbError('BAD_MOUNT', `mount paths may not contain white space: ${l[1]} ${l[3]}`);
+    }
+    env.VMLB_MOUNTS = lines.map((l) => l.join(' ')).join('\n');
+  }
+  if (o.sandbox) Object.assign(env, await writeSandboxFiles(o, scratch));
+  return { env, scriptEnv, statusFile, scratch };
+}
+
+/** The runner's command line: pid 1 of its own pid namespace in a private mount namespace (see bin/vmlb-run-layer). */
+function runnerArgv(o: RunBase, scriptEnv: string[]): string[] {
+  return [
+    'setpriv', '--pdeathsig', 'KILL', '--',
+    // Sandboxed, the run names its helpers' namespaces by /proc/PID: a /proc of its own pid namespace.
+    'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', ...(o.sandbox ? ['--mount-proc'] : []), '--',
+    '/bin/sh', path.join(ENGINE_BIN_DIR, 'vmlb-run-layer'), ...scriptEnv,
+  ];
+}
+
+function runnerEnv(o: RunBase, env: Record<string, string>): Record<string, string> {
+  return { ...env, ...(o.sandbox?.partitionServer ?? {}), PATH: `${ENGINE_BIN_DIR}:${HOST_PATH}` };
+}
+
+/** What the runner said of its set-up and of the filesystem's writes, and its scratch files removed. */
+async function finishRun(rootMount: string, statusFile: string, scratch: ReturnType<typeof runScratch>): Promise<{ setupError?: string; writeError?: string }> {
   let setupError: string | undefined;
   let writeError: string | undefined;
   try {
@@ -198,14 +226,83 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     /* no status: the set-up went fine */
   }
   await rm(statusFile, { force: true });
-  await rm(`${o.rootMount}.fstab`, { force: true });
-  await waitForAutoclearLoops(`${o.rootMount}.loops`);
+  await rm(`${rootMount}.fstab`, { force: true });
+  await waitForAutoclearLoops(`${rootMount}.loops`);
   // The sandbox's scratch files (its staged mounts went with the run's mount namespace).
   await Promise.all(Object.values(scratch).map((f) => rm(f, { recursive: true, force: true })));
-  if (logError) throw logError;
+  return { setupError, writeError };
+}
+
+export interface RunAttachedOptions extends RunBase {
+  /** What runs in the image instead of the entry script (argv; the first word is looked up on the layer's PATH). */
+  command: string[];
+  /**
+   * An interactive session: the run gets a terminal of its own (a pseudo-terminal that
+   * script(1) relays to this one, so that whatever the sandbox pushes into its terminal's
+   * input stays there) as its controlling terminal, for job control and Ctrl-C. Otherwise
+   * the command gets this process's stdin, stdout and stderr as they are, in a session of
+   * its own (no terminal to push input into).
+   */
+  terminal: boolean;
+  signal?: AbortSignal;
+}
+
+export interface RunAttachedResult {
+  exitCode: number | undefined;
+  signal: string | undefined;
+  aborted: boolean;
+  setupError?: string;
+  writeError?: string;
+  seconds: number;
+}
+
+/**
+ * runScript's sibling for `vmlb shell` and `vmlb run`: the same runner, mounts, environment
+ * and sandbox as a layer script, but `command` instead of the entry script, with this
+ * process's stdio (nothing captured, nothing logged). An abort SIGKILLs the run.
+ */
+export async function runAttached(o: RunAttachedOptions): Promise<RunAttachedResult> {
+  const started = performance.now();
+  const { env, scriptEnv, statusFile, scratch } = await prepareRun({ ...o, newSession: !o.terminal });
+  env.VMLB_COMMAND = o.command.map(shellQuote).join(' ');
+  env.VMLB_KEEP_STDERR = '1';
+  const runner = runnerArgv(o, scriptEnv);
+  const common = { env: { ...baseEnv(runnerEnv(o, env)), SHELL: '/bin/sh' }, extendEnv: false, reject: false, stdio: 'inherit' as const };
+  // With a terminal: script(1) makes the pty and the run's session on it (and relays the
+  // window size); the runner dies with script, script with this process.
+  const child = o.terminal
+    ? execa('setpriv', ['--pdeathsig', 'KILL', '--', 'script', '--quiet', '--return', '--command', `exec ${runner.map(shellQuote).join(' ')}`, '/dev/null'], common)
+    : execa(runner[0]!, runner.slice(1), { ...common, detached: true });
+  let aborted = false;
+  const onAbort = () => {
+    aborted = true;
+    try {
+      if (o.terminal || !child.pid) child.kill('SIGKILL');
+      else process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  };
+  if (o.signal?.aborted) onAbort();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  let exitCode: number | undefined;
+  let signal: string | undefined;
+  try {
+    const r = await child;
+    exitCode = typeof r.exitCode === 'number' ? r.exitCode : undefined;
+    signal = r.signal ?? undefined;
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+  }
+  const { setupError, writeError } = await finishRun(o.rootMount, statusFile, scratch);
   const seconds = (performance.now() - started) / 1000;
-  debug(`script ${o.layerDir}/${o.script}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
-  return { exitCode, signal, timedOut, aborted, setupError, writeError, logTail: tail(recent, 20), seconds };
+  debug(`command ${o.command.join(' ')} in ${o.layerDir}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
+  return { exitCode, signal, aborted, setupError, writeError, seconds };
+}
+
+/** A word for sh: single-quoted unless it is plainly safe. */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
 
 /** A sandboxed run's scratch files beside its mount point; vmlb-run-layer names them the same way. */
@@ -223,7 +320,7 @@ function runScratch(rootMount: string) {
 let stageReady: Promise<void> | undefined;
 
 /** Writes what vmlb-run-layer's sandbox reads (bwrap's arguments, routes, resolv.conf); returns its variables. */
-async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof runScratch>): Promise<Record<string, string>> {
+async function writeSandboxFiles(o: RunBase, scratch: ReturnType<typeof runScratch>): Promise<Record<string, string>> {
   const sb = o.sandbox!;
   const args = await sandboxArgs({
     mode: o.mode,
@@ -233,6 +330,7 @@ async function writeSandboxFiles(o: RunScriptOptions, scratch: ReturnType<typeof
     readOnlyFiles: sb.readOnlyFiles,
     devices: sb.devices,
     env: o.env,
+    newSession: o.newSession,
   });
   stageReady ??= mkdir(SANDBOX_STAGE, { recursive: true, mode: 0o755 }).then(() => undefined);
   await stageReady;
