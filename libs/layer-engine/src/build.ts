@@ -9,6 +9,7 @@ import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
 import { diffInputs } from './input-diff.js';
 import { buildLayer, type LayerSandbox } from './layer-builder.js';
+import { removeShellOrphans } from './layer-shell.js';
 import { cacheMountsDir, checkSandboxTools, type SandboxOptions } from './sandbox.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
 import { LocalStore, type LayerManifest } from './local-store.js';
@@ -79,9 +80,11 @@ export async function startupSweep(store: LocalStore): Promise<string | null> {
   const report = await sweep();
   const tmp = await store.sweepTemp();
   const orphans = await store.sweepOrphans();
+  const sessions = await removeShellOrphans();
   const parts = [
     describeSweep(report),
     tmp ? `removed ${tmp} half-built blob${tmp === 1 ? '' : 's'}` : null,
+    sessions ? `removed ${sessions} vmlb shell session folder${sessions === 1 ? '' : 's'}` : null,
     orphans.files ? `removed ${orphans.files} file${orphans.files === 1 ? '' : 's'} no layer owns (${formatBytes(orphans.bytes)})` : null,
   ].filter(Boolean);
   return parts.length ? `cleaned up after an interrupted run: ${parts.join('; ')}` : null;
