@@ -24,6 +24,7 @@ import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './
 import { registerFollowCommands } from './follow-commands.js';
 import { registerImageCommands } from './image-commands.js';
 import { failedOverlayHint, registerShellCommands, shellOnFailure, sweepFailedLine } from './shell-commands.js';
+import { registerMigrateCommand } from './migrate-command.js';
 import { VERSION } from './version.js';
 
 /**
@@ -232,6 +233,7 @@ registerFleetCommands(program);
 registerFollowCommands(program);
 registerImageCommands(program);
 registerShellCommands(program);
+registerMigrateCommand(program);
 
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;

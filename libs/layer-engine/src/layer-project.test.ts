@@ -231,6 +231,10 @@ describe('loadProject: a bad project is refused with every problem, each naming 
     [`sha256: ${SHA}`, [/source: is missing; add "source: PATH_OR_URL"/]],
     ['source: x.qcow2', [/sha256: is missing/]],
     [`source: x\nsha256: 1234`, [/line 2: sha256: expected 64 hex digits .*found "1234"/]],
+    [
+      `source: https://images.example/base.qcow2\nsha256: TODO the image could not be downloaded`,
+      [/^line 2: sha256: is still a TODO; replace the line with "sha256: HEX", the 64 hex digits sha256sum prints of https:\/\/images\.example\/base\.qcow2$/],
+    ],
     [`source: x\nurl: y\nsha256: ${SHA}`, [/line 2: url: given twice \(first as source: on line 1\)/]],
     [`source: x\nsha256: ${SHA}\nsha256: ${SHA}`, [/line 3: sha256: given twice/]],
     [`source: s3://bucket/x\nsha256: ${SHA}`, [/line 1: source: "s3:\/\/bucket\/x" is neither a path nor an http\(s\) URL/]],

@@ -189,7 +189,8 @@ const BASE_IMAGE_KEYS: Record<string, 'source' | 'sha256'> = { source: 'source',
 /**
  * A `base-image` file: `source: PATH_OR_URL` (or `url:`, `path:`) and `sha256: HEX`, each once;
  * `#` comments and blank lines are ignored. A relative path is resolved against the layer
- * folder; an http(s) URL is kept as written.
+ * folder; an http(s) URL is kept as written. `sha256: TODO …` (what `vmlb migrate` writes
+ * when it cannot fetch the image to hash it) is refused, saying what to put there.
  */
 export function parseBaseImage(text: string, layerDir: string): { source?: BaseImageSource; problems: string[] } {
   const problems: string[] = [];
@@ -229,7 +230,10 @@ export function parseBaseImage(text: string, layerDir: string): { source?: BaseI
 
   let sha256: string | undefined;
   if (!sum) problems.push('sha256: is missing; add "sha256: HEX" (64 hex digits, as printed by sha256sum)');
-  else if (!/^[0-9a-fA-F]{64}$/.test(sum.value)) {
+  else if (/^TODO\b/i.test(sum.value)) {
+    const of = src && src.value !== '' ? ` of ${src.value}` : ' of the image source: names';
+    problems.push(`line ${sum.line}: sha256: is still a TODO; replace the line with "sha256: HEX", the 64 hex digits sha256sum prints${of}`);
+  } else if (!/^[0-9a-fA-F]{64}$/.test(sum.value)) {
     problems.push(`line ${sum.line}: sha256: expected 64 hex digits (as printed by sha256sum), found "${sum.value}"`);
   } else sha256 = sum.value.toLowerCase();
 
