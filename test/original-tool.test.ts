@@ -286,3 +286,36 @@ describe('vmlb migrate', () => {
     expect(o.stderr).toBe(`vmlb: migrate: --out ${empty} exists and is not empty: name a new or empty folder`);
   });
 });
+
+describe('the original\'s layers as they are', () => {
+  it('a build-layer with the original\'s hint prose builds unchanged, and its # nocache holds', async () => {
+    const p = await writeProject(path.join(sb.dir, 'as-is'), { '01_base': BUSYBOX_BASE });
+    await mkdir(path.join(p, '10_files/files/etc'), { recursive: true });
+    await writeFile(path.join(p, '10_files/build-layer'), COPY, { mode: 0o755 });
+    await writeFile(path.join(p, '10_files/files/etc/migrated-motd'), 'as it was\n');
+    const first = await buildJson(sb, p);
+    expect(first.exitCode, first.stderr).toBe(0);
+    expect(builtNames(first)).toContain('10_files');
+    const again = await buildJson(sb, p);
+    expect(again.exitCode, again.stderr).toBe(0);
+    // Never cached: built again, its parent a hit.
+    expect(builtNames(again)).toEqual(['10_files']);
+    const files = await readImageFiles(sb, path.join(p, 'build/image.qcow2'), 1, ['/etc/migrated-motd']);
+    expect(files['/etc/migrated-motd']).toBe('as it was');
+  });
+
+  it('a modify-disk of the original\'s "source target device" contract fails with its usage line, and the one-line failure says what a modify-disk gets here', async () => {
+    const p = await writeProject(path.join(sb.dir, 'old-contract'), { '01_base': BUSYBOX_BASE });
+    await mkdir(path.join(p, '05_resize'));
+    await writeFile(path.join(p, '05_resize/modify-disk'), GROW, { mode: 0o755 });
+    const b = await vmlb(sb, ['build', p]);
+    expect(b.exitCode).toBe(1);
+    // The display's error line, and the one line on stderr.
+    const hint = /it printed a usage line: a modify-disk gets no arguments here: the disk is \$VMLB_DEVICE .*vmlb migrate rewrites it/;
+    expect(b.stdout).toMatch(new RegExp(`^error: layer 05_resize exited with status 1; ${hint.source}$`, 'm'));
+    expect(b.stdout).toContain('Usage: ./modify-disk <source> <target> <device>');
+    const line = b.stderr.trim().split('\n');
+    expect(line, b.stderr).toHaveLength(1);
+    expect(line[0]).toMatch(new RegExp(`^vmlb: layer 05_resize failed with exit code 1; ${hint.source}; full log: `));
+  });
+});

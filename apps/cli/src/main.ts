@@ -279,7 +279,7 @@ try {
   // A build's display has already shown its failure; repeat only the one-line cause on stderr.
   const err = e as Error;
   if (e instanceof LayerFailedError) {
-    process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}; full log: ${e.logPath}${failedOverlayHint(e)}\n`);
+    process.stderr.write(`vmlb: layer ${e.layer} failed${e.timedOut ? ' (timeout)' : ` with exit code ${e.exitCode}`}${e.hint ? `; ${e.hint}` : ''}; full log: ${e.logPath}${failedOverlayHint(e)}\n`);
   } else if (e instanceof VmlbError) {
     process.stderr.write(`vmlb: ${err.message}\n`);
   } else if (errnoLine(e)) {
