@@ -54,7 +54,8 @@ async function terminal(args: string[]): Promise<string> {
   const name = `s${++sessions}`;
   const env = Object.entries(sb.env).map(([k, v]) => `${k}=${q(v)}`).join(' ');
   const cmd = `env ${env} ${q(process.execPath)} ${q(VMLB)} ${args.map(q).join(' ')}; echo VMLB-EXIT=$?; exec sleep 3600`;
-  const r = await tmux('new-session', '-d', '-s', name, '-x', '160', '-y', '50', 'sh', '-c', cmd);
+  // bash: it goes on after a child that handled Ctrl-C (vmlb exits 130 itself), as an interactive shell does.
+  const r = await tmux('new-session', '-d', '-s', name, '-x', '160', '-y', '50', 'bash', '--norc', '--noprofile', '-c', cmd);
   expect(r.exitCode, String(r.stderr)).toBe(0);
   return name;
 }
@@ -159,6 +160,19 @@ describe('vmlb shell', () => {
     await close(t);
   });
 
+  it('--json says what it opened, its exit status and what it kept', async () => {
+    const kept = path.join(sb.dir, 'kept-json.qcow2');
+    // No terminal: the shell reads its (empty) stdin and ends at once.
+    const r = await vmlb(sb, ['shell', '02_motd', '-C', project, '--keep', kept, '--json']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ command: 'shell', layer: '02_motd', key: keys['02_motd'], image: blob('02_motd'), exitCode: 0, kept: { file: kept, backing: blob('02_motd') } });
+    expect(j.kept.bytes).toBeGreaterThan(0);
+    // A usage error is exit 2: an existing --keep file, a layer never built.
+    expect((await vmlb(sb, ['shell', '02_motd', '-C', project, '--keep', kept])).exitCode).toBe(2);
+    expect((await vmlb(sb, ['run', '99_none', '-C', project, '--', 'true'])).exitCode).toBe(2);
+  });
+
   it("a closed terminal ends the session and releases what it attached", async () => {
     const t = await terminal(['shell', '04_data', '-C', project]);
     await waitFor(t, prompt('04_data'));
@@ -209,6 +223,15 @@ describe('vmlb run', () => {
     const r = await vmlb(sb, ['run', '02_motd', '-C', project, '--', 'no-such-command']);
     expect(r.exitCode).toBe(127);
     expect(r.stderr).toContain('could not start no-such-command');
+  });
+
+  it('Ctrl-C stops the command and releases everything (exit 130)', async () => {
+    const t = await terminal(['run', '04_data', '-C', project, '--', 'sh', '-c', 'echo started; sleep 60']);
+    await waitFor(t, /^started$/m);
+    await tmux('send-keys', '-t', t, 'C-c');
+    const s = await waitFor(t, /VMLB-EXIT=\d+/);
+    expect(s).toContain('VMLB-EXIT=130');
+    await close(t);
   });
 });
 
