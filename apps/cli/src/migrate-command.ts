@@ -1,13 +1,13 @@
 /**
  * `vmlb migrate [DIR] [--out DIR] [--json]`: an image project of the original vm-layer-builder
- * (scons + qemu-nbd) turned into this tool's form (see migrate.ts). Registered on the program
+ * (scons + qemu-nbd) turned into this tool's form (see migrate/). Registered on the program
  * by main.ts. Exit status: 0 when nothing is left to do by hand, 1 when something is, 2 for a
  * bad DIR or --out (printed here, like the other commands' usage errors).
  */
 import type { Command } from 'commander';
 import path from 'node:path';
 import { VmlbError } from '@vmlb/layer-engine';
-import { MIGRATE_USAGE, formatReport, migrateProject, summaryLine } from './migrate.js';
+import { MIGRATE_USAGE, formatReport, migrateProject, summaryLine } from './migrate/index.js';
 
 const EXIT_TODO = 1;
 const EXIT_USAGE = 2;
