@@ -78,6 +78,11 @@ async function submitAndPull(sb: Sandbox, fleet: Fleet, project: string, store: 
   const pull = await run([process.execPath, VMLB, 'pull', id, '-o', out], { env, label: 'vmlb pull' });
   const res = await fetch(`${fleet.env.VMLB_SERVER}/v1/builds/${id}`, { headers: { authorization: `Bearer ${fleet.env.VMLB_TOKEN}` } });
   const record = (await res.json()) as FleetRecord;
+  // What each layer took where (VMLB_BENCH_TIMELINE=1): to see where a fleet build's time went.
+  if (process.env.VMLB_BENCH_TIMELINE) {
+    process.stderr.write(`[timeline] ${id}: submit ${submit.ms} ms, pull ${pull.ms} ms\n${submit.stdout.slice(-4000)}\n`);
+    for (const l of record.layers) process.stderr.write(`[timeline] ${JSON.stringify(l).slice(0, 400)}\n`);
+  }
   return { ms: submit.ms + pull.ms, submitMs: submit.ms, pullMs: pull.ms, record, fetched: (await storeBytes(store)) - before };
 }
 

@@ -272,4 +272,16 @@ describe('a failed layer', () => {
     expect(none.exitCode).toBe(2);
     expect(none.stderr).toContain('no failed layer');
   });
+
+  it('the next build of that layer drops its kept overlay, whether it fails again or not', async () => {
+    expect((await buildJson(sb, failing)).exitCode).toBe(1);
+    const kept = findEvent(await buildJson(sb, failing), 'layer-failed')!.overlay!;
+    // Failed again: one overlay, the newest.
+    expect((await readdir(path.join(sb.store, 'layers'))).filter((n) => n.endsWith('.failed.qcow2'))).toEqual([path.basename(kept)]);
+    await writeFile(path.join(failing, '07_fail/build-layer'), '#!/bin/sh\necho fixed > /etc/half-built\n');
+    const ok = await buildJson(sb, failing);
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect((await readdir(path.join(sb.store, 'layers'))).filter((n) => n.includes('.failed.qcow2') || n.endsWith('.failed.json'))).toEqual([]);
+    expect((await vmlb(sb, ['shell', '--failed', '-C', failing])).exitCode).toBe(2);
+  });
 });
