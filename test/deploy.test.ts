@@ -1110,9 +1110,12 @@ describe('deploy/healthcheck.mjs: the image\'s health check, against a real sche
     // A container whose pid 1 runs something else.
     const sleeper = execa('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sleep', '120'], { reject: false, stdin: 'ignore' });
     others.push(sleeper);
+    // Its pid 1 once it runs sleep: unshare's child mounts the namespace's /proc before it execs,
+    // so before that an nsenter would still read the host's pid 1.
     const [sleepPid] = await waitFor('the sleeper namespace', async () => {
       const c = existsSync(`/proc/${sleeper.pid}`) ? childrenOf(sleeper.pid!) : [];
-      return c.length ? c : null;
+      const cmd = c.length ? readFileSync(`/proc/${c[0]}/cmdline`, 'utf8').split('\0')[0] : '';
+      return cmd === 'sleep' ? c : null;
     });
     r = await healthcheck([], senv, { nsenter: sleepPid });
     expect(r.stdout).toBe('unhealthy: pid 1 (sleep 120) is no vm-layer-builder part: name one (scheduler, worker, dashboard)');
