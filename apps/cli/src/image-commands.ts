@@ -11,13 +11,11 @@ import path from 'node:path';
 import {
   AbortedError,
   FuseDaemon,
-  LocalStore,
   SharedStore,
   VmlbError,
   bootVm,
   build,
   chooseBootMode,
-  defaultStoreDir,
   describeAccel,
   describeSweep,
   diffImages,
@@ -26,8 +24,6 @@ import {
   formatSeconds,
   imageInfo,
   makeSeedImage,
-  parseDuration,
-  parseSize,
   planSharedPrune,
   DEFAULT_UPLOADS_OLDER_THAN_MS,
   pruneShared,
@@ -38,6 +34,7 @@ import {
   sweep,
   type VmNetwork,
 } from '@vmlb/layer-engine';
+import { backendOption, durationArg, projectOption, sizeArg, storeFrom, storeOption } from './cli-options.js';
 import { chooseMode, createDisplay } from './display.js';
 
 const EXIT_USAGE = 2;
@@ -45,21 +42,7 @@ const EXIT_USAGE = 2;
 /** A bad argument: printed here with exit status 2, like commander's own usage errors. */
 class UsageError extends Error {}
 
-function durationArg(v: string): number {
-  try {
-    return parseDuration(v);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-}
 
-function sizeArg(v: string): number {
-  try {
-    return parseSize(v);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-}
 
 function intArg(v: string): number {
   const n = Number(v);
@@ -80,13 +63,7 @@ function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
 }
 
-function storeFrom(o: { store?: string }): LocalStore {
-  return new LocalStore(o.store ? path.resolve(o.store) : defaultStoreDir());
-}
 
-const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
-const projectOption = () => new Option('-C, --project <dir>', 'the image project that layer names refer to').default('.');
-const backendOption = () => new Option('--backend <name>', 'how disks are attached').choices(['auto', 'fuse', 'nbd']).default('auto').env('VMLB_BACKEND');
 
 /**
  * Ctrl-C, SIGTERM and SIGHUP abort the command (which stops its VM and releases its disks).

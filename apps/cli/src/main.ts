@@ -1,17 +1,14 @@
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import path from 'node:path';
 import {
   AbortedError,
   build,
   LayerFailedError,
-  LocalStore,
   ProjectError,
   SharedStore,
   VmlbError,
-  defaultStoreDir,
   s3ConfigFrom,
 
-  parseSize,
   planBuild,
   scaffoldLayer,
   startupSweep,
@@ -19,6 +16,7 @@ import {
   formatBytes,
   logMaxFromEnv,
 } from '@vmlb/layer-engine';
+import { sizeArg, storeFrom, storeOption } from './cli-options.js';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
 import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
 import { registerFollowCommands } from './follow-commands.js';
@@ -39,13 +37,6 @@ const EXIT_USAGE = 2;
 const EXIT_UNREACHABLE = 3;
 const EXIT_INTERRUPTED = 130;
 
-function sizeArg(v: string): number {
-  try {
-    return parseSize(v);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-}
 
 /** An AbortSignal fired by Ctrl-C or SIGTERM; the build then releases everything it attached. */
 function interruptSignal(): AbortSignal {
@@ -66,9 +57,6 @@ function interruptSignal(): AbortSignal {
   return ac.signal;
 }
 
-function storeFrom(opts: { store?: string }): LocalStore {
-  return new LocalStore(opts.store ? path.resolve(opts.store) : defaultStoreDir());
-}
 
 /** The shared store named by --cache (or VMLB_CACHE), configured from the environment. */
 function sharedFrom(opts: { cache?: string }): SharedStore | undefined {
@@ -95,7 +83,6 @@ program
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE))
   .configureOutput({ outputError: (s, write) => write(`vmlb: ${s.replace(/^error: /, '')}`) });
 
-const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
 const cacheOption = () =>
   new Option('--cache <s3-url>', 'a shared store, s3://BUCKET/PREFIX: pull layers missing here, push new ones (S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION)').env('VMLB_CACHE');
 

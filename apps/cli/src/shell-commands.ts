@@ -5,7 +5,7 @@
  * overlay (`--failed`, `vmlb build --shell-on-failure`). Registered by main.ts; errors are
  * thrown to main.ts (exit codes there), except usage errors found here (exit 2).
  */
-import { type Command, Option } from 'commander';
+import { type Command } from 'commander';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +15,6 @@ import {
   LAYER_DIR_PATTERN,
   LocalStore,
   VmlbError,
-  defaultStoreDir,
   describeSweep,
   formatBytes,
   layerSandbox,
@@ -33,6 +32,7 @@ import {
   type LayerSpec,
   type ShellState,
 } from '@vmlb/layer-engine';
+import { backendOption, projectOption, storeFrom, storeOption } from './cli-options.js';
 
 const EXIT_USAGE = 2;
 const EXIT_INTERRUPTED = 130;
@@ -41,13 +41,7 @@ const EXIT_NOT_STARTED = 127;
 
 class UsageError extends Error {}
 
-function storeFrom(o: { store?: string }): LocalStore {
-  return new LocalStore(o.store ? path.resolve(o.store) : defaultStoreDir());
-}
 
-const storeOption = () => new Option('--store <dir>', 'the local store (layers cache)').env('VMLB_STORE').default(undefined, '~/.cache/vmlb');
-const projectOption = () => new Option('-C, --project <dir>', 'the image project that layer names refer to').default('.');
-const backendOption = () => new Option('--backend <name>', 'how disks are attached').choices(['auto', 'fuse', 'nbd']).default('auto').env('VMLB_BACKEND');
 
 /** Whether the session runs sandboxed: as `vmlb build` decides (--no-sandbox, VMLB_SANDBOX=0). */
 function sandboxed(o: { sandbox?: boolean }): boolean {
