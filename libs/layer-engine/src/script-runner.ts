@@ -5,7 +5,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
 import { baseEnv, exec, spawnChild, HOST_PATH } from './exec.js';
 import { VmlbError, tail } from './errors.js';
 import { debug } from './debug.js';
@@ -118,43 +118,8 @@ export async function runScript(o: RunScriptOptions): Promise<RunScriptResult> {
     p.on('data', onData(new StringDecoder('utf8')));
   }
 
-  let timedOut = false;
-  let aborted = false;
-  const kill = () => {
-    // The namespace's first process is unshare's child; unshare --kill-child passes SIGKILL on.
-    try {
-      if (child.pid) process.kill(-child.pid, 'SIGKILL');
-    } catch {
-      child.kill('SIGKILL');
-    }
-  };
-  const timer = o.timeoutMs
-    ? setTimeout(() => {
-        timedOut = true;
-        kill();
-      }, o.timeoutMs)
-    : undefined;
-  const onAbort = () => {
-    aborted = true;
-    kill();
-  };
-  if (o.signal?.aborted) onAbort();
-  o.signal?.addEventListener('abort', onAbort, { once: true });
-
-  let exitCode: number | undefined;
-  let signal: string | undefined;
-  try {
-    const r = await child;
-    exitCode = typeof r.exitCode === 'number' ? r.exitCode : undefined;
-    signal = r.signal ?? undefined;
-  } catch (e) {
-    const r = e as { exitCode?: number; signal?: string };
-    exitCode = r.exitCode;
-    signal = r.signal;
-  } finally {
-    if (timer) clearTimeout(timer);
-    o.signal?.removeEventListener('abort', onAbort);
-  }
+  // The namespace's first process is unshare's child; unshare --kill-child passes SIGKILL on.
+  const { exitCode, signal, timedOut, aborted } = await awaitRunner(child, () => killGroup(child), o);
   const rest = limiter.end();
   if (rest) o.onOutput?.(rest);
   let logError: VmlbError | undefined;
@@ -273,31 +238,57 @@ export async function runAttached(o: RunAttachedOptions): Promise<RunAttachedRes
   const child = o.terminal
     ? execa('setpriv', ['--pdeathsig', 'KILL', '--', 'script', '--quiet', '--return', '--command', `exec ${runner.map(shellQuote).join(' ')}`, '/dev/null'], common)
     : execa(runner[0]!, runner.slice(1), { ...common, detached: true });
-  let aborted = false;
-  const onAbort = () => {
-    aborted = true;
-    try {
-      if (o.terminal || !child.pid) child.kill('SIGKILL');
-      else process.kill(-child.pid, 'SIGKILL');
-    } catch {
-      child.kill('SIGKILL');
-    }
-  };
-  if (o.signal?.aborted) onAbort();
-  o.signal?.addEventListener('abort', onAbort, { once: true });
-  let exitCode: number | undefined;
-  let signal: string | undefined;
-  try {
-    const r = await child;
-    exitCode = typeof r.exitCode === 'number' ? r.exitCode : undefined;
-    signal = r.signal ?? undefined;
-  } finally {
-    o.signal?.removeEventListener('abort', onAbort);
-  }
+  // script(1) takes the run with it; a detached runner is killed by its group.
+  const { exitCode, signal, aborted } = await awaitRunner(child, () => (o.terminal ? child.kill('SIGKILL') : killGroup(child)), o);
   const { setupError, writeError } = await finishRun(o.rootMount, statusFile, scratch);
   const seconds = (performance.now() - started) / 1000;
   debug(`command ${o.command.join(' ')} in ${o.layerDir}: exit ${exitCode} signal ${signal} in ${seconds.toFixed(3)}s`);
   return { exitCode, signal, aborted, setupError, writeError, seconds };
+}
+
+/** SIGKILL to a detached child's process group (the child alone when that fails). */
+function killGroup(child: ResultPromise): void {
+  try {
+    if (child.pid) process.kill(-child.pid, 'SIGKILL');
+    else child.kill('SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
+  }
+}
+
+/**
+ * Waits for a runner (runScript's, runAttached's): on abort, or once `timeoutMs` has passed,
+ * `kill` stops it; either way it is reaped and its status returned.
+ */
+async function awaitRunner(
+  child: ResultPromise,
+  kill: () => void,
+  o: { signal?: AbortSignal; timeoutMs?: number },
+): Promise<{ exitCode: number | undefined; signal: string | undefined; timedOut: boolean; aborted: boolean }> {
+  let timedOut = false;
+  let aborted = false;
+  const timer = o.timeoutMs
+    ? setTimeout(() => {
+        timedOut = true;
+        kill();
+      }, o.timeoutMs)
+    : undefined;
+  const onAbort = () => {
+    aborted = true;
+    kill();
+  };
+  if (o.signal?.aborted) onAbort();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const r = await child;
+    return { exitCode: typeof r.exitCode === 'number' ? r.exitCode : undefined, signal: r.signal ?? undefined, timedOut, aborted };
+  } catch (e) {
+    const r = e as { exitCode?: number; signal?: string };
+    return { exitCode: r.exitCode, signal: r.signal, timedOut, aborted };
+  } finally {
+    if (timer) clearTimeout(timer);
+    o.signal?.removeEventListener('abort', onAbort);
+  }
 }
 
 /** A word for sh: single-quoted unless it is plainly safe. */
