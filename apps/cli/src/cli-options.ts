@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
-import { LocalStore, defaultStoreDir, parseDuration, parseSize } from '@vmlb/layer-engine';
+import { LocalStore, VmlbError, defaultStoreDir, parseDuration, parseSize } from '@vmlb/layer-engine';
 
 /**
  * What several commands' options share: the store, the project and the backend options, and
@@ -14,6 +14,20 @@ export const backendOption = () => new Option('--backend <name>', 'how disks are
 /** The local store of --store (or VMLB_STORE), else the default one. */
 export function storeFrom(o: { store?: string }): LocalStore {
   return new LocalStore(o.store ? path.resolve(o.store) : defaultStoreDir());
+}
+
+/** Whether layers run sandboxed: yes unless --no-sandbox or VMLB_SANDBOX=0. */
+export function sandboxFrom(opts: { sandbox?: boolean }): boolean {
+  const env = process.env.VMLB_SANDBOX;
+  if (env !== undefined && env !== '' && env !== '0' && env !== '1') {
+    throw new VmlbError('BAD_SETTING', `VMLB_SANDBOX must be 0 (layers run unconfined) or 1 (sandboxed, the default), not "${env}"`);
+  }
+  return opts.sandbox !== false && env !== '0';
+}
+
+/** VMLB_SANDBOX_DENY: addresses layers may not reach, besides those always refused. */
+export function sandboxDenyFromEnv(): string[] {
+  return (process.env.VMLB_SANDBOX_DENY ?? '').split(',').map((x) => x.trim()).filter(Boolean);
 }
 
 export function sizeArg(v: string): number {

@@ -42,8 +42,6 @@ const EXIT_USAGE = 2;
 /** A bad argument: printed here with exit status 2, like commander's own usage errors. */
 class UsageError extends Error {}
 
-
-
 function intArg(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`not a whole number: "${v}"`);
@@ -62,8 +60,6 @@ function regexArg(v: string): RegExp {
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
 }
-
-
 
 /**
  * Ctrl-C, SIGTERM and SIGHUP abort the command (which stops its VM and releases its disks).

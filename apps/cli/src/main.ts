@@ -16,7 +16,7 @@ import {
   formatBytes,
   logMaxFromEnv,
 } from '@vmlb/layer-engine';
-import { sizeArg, storeFrom, storeOption } from './cli-options.js';
+import { sandboxDenyFromEnv, sandboxFrom, sizeArg, storeFrom, storeOption } from './cli-options.js';
 import { chooseMode, createDisplay, formatPlan } from './display.js';
 import { FLEET_OUTAGE_CODES, FLEET_USAGE_CODES, registerFleetCommands } from './fleet-commands.js';
 import { registerFollowCommands } from './follow-commands.js';
@@ -37,7 +37,6 @@ const EXIT_USAGE = 2;
 const EXIT_UNREACHABLE = 3;
 const EXIT_INTERRUPTED = 130;
 
-
 /** An AbortSignal fired by Ctrl-C or SIGTERM; the build then releases everything it attached. */
 function interruptSignal(): AbortSignal {
   const ac = new AbortController();
@@ -57,20 +56,10 @@ function interruptSignal(): AbortSignal {
   return ac.signal;
 }
 
-
 /** The shared store named by --cache (or VMLB_CACHE), configured from the environment. */
 function sharedFrom(opts: { cache?: string }): SharedStore | undefined {
   if (opts.cache === undefined) return undefined;
   return new SharedStore(s3ConfigFrom(opts.cache, process.env, { urlName: '--cache (VMLB_CACHE)' }));
-}
-
-/** Whether layers run sandboxed: yes unless --no-sandbox or VMLB_SANDBOX=0. */
-function sandboxFrom(opts: { sandbox?: boolean }): boolean {
-  const env = process.env.VMLB_SANDBOX;
-  if (env !== undefined && env !== '' && env !== '0' && env !== '1') {
-    throw new VmlbError('BAD_SETTING', `VMLB_SANDBOX must be 0 (layers run unconfined) or 1 (sandboxed, the default), not "${env}"`);
-  }
-  return opts.sandbox !== false && env !== '0';
 }
 
 const program = new Command();
@@ -119,7 +108,7 @@ program
         compat: o.compat,
         last: o.last,
         storeCapBytes: o.storeCap,
-        sandbox: { enabled: sandboxed, deny: (process.env.VMLB_SANDBOX_DENY ?? '').split(',').map((x) => x.trim()).filter(Boolean) },
+        sandbox: { enabled: sandboxed, deny: sandboxDenyFromEnv() },
         signal: interruptSignal(),
         onEvent: (e) => display.onEvent(e),
       });

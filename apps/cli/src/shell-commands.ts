@@ -15,15 +15,13 @@ import {
   LAYER_DIR_PATTERN,
   LocalStore,
   VmlbError,
-  describeSweep,
   formatBytes,
   layerSandbox,
   listFailedLayers,
   loadProject,
-  removeShellOrphans,
   resolveImage,
   runInLayer,
-  sweep,
+  startupSweep,
   sweepFailedLayers,
   type BackendPreference,
   type FailedLayer,
@@ -32,7 +30,7 @@ import {
   type LayerSpec,
   type ShellState,
 } from '@vmlb/layer-engine';
-import { backendOption, projectOption, storeFrom, storeOption } from './cli-options.js';
+import { backendOption, projectOption, sandboxDenyFromEnv, sandboxFrom, storeFrom, storeOption } from './cli-options.js';
 
 const EXIT_USAGE = 2;
 const EXIT_INTERRUPTED = 130;
@@ -40,17 +38,6 @@ const EXIT_INTERRUPTED = 130;
 const EXIT_NOT_STARTED = 127;
 
 class UsageError extends Error {}
-
-
-
-/** Whether the session runs sandboxed: as `vmlb build` decides (--no-sandbox, VMLB_SANDBOX=0). */
-function sandboxed(o: { sandbox?: boolean }): boolean {
-  const env = process.env.VMLB_SANDBOX;
-  if (env !== undefined && env !== '' && env !== '0' && env !== '1') {
-    throw new VmlbError('BAD_SETTING', `VMLB_SANDBOX must be 0 (layers run unconfined) or 1 (sandboxed, the default), not "${env}"`);
-  }
-  return o.sandbox !== false && env !== '0';
-}
 
 /** Ctrl-C, SIGTERM and SIGHUP (a closed terminal) end the session and release what it attached. */
 function interruptSignal(): AbortSignal {
@@ -206,11 +193,12 @@ async function session(ref: string | undefined, command: string[] | undefined, o
   if (o.keep && existsSync(o.keep)) throw new UsageError(`--keep ${o.keep}: the file exists; name a new file`);
   const resolved = await resolveState({ ref, before: o.before, failed: o.failed, projectDir, projectGiven: o.projectGiven, store });
   const compare = o.compare === undefined ? undefined : await resolveOrUsage(o.compare, projectDir, store);
-  const sandbox = await layerSandbox({ enabled: sandboxed(o), deny: (process.env.VMLB_SANDBOX_DENY ?? '').split(',').map((x) => x.trim()).filter(Boolean) }, store);
+  // As vmlb build decides it (--no-sandbox, VMLB_SANDBOX=0, VMLB_SANDBOX_DENY).
+  const sandbox = await layerSandbox({ enabled: sandboxFrom(o), deny: sandboxDenyFromEnv() }, store);
   const signal = interruptSignal();
-  const swept = describeSweep(await sweep());
-  const orphans = await removeShellOrphans();
-  if (swept || orphans) process.stderr.write(`vmlb: cleaned up after an interrupted run: ${[swept, orphans ? `removed ${orphans} session folder${orphans === 1 ? '' : 's'}` : null].filter(Boolean).join('; ')}\n`);
+  // What a killed run left (attachments, half-built blobs, killed sessions' folders), as vmlb build sweeps it.
+  const swept = await startupSweep(store);
+  if (swept) process.stderr.write(`vmlb: ${swept}\n`);
   const terminal = command === undefined && process.stdin.isTTY === true && process.stdout.isTTY === true;
   const name = resolved.state.spec?.name ?? resolved.state.label;
   if (who === 'shell' && !o.json) {

@@ -18,8 +18,8 @@ import type { LayerSpec, PartitionTable } from './types.js';
  * build-layer script runs there — the same runner, sandbox, environment and mounts (the
  * layer's folder read-only at /mnt, its `# chroot-mount`, `# chroot-bind-mount` and
  * `# cache-mount` hints) — on a throw-away overlay: a new qcow2 on the state's file in a
- * scratch folder of the run dir, removed after (a killed run's is removed by the next one;
- * what it attached, by the sweep).
+ * scratch folder of the run dir, removed after (a killed run's folder is removed by
+ * removeShellOrphans in the start-up sweep, with what it attached).
  */
 export interface ShellState {
   /** The file the throw-away overlay goes on: a layer's blob, an image file, a failed layer's overlay. */
@@ -81,31 +81,30 @@ export async function removeShellOrphans(): Promise<number> {
   return n;
 }
 
-/** A throw-away overlay on `image` at `overlay`, attached. */
-async function attachOverlay(image: string, overlay: string, o: { purpose: string; backend?: BackendPreference; signal?: AbortSignal }): Promise<AttachedDisk> {
+/** A throw-away overlay on `image` at `overlay`, attached; with the format of `image` (the overlay's backing format). */
+async function attachOverlay(image: string, overlay: string, o: { purpose: string; backend?: BackendPreference; signal?: AbortSignal }): Promise<{ disk: AttachedDisk; format: string }> {
   const info = await imageInfo(image, { signal: o.signal }).catch((e: unknown) => {
     throw new VmlbError('IMAGE_UNREADABLE', `${image}: cannot read the image (${(e as Error).message.split('\n')[0]}); is its backing chain still in the store?`, { cause: e });
   });
   await createOverlay(overlay, path.resolve(image), { signal: o.signal, backingFormat: info.format });
   const backend = await chooseBackend(o.backend ?? 'auto');
-  return backend.attach(overlay, { purpose: o.purpose, signal: o.signal });
+  return { disk: await backend.attach(overlay, { purpose: o.purpose, signal: o.signal }), format: info.format };
 }
 
 export async function runInLayer(o: LayerShellOptions): Promise<LayerShellResult> {
   const { state } = o;
-  await removeShellOrphans();
   const scratch = path.join(shellDir(), `${process.pid}-${randomBytes(6).toString('hex')}`);
   await mkdir(scratch, { recursive: true, mode: 0o700 });
   const disks: AttachedDisk[] = [];
   try {
     const overlay = path.join(scratch, 'overlay.qcow2');
-    const disk = await attachOverlay(state.image, overlay, { purpose: `shell ${state.label}`, backend: o.backend, signal: o.signal });
+    const { disk, format } = await attachOverlay(state.image, overlay, { purpose: `shell ${state.label}`, backend: o.backend, signal: o.signal });
     disks.push(disk);
     const table = state.partitions ?? (await disk.partitionTable());
     const root = state.root ?? rootPartition(table, disk.size);
     const mounts: ExtraMount[] = state.spec ? await chrootMounts({ spec: state.spec, store: o.store, sandbox: o.sandbox ?? undefined, disk, partitions: table }) : [];
     if (o.compare) {
-      const other = await attachOverlay(o.compare.image, path.join(scratch, 'compare.qcow2'), { purpose: `shell --compare ${o.compare.label}`, backend: o.backend, signal: o.signal });
+      const { disk: other } = await attachOverlay(o.compare.image, path.join(scratch, 'compare.qcow2'), { purpose: `shell --compare ${o.compare.label}`, backend: o.backend, signal: o.signal });
       disks.push(other);
       const src = await other.mountSource(rootPartition(await other.partitionTable(), other.size));
       // Read-only, and no journal replay: what it shows is the image as it is.
@@ -142,10 +141,9 @@ export async function runInLayer(o: LayerShellOptions): Promise<LayerShellResult
         throw new VmlbError('NO_SPACE', `${state.label}: writes to the throw-away overlay were lost (${r.writeError ?? 'the disk server refused some'}); nothing was kept`);
       }
       const backing = path.resolve(state.image);
-      const info = await imageInfo(backing);
       await mkdir(path.dirname(path.resolve(o.keep)), { recursive: true });
       // Only what the session changed: the clusters allocated in the overlay, over the same backing file.
-      await exec(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-o', 'compat=1.1', '-B', backing, '-F', info.format, overlay, path.resolve(o.keep)]);
+      await exec(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-o', 'compat=1.1', '-B', backing, '-F', format, overlay, path.resolve(o.keep)]);
       const st = await stat(o.keep);
       kept = { file: path.resolve(o.keep), backing, bytes: st.blocks * 512 };
     }
