@@ -41,30 +41,34 @@ export async function dropHeldKeys(redis: Redis, workerId: string): Promise<void
   await redis.del(heldKeysKey(workerId));
 }
 
-/** How many of `chain` the local store has. */
-async function heldHere(store: LocalStore, chain: string[]): Promise<number> {
-  let n = 0;
-  for (const k of chain) if ((await store.getManifest(k).catch(() => null)) !== null) n++;
-  return n;
+/** The keys of `chain` the local store lacks, in order. */
+async function missingHere(store: LocalStore, chain: string[]): Promise<string[]> {
+  const missing: string[] = [];
+  for (const k of chain) if ((await store.getManifest(k).catch(() => null)) === null) missing.push(k);
+  return missing;
 }
 
 /**
  * The id of another live, running worker of `pool` with a free slot that holds more of
  * `chain` than this one does, if there is one (the one holding most).
  */
-export async function betterHolder(redis: Redis, o: { workerId: string; pool: string; store: LocalStore; chain: string[]; jobId: string }): Promise<{ id: string; held: number; mine: number } | null> {
+export async function betterHolder(
+  redis: Redis,
+  o: { workerId: string; pool: string; store: LocalStore; chain: string[]; jobId: string },
+): Promise<{ id: string; held: number; mine: number; missing: string[] } | null> {
   if (o.chain.length === 0) return null;
-  const mine = await heldHere(o.store, o.chain);
-  if (mine === o.chain.length) return null;
+  const missing = await missingHere(o.store, o.chain);
+  const mine = o.chain.length - missing.length;
+  if (missing.length === 0) return null;
   const others = (await listWorkers(redis)).filter((w) => w.id !== o.workerId && (w.pool ?? 'default') === o.pool && w.state === 'running' && w.busy < w.slots);
-  let best: { id: string; held: number; mine: number } | null = null;
+  let best: { id: string; held: number; mine: number; missing: string[] } | null = null;
   for (const w of others) {
     // Its free slots are for the jobs put back for it already: one slot, one job waits for it;
     // the others build where they are.
     if ((await waitersFor(redis, w.id, o.jobId)) >= w.slots - w.busy) continue;
     const flags = (await redis.smismember(heldKeysKey(w.id), ...o.chain)) as number[];
     const held = flags.reduce((a, b) => a + b, 0);
-    if (held > mine && (!best || held > best.held)) best = { id: w.id, held, mine };
+    if (held > mine && (!best || held > best.held)) best = { id: w.id, held, mine, missing };
   }
   return best;
 }
@@ -78,16 +82,16 @@ async function waitersFor(redis: Redis, holder: string, jobId: string): Promise<
 }
 
 /**
- * Whether the part of `chain` this worker lacks is small enough to pull rather than wait for
- * a holder (at most `limit` bytes; never with a limit of 0): every missing layer is in the shared store (`manifest` gives
- * its blob size) and they add up to at most that. A missing layer not in the shared store (a
- * `# noshare` layer, which would be built again here) is never small.
+ * Whether the layers of its chain this worker lacks (`missing`, see betterHolder) are small
+ * enough to pull rather than wait for a holder (at most `limit` bytes; never with a limit of
+ * 0): every one is in the shared store (`manifest` gives its blob size) and they add up to at
+ * most that. A missing layer not in the shared store (a `# noshare` layer, which would be
+ * built again here) is never small.
  */
-export async function missingChainIsSmall(store: LocalStore, chain: string[], limit: number, manifest: (key: string) => Promise<{ blob: { size: number } } | null>): Promise<boolean> {
+export async function missingChainIsSmall(missing: string[], limit: number, manifest: (key: string) => Promise<{ blob: { size: number } } | null>): Promise<boolean> {
   if (limit <= 0) return false;
   let bytes = 0;
-  for (const k of chain) {
-    if ((await store.getManifest(k).catch(() => null)) !== null) continue;
+  for (const k of missing) {
     const m = await manifest(k).catch(() => null);
     if (!m) return false;
     bytes += m.blob.size;

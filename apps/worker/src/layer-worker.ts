@@ -78,7 +78,7 @@ export function layerProcessor(ctx: WorkerContext) {
     if (
       holder &&
       !(await needsNoChain(ctx, data, jobId)) &&
-      !(await missingChainIsSmall(ctx.store, data.chain, ctx.smallChainBytes, (k) => ctx.viewFor(data.reads).getManifest(k))) &&
+      !(await missingChainIsSmall(holder.missing, ctx.smallChainBytes, (k) => ctx.viewFor(data.reads).getManifest(k))) &&
       (await mayWaitForHolder(ctx.redis, jobId))
     ) {
       log.info('put back for a worker that holds more of its chain', { holder: holder.id, held: holder.held, mine: holder.mine, of: data.chain.length });
