@@ -34,6 +34,24 @@ function isProse(rest: string): boolean {
   return words.length >= 2 && /^[a-z][a-z']+$/i.test(words[0]!) && !UNIT_WORD.test(words[0]!);
 }
 
+/**
+ * A hint line read: its hint, its arguments and the prose after them ('' when none). When what
+ * follows the arguments is no prose, it stays in `args`, for parseHints to refuse. Null: the
+ * line is no hint line. (`vmlb migrate` writes a hint and its prose on lines of their own.)
+ */
+export function readHintLine(line: string): { name: HintName; args: string[]; prose: string } | null {
+  const m = HINT_LINE.exec(line);
+  if (!m) return null;
+  const name = m[1] as HintName;
+  const arg = (m[2] ?? '').trim();
+  const args = arg === '' ? [] : arg.split(/\s+/);
+  if (args.length > ARITY[name]) {
+    const rest = args.slice(ARITY[name]).join(' ');
+    if (ARITY[name] === 0 || isProse(rest)) return { name, args: args.slice(0, ARITY[name]), prose: rest };
+  }
+  return { name, args, prose: '' };
+}
+
 const SCRIPT_KINDS: readonly LayerKind[] = ['create-disk', 'build-layer', 'modify-disk'];
 
 /** Where each hint means something. */
@@ -68,19 +86,11 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
   lines.forEach((line, i) => {
     const lineNo = i + 1;
     if (i === 0 && line.startsWith('#!')) return;
-    const m = HINT_LINE.exec(line);
-    if (!m) return;
-    const name = m[1] as HintName;
-    let arg = (m[2] ?? '').trim();
-    let args = arg === '' ? [] : arg.split(/\s+/);
-    if (args.length > ARITY[name]) {
-      // What follows the arguments: prose kept out of them, or left in, to be refused below.
-      const rest = args.slice(ARITY[name]).join(' ');
-      if (ARITY[name] === 0 || isProse(rest)) {
-        args = args.slice(0, ARITY[name]);
-        arg = args.join(' ');
-      }
-    }
+    const hint = readHintLine(line);
+    if (!hint) return;
+    // Prose after the arguments is kept out of them; what is no prose stays in, to be refused below.
+    const { name, args } = hint;
+    const arg = args.join(' ');
     const problem = (what: string): void => {
       problems.push(`line ${lineNo}: # ${name}: ${what}`);
     };

@@ -1,10 +1,5 @@
 /** Hints followed by prose, as the original's users wrote them, in the form vmlb build reads. */
-import { parseHints, type LayerKind } from '@vmlb/layer-engine';
-
-/** A hint line as the engine reads it (libs/layer-engine/src/hints.ts). */
-export const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network)(?![\w-])\s*(.*?)\s*$/;
-/** How many arguments each hint takes; what follows them is prose. */
-const HINT_ARITY: Record<string, number> = { nocache: 0, noshare: 0, 'disk-size': 1, timeout: 1, 'chroot-bind-mount': 2, 'chroot-mount': 2, 'cache-mount': 1, network: 1 };
+import { parseHints, readHintLine, type LayerKind } from '@vmlb/layer-engine';
 
 export interface HintChange {
   line: number;
@@ -24,16 +19,13 @@ export function normaliseHints(script: string, kind: LayerKind): { text: string;
   const changes: HintChange[] = [];
   lines.forEach((line, i) => {
     const bare = line.replace(/\r$/, '');
-    const m = i === 0 && bare.startsWith('#!') ? null : HINT_LINE.exec(bare);
-    if (!m || m[2] === '') return void out.push(line);
-    const name = m[1]!;
-    const args = m[2]!.split(/\s+/);
-    const arity = HINT_ARITY[name]!;
-    if (args.length <= arity || parseHints(bare, kind).problems.length > 0) return void out.push(line);
-    const hint = ['#', name, ...args.slice(0, arity)].join(' ');
-    let prose = args.slice(arity).join(' ').replace(/^#+\s*/, '');
+    // The engine's reading of the line (libs/layer-engine/src/hints.ts): its hint, arguments and prose.
+    const m = i === 0 && bare.startsWith('#!') ? null : readHintLine(bare);
+    if (!m || m.prose === '' || parseHints(bare, kind).problems.length > 0) return void out.push(line);
+    const hint = ['#', m.name, ...m.args].join(' ');
+    let prose = m.prose.replace(/^#+\s*/, '');
     // The prose must not read as a hint itself.
-    if (HINT_LINE.test(`# ${prose}`)) prose = `(${prose})`;
+    if (readHintLine(`# ${prose}`)) prose = `(${prose})`;
     const cr = line.endsWith('\r') ? '\r' : '';
     out.push(hint + cr, `# ${prose}${cr}`);
     changes.push({ line: i + 1, from: bare.trim(), hint, prose });

@@ -3,7 +3,7 @@
  * TARGET DEVICE`), this tool's form, or something else; the original's pattern rewritten as
  * `# disk-size SIZE` + growpart/e2fsck/resize2fs on `$VMLB_DEVICE` and `vmlb-partition N`.
  */
-import { HINT_LINE } from './hints.js';
+import { readHintLine } from '@vmlb/layer-engine';
 import { fitStep, type PatternState } from './modify-disk-steps.js';
 import { splitTop, stripComment, words } from './shell-words.js';
 
@@ -118,8 +118,8 @@ function rewriteModifyDisk(script: string, size: string | undefined, n: number):
   lines.forEach((line, i) => {
     if (i === 0 && line.startsWith('#!')) return;
     const isComment = /^\s*#/.test(line);
-    const hint = HINT_LINE.exec(line);
-    if (hint && hint[1] !== 'disk-size') hints.push(line.trim());
+    const hint = readHintLine(line);
+    if (hint && hint.name !== 'disk-size') hints.push(line.trim());
     else if (inHead && isComment && !hint) leading.push(line);
     else if (line.trim() !== '') inHead = inHead && isComment;
   });
