@@ -14,6 +14,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BUSYBOX_BASE, buildJson, builtNames, leftovers, readImageFiles, sandbox, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
+import { COPY, GROW, withArgsHint } from './helpers/original-tool.js';
 
 let sb: Sandbox;
 let baseFile: string;
@@ -55,39 +56,6 @@ afterAll(async () => {
   server?.close();
   await sb?.cleanup();
 });
-
-/** The original's modify-disk: makes the overlay itself, attaches it with qemu-nbd and grows partition 1. */
-const GROW = `#!/bin/bash
-
-set -e
-
-if [ "$#" -ne 3 ]; then
-    echo >&2 "Usage: $0 <source> <target> <device>"
-    exit 1
-fi
-
-source="$1"
-target="$2"
-device="$3"
-
-qemu-img create -f qcow2 -b "$source" -o compat=0.10 "$target" 128M
-
-qemu-nbd --connect="$device" "$target"
-
-trap "qemu-nbd --disconnect $device" EXIT
-
-sleep 1
-
-growpart "$device" 1
-
-e2fsck -y -f "\${device}p1"
-resize2fs -f "\${device}p1"
-`;
-
-const COPY = `#!/bin/sh
-# nocache (this hint tells vm-layer-builder to not cache the layer)
-cp -a /mnt/files/. /
-`;
 
 /** An image project as the original tool's users wrote them, its base image at `imageUrl`. */
 async function originalProject(dir: string, imageUrl: string, modifyDisk = GROW): Promise<string> {
@@ -317,5 +285,20 @@ describe('the original\'s layers as they are', () => {
     const line = b.stderr.trim().split('\n');
     expect(line, b.stderr).toHaveLength(1);
     expect(line[0]).toMatch(new RegExp(`^vmlb: layer 05_resize failed with exit code 1; ${hint.source}; full log: `));
+  });
+
+  it('one that says "# args source target device" is refused on this host (fuse) in one line, before anything builds, pointing to vmlb migrate', async () => {
+    const p = await writeProject(path.join(sb.dir, 'old-contract-declared'), { '01_base': BUSYBOX_BASE });
+    await mkdir(path.join(p, '05_resize'));
+    await writeFile(path.join(p, '05_resize/modify-disk'), withArgsHint(GROW), { mode: 0o755 });
+    const b = await vmlb(sb, ['build', p, '--backend', 'fuse']);
+    expect(b.exitCode, b.stderr).toBe(2);
+    expect(b.stderr.trim().split('\n')).toEqual([
+      'vmlb: 05_resize: "# args source target device" is the original tool\'s modify-disk contract, which needs the nbd backend (this host attaches disks with fuse); `vmlb migrate` rewrites it for any host',
+    ]);
+    // Refused before the base was built, and nothing of it is in the store.
+    const again = await buildJson(sb, p, ['--backend', 'fuse']);
+    expect(again.exitCode).toBe(2);
+    expect(builtNames(again)).toEqual([]);
   });
 });

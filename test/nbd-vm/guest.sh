@@ -35,6 +35,18 @@ step() {
 watcher=$!
 say "kernel $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB, node $(node --version)"
 step modprobe bash -c 'modprobe nbd max_part=16 && modprobe fuse 2>/dev/null; modprobe loop 2>/dev/null; test -b /dev/nbd0 && echo "max_part=$(cat /sys/module/nbd/parameters/max_part), $(ls /sys/block | grep -c "^nbd") devices"'
+# A development run (VMLB_NBD_VM_ONLY on the host, see run.ts): only the guest tests whose names match.
+only=$(cat /repo/.nbd-vm-only 2>/dev/null || true)
+if [ -n "$only" ]; then
+  step guest-tests node node_modules/vitest/vitest.mjs run --config test/nbd-vm/vitest.config.ts -t "$only" \
+    --reporter=verbose --reporter=json --outputFile.json="$out/guest.json"
+  step leftovers bash -c 'c=0; for p in /sys/block/nbd*/pid; do [ -e "$p" ] && { echo "connected: $p"; c=1; }; done; losetup -a; pgrep -a "qemu-nbd|qemu-storage" && c=1; exit $c'
+  kill "$watcher" 2>/dev/null
+  rm -rf /repo/.nbd-vm-tmp
+  sync
+  say "done"
+  exit 0
+fi
 step attach-tests node node_modules/vitest/vitest.mjs run --project integration test/attach.test.ts \
   --reporter=verbose --reporter=json --outputFile.json="$out/attach.json"
 step guest-tests node node_modules/vitest/vitest.mjs run --config test/nbd-vm/vitest.config.ts \

@@ -7,6 +7,10 @@
  *   with `--backend nbd`, read back;
  * - a project of the remaining kind, base-image (hello's flattened image), with a build-layer
  *   and a modify-disk on top;
+ * - a modify-disk of the original tool's contract (`# args source target device`) run as it
+ *   is, growing a busybox disk, with a build-layer on top; and one that attacks the
+ *   connect the run does for it (another device, a file outside its folder, a link, a
+ *   backing file of its own choosing, an external data file): each refused;
  * - a worker with the nbd backend and no VMLB_WORKER_SLOTS (slots = free nbd devices) against
  *   a fleet in the VM (redis-server, s3rver), building hello through the queue, flatten included.
  * After each: no nbd device left connected, no loop device, mount or daemon left.
@@ -23,7 +27,8 @@ import type { WorkerRegistration } from '../../libs/fleet/src/workers-registry.j
 import { fleetClients, startFleetServices, type FleetClients, type FleetServices } from '../helpers/fleet-services.js';
 import { submitProject } from '../helpers/fleet-submit.js';
 import { startWorkerProcess, workerLogs, type WorkerProcess } from '../helpers/worker-process.js';
-import { buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, writeProject, type Sandbox, type VmlbRun, copyExample } from '../helpers/vmlb.js';
+import { BUSYBOX_BASE, buildJson, builtNames, layerLog, leftovers, readImageFiles, sandbox, sha256sum, writeProject, type Sandbox, type VmlbRun, copyExample } from '../helpers/vmlb.js';
+import { GROW, withArgsHint } from '../helpers/original-tool.js';
 
 /** A failed build's stderr and the log of the layer that failed (the VM's temp dirs do not come back). */
 function why(r: VmlbRun): string {
@@ -98,6 +103,71 @@ describe('the nbd backend, in a VM with the nbd module', () => {
     expect(info['virtual-size']).toBe(320 * 1024 * 1024);
     const files = await readImageFiles(sb, image, 1, ['/etc/from-base']);
     expect(files['/etc/from-base']).toBe('hello\non nbd');
+  });
+});
+
+describe("the original tool's modify-disk contract, on the nbd backend", () => {
+  it('a modify-disk that says "# args source target device" runs as it is: it makes, connects and grows its overlay, and a build-layer sees the grown filesystem', async () => {
+    const p = await writeProject(path.join(sb.dir, 'original'), {
+      '01_base': BUSYBOX_BASE,
+      '05_resize': { kind: 'modify-disk', script: withArgsHint(GROW) },
+      '10_note': { kind: 'build-layer', script: "df -k / | awk 'NR == 2 { print $2 }' > /etc/root-kib; echo on top > /etc/on-top" },
+    });
+    const r = await buildJson(sb, p, ['--backend', 'nbd']);
+    expect(r.exitCode, why(r)).toBe(0);
+    expect(builtNames(r)).toEqual(['01_base', '05_resize', '10_note']);
+    // growpart, e2fsck and resize2fs of "${device}p1": the device the script was given.
+    expect(layerLog(r, '05_resize')).toMatch(/The filesystem on \/dev\/nbd\d+p1 is now \d+ \(\d+k\) blocks long/);
+    const image = path.join(p, 'build/image.qcow2');
+    const info = JSON.parse(String((await execa('qemu-img', ['info', '-U', '--output=json', image])).stdout)) as { 'virtual-size': number };
+    expect(info['virtual-size']).toBe(128 * 1024 * 1024);
+    const files = await readImageFiles(sb, image, 1, ['/etc/root-kib', '/etc/on-top']);
+    expect(files['/etc/on-top']).toBe('on top');
+    // The 64 MiB base's filesystem is about 60000 KiB; grown into 128 MiB, about twice that.
+    expect(Number(files['/etc/root-kib'])).toBeGreaterThan(100_000);
+    // Built again: all hits, the overlay is a layer like any other.
+    const again = await buildJson(sb, p, ['--backend', 'nbd']);
+    expect(again.exitCode, why(again)).toBe(0);
+    expect(builtNames(again)).toEqual([]);
+  });
+
+  it('refuses what a hostile script asks of the connect: another device, a file outside its folder, a link, its own backing file, an external data file', async () => {
+    const attack = `#!/bin/sh
+# args source target device
+source=$1 target=$2 device=$3
+dir=\${target%/*}
+try() { # WHAT COMMAND...
+  what=$1; shift
+  if "$@" > "$dir/out" 2>&1; then echo "ESCAPED: $what"; else echo "refused: $what: $(cat "$dir/out")"; fi
+  rm -f "$target"
+}
+qemu-img create -q -f qcow2 -b "$source" -F qcow2 "$target" 128M
+other=/dev/nbd$(( \${device#/dev/nbd} + 1 ))
+try "another device" qemu-nbd --connect="$other" "$target"
+try "a file outside" qemu-nbd --connect="$device" /etc/hostname
+ln -s "$source" "$target"
+try "a link" qemu-nbd --connect="$device" "$target"
+qemu-img create -q -f qcow2 -b /etc/hostname -F raw "$target" 128M
+try "its own backing file" qemu-nbd --connect="$device" "$target"
+qemu-img create -q -f qcow2 -b "$source" -F qcow2 -o data_file="$dir/data.raw" "$target" 128M
+try "an external data file" qemu-nbd --connect="$device" "$target"
+exit 0
+`;
+    const p = await writeProject(path.join(sb.dir, 'original-attack'), {
+      '01_base': BUSYBOX_BASE,
+      '05_attack': { kind: 'modify-disk', script: attack },
+    });
+    const r = await buildJson(sb, p, ['--backend', 'nbd']);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain('05_attack: the script (# args source target device) exited 0 without connecting its target');
+    const log = layerLog(r, '05_attack');
+    expect(log).not.toContain('ESCAPED');
+    expect(log).toMatch(/refused: another device: qemu-nbd: this run may connect \/dev\/nbd\d+ \(the device it was given\) only/);
+    expect(log).toMatch(/refused: a file outside: qemu-nbd: the sandbox connects only a file of \S+, the folder of its target \(refused: \/etc\/hostname\)/);
+    expect(log).toContain('refused: a link: qemu-nbd: ');
+    expect(log).toMatch(/refused: a link: qemu-nbd: \S+ is not a regular file/);
+    expect(log).toMatch(/refused: its own backing file: qemu-nbd: the backing file of \S+ must be the source it was given \(\S+\), not \/etc\/hostname/);
+    expect(log).toMatch(/refused: an external data file: qemu-nbd: \S+ names an external data file/);
   });
 });
 

@@ -214,7 +214,7 @@ registerMigrateCommand(program);
 function exitCodeFor(e: unknown): number {
   if (e instanceof AbortedError) return EXIT_INTERRUPTED;
   if (e instanceof ProjectError) return EXIT_USAGE;
-  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE', 'NEEDS_ROOT'].includes(e.code)) return EXIT_USAGE;
+  if (e instanceof VmlbError && ['NO_SUCH_LAYER', 'INVALID_LAYER_NAME', 'LAYER_EXISTS', 'LAYER_NOT_FIRST', 'PROJECT_NOT_FOUND', 'S3_CONFIG', 'BAD_SETTING', 'SANDBOX_UNAVAILABLE', 'NEEDS_ROOT', 'NEEDS_NBD'].includes(e.code)) return EXIT_USAGE;
   if (e instanceof VmlbError && FLEET_USAGE_CODES.includes(e.code)) return EXIT_USAGE;
   if (e instanceof VmlbError && FLEET_OUTAGE_CODES.includes(e.code)) return EXIT_UNREACHABLE;
   return EXIT_FAILED;

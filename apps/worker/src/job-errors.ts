@@ -16,6 +16,8 @@ const PROJECT_CODES = new Set([
   'BAD_MOUNT',
   'DISK_TOO_SMALL',
   'DISK_SHRINK',
+  /** A modify-disk of the original's contract that never connected its target. */
+  'LEGACY_NO_TARGET',
   'NO_SUCH_PARTITION',
   'NO_ROOT_PARTITION',
   'BASE_IMAGE_MISSING',

@@ -80,6 +80,86 @@ async function isFree(name: string): Promise<boolean> {
   return !(await pathExists(`/sys/block/${name}/pid`)) && (await readSys(`/sys/block/${name}/size`)) === '0';
 }
 
+/**
+ * Takes the lock of a free nbd device (recorded in `record` first, so that the sweep removes
+ * a lock whose owner died) and hands it to `use`, which returns false when the device turned
+ * out to be taken (its lock is then dropped and the next device tried). Returns the device's
+ * name and lock, or why there is none.
+ */
+async function lockFreeDevice(
+  record: AttachRecord,
+  checkAbort: () => void,
+  use: (name: string, lockPath: string) => Promise<boolean> = async () => true,
+): Promise<{ name: string; lockPath: string } | string> {
+  const numbers = await nbdNumbers();
+  if (numbers.length === 0) return NO_MODULE;
+  for (const n of numbers) {
+    checkAbort();
+    const name = `nbd${n}`;
+    if (!(await isFree(name))) continue;
+    const lockPath = join(nbdLockDir(), `${name}.lock`);
+    // Recorded before it exists; the sweep removes it only if it names this process.
+    await record.add({ kind: 'lock', path: lockPath });
+    if (!(await tryLock(lockPath))) continue;
+    if ((await isFree(name)) && (await use(name, lockPath))) return { name, lockPath };
+    await unlock(lockPath);
+  }
+  return `every nbd device (${numbers.length}) is in use`;
+}
+
+/** A free nbd device reserved (locked) for a run that connects it itself; see reserveNbdDevice. */
+export interface NbdReservation {
+  device: string;
+  /** Disconnects the device if something still serves it, drops the lock and the record. */
+  release(): Promise<void>;
+}
+
+/**
+ * Reserves a free /dev/nbdN, unconnected, for a modify-disk of the original tool's contract
+ * (`# args source target device`), which connects it itself (through the sandbox's qemu-nbd,
+ * see bin/sandbox/qemu-nbd). The lock keeps other attachments off it until release, which
+ * disconnects whatever still serves it (the run's own qemu-nbd: nobody else can have
+ * connected a device whose lock this holds).
+ */
+export async function reserveNbdDevice(purpose: string, signal?: AbortSignal): Promise<NbdReservation> {
+  const checkAbort = () => {
+    if (signal?.aborted) throw new AbortedError(`reserving an nbd device for ${purpose} was interrupted`);
+  };
+  checkAbort();
+  await mkdir(nbdLockDir(), { recursive: true, mode: 0o700 });
+  const record = await AttachRecord.create({ id: newAttachId('nbd'), backend: 'nbd', image: '', purpose, items: [] });
+  const drop = async (lockPath?: string) => {
+    if (lockPath) await unlock(lockPath);
+    await record.remove();
+  };
+  let found: Awaited<ReturnType<typeof lockFreeDevice>>;
+  try {
+    found = await lockFreeDevice(record, checkAbort);
+  } catch (e) {
+    await drop();
+    throw e;
+  }
+  if (typeof found === 'string') {
+    await drop();
+    throw new VmlbError('DISK_ATTACH_FAILED', `reserving an nbd device for ${purpose}: ${found}`);
+  }
+  const { name, lockPath } = found;
+  const device = `/dev/${name}`;
+  let released: Promise<void> | undefined;
+  return {
+    device,
+    release: () =>
+      (released ??= (async () => {
+        if (await pathExists(`/sys/block/${name}/pid`)) {
+          await exec(['qemu-nbd', '--disconnect', device], { reject: false });
+          const deadline = performance.now() + STOP_GRACE_MS;
+          while ((await pathExists(`/sys/block/${name}/pid`)) && performance.now() < deadline) await sleep(POLL_MS * 5);
+        }
+        await drop(lockPath);
+      })()),
+  };
+}
+
 class NbdDisk implements AttachedDisk {
   readonly backend = 'nbd' as const;
   readonly image: string;
@@ -141,22 +221,13 @@ class NbdDisk implements AttachedDisk {
       purpose: this.purpose,
       items: [{ kind: 'file', path: this.loopLog }],
     });
-    const numbers = await nbdNumbers();
-    if (numbers.length === 0) throw attachError(this.image, NO_MODULE);
-    for (const n of numbers) {
-      checkAbort();
-      const name = `nbd${n}`;
-      if (!(await isFree(name))) continue;
-      const lockPath = join(nbdLockDir(), `${name}.lock`);
-      // Recorded before it exists; the sweep removes it only if it names this process.
-      await this.record.add({ kind: 'lock', path: lockPath });
-      if (!(await tryLock(lockPath))) continue;
+    const found = await lockFreeDevice(this.record, checkAbort, async (name, lockPath) => {
       this.lockPath = lockPath;
-      if ((await isFree(name)) && (await this.connect(name, checkAbort))) return;
-      await unlock(lockPath);
+      if (await this.connect(name, checkAbort)) return true;
       this.lockPath = undefined;
-    }
-    throw attachError(this.image, `every nbd device (${numbers.length}) is in use`);
+      return false;
+    });
+    if (typeof found === 'string') throw attachError(this.image, found);
   }
 
   /** Connect `name`; false when another program took the device first. */

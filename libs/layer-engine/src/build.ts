@@ -8,7 +8,7 @@ import { chooseBackend } from './backends.js';
 import { FuseDaemon } from './fuse-daemon.js';
 import { computeKeys, type KeyedLayer } from './cache-key.js';
 import { diffInputs } from './input-diff.js';
-import { buildLayer, type LayerSandbox } from './layer-builder.js';
+import { buildLayer, legacyNeedsNbd, type LayerSandbox } from './layer-builder.js';
 import { removeShellOrphans } from './layer-shell.js';
 import { cacheMountsDir, checkSandboxTools, type SandboxOptions } from './sandbox.js';
 import { loadProject, OUTPUT_DIR } from './layer-project.js';
@@ -264,6 +264,12 @@ async function takeHitsAndBuildMissing(plan: Plan, store: LocalStore, opts: Buil
   let parent: LayerManifest | null = null;
   let backend: Awaited<ReturnType<typeof chooseBackend>> | undefined;
   let sandbox: LayerSandbox | null | undefined;
+  // A modify-disk of the original's contract runs on nbd only: say so before anything builds.
+  const legacy = plan.keyed.find((k, i) => k.spec.hints.legacyArgs && plan.layers[i]!.status !== 'hit');
+  if (legacy) {
+    backend = await chooseBackend(opts.backend ?? 'auto');
+    if (backend.name !== 'nbd') throw legacyNeedsNbd(legacy.spec.name, backend.name);
+  }
   for (const [i, k] of plan.keyed.entries()) {
     if (opts.signal?.aborted) throw new AbortedError();
     const planned = plan.layers[i]!;

@@ -149,6 +149,22 @@ describe('parseHints', () => {
     expect(parseHints(script('# chroot-bind-mount ../cache /var/cache/apt # the apt cache'), 'build-layer').hints.bindMounts).toEqual([{ source: '../cache', target: '/var/cache/apt' }]);
   });
 
+  it('reads "# args source target device" in a modify-disk as the original\'s contract, and any other "# args" as a comment', () => {
+    expect(parseHints(script('# args source target device'), 'modify-disk')).toEqual({ hints: { ...emptyHints(), legacyArgs: true }, problems: [] });
+    expect(parseHints(script('# args source target device (as the original called it)'), 'modify-disk').hints.legacyArgs).toBe(true);
+    // A comment that only starts with the word is no hint, in any kind.
+    expect(parseHints(script('# args are read below', '# args: none'), 'build-layer')).toEqual({ hints: emptyHints(), problems: [] });
+    expect(parseHints(script('# args source target'), 'modify-disk')).toEqual({ hints: emptyHints(), problems: [] });
+    expect(parseHints(script('# args source target device extra'), 'modify-disk').problems).toEqual([
+      'line 2: # args: the only contract is "# args source target device" (found "source target device extra")',
+    ]);
+    expect(parseHints(script('# args source target device'), 'build-layer').problems).toEqual(['line 2: # args: does not apply to a build-layer layer; it is for modify-disk only']);
+    // The script makes and sizes its overlay itself.
+    expect(parseHints(script('# args source target device', '# disk-size 4G'), 'modify-disk').problems).toEqual([
+      'line 3: # disk-size: does not apply with # args source target device (line 2): the script makes and sizes its overlay itself',
+    ]);
+  });
+
   it('allows a repeated nocache', () => {
     expect(parseHints(script('# nocache', '# nocache'), 'build-layer').problems).toEqual([]);
   });

@@ -4,7 +4,10 @@ import { parseDuration, parseSize } from './sizes.js';
 /** The size of the blank disk a create-disk layer gets when its script has no `# disk-size`. */
 export const DEFAULT_DISK_SIZE = 2 * 1024 ** 3;
 
-export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'cache-mount' | 'disk-size' | 'timeout' | 'network';
+export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mount' | 'cache-mount' | 'disk-size' | 'timeout' | 'network' | 'args';
+
+/** The one `# args` contract: the original tool's modify-disk arguments (see LayerHints.legacyArgs). */
+export const LEGACY_ARGS = ['source', 'target', 'device'] as const;
 
 /**
  * A hint is a comment line that starts with a hint's name: `# name` or `# name ARGS`. Anything
@@ -13,11 +16,13 @@ export type HintName = 'nocache' | 'noshare' | 'chroot-bind-mount' | 'chroot-mou
  * whatever follows (`# nocache (this layer is never cached)`); the other hints take their
  * arguments and may be followed by prose (see isProse), while what is really malformed (a
  * `# disk-size` with no size, a third mount argument) is refused, naming the line.
+ * `# args` is a hint only as `# args source target device` (prose may follow): any other
+ * comment that starts with the word stays a comment.
  */
-const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network)(?![\w-])\s*(.*?)\s*$/;
+const HINT_LINE = /^\s*#\s*(nocache|noshare|chroot-bind-mount|chroot-mount|cache-mount|disk-size|timeout|network|args)(?![\w-])\s*(.*?)\s*$/;
 
 /** How many arguments each hint takes: what follows them may be prose. */
-const ARITY: Record<HintName, number> = { nocache: 0, noshare: 0, 'disk-size': 1, timeout: 1, 'chroot-bind-mount': 2, 'chroot-mount': 2, 'cache-mount': 1, network: 1 };
+const ARITY: Record<HintName, number> = { nocache: 0, noshare: 0, 'disk-size': 1, timeout: 1, 'chroot-bind-mount': 2, 'chroot-mount': 2, 'cache-mount': 1, network: 1, args: 3 };
 
 /** A unit written apart from its number (`4 G`, `10 min`): part of a malformed argument, not prose. */
 const UNIT_WORD = /^(?:[kmgtpe]i?b?|bytes?|ms|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?)$/i;
@@ -45,6 +50,7 @@ export function readHintLine(line: string): { name: HintName; args: string[]; pr
   const name = m[1] as HintName;
   const arg = (m[2] ?? '').trim();
   const args = arg === '' ? [] : arg.split(/\s+/);
+  if (name === 'args' && LEGACY_ARGS.some((w, i) => args[i] !== w)) return null;
   if (args.length > ARITY[name]) {
     const rest = args.slice(ARITY[name]).join(' ');
     if (ARITY[name] === 0 || isProse(rest)) return { name, args: args.slice(0, ARITY[name]), prose: rest };
@@ -64,6 +70,7 @@ const APPLIES_TO: Record<HintName, readonly LayerKind[]> = {
   'chroot-mount': ['build-layer'],
   'cache-mount': ['build-layer'],
   network: SCRIPT_KINDS,
+  args: ['modify-disk'],
 };
 
 export function emptyHints(): LayerHints {
@@ -158,6 +165,12 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
         return;
       }
 
+      case 'args':
+        // (readHintLine reads `# args` only as the one contract: what is left is extra words.)
+        if (args.length !== LEGACY_ARGS.length) return problem(`the only contract is "# args source target device" (found "${arg}")`);
+        hints.legacyArgs = true;
+        return;
+
       case 'network': {
         if (previous !== undefined) return problem(`given twice (first on line ${previous}); keep one`);
         if (arg !== 'none') return problem(`the only setting is "# network none" (found ${describeArgs(arg)}); without it a layer has outbound network`);
@@ -192,6 +205,9 @@ export function parseHints(scriptText: string, kind: LayerKind): { hints: LayerH
       return true;
     }
   });
+  if (hints.legacyArgs && hints.diskSize !== undefined) {
+    problems.push(`line ${seenAt.get('disk-size')}: # disk-size: does not apply with # args source target device (line ${seenAt.get('args')}): the script makes and sizes its overlay itself`);
+  }
 
   return { hints, problems };
 }

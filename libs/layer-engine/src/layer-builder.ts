@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { AbortedError, LayerFailedError, VmlbError } from './errors.js';
 import { exec, HOST_PATH } from './exec.js';
 import type { AttachedDisk, DiskBackend } from './disk-backend.js';
-import { runDir } from './attach-state.js';
+import { pathExists, runDir } from './attach-state.js';
+import { reserveNbdDevice } from './attach-nbd.js';
 import { importBaseImage } from './base-import.js';
 import type { LayerManifest, LocalStore } from './local-store.js';
 import { hostBindReason } from './layer-project.js';
@@ -254,13 +255,22 @@ async function runEntryScript(
     devices?: string[];
     readOnlyFiles?: string[];
     partitionServer?: Record<string, string>;
+    /** Host folders the sandbox gets writable at the same path (made the sandbox root's first). */
+    writableDirs?: string[];
+    /** Links in the sandbox's /dev (to nodes the run makes in /dev/vmlb later). */
+    deviceLinks?: { path: string; target: string }[];
+    /** A modify-disk of the original's contract: see legacyModifyDisk. */
+    legacy?: LegacyRun;
   },
 ): Promise<void> {
   ctx.onStep?.(`running ${ctx.spec.kind}${ctx.sandbox ? '' : ' (no sandbox)'}`);
   const mount = o.mountPoint ?? scratchMount();
   const sandbox = ctx.sandbox ? await sandboxRunFor(ctx.sandbox, ctx.spec.hints.network !== 'none', o) : undefined;
+  if (sandbox) for (const d of o.writableDirs ?? []) await chown(d, sandbox.uidBase, sandbox.uidBase);
   try {
     const r = await runScript({
+      args: o.legacy ? [o.legacy.source, o.legacy.target, o.legacy.device] : undefined,
+      legacy: o.legacy,
       sandbox,
       mode: o.mode,
       layerDir: ctx.spec.dir,
@@ -285,7 +295,13 @@ async function runEntryScript(
 export async function sandboxRunFor(
   sb: LayerSandbox,
   network: boolean,
-  o: { devices?: string[]; readOnlyFiles?: string[]; partitionServer?: Record<string, string> } = {},
+  o: {
+    devices?: string[];
+    readOnlyFiles?: string[];
+    partitionServer?: Record<string, string>;
+    writableDirs?: string[];
+    deviceLinks?: { path: string; target: string }[];
+  } = {},
 ): Promise<SandboxRun> {
   const routes = network ? await denyRoutes(sb.deny) : [];
   return {
@@ -295,6 +311,8 @@ export async function sandboxRunFor(
     resolvConf: await sandboxResolvConf(network, routes),
     devices: o.devices ?? [],
     readOnlyFiles: o.readOnlyFiles ?? [],
+    writableDirs: o.writableDirs ?? [],
+    deviceLinks: o.deviceLinks ?? [],
     partitionServer: o.partitionServer,
   };
 }
@@ -323,7 +341,7 @@ const CONTRACTS: Partial<Record<LayerKind, string>> = {
   'build-layer': 'a build-layer gets no arguments here: it runs inside the image\'s root filesystem, its folder at /mnt',
   'modify-disk':
     'a modify-disk gets no arguments here: the disk is $VMLB_DEVICE (grown first by # disk-size SIZE) and vmlb-partition N names its partitions; ' +
-    'a script of the original tool\'s "source target device" contract: vmlb migrate rewrites it',
+    'a script of the original tool\'s "source target device" contract runs as it is on an nbd host once it says # args source target device, and vmlb migrate rewrites it',
 };
 
 /**
@@ -428,6 +446,7 @@ export async function chrootMounts(o: {
 }
 
 async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  if (ctx.spec.hints.legacyArgs) return legacyModifyDisk(ctx, tmp, log);
   const parent = requireParent(ctx);
   const want = ctx.spec.hints.diskSize;
   if (want !== undefined && want < parent.virtualSize) {
@@ -464,13 +483,113 @@ async function modifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Pro
   });
 }
 
+/** What the runner needs for a modify-disk of the original's contract (see legacyModifyDisk). */
+export interface LegacyRun {
+  /** The parent's blob, the script's first argument. */
+  source: string;
+  /** Where the script is to create its overlay, the second (in a folder the sandbox may write). */
+  target: string;
+  /** The reserved, unconnected /dev/nbdN, the third. */
+  device: string;
+  /** Where the run keeps the overlay once the script connects it (the engine's, out of the script's reach). */
+  image: string;
+}
+
+/** A modify-disk of the original's contract on a host whose disks are not attached with nbd: one line, and the way out. */
+export function legacyNeedsNbd(layer: string, backend: string): VmlbError {
+  return new VmlbError(
+    'NEEDS_NBD',
+    `${layer}: "# args source target device" is the original tool's modify-disk contract, which needs the nbd backend (this host attaches disks with ${backend}); \`vmlb migrate\` rewrites it for any host`,
+  );
+}
+
+/** How many partition nodes of its device a modify-disk of the original's contract can name (/dev/nbdNp1 …). */
+const LEGACY_PARTITION_LINKS = 16;
+
+/**
+ * A modify-disk of the original tool's contract (`# args source target device`): called as
+ * `modify-disk SOURCE TARGET DEVICE` — the parent's blob, the path of the overlay to create,
+ * a free /dev/nbdN reserved for it — it creates the overlay itself (`qemu-img create -b
+ * SOURCE`; bin/legacy/qemu-img adds the `-F` today's qemu-img wants), connects it (`qemu-nbd
+ * --connect=DEVICE TARGET`), changes the disk and disconnects it.
+ *
+ * Sandboxed, the connect is the run's (bin/sandbox/qemu-nbd asks vmlb-run-layer): it takes
+ * the target out of the script's folder into the engine's temporary blob before anything
+ * opens it as the host's root, and connects it only if it is a qcow2 backed by SOURCE with no
+ * external data file; the device's partition nodes then appear as /dev/nbdNpM (links into
+ * /dev/vmlb). Unsandboxed (`--no-sandbox`) the script's own qemu-nbd connects the target
+ * where it is. Either way the engine then gives the overlay the store's relative backing
+ * name and compat 1.1, and reads its partition table. Only on the nbd backend: elsewhere it
+ * is refused in one line (legacyNeedsNbd).
+ */
+async function legacyModifyDisk(ctx: LayerBuildContext, tmp: string, log: string): Promise<BlobResult> {
+  const parent = requireParent(ctx);
+  if (ctx.backend.name !== 'nbd') throw legacyNeedsNbd(ctx.spec.name, ctx.backend.name);
+  const chain: string[] = [];
+  for (let m: LayerManifest | null = parent; m; m = m.parent ? await ctx.store.getManifest(m.parent) : null) {
+    chain.push(path.join(ctx.store.layersDir, m.blob.file));
+  }
+  const source = chain[0]!;
+  const out = `${tmp}.d`;
+  const target = path.join(out, 'target.qcow2');
+  await mkdir(out, { mode: 0o700 });
+  try {
+    const nbd = await reserveNbdDevice(ctx.spec.name, ctx.signal);
+    try {
+      const name = path.basename(nbd.device);
+      await runEntryScript(ctx, log, {
+        mode: 'host',
+        env: scriptEnv(ctx, {
+          PATH: hostScriptPath(ctx, true),
+          VMLB_LAYER_DIR: ctx.spec.dir,
+          ...(ctx.sandbox ? { VMLB_HOST_REQUESTS: SANDBOX_DEVICE_DIR } : {}),
+        }),
+        devices: [nbd.device],
+        deviceLinks: Array.from({ length: LEGACY_PARTITION_LINKS }, (_, i) => ({
+          path: `/dev/${name}p${i + 1}`,
+          target: `${SANDBOX_DEVICE_DIR}/${name}p${i + 1}`,
+        })),
+        readOnlyFiles: chain,
+        writableDirs: [out],
+        legacy: { source, target, device: nbd.device, image: tmp },
+      });
+    } finally {
+      await nbd.release();
+    }
+    // Unsandboxed, the script's own qemu-nbd served the target where it made it.
+    if (!ctx.sandbox && !(await pathExists(tmp)) && (await pathExists(target))) await rename(target, tmp);
+  } finally {
+    // (The run's copy of the target in the making, had it been killed while it took it.)
+    await Promise.all([rm(out, { recursive: true, force: true }), rm(`${tmp}.in`, { force: true })]);
+  }
+  if (!(await pathExists(tmp))) {
+    throw new VmlbError(
+      'LEGACY_NO_TARGET',
+      `${ctx.spec.name}: the script (# args source target device) exited 0 without connecting its target (qemu-nbd --connect=DEVICE TARGET): there is no overlay to keep`,
+    );
+  }
+  ctx.onStep?.('taking the script\'s overlay');
+  await exec(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-b', parent.blob.file, '-F', 'qcow2', tmp], { signal: ctx.signal });
+  await exec(['qemu-img', 'amend', '-f', 'qcow2', '-o', 'compat=1.1', tmp], { signal: ctx.signal });
+  await chown(tmp, 0, 0);
+  return withDisk(ctx, tmp, async (disk) => {
+    if (disk.size < parent.virtualSize) {
+      throw new VmlbError('DISK_SHRINK', `${ctx.spec.name}: its overlay is ${disk.size} bytes, smaller than the disk (${parent.virtualSize} bytes); shrinking a disk is not supported`);
+    }
+    const partitions = await disk.partitionTable();
+    return { virtualSize: disk.size, partitions, root: rootPartition(partitions, disk.size) };
+  });
+}
+
 /**
  * A create-disk's or modify-disk's PATH: the host's, after the engine's helpers (vmlb-partition)
- * and, sandboxed, the shims that ask the engine for what needs the host's root (bin/sandbox/).
+ * and, sandboxed, the shims that ask the engine for what needs the host's root (bin/sandbox/);
+ * a modify-disk of the original's contract also gets bin/legacy/ (qemu-img as its scripts use it).
  */
-function hostScriptPath(ctx: LayerBuildContext): string {
+function hostScriptPath(ctx: LayerBuildContext, legacy = false): string {
   const bin = ENGINE_BIN_DIR.replace(/\/+$/, '');
-  return `${ctx.sandbox ? `${bin}/sandbox:` : ''}${bin}:${HOST_PATH}`;
+  // (bin/sandbox first: its shims find the real tool by dropping the first PATH entry.)
+  return `${ctx.sandbox ? `${bin}/sandbox:` : ''}${legacy ? `${bin}/legacy:` : ''}${bin}:${HOST_PATH}`;
 }
 
 /**

@@ -48,6 +48,10 @@ export interface SandboxRun {
   devices: string[];
   /** Host files a create-disk or modify-disk gets read-only at the same path (its overlay). */
   readOnlyFiles: string[];
+  /** Host folders it gets writable at the same path, ids as they are (made the sandbox root's by the engine). */
+  writableDirs?: string[];
+  /** Symbolic links in its /dev, e.g. /dev/nbd0p1 → /dev/vmlb/nbd0p1 for nodes the run makes later. */
+  deviceLinks?: { path: string; target: string }[];
   /** For modify-disk: the disk backend's variables, with which the run answers `vmlb-partition` requests. */
   partitionServer?: Record<string, string>;
 }
@@ -73,6 +77,8 @@ export const SANDBOX_STAGE_PATHS = {
   bin: `${SANDBOX_STAGE}/bin`,
   /** Read-only host files, by index: file0, file1, … */
   file: (i: number) => `${SANDBOX_STAGE}/file${i}`,
+  /** Writable host folders, by index: dir0, dir1, … */
+  dir: (i: number) => `${SANDBOX_STAGE}/dir${i}`,
 } as const;
 /** slirp4netns' fixed addresses inside the namespace: the gateway (the host) and its DNS forwarder. */
 const SLIRP_GATEWAY = '10.0.2.2';
@@ -225,8 +231,12 @@ export interface SandboxArgsInput {
   hostRoot: boolean;
   engineBinDir: string;
   readOnlyFiles: string[];
+  /** Host folders given writable at the same paths. @default [] */
+  writableDirs?: string[];
   /** Host block devices, given at the same paths (e.g. /dev/loop5). */
   devices: string[];
+  /** Links in /dev (see SandboxRun.deviceLinks). @default [] */
+  deviceLinks?: { path: string; target: string }[];
   env: Record<string, string>;
   /**
    * bwrap's --new-session: the run has no controlling terminal, so it cannot push input into
@@ -267,8 +277,10 @@ export async function sandboxArgs(o: SandboxArgsInput): Promise<string[]> {
     // replace anything there.
     args.push('--dev-bind', stage.dev, SANDBOX_DEVICE_DIR);
     for (const d of o.devices) args.push('--dev-bind', `${stage.dev}/${path.basename(d)}`, d);
+    for (const l of o.deviceLinks ?? []) args.push('--symlink', l.target, l.path);
     args.push('--ro-bind', stage.bin, o.engineBinDir);
     o.readOnlyFiles.forEach((f, i) => args.push('--ro-bind', stage.file(i), f));
+    (o.writableDirs ?? []).forEach((d, i) => args.push('--bind', stage.dir(i), d));
     // The disk a create-disk fills, with the device nodes the engine makes in it (bwrap's
     // --bind would add nodev; a chroot's root keeps it, see vmlb-sandbox-mount).
     if (o.hostRoot) args.push('--dev-bind', stage.root, stage.root);

@@ -36,7 +36,7 @@ export interface MountSource {
 export type ExtraMount = { type: 'bind' | 'bind-ro' | 'cache'; source: string; target: string } | { type: 'part'; from: MountSource; target: string };
 
 /** What a run of the layer runner needs, whatever it runs (see RunScriptOptions, RunAttachedOptions). */
-export type RunBase = Pick<RunScriptOptions, 'mode' | 'layerDir' | 'script' | 'rootMount' | 'root' | 'mounts' | 'env' | 'sandbox'> & {
+export type RunBase = Pick<RunScriptOptions, 'mode' | 'layerDir' | 'script' | 'rootMount' | 'root' | 'mounts' | 'env' | 'sandbox' | 'args' | 'legacy'> & {
   /** bwrap's --new-session (no controlling terminal: nothing to push input into). @default true */
   newSession?: boolean;
 };
@@ -65,6 +65,10 @@ export interface RunScriptOptions {
   onOutput?: (chunk: string) => void;
   /** Run sandboxed (see sandbox.ts); unset: as the host's root (`--no-sandbox`). */
   sandbox?: SandboxRun;
+  /** The script's arguments (words without white space); this tool's contracts give none. */
+  args?: string[];
+  /** A modify-disk of the original's contract: what the run serves its qemu-nbd requests with (see legacyModifyDisk). */
+  legacy?: { device: string; target: string; image: string; source: string };
 }
 
 export interface RunScriptResult {
@@ -153,6 +157,19 @@ async function prepareRun(o: RunBase) {
   if (o.root) {
     env.VMLB_ROOT_SRC = o.root.source;
     env.VMLB_ROOT_OPTS = o.root.options;
+  }
+  if (o.args?.length) {
+    for (const a of o.args) if (a === '' || /\s/.test(a)) throw new VmlbError('BAD_MOUNT', `a script argument may not be empty or contain white space: "${a}"`);
+    env.VMLB_SCRIPT_ARGS = o.args.join(' ');
+  }
+  if (o.legacy) {
+    for (const f of Object.values(o.legacy)) if (/\s/.test(f)) throw new VmlbError('BAD_MOUNT', `a path given to the run may not contain white space: ${f}`);
+    Object.assign(env, {
+      VMLB_LEGACY_NBD: o.legacy.device,
+      VMLB_LEGACY_OUT: path.dirname(o.legacy.target),
+      VMLB_LEGACY_IMAGE: o.legacy.image,
+      VMLB_LEGACY_SOURCE: o.legacy.source,
+    });
   }
   if (o.mounts?.length) {
     const lines = o.mounts.map((m) => (m.type === 'part' ? ['part', m.from.source, m.from.options, m.target] : [m.type, m.source, '-', m.target]));
@@ -304,6 +321,9 @@ function runScratch(rootMount: string) {
     args: `${rootMount}.sandbox`,
     routes: `${rootMount}.routes`,
     resolv: `${rootMount}.resolv`,
+    /** The original contract's qemu-nbd (see "The original's qemu-nbd" in vmlb-run-layer). */
+    nbdLog: `${rootMount}.nbd.log`,
+    requestOut: `${rootMount}.request.out`,
   };
 }
 
@@ -319,13 +339,15 @@ async function writeSandboxFiles(o: RunBase, scratch: ReturnType<typeof runScrat
     hostRoot: o.mode === 'host' && o.root !== undefined,
     engineBinDir: ENGINE_BIN_DIR.replace(/\/+$/, ''),
     readOnlyFiles: sb.readOnlyFiles,
+    writableDirs: sb.writableDirs,
     devices: sb.devices,
+    deviceLinks: sb.deviceLinks,
     env: o.env,
     newSession: o.newSession,
   });
   stageReady ??= mkdir(SANDBOX_STAGE, { recursive: true, mode: 0o755 }).then(() => undefined);
   await stageReady;
-  for (const f of [...sb.readOnlyFiles, ...sb.devices]) {
+  for (const f of [...sb.readOnlyFiles, ...sb.devices, ...(sb.writableDirs ?? [])]) {
     if (/\s/.test(f)) throw new VmlbError('BAD_MOUNT', `a path given to the sandbox may not contain white space: ${f}`);
   }
   for (const a of args) if (a.includes('\0')) throw new VmlbError('BAD_ENV', `the layer's environment cannot hold a NUL byte (${a.slice(0, 40)}…)`);
@@ -343,6 +365,7 @@ async function writeSandboxFiles(o: RunBase, scratch: ReturnType<typeof runScrat
     VMLB_SANDBOX_RESOLV: sb.resolvConf === null ? '/etc/resolv.conf' : scratch.resolv,
     VMLB_SANDBOX_DEVICES: sb.devices.join(' '),
     VMLB_SANDBOX_FILES: sb.readOnlyFiles.join(' '),
+    VMLB_SANDBOX_DIRS: (sb.writableDirs ?? []).join(' '),
     VMLB_SANDBOX_STAGE: SANDBOX_STAGE,
     VMLB_ENGINE_BIN: ENGINE_BIN_DIR,
     VMLB_SANDBOX_MOUNT: SANDBOX_MOUNT_HELPER,

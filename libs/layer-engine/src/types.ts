@@ -25,6 +25,13 @@ export interface LayerHints {
   diskSize?: number;
   /** `# timeout DURATION`, in milliseconds. */
   timeoutMs?: number;
+  /**
+   * `# args source target device` (modify-disk): the original vm-layer-builder's contract. The
+   * script is called with the parent's qcow2, the path of the overlay it is to create and a
+   * free /dev/nbdN, and makes, connects and fills the overlay itself (see legacyModifyDisk in
+   * layer-builder.ts). Needs the nbd backend. Unset: this tool's contract ($VMLB_DEVICE).
+   */
+  legacyArgs?: boolean;
 }
 
 /** What a `base-image` file says: where the image is and its sha256. */

@@ -30,7 +30,7 @@ export async function migrateLayerScripts(m: Migration, layers: LayerDir[]): Pro
           const at = form.line
             ? `line ${form.line} does not fit the original's grow-the-disk pattern (${form.why}): ${form.text}`
             : `it does not fit the original's grow-the-disk pattern: ${form.why}`;
-          m.todo(rel, `left alone: ${at} — rewrite it by hand for vmlb: it gets no arguments, the disk is $VMLB_DEVICE (grown first by # disk-size SIZE), the overlay $VMLB_IMAGE, and vmlb-partition N names partition N`);
+          m.todo(rel, `left alone: ${at} — rewrite it by hand for vmlb: it gets no arguments, the disk is $VMLB_DEVICE (grown first by # disk-size SIZE), the overlay $VMLB_IMAGE, and vmlb-partition N names partition N; or, on a host with the nbd module, have it say "# args source target device" to run it as it is`);
         }
       }
       const hints = normaliseHints(text, kind);
