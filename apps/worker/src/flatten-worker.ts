@@ -1,12 +1,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import { StoreError, VmlbError, convert, sha256File } from '@vmlb/layer-engine';
+import { StoreError, VmlbError, convert, sha256File, type LayerManifest } from '@vmlb/layer-engine';
 import { ClaimLease, FlattenJobData, claimOwner, poolClaimKey, poolPath, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
 import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
-import { checkChain, ensureChain, openProject, refuseOtherPool, trustedLocal } from './layer-chain.js';
+import { checkChain, ensureChain, openProject, refuseOtherPool, takeChainLayer } from './layer-chain.js';
 
 /**
  * What sits beside `images/<top>.qcow2`, written after it: an image exists only when this
@@ -128,15 +128,24 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
 }
 
 /**
- * Pulls the chain from the shared store. A `# noshare` layer (or one built on it) is not
- * there: it lives on the worker that built it, and when this is another worker it is built
- * here again from the project (same key, same inputs), its parents pulled.
+ * Makes the chain local, each layer as a layer job's parents are (takeChainLayer: the shared
+ * copy is the truth). A `# noshare` layer (or one built on it) is not in the shared store: it
+ * lives on the worker that built it, and when this is another worker it is built here again
+ * from the project (same key, same inputs), its parents pulled.
  */
 async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: AbortSignal, events: JobEvents): Promise<void> {
   const top = data.chain[data.chain.length - 1]!;
   try {
-    const pulled = await ctx.viewFor(data.reads).pullChain(ctx.store, data.chain, { signal, isLocal: async (k) => (await trustedLocal(ctx, k, events)) !== null });
-    for (const m of pulled) ctx.metrics.pulledBytes.inc({ object: 'layer' }, m.blob.size);
+    const view = ctx.viewFor(data.reads);
+    let parent: LayerManifest | null = null;
+    for (const key of data.chain) {
+      const taken = await takeChainLayer(ctx, view, key, parent, signal, events);
+      if (!taken) {
+        const reads = view.trusted.length ? ` (nor the pools it reads: ${view.trusted.map((t) => t.pool).join(', ')})` : '';
+        throw new StoreError(`layer ${key} is in neither the local store nor the shared store ${view.own.url}${reads}`);
+      }
+      parent = taken.manifest;
+    }
     return;
   } catch (e) {
     if (!(e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message))) throw e;

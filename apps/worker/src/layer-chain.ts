@@ -1,7 +1,20 @@
 import { rm } from 'node:fs/promises';
-import { LayerFailedError, ProjectError, VmlbError, buildLayerReporting, computeKeys, hostPathProblems, loadProject, type KeyedLayer, type LayerManifest, type RetryInfo } from '@vmlb/layer-engine';
+import {
+  LayerFailedError,
+  ProjectError,
+  VmlbError,
+  buildLayerReporting,
+  chooseLayerSource,
+  computeKeys,
+  hostPathProblems,
+  loadProject,
+  takeSharedCopy,
+  type KeyedLayer,
+  type LayerManifest,
+  type RetryInfo,
+} from '@vmlb/layer-engine';
 import { UnrecoverableError } from 'bullmq';
-import { extractProject, fetchProject } from '@vmlb/fleet';
+import { extractProject, fetchProject, type PoolStores } from '@vmlb/fleet';
 import { STREAM_OUTPUT_LIMITS, type JobEvents } from './job-events.js';
 import type { WorkerContext } from './worker-context.js';
 
@@ -50,10 +63,11 @@ export function checkChain(what: string, computed: string[], planned: string[]):
 export type StepsFor = { index: number; name: string } | null;
 
 /**
- * Makes layers 0..count-1 local, parent first, and returns the last one's manifest. The shared
- * store's copy of a layer is the truth (a layer is only usable on the exact parent bytes it
- * was written over): a local copy with other bytes is replaced by it. A layer the shared store
- * lacks and this worker has not (# noshare, or built on one) is built here from the project.
+ * Makes layers 0..count-1 local, parent first, and returns the last one's manifest. Each layer's
+ * copy is the one the engine's chooseLayerSource picks, as `vmlb build` does: the shared store's
+ * (a layer is only usable on the exact parent bytes it was written over), replacing a local copy
+ * with other bytes; else this worker's; else, a layer the shared store lacks and this worker has
+ * not (# noshare, or built on one), built here from the project.
  */
 export async function ensureChain(
   ctx: WorkerContext,
@@ -70,29 +84,44 @@ export async function ensureChain(
   const view = ctx.viewFor(job.reads);
   let parent: LayerManifest | null = null;
   for (const [j, k] of keyed.slice(0, count).entries()) {
-    // This pool's copy, else a trusted pool's (read only): the one the build's keys were planned on.
-    const hit = await view.find(k.key, { signal });
-    const fromShared = hit?.manifest ?? null;
-    let local = await trustedLocal(ctx, k.key, events);
-    if (fromShared) {
-      if (local && local.blob.sha256 !== fromShared.blob.sha256) {
-        await ctx.store.remove([k.key]);
-        local = null;
-      }
-      if (!local) {
-        if (steps) events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store${hit!.pool !== ctx.pool ? ` (pool ${hit!.pool})` : ''}` });
-        local = await hit!.store.pull(ctx.store, k.key, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
-        ctx.metrics.pulledBytes.inc({ object: 'layer' }, local.blob.size);
-        pulled.bytes += local.blob.size;
-      }
-    } else if (!local) {
+    const fetching = steps && { ...steps, onPull: (pool: string) => events.engine({ type: 'layer-step', at: Date.now(), index: steps.index, name: steps.name, step: `fetching ${k.spec.name} from the shared store${pool !== ctx.pool ? ` (pool ${pool})` : ''}` }) };
+    const taken = await takeChainLayer(ctx, view, k.key, parent, signal, events, fetching ?? undefined);
+    if (taken) {
+      pulled.bytes += taken.pulledBytes;
+      parent = taken.manifest;
+    } else {
       events.engine({ type: 'notice', at: Date.now(), message: `${k.spec.name} is not in the shared store (# noshare): building it again on worker ${ctx.id}` });
-      local = await buildOne(ctx, team, k, j, parent, signal, events, { quiet: true });
+      parent = await buildOne(ctx, team, k, j, parent, signal, events, { quiet: true });
     }
-    parent = local;
   }
   await ctx.store.touch(keyed.slice(0, count).map((k) => k.key));
   return parent;
+}
+
+/**
+ * One layer of a chain made local as the engine's chooseLayerSource says, on `parent`: this
+ * worker's copy, or the shared store's pulled (replacing a local copy with other bytes; its
+ * bytes counted in `pulledBytes`); null when neither is usable (the caller builds it, or says
+ * it cannot). `steps`: the job's layer, whose progress steps say the pull.
+ */
+export async function takeChainLayer(
+  ctx: WorkerContext,
+  view: PoolStores,
+  key: string,
+  parent: LayerManifest | null,
+  signal: AbortSignal,
+  events: JobEvents,
+  steps?: { index: number; name: string; onPull: (pool: string) => void },
+): Promise<{ manifest: LayerManifest; pulledBytes: number } | null> {
+  // This pool's copy, else a trusted pool's (read only): the one the build's keys were planned on.
+  const hit = await view.find(key, { signal });
+  const source = chooseLayerSource(await trustedLocal(ctx, key, events), hit?.manifest, parent);
+  if (source.from === 'build') return null;
+  if (source.from === 'local') return { manifest: source.manifest, pulledBytes: 0 };
+  steps?.onPull(hit!.pool);
+  const manifest = await takeSharedCopy(ctx.store, hit!.store, key, source.replacesLocal, { signal, ...(steps ? { onRetry: retryStep(events, steps.index, steps.name) } : {}) });
+  ctx.metrics.pulledBytes.inc({ object: 'layer' }, manifest.blob.size);
+  return { manifest, pulledBytes: manifest.blob.size };
 }
 
 /**
@@ -140,6 +169,7 @@ export function buildOne(
     emit: o.quiet ? () => {} : (e) => events.engine(e),
     isFailure: (e) => e instanceof LayerFailedError,
     outputLimits: STREAM_OUTPUT_LIMITS,
+    ...ctx.layerRun,
   });
 }
 

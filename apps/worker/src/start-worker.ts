@@ -11,6 +11,7 @@ import {
   cacheMountsDir,
   checkSandboxTools,
   chooseBackend,
+  compressionFrom,
   defaultStoreDir,
   pidAlive,
   startupSweep,
@@ -97,7 +98,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   const log = (opts.log ?? silentLogger).child({ worker: settings.id });
   const id = settings.id;
 
-  const store = new LocalStore(config.store ?? defaultStoreDir());
+  const store = new LocalStore(config.store ?? defaultStoreDir(process.env));
   await store.init();
   if (opts.sweep !== false) {
     const swept = await startupSweep(store);
@@ -129,7 +130,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
   });
   const pool = config.workerPool;
   const metrics = new WorkerMetrics(id, pool);
-  const storeOpts = { onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
+  const storeOpts = { ...compressionFrom({ VMLB_SHARED_COMPRESSION: settings.sharedCompression }), onEvent: (e: { type: string }) => e.type === 'retry' && metrics.storeRetries.inc() };
   const views = new Map<string, PoolStores>();
   const viewFor = (reads: readonly string[]): PoolStores => {
     const name = [...reads].sort().join(',');
@@ -157,6 +158,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
     sandboxFor: (team) => ({ deny: sandboxDeny, cacheDir: cacheMountsDir(store, team), projectBindsOnly: true }),
     projectCache,
     smallChainBytes: settings.smallChainBytes,
+    layerRun: { logMax: settings.logMax, passEnv: settings.passEnv },
     workDir,
     jobs,
     metrics,
@@ -279,6 +281,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       // One bounded wait for both: Redis may be down, and a stop must not add up waits.
       await within(Promise.all([removeRegistration(redis, id, registered).catch(() => undefined), dropHeldKeys(redis, id).catch(() => undefined)]), CLOSE_COMMAND_WAIT_MS);
       await evicting;
+      // An idle daemon waits a moment for the next disk (fuse-daemon.ts); the process exits next.
       await FuseDaemon.shutdown();
       await metrics.close();
       for (const v of views.values()) v.close();

@@ -25,6 +25,8 @@ export interface WorkerContext {
   projectCache: string;
   /** VMLB_AFFINITY_SMALL_CHAIN: a missing chain up to this size is pulled rather than waited for. */
   smallChainBytes: number;
+  /** What every layer script run here gets: the log kept (VMLB_LOG_MAX), the host's proxy settings. */
+  layerRun: { logMax: number; passEnv: Record<string, string> };
   /** This process's scratch folder (extracted projects, images being written). */
   workDir: string;
   jobs: RunningJobs;

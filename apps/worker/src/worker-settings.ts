@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { z } from 'zod';
-import { VmlbError, logMaxFromEnv, parseDuration, parseSize } from '@vmlb/layer-engine';
+import { LOG_MAX_DEFAULT, VmlbError, logMaxFromEnv, parseDuration, parseSize, proxyEnv } from '@vmlb/layer-engine';
 import { fleetConfigFrom, redisHosts, type FleetConfig } from '@vmlb/fleet';
 
 /**
@@ -21,6 +21,8 @@ import { fleetConfigFrom, redisHosts, type FleetConfig } from '@vmlb/fleet';
  *   VMLB_SANDBOX                must not be 0: a worker runs every layer sandboxed
  *   VMLB_LOG_MAX                the most of a layer's log kept (its tail) in the local and the
  *                               shared store, a size (64M, 1G)   @default 64M
+ *   VMLB_SHARED_COMPRESSION     how layers are pushed: zstd, zstd:LEVEL or none   @default zstd
+ *   http_proxy, https_proxy, no_proxy (and upper case)   passed to layer scripts as they are
  *   VMLB_AFFINITY_SMALL_CHAIN   a layer job whose missing parent chain is at most this size (in
  *                               the shared store) builds where it lands instead of waiting for a
  *                               worker that holds the chain (chain-affinity.ts); 0: always wait
@@ -42,6 +44,12 @@ export interface WorkerSettings {
   sandboxDeny: string[];
   /** VMLB_AFFINITY_SMALL_CHAIN in bytes. */
   smallChainBytes: number;
+  /** VMLB_LOG_MAX in bytes. */
+  logMax: number;
+  /** The host's proxy settings, which layer scripts get (proxyEnv). */
+  passEnv: Record<string, string>;
+  /** VMLB_SHARED_COMPRESSION as it is (checked when the worker's stores are made). @default zstd */
+  sharedCompression?: string;
 }
 
 export const DEFAULT_WORKER_SETTINGS = {
@@ -53,6 +61,8 @@ export const DEFAULT_WORKER_SETTINGS = {
   metricsHost: '0.0.0.0',
   sandboxDeny: [] as string[],
   smallChainBytes: 32 * 1024 * 1024,
+  logMax: LOG_MAX_DEFAULT,
+  passEnv: {} as Record<string, string>,
 } as const;
 
 const duration = (name: string) =>
@@ -149,6 +159,9 @@ export function workerSettingsFrom(env: NodeJS.ProcessEnv = process.env): { flee
       metricsHost: e.VMLB_WORKER_METRICS_HOST ?? DEFAULT_WORKER_SETTINGS.metricsHost,
       sandboxDeny: e.VMLB_SANDBOX_DENY,
       smallChainBytes: e.VMLB_AFFINITY_SMALL_CHAIN ?? DEFAULT_WORKER_SETTINGS.smallChainBytes,
+      logMax: logMaxFromEnv(env),
+      passEnv: proxyEnv(env),
+      sharedCompression: env.VMLB_SHARED_COMPRESSION,
     },
   };
 }

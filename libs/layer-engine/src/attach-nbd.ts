@@ -3,231 +3,93 @@
  * device, with partition nodes /dev/nbdNpM when the module has max_part > 0. What production
  * worker hosts with the nbd module use.
  */
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ResultPromise } from 'execa';
-import {
-  AttachRecord,
-  commandOnPath,
-  detachLoops,
-  loopsOn,
-  nbdLockDir,
-  nbdServedBy,
-  newAttachId,
-  pathExists,
-  processIdentity,
-  tryLock,
-  unlock,
-} from './attach-state.js';
+import { AttachedDiskBase, type ByteRange } from './attached-disk-base.js';
 import type { AttachedDisk, AttachOptions, DiskBackend } from './disk-backend.js';
-import { AbortedError, VmlbError, tail } from './errors.js';
-import { exec, spawnChild } from './exec.js';
+import { VmlbError, tail } from './errors.js';
+import { exec, missingCommand, settled, spawnChild, stopChild } from './exec.js';
+import { unlock } from './lock-files.js';
+import { detachLoops, loopsOn } from './loops-and-mounts.js';
+import { NO_MODULE, POLL_MS, STOP_GRACE_MS, isFree, lockFreeDevice, nbdServedBy, readSys } from './nbd-devices.js';
 import { readPartitionTable } from './partition-table.js';
+import { pathExists } from './path-exists.js';
+import { processIdentity } from './process-identity.js';
+import { nbdLockDir } from './run-dirs.js';
 import type { PartitionTable } from './types.js';
 
 /** How long qemu-nbd may take to connect the device. */
 const READY_TIMEOUT_MS = 10_000;
-const POLL_MS = 2;
 /** How long a partition node may take to appear after the kernel re-read the table. */
 const PARTITION_NODE_TIMEOUT_MS = 2000;
-/** After `qemu-nbd --disconnect`, how long the serving qemu-nbd may take to exit. */
-const STOP_GRACE_MS = 3000;
-
-const NO_MODULE = 'no /dev/nbd0: load the nbd kernel module (modprobe nbd max_part=16)';
 
 export const nbdBackend: DiskBackend = {
   name: 'nbd',
   async unavailableReason() {
     if (!(await pathExists('/dev/nbd0')) || !(await pathExists('/sys/module/nbd'))) return NO_MODULE;
     if (process.getuid?.() !== 0) return 'the nbd backend needs root (it connects /dev/nbdN)';
-    for (const [cmd, pkg] of [
-      ['qemu-nbd', 'qemu-utils'],
-      ['setpriv', 'util-linux'],
-      ['blockdev', 'util-linux'],
-    ] as const) {
-      if (!(await commandOnPath(cmd))) return `${cmd} is not installed (Debian package ${pkg})`;
-    }
-    return null;
+    return missingCommand([['qemu-nbd', 'qemu-utils'], ['setpriv', 'util-linux'], ['blockdev', 'util-linux']]);
   },
   attach: (image, opts) => NbdDisk.attach(image, opts),
 };
 
-function attachError(image: string, message: string): VmlbError {
-  return new VmlbError('DISK_ATTACH_FAILED', `attaching ${image} (nbd): ${message}`);
-}
-
-async function readSys(path: string): Promise<string | null> {
-  try {
-    return (await readFile(path, 'utf8')).trim();
-  } catch {
-    return null;
-  }
-}
-
-/** The nbd devices of the host, by number. */
-async function nbdNumbers(): Promise<number[]> {
-  const names = await readdir('/sys/block').catch(() => [] as string[]);
-  return names
-    .map((n) => /^nbd(\d+)$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .sort((a, b) => a - b);
-}
-
-/** Not served by anyone (no pid) and no size left from an earlier connection. */
-async function isFree(name: string): Promise<boolean> {
-  return !(await pathExists(`/sys/block/${name}/pid`)) && (await readSys(`/sys/block/${name}/size`)) === '0';
-}
-
-/**
- * Takes the lock of a free nbd device (recorded in `record` first, so that the sweep removes
- * a lock whose owner died) and hands it to `use`, which returns false when the device turned
- * out to be taken (its lock is then dropped and the next device tried). Returns the device's
- * name and lock, or why there is none.
- */
-async function lockFreeDevice(
-  record: AttachRecord,
-  checkAbort: () => void,
-  use: (name: string, lockPath: string) => Promise<boolean> = async () => true,
-): Promise<{ name: string; lockPath: string } | string> {
-  const numbers = await nbdNumbers();
-  if (numbers.length === 0) return NO_MODULE;
-  for (const n of numbers) {
-    checkAbort();
-    const name = `nbd${n}`;
-    if (!(await isFree(name))) continue;
-    const lockPath = join(nbdLockDir(), `${name}.lock`);
-    // Recorded before it exists; the sweep removes it only if it names this process.
-    await record.add({ kind: 'lock', path: lockPath });
-    if (!(await tryLock(lockPath))) continue;
-    if ((await isFree(name)) && (await use(name, lockPath))) return { name, lockPath };
-    await unlock(lockPath);
-  }
-  return `every nbd device (${numbers.length}) is in use`;
-}
-
-/** A free nbd device reserved (locked) for a run that connects it itself; see reserveNbdDevice. */
-export interface NbdReservation {
-  device: string;
-  /** Disconnects the device if something still serves it, drops the lock and the record. */
-  release(): Promise<void>;
-}
-
-/**
- * Reserves a free /dev/nbdN, unconnected, for a modify-disk of the original tool's contract
- * (`# args source target device`), which connects it itself (through the sandbox's qemu-nbd,
- * see bin/sandbox/qemu-nbd). The lock keeps other attachments off it until release, which
- * disconnects whatever still serves it (the run's own qemu-nbd: nobody else can have
- * connected a device whose lock this holds).
- */
-export async function reserveNbdDevice(purpose: string, signal?: AbortSignal): Promise<NbdReservation> {
-  const checkAbort = () => {
-    if (signal?.aborted) throw new AbortedError(`reserving an nbd device for ${purpose} was interrupted`);
-  };
-  checkAbort();
-  await mkdir(nbdLockDir(), { recursive: true, mode: 0o700 });
-  const record = await AttachRecord.create({ id: newAttachId('nbd'), backend: 'nbd', image: '', purpose, items: [] });
-  const drop = async (lockPath?: string) => {
-    if (lockPath) await unlock(lockPath);
-    await record.remove();
-  };
-  let found: Awaited<ReturnType<typeof lockFreeDevice>>;
-  try {
-    found = await lockFreeDevice(record, checkAbort);
-  } catch (e) {
-    await drop();
-    throw e;
-  }
-  if (typeof found === 'string') {
-    await drop();
-    throw new VmlbError('DISK_ATTACH_FAILED', `reserving an nbd device for ${purpose}: ${found}`);
-  }
-  const { name, lockPath } = found;
-  const device = `/dev/${name}`;
-  let released: Promise<void> | undefined;
-  return {
-    device,
-    release: () =>
-      (released ??= (async () => {
-        if (await pathExists(`/sys/block/${name}/pid`)) {
-          await exec(['qemu-nbd', '--disconnect', device], { reject: false });
-          const deadline = performance.now() + STOP_GRACE_MS;
-          while ((await pathExists(`/sys/block/${name}/pid`)) && performance.now() < deadline) await sleep(POLL_MS * 5);
-        }
-        await drop(lockPath);
-      })()),
-  };
-}
-
-class NbdDisk implements AttachedDisk {
-  readonly backend = 'nbd' as const;
-  readonly image: string;
-  private readonly purpose: string;
-  private readonly id = newAttachId('nbd');
+class NbdDisk extends AttachedDiskBase {
   /** Where vmlb-partition logs the loop devices it makes when it cannot give /dev/nbdNpM. */
   private readonly loopLog = join(nbdLockDir(), `${this.id}.loops`);
   private device = '';
   private name = '';
   private lockPath: string | undefined;
-  private diskSize = 0;
-  private attached = false;
-  private record: AttachRecord | undefined;
   private server: ResultPromise | undefined;
   private serverDone: Promise<unknown> | undefined;
   private serverExited = false;
   private serverStderr = '';
-  private readonly ranges = new Map<string, Promise<string>>();
-  private readonly pending = new Set<Promise<unknown>>();
-  private releasing: Promise<void> | undefined;
-  private released = false;
 
-  private constructor(image: string, purpose: string) {
-    this.image = image;
-    this.purpose = purpose;
-  }
-
-  get size(): number {
-    return this.diskSize;
+  private constructor(image: string, opts: AttachOptions) {
+    super('nbd', image, opts);
   }
 
   get helperEnv(): Record<string, string> {
     return { VMLB_DISK_BACKEND: 'nbd', VMLB_DISK_DEVICE: this.device, VMLB_DISK_LOOP_LOG: this.loopLog };
   }
 
-  static async attach(image: string, opts: AttachOptions): Promise<AttachedDisk> {
-    const disk = new NbdDisk(resolve(image), opts.purpose);
-    try {
-      await disk.acquire(opts.signal);
-    } catch (e) {
-      await disk.release().catch((releaseError: unknown) => {
-        if (e instanceof Error) e.message += `\n(and releasing what was attached failed too: ${(releaseError as Error).message})`;
-      });
-      throw e;
-    }
-    return disk;
+  static attach(image: string, opts: AttachOptions): Promise<AttachedDisk> {
+    return AttachedDiskBase.attachDisk(new NbdDisk(resolve(image), opts), opts.signal);
   }
 
-  private async acquire(signal: AbortSignal | undefined): Promise<void> {
-    const checkAbort = () => {
-      if (signal?.aborted) throw new AbortedError(`attaching ${this.image} was interrupted`);
-    };
-    checkAbort();
-    await mkdir(nbdLockDir(), { recursive: true, mode: 0o700 });
-    this.record = await AttachRecord.create({
-      id: this.id,
-      backend: 'nbd',
-      image: this.image,
-      purpose: this.purpose,
-      items: [{ kind: 'file', path: this.loopLog }],
+  protected async acquire(checkAbort: () => void): Promise<void> {
+    const record = await this.createRecord(nbdLockDir(), [{ kind: 'file', path: this.loopLog }]);
+    // All pushed before the first device is tried, since connect() may try several: each
+    // release checks what is held now. The lock goes last, so that no other attachment takes
+    // the device while anything of this one is left on it.
+    this.onRelease(async () => {
+      const lockPath = this.lockPath;
+      if (!lockPath) return;
+      await unlock(lockPath);
+      this.lockPath = undefined;
     });
-    const found = await lockFreeDevice(this.record, checkAbort, async (name, lockPath) => {
+    this.onRelease(() => rm(this.loopLog, { force: true }));
+    this.onRelease(() => this.disconnect());
+    this.onRelease(async () => {
+      if (this.server) await exec(['sync']);
+    });
+    // Loops over the device: ours (a module without partition nodes) and vmlb-partition's.
+    // While this process serves the device, nobody else's loop can sit on it.
+    this.onRelease(async () => {
+      try {
+        if (this.device) await detachLoops(await loopsOn(this.device, this.loopLog));
+      } finally {
+        this.forgetRanges();
+      }
+    });
+    const found = await lockFreeDevice(record, checkAbort, async (name, lockPath) => {
       this.lockPath = lockPath;
       if (await this.connect(name, checkAbort)) return true;
       this.lockPath = undefined;
       return false;
     });
-    if (typeof found === 'string') throw attachError(this.image, found);
+    if (typeof found === 'string') throw this.attachError(found);
   }
 
   /** Connect `name`; false when another program took the device first. */
@@ -246,10 +108,7 @@ class NbdDisk implements AttachedDisk {
     child.stderr?.on('data', (chunk: string) => {
       this.serverStderr = (this.serverStderr + chunk).slice(-8192);
     });
-    const done = child.then(
-      (r) => r,
-      (e: unknown) => e,
-    );
+    const done = settled(child);
     this.serverDone = done;
     void done.then(() => {
       if (this.serverDone === done) this.serverExited = true;
@@ -257,7 +116,7 @@ class NbdDisk implements AttachedDisk {
     const id = child.pid === undefined ? null : await processIdentity(child.pid);
     if (!id) {
       await done;
-      throw attachError(this.image, `qemu-nbd exited before ${device} was connected${this.stderrTail()}`);
+      throw this.attachError(`qemu-nbd exited before ${device} was connected${this.stderrTail()}`);
     }
     await this.record!.add({ kind: 'nbd', device, pid: id.pid, startTime: id.startTime });
     this.device = device;
@@ -277,11 +136,11 @@ class NbdDisk implements AttachedDisk {
           this.name = '';
           return false;
         }
-        throw attachError(this.image, `qemu-nbd exited before ${device} was connected${this.stderrTail()}`);
+        throw this.attachError(`qemu-nbd exited before ${device} was connected${this.stderrTail()}`);
       }
       checkAbort();
       if (performance.now() > deadline) {
-        throw attachError(this.image, `qemu-nbd did not connect ${device} within ${READY_TIMEOUT_MS / 1000} s${this.stderrTail()}`);
+        throw this.attachError(`qemu-nbd did not connect ${device} within ${READY_TIMEOUT_MS / 1000} s${this.stderrTail()}`);
       }
       await sleep(POLL_MS);
     }
@@ -316,17 +175,8 @@ class NbdDisk implements AttachedDisk {
     return t ? `:\n${t}` : '';
   }
 
-  private checkUsable(): void {
-    if (this.released || this.releasing) throw new VmlbError('DISK_RELEASED', `${this.image} (nbd) was already released`);
-  }
-
-  private track<T>(p: Promise<T>): Promise<T> {
-    this.pending.add(p);
-    void p.then(
-      () => this.pending.delete(p),
-      () => this.pending.delete(p),
-    );
-    return p;
+  protected describe(): string {
+    return `nbd, ${this.device || 'no device'}`;
   }
 
   async wholeDevice(): Promise<string> {
@@ -339,29 +189,20 @@ class NbdDisk implements AttachedDisk {
     return readPartitionTable(this.device);
   }
 
-  async mountSource(part: { number: number; start: number; size: number }): Promise<{ source: string; options: string }> {
+  async mountSource(part: ByteRange): Promise<{ source: string; options: string }> {
     return { source: await this.rangeDevice(part), options: 'defaults' };
   }
 
-  async rangeDevice(part: { number: number; start: number; size: number }): Promise<string> {
+  async rangeDevice(part: ByteRange): Promise<string> {
     this.checkUsable();
+    this.checkRange(part);
     const { start, size } = part;
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || start < 0 || size <= 0 || start + size > this.diskSize) {
-      throw new VmlbError('BAD_RANGE', `partition ${part.number} (bytes ${start}+${size}) is not inside ${this.image} (${this.diskSize} bytes)`);
-    }
     if (start === 0 && size === this.diskSize) return this.device;
-    const key = `${part.number}:${start}+${size}`;
-    let device = this.ranges.get(key);
-    if (!device) {
-      device = this.track(this.partitionDevice(part));
-      this.ranges.set(key, device);
-      device.catch(() => this.ranges.delete(key));
-    }
-    return device;
+    return this.rangeOnce(`${part.number}:${start}+${size}`, () => this.partitionDevice(part));
   }
 
   /** /dev/nbdNpM when the kernel's view of partition M is this range, else a loop device over it. */
-  private async partitionDevice(part: { number: number; start: number; size: number }): Promise<string> {
+  private async partitionDevice(part: ByteRange): Promise<string> {
     const maxPart = Number((await readSys('/sys/module/nbd/parameters/max_part')) ?? '0');
     if (maxPart > 0 && part.number > 0 && part.start % 512 === 0 && part.size % 512 === 0) {
       const node = `${this.name}p${part.number}`;
@@ -391,86 +232,19 @@ class NbdDisk implements AttachedDisk {
     return loop;
   }
 
-  release(): Promise<void> {
-    if (this.released) return Promise.resolve();
-    this.releasing ??= this.doRelease().then(
-      () => {
-        this.released = true;
-      },
-      (e: unknown) => {
-        this.releasing = undefined;
-        throw e;
-      },
-    );
-    return this.releasing;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.release();
-  }
-
-  private async doRelease(): Promise<void> {
-    await Promise.allSettled([...this.pending]);
-    const errors: unknown[] = [];
-    const step = async (fn: () => Promise<void>) => {
-      try {
-        await fn();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
-    // Loops over the device: ours (a module without partition nodes) and vmlb-partition's.
-    // While this process serves the device, nobody else's loop can sit on it.
-    await step(async () => {
-      if (!this.device) return;
-      await detachLoops(await loopsOn(this.device, this.loopLog));
-    });
-    this.ranges.clear();
-    if (this.server) {
-      await step(async () => {
-        await exec(['sync']);
-      });
-      await step(() => this.disconnect());
-    }
-    await step(() => rm(this.loopLog, { force: true }));
-    if (this.lockPath) {
-      const lockPath = this.lockPath;
-      await step(async () => {
-        await unlock(lockPath);
-        this.lockPath = undefined;
-      });
-    }
-    if (errors.length > 0) {
-      const messages = errors.map((e) => (e instanceof Error ? e.message : String(e)));
-      throw new VmlbError('DISK_RELEASE_FAILED', `releasing ${this.image} (nbd, ${this.device || 'no device'}) failed:\n  ${messages.join('\n  ')}`, {
-        cause: new AggregateError(errors),
-      });
-    }
-    await this.record?.remove();
-  }
-
   private async disconnect(): Promise<void> {
     const child = this.server;
     const done = this.serverDone;
     if (!child || !done) return;
     const diedWhileAttached = this.serverExited && this.attached;
     if (!this.serverExited) {
-      if (child.pid !== undefined && (await nbdServedBy(this.device, child.pid))) {
-        await exec(['qemu-nbd', '--disconnect', this.device]);
-      } else {
-        child.kill('SIGTERM');
-      }
-      const timer = new AbortController();
-      const stopped = await Promise.race([done.then(() => true), sleep(STOP_GRACE_MS, false, { signal: timer.signal }).catch(() => false)]);
-      timer.abort();
-      if (!stopped) {
-        child.kill('SIGTERM');
-        const killTimer = new AbortController();
-        const termed = await Promise.race([done.then(() => true), sleep(STOP_GRACE_MS, false, { signal: killTimer.signal }).catch(() => false)]);
-        killTimer.abort();
-        if (!termed) child.kill('SIGKILL');
-        await done;
-      }
+      // Disconnecting ends the serving qemu-nbd; one that does not serve the device (yet) is
+      // told with SIGTERM. Then SIGTERM again, then SIGKILL, STOP_GRACE_MS apart.
+      const disconnect = async () => {
+        if (child.pid !== undefined && (await nbdServedBy(this.device, child.pid))) await exec(['qemu-nbd', '--disconnect', this.device]);
+        else child.kill('SIGTERM');
+      };
+      await stopChild(child, { exited: done, ask: [disconnect, 'SIGTERM'], graceMs: STOP_GRACE_MS });
     }
     this.server = undefined;
     if (diedWhileAttached) {

@@ -1,12 +1,15 @@
+import type { ErrorCode } from './error-codes.js';
+
 /**
- * Every error the engine throws is a VmlbError with a stable `code`, a message that names the
- * thing that is wrong, and `retryable` telling a caller (the fleet worker) whether trying again
- * can help. Libraries throw; only the apps' entry points print errors and choose exit codes.
+ * Every error the engine throws is a VmlbError with a stable `code` (classified in
+ * error-codes.ts), a message that names the thing that is wrong, and `retryable` telling a
+ * caller (the fleet worker) whether trying again can help. Libraries throw; only the apps'
+ * entry points print errors and choose exit codes.
  */
 export class VmlbError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly retryable: boolean;
-  constructor(code: string, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = new.target.name;
     this.code = code;

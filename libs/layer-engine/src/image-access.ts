@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { runDir } from './attach-state.js';
-import { pidAlive } from './local-store.js';
+import { runDir } from './run-dirs.js';
+import { pidAlive } from './pid-alive.js';
 import { chooseBackend, type BackendPreference } from './backends.js';
 import type { AttachedDisk } from './disk-backend.js';
 import { createOverlay, imageInfo } from './qemu-img.js';
 import { rootPartition } from './partition-table.js';
+import { releaseOnFailure } from './release-on-failure.js';
 import type { PartitionTable } from './types.js';
 
 /** An image attached for reading through a throw-away overlay: the image itself never changes. */
@@ -37,12 +38,15 @@ export async function withReadOnlyImage<T>(
     await createOverlay(overlay, path.resolve(image), { signal: o.signal, backingFormat: info.format });
     const backend = await chooseBackend(o.backend ?? 'auto');
     const disk = await backend.attach(overlay, { purpose: o.purpose, signal: o.signal });
+    let result: T;
     try {
       const table = await disk.partitionTable();
-      return await fn({ disk, table, root: rootPartition(table, disk.size) });
-    } finally {
-      await disk.release();
+      result = await fn({ disk, table, root: rootPartition(table, disk.size) });
+    } catch (e) {
+      throw await releaseOnFailure(e, () => disk.release());
     }
+    await disk.release();
+    return result;
   } finally {
     await rm(overlay, { force: true });
   }

@@ -9,16 +9,13 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
-import { runDir } from './attach-state.js';
 import type { BackendPreference } from './backends.js';
 import { VmlbError, tail } from './errors.js';
-import { baseEnv } from './exec.js';
+import { settled, spawnChild, stopChild } from './exec.js';
 import { withReadOnlyImage, type ReadOnlyImage } from './image-access.js';
 import { pathFilter } from './path-filter.js';
+import { runDir } from './run-dirs.js';
 import { compareTrees, walkTree, type TreeChange } from './tree-diff.js';
-import { debug } from './debug.js';
 
 export interface ImageDiffOptions {
   include?: string[];
@@ -57,14 +54,17 @@ async function withMountedPair<T>(devA: string, devB: string, signal: AbortSigna
   await mkdir(ma, { recursive: true });
   await mkdir(mb, { recursive: true });
   const argv = ['setpriv', '--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--', '/bin/sh', '-c', HOLDER, 'vmlb-diff-holder', devA, devB, ma, mb];
-  debug(`spawn ${argv.slice(0, 10).join(' ')} … ${devA} ${devB}`);
-  const child = execa(argv[0]!, argv.slice(1), { env: baseEnv(), extendEnv: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: false, reject: false, cancelSignal: signal });
+  const child = spawnChild(argv, {
+    describe: `${argv.slice(0, 10).join(' ')} … ${devA} ${devB}`,
+    stdin: 'pipe',
+    detached: false,
+    signal,
+    // execa's own default: an abort SIGTERMs the holder and SIGKILLs it 5 s later.
+    killGraceMs: 5000,
+  });
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = child.then(
-    (r) => r,
-    (e: unknown) => e as { exitCode?: number },
-  );
+  const exited = settled(child);
   try {
     const ready = await new Promise<boolean>((resolve) => {
       let out = '';
@@ -78,14 +78,8 @@ async function withMountedPair<T>(devA: string, devB: string, signal: AbortSigna
     const root = `/proc/${child.pid}/root`;
     return await fn(path.join(root, ma), path.join(root, mb));
   } finally {
-    child.stdin?.end();
-    const grace = new AbortController();
-    const done = await Promise.race([exited.then(() => true), sleep(5000, false, { signal: grace.signal }).catch(() => false)]);
-    grace.abort(); // or its timer would keep this process alive for the rest of the 5 s
-    if (!done) {
-      child.kill('SIGKILL');
-      await exited;
-    }
+    // End of its stdin tells the holder to unmount and exit.
+    await stopChild(child, { exited, ask: [() => child.stdin?.end()], graceMs: 5000 });
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -2,7 +2,8 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { VmlbError } from './errors.js';
 import { LAYER_DIR_PATTERN, OUTPUT_DIR } from './layer-project.js';
-import type { LayerManifest, LocalStore } from './local-store.js';
+import type { LayerManifest } from './layer-manifest.js';
+import type { LocalStore } from './local-store.js';
 
 /**
  * What `vmlb diff`, `vmlb test-boot` and `vmlb rollup` are pointed at: a layer of a project by

@@ -208,7 +208,11 @@ describe('loadProject: a bad project is refused with every problem, each naming 
   });
 
   it('accepts a base-image file that is not executable', async () => {
-    await expect(loadProject(await project(base))).resolves.toBeDefined();
+    const dir = await project(base);
+    const p = await loadProject(dir);
+    expect(p.layers.map((l) => [l.name, l.kind, l.baseImage])).toEqual([
+      ['01_base', 'base-image', { location: path.join(dir, '01_base', 'images/debian.qcow2'), sha256: SHA }],
+    ]);
   });
 
   it('refuses a first layer that makes no disk', async () => {

@@ -3,14 +3,19 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AbortedError, VmlbError } from './errors.js';
 import { exec } from './exec.js';
-import { runDir } from './attach-state.js';
+import { runDir } from './run-dirs.js';
 import { chooseBackend, type BackendPreference } from './backends.js';
 import type { AttachedDisk } from './disk-backend.js';
-import { CHROOT_PATH, chrootMounts, layerEnv, sandboxRunFor, type LayerSandbox } from './layer-builder.js';
-import { pidAlive, type LocalStore } from './local-store.js';
+import { chrootMounts } from './build-layer.js';
+import { sandboxRunFor } from './entry-script.js';
+import type { LayerSandbox } from './layer-build-context.js';
+import { CHROOT_PATH, layerEnv } from './layer-env.js';
+import type { LocalStore } from './local-store.js';
+import { pidAlive } from './pid-alive.js';
 import { rootPartition } from './partition-table.js';
 import { createOverlay, imageInfo } from './qemu-img.js';
-import { runAttached, type ExtraMount } from './script-runner.js';
+import { runAttached } from './run-attached.js';
+import type { ExtraMount } from './script-runner.js';
 import type { LayerSpec, PartitionTable } from './types.js';
 
 /**
@@ -50,6 +55,8 @@ export interface LayerShellOptions {
   backend?: BackendPreference;
   /** Variables added to the layer's environment (TERM, a prompt). */
   env?: Record<string, string>;
+  /** Host variables the session gets as a layer script does (see proxyEnv). @default {} */
+  passEnv?: Record<string, string>;
   signal?: AbortSignal;
 }
 
@@ -123,7 +130,7 @@ export async function runInLayer(o: LayerShellOptions): Promise<LayerShellResult
       rootMount: path.join(scratch, 'root'),
       root: await disk.mountSource(root),
       mounts,
-      env: layerEnv(state.spec?.name ?? '', state.key ?? '', { PATH: CHROOT_PATH, ...(o.compare ? { VMLB_COMPARE: '/compare' } : {}), ...o.env }),
+      env: layerEnv(state.spec?.name ?? '', state.key ?? '', { PATH: CHROOT_PATH, ...(o.compare ? { VMLB_COMPARE: '/compare' } : {}), ...o.env }, o.passEnv),
       sandbox: o.sandbox ? await sandboxRunFor(o.sandbox, network) : undefined,
       command: o.command ?? DEFAULT_SHELL,
       terminal: o.terminal,

@@ -115,4 +115,11 @@ describe('parseSfdiskJson', () => {
   it('refuses a table with no usable partition', () => {
     expect(() => rootPartition({ label: 'gpt', partitions: [] }, MiB)).toThrow(/no partition/);
   });
+
+  it('refuses a partition table that is neither GPT nor MBR, as a VmlbError', () => {
+    const json = JSON.stringify({ partitiontable: { label: 'sun', device: 'x.raw', partitions: [] } });
+    expect(() => parseSfdiskJson(json, 'x.raw')).toThrow(
+      expect.objectContaining({ code: 'UNSUPPORTED_PARTITION_TABLE', message: 'sfdisk --json x.raw: unsupported partition table label "sun"' }),
+    );
+  });
 });

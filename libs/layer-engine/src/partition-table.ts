@@ -40,7 +40,7 @@ export function parseSfdiskJson(text: string, fileOrDevice: string): PartitionTa
   const pt = (JSON.parse(text) as SfdiskJson).partitiontable;
   if (!pt) return { label: 'none', partitions: [] };
   const label = pt.label === 'gpt' || pt.label === 'dos' ? pt.label : null;
-  if (!label) throw new Error(`sfdisk --json ${fileOrDevice}: unsupported partition table label ${JSON.stringify(pt.label)}`);
+  if (!label) throw new VmlbError('UNSUPPORTED_PARTITION_TABLE', `sfdisk --json ${fileOrDevice}: unsupported partition table label ${JSON.stringify(pt.label)}`);
   const sector = pt.sectorsize ?? 512;
   const device = pt.device ?? fileOrDevice;
   const partitions: Partition[] = (pt.partitions ?? []).map((p, i) => ({

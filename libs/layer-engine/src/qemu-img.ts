@@ -1,8 +1,14 @@
 import { open, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { StoreError } from './errors.js';
 import { exec } from './exec.js';
 
-/** Thin, typed wrappers over the qemu-img calls the engine makes. */
+/** Thin, typed wrappers over the qemu-img calls the engine makes, and QEMU's option syntax. */
+
+/** A value for a QEMU `key=value,...` option string (qemu-storage-daemon, qemu-system): commas are doubled. */
+export function qemuOptValue(s: string): string {
+  return s.replaceAll(',', ',,');
+}
 
 export interface ImageInfo {
   format: string;
@@ -127,7 +133,7 @@ async function loadTemplate(dir: string, virtualSize: number, signal?: AbortSign
   const length = bytes.readUInt32BE(16);
   const size = Number(bytes.readBigUInt64BE(24));
   if (magic !== 0x514649fb || length !== TEMPLATE_BACKING.length || size !== virtualSize || bytes.toString('latin1', offset, offset + length) !== TEMPLATE_BACKING) {
-    throw new Error(`${file} is not an overlay template this engine made; remove it`);
+    throw new StoreError(`${file} is not an overlay template this engine made; remove it`);
   }
   return bytes;
 }

@@ -16,7 +16,8 @@ import path from 'node:path';
 import { build, type BuildOptions } from './build.js';
 import { VmlbError } from './errors.js';
 import { loadProject } from './layer-project.js';
-import { sha256File, type LocalStore } from './local-store.js';
+import { sha256File } from './file-digest.js';
+import type { LocalStore } from './local-store.js';
 import { convert } from './qemu-img.js';
 
 export const ROLLED_DIR = 'rolled';
@@ -32,6 +33,8 @@ export interface RollupOptions {
   signal?: AbortSignal;
   /** Events of the build that makes sure the chain up to `layer` is in the store. */
   onEvent?: BuildOptions['onEvent'];
+  /** What that build's layer scripts get (see BuildOptions). @default BuildOptions' defaults */
+  layerRun?: Pick<BuildOptions, 'logMax' | 'passEnv'>;
 }
 
 export interface RollupResult {
@@ -84,7 +87,7 @@ export async function rollup(o: RollupOptions): Promise<RollupResult> {
   const scratchOut = path.join(rolledDir, `.${o.layer}.build-${process.pid}.qcow2`);
   let top: string;
   try {
-    const r = await build({ projectDir: project.dir, store: o.store, backend: o.backend, last: o.layer, output: scratchOut, signal: o.signal, onEvent: o.onEvent });
+    const r = await build({ projectDir: project.dir, store: o.store, backend: o.backend, last: o.layer, output: scratchOut, signal: o.signal, onEvent: o.onEvent, ...o.layerRun });
     top = r.chain.at(-1)!;
   } finally {
     await rm(scratchOut, { force: true });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import { VmlbError } from './errors.js';
-import { commandOnPath } from './attach-state.js';
+import { commandOnPath } from './exec.js';
 
 /**
  * The layer sandbox (see bin/vmlb-run-layer, "The sandbox", and the README's trust model):

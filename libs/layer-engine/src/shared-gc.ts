@@ -18,8 +18,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type { LayerManifest } from './local-store.js';
-import type { IncompleteUpload, SharedStore } from './shared-store.js';
+import type { LayerManifest } from './layer-manifest.js';
+import type { IncompleteUpload } from './s3-bucket.js';
+import type { SharedStore } from './shared-store.js';
 
 /** How old an incomplete multipart upload must be for gc to abort it. */
 export const DEFAULT_UPLOADS_OLDER_THAN_MS = 86_400_000;

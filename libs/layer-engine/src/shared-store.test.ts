@@ -2,7 +2,8 @@ import { S3Error } from 'minio';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { s3ConfigFrom } from './s3-config.js';
-import { isTransientS3Error, SharedStore } from './shared-store.js';
+import { isTransientS3Error } from './s3-errors.js';
+import { SharedStore } from './shared-store.js';
 
 function s3Error(code: string): Error {
   const e = new S3Error('from the server');

@@ -27,6 +27,11 @@ describe('parseSize', () => {
   it.each(['', 'G', '4X', '-1G', '4 G B', '4iB', 'four', '1e3', '4GiBs'])('refuses %j, naming it', (text) => {
     expect(() => parseSize(text)).toThrow(`"${text}"`);
   });
+
+  it('throws a VmlbError BAD_SIZE, for a size that is too large too', () => {
+    expect(() => parseSize('four')).toThrow(expect.objectContaining({ name: 'VmlbError', code: 'BAD_SIZE', message: expect.stringMatching(/^not a size: "four"/) }));
+    expect(() => parseSize('9P')).toThrow(expect.objectContaining({ code: 'BAD_SIZE', message: 'size too large: "9P"' }));
+  });
 });
 
 describe('parseDuration', () => {
@@ -48,6 +53,10 @@ describe('parseDuration', () => {
 
   it.each(['', 'm', '5x', '5 m', '-5s', '1h30', 'soon', '5mins'])('refuses %j, naming it', (text) => {
     expect(() => parseDuration(text)).toThrow(`"${text}"`);
+  });
+
+  it('throws a VmlbError BAD_DURATION', () => {
+    expect(() => parseDuration('soon')).toThrow(expect.objectContaining({ name: 'VmlbError', code: 'BAD_DURATION', message: expect.stringMatching(/^not a duration: "soon"/) }));
   });
 });
 

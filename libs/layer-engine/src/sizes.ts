@@ -2,6 +2,7 @@
  * Sizes and durations as people write them in hints (`# disk-size 4G`, `# timeout 1h30m`) and
  * as the engine prints them back.
  */
+import { VmlbError } from './errors.js';
 
 const KiB = 1024;
 
@@ -22,16 +23,16 @@ const SIZE_UNITS: Record<string, number> = {
  * 7% smaller than its `4GB` hint would surprise more people than the unit's strict meaning
  * would. A fraction is allowed (`1.5G`) and rounded to a whole byte.
  *
- * @throws Error naming the text when it is not a size.
+ * @throws VmlbError BAD_SIZE naming the text when it is not a size.
  */
 export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(i?b)?\s*$/i.exec(text);
   if (!m || (m[2] === '' && m[3] !== undefined && m[3].toLowerCase() !== 'b')) {
-    throw new Error(`not a size: "${text}" (expected bytes or a number with K, M, G or T, e.g. 4G or 512MiB)`);
+    throw new VmlbError('BAD_SIZE', `not a size: "${text}" (expected bytes or a number with K, M, G or T, e.g. 4G or 512MiB)`);
   }
   const unit = SIZE_UNITS[(m[2] ?? '').toLowerCase()] ?? 1;
   const bytes = Math.round(Number(m[1]) * unit);
-  if (!Number.isSafeInteger(bytes)) throw new Error(`size too large: "${text}"`);
+  if (!Number.isSafeInteger(bytes)) throw new VmlbError('BAD_SIZE', `size too large: "${text}"`);
   return bytes;
 }
 
@@ -48,11 +49,11 @@ const DURATION_UNITS: Record<string, number> = {
  * number-unit pairs with units ms, s, m (minutes), h, d: `500ms`, `90s`, `5m`, `1h30m`,
  * `1.5h`. Rounded to a whole millisecond.
  *
- * @throws Error naming the text when it is not a duration.
+ * @throws VmlbError BAD_DURATION naming the text when it is not a duration.
  */
 export function parseDuration(text: string): number {
   const t = text.trim().toLowerCase();
-  const bad = () => new Error(`not a duration: "${text}" (expected seconds or e.g. 500ms, 90s, 5m, 1h30m)`);
+  const bad = () => new VmlbError('BAD_DURATION', `not a duration: "${text}" (expected seconds or e.g. 500ms, 90s, 5m, 1h30m)`);
   if (/^(\d+(\.\d+)?|\.\d+)$/.test(t)) return Math.round(Number(t) * 1000);
   if (t === '') throw bad();
   const part = /(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)/y;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { usageHint } from './layer-builder.js';
+import { usageHint } from './entry-script.js';
 
 describe('usageHint', () => {
   it('names what the kind gets here when a script failed at once after printing a usage line', () => {

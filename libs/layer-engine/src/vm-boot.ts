@@ -11,11 +11,11 @@
  * emulation), and the result says which accelerator ran and why.
  */
 import { open } from 'node:fs/promises';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import type { BootMode } from './boot-media.js';
 import { AbortedError, VmlbError, tail } from './errors.js';
-import { baseEnv } from './exec.js';
-import { debug } from './debug.js';
+import { settled, spawnChild, stopChild } from './exec.js';
+import { qemuOptValue as qemuOpt } from './qemu-img.js';
 
 export type Accel = 'kvm' | 'tcg';
 export type AccelPreference = 'auto' | Accel;
@@ -91,11 +91,6 @@ export function qemuArgv(spec: VmSpec, accel: Accel, qemu = QEMU_SYSTEM): string
   // Ctrl-A C is the monitor). Otherwise the console only, read from a pipe.
   argv.push('-serial', spec.interactive ? 'mon:stdio' : 'stdio');
   return argv;
-}
-
-/** Commas in a qemu option value are doubled. */
-function qemuOpt(v: string): string {
-  return v.replaceAll(',', ',,');
 }
 
 /** Whether KVM can be tried here: /dev/kvm (VMLB_KVM_DEVICE) opens read-write. Not proof that it works. */
@@ -279,21 +274,16 @@ async function attempt(
     signal?: AbortSignal;
   },
 ): Promise<{ end: AttemptEnd; console: string; alive: boolean }> {
-  debug(`spawn ${argv.join(' ')}`);
-  const [file, ...args] = ['setpriv', '--pdeathsig', 'KILL', '--', ...argv];
   let child: ResultPromise;
   try {
-    child = execa(file!, args, {
-      env: baseEnv(),
-      extendEnv: false,
+    child = spawnChild(['setpriv', '--pdeathsig', 'KILL', '--', ...argv], {
+      describe: argv.join(' '),
       stdin: o.interactive ? 'inherit' : 'ignore',
-      stdout: 'pipe',
-      stderr: 'pipe',
-      buffer: false,
-      reject: false,
       // A console on the user's terminal stays in the terminal's process group (qemu puts
       // the terminal in raw mode and restores it); otherwise Ctrl-C reaches only us, and we stop it.
       detached: !o.interactive,
+      // execa's own default; stop() below SIGKILLs it sooner anyway.
+      killGraceMs: 5000,
     });
   } catch (e) {
     throw new VmlbError('VM_START', `cannot start ${argv[0]}: ${(e as Error).message}`);
@@ -324,10 +314,7 @@ async function attempt(
     if (!done) o.onQemuStderr?.(chunk);
     stderr = (stderr + chunk.toString('utf8')).slice(-CONSOLE_WINDOW);
   });
-  const exited = child.then(
-    (r) => r,
-    (e: unknown) => e as { exitCode?: number; signal?: string },
-  );
+  const exited = settled(child) as Promise<{ exitCode?: number; signal?: string }>;
   void exited.then((r) => {
     // Let the last console bytes arrive before judging (a match in the final output counts).
     setImmediate(() => end({ kind: 'exited', exitCode: typeof r.exitCode === 'number' ? r.exitCode : undefined, signal: r.signal ?? undefined, stderr }));
@@ -349,22 +336,7 @@ async function attempt(
   const result = await ended;
   for (const t of timers) clearTimeout(t);
   o.signal?.removeEventListener('abort', onAbort);
-  await stop(child, exited);
+  // SIGTERM (qemu quits cleanly and restores the terminal), then SIGKILL; always reaped.
+  await stopChild(child, { exited, graceMs: STOP_GRACE_MS });
   return { end: result, console: text, alive };
-}
-
-/** SIGTERM (qemu quits cleanly and restores the terminal), then SIGKILL; always reaped. */
-async function stop(child: ResultPromise, exited: Promise<unknown>): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) {
-    await exited;
-    return;
-  }
-  child.kill('SIGTERM');
-  let timer: NodeJS.Timeout | undefined;
-  const killed = await Promise.race([exited.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STOP_GRACE_MS)))]);
-  clearTimeout(timer);
-  if (!killed) {
-    child.kill('SIGKILL');
-    await exited;
-  }
 }
