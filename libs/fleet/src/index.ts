@@ -14,3 +14,4 @@ export * from './job-options.js';
 export * from './project-cache.js';
 export * from './pools.js';
 export * from './redis-target.js';
+export * from './project-pack.js';

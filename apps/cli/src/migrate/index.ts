@@ -1,4 +1,4 @@
-/** `vmlb migrate`'s logic (see project.ts): what migrate-command.ts and the tests use. */
+/** `vmlb migrate`'s logic (see project.ts): what commands/migrate.ts and the tests use. */
 export { classifyModifyDisk, type ModifyDiskForm } from './modify-disk.js';
 export { compressionOf } from './compression.js';
 export { formatReport, summaryLine, type MigrateItem, type MigrateReport } from './report.js';

@@ -1,43 +1,22 @@
 import type { Command } from 'commander';
+import type { LayerRecord } from '@vmlb/fleet';
 import { VmlbError } from '@vmlb/layer-engine';
-import { chooseMode, createDisplay } from './display.js';
-import {
-  FINAL_STATES,
-  buildIdArg,
-  check,
-  endpointFrom,
-  failedBuild,
-  followBuild,
-  request,
-  serverOption,
-  tokenOption,
-  type BuildRecordLite,
-  type ConnOpts,
-  type Endpoint,
-  untilInterrupted,
-} from './fleet-commands.js';
+import { buildIdArg, check, getRecord, request } from '../fleet-client.js';
+import { endpointFrom, serverOption, tokenOption, type ConnOpts, type Endpoint } from '../fleet-endpoint.js';
+import { FINAL_STATES, failedBuild, followBuild, untilInterrupted } from '../follow-build.js';
 
 /**
- * Following a fleet build again, from any shell (one sent with `vmlb submit --detach`, or by
- * someone else of the team):
- *
- *   vmlb watch BUILD          the live display `vmlb submit` shows, to the build's end; exits as
- *                             submit does: 0 done, 1 failed or cancelled, 3 the scheduler
- *                             cannot be reached (2 no such build, or a refused token)
- *   vmlb logs BUILD [LAYER]   its layers' logs as the API keeps them (a built layer's whole
- *                             log, a failed one's, a running one's so far); LAYER is its folder
- *                             name (02_hello), its name without the number (hello) or its
- *                             position as the display counts (2); --follow prints what a running
- *                             build's layers print as they print it, to the build's end
+ * `vmlb logs BUILD [LAYER]`: a fleet build's layer logs as the API keeps them (a built layer's
+ * whole log, a failed one's, a running one's so far); LAYER is its folder name (02_hello), its
+ * name without the number (hello) or its position as the display counts (2). --follow prints
+ * what a running build's layers print as they print it, to the build's end.
  */
 
 /** What a layer's status says in a log header. */
 const STATUS_WORDS: Record<string, string> = { hit: 'cached', done: 'built', failed: 'failed', building: 'building', queued: 'queued', waiting: 'queued', cancelled: 'cancelled' };
 
-type Layer = BuildRecordLite['layers'][number];
-
 /** LAYER as `vmlb logs` takes it: a folder name, a name without its number, or a position from 1. */
-export function resolveLayer(layers: Layer[], arg: string, buildId: string): Layer {
+export function resolveLayer(layers: LayerRecord[], arg: string, buildId: string): LayerRecord {
   const byName = layers.find((l) => l.name === arg) ?? layers.find((l) => l.name.replace(/^\d+_/, '') === arg);
   if (byName) return byName;
   if (/^\d+$/.test(arg)) {
@@ -64,39 +43,10 @@ async function layerLog(ep: Endpoint, id: string, index: number): Promise<string
   return (await check(res, `reading build ${id}'s logs`)).text();
 }
 
-async function getRecord(ep: Endpoint, id: string, doing: string): Promise<BuildRecordLite> {
-  return (await (await check(await request(ep, 'GET', `/v1/builds/${encodeURIComponent(id)}`), doing)).json()) as BuildRecordLite;
-}
-
-const header = (l: Layer, total: number, note?: string) => `==> [${l.index + 1}/${total}] ${l.name}${note ? ` (${note})` : ''} <==\n`;
+const header = (l: Pick<LayerRecord, 'index' | 'name'>, total: number, note?: string) => `==> [${l.index + 1}/${total}] ${l.name}${note ? ` (${note})` : ''} <==\n`;
 const withNewline = (t: string) => (t === '' || t.endsWith('\n') ? t : `${t}\n`);
 
-export function registerFollowCommands(program: Command): void {
-  program
-    .command('watch')
-    .description('follow a fleet build with the live display of vmlb submit (one sent with --detach, or from another shell), to its end')
-    .argument('<build>', 'the build id (vmlb builds lists them)', buildIdArg)
-    .addOption(serverOption())
-    .addOption(tokenOption())
-    .option('--json', 'print build events as JSON lines (for machines)')
-    .option('--plain', 'plain line output, no live redraw (the default when stdout is not a terminal)')
-    .action(async (id: string, o: ConnOpts & { json?: boolean; plain?: boolean }) => {
-      const ep = await endpointFrom(o);
-      // Asked once first: no such build (2) and an unreachable scheduler (3) answer at once,
-      // where the event stream would keep trying to reconnect.
-      const first = await getRecord(ep, id, `watching build ${id}`);
-      const display = createDisplay(chooseMode({ json: o.json, plain: o.plain }, process.stdout), process.stdout);
-      const final = await untilInterrupted(
-        () => id,
-        (signal) => {
-          display.onEvent({ type: 'notice', at: Date.now(), message: `following build ${id} on ${ep.server} (${first.state}); on the dashboard: ${ep.server}/#/builds/${id}` });
-          return followBuild(ep, id, (e) => display.onEvent(e), signal);
-        },
-        () => display.close(),
-      );
-      if (final && final.state !== 'done') throw failedBuild(final);
-    });
-
+export function registerLogs(program: Command): void {
   program
     .command('logs')
     .description("print a fleet build's layer logs (every layer's, or LAYER's); --follow prints a running build's as they come")
@@ -126,7 +76,7 @@ export function registerFollowCommands(program: Command): void {
                 if (e.type !== 'layer-log' || (only && e.index !== only.index)) return;
                 if (o.json) return void out(`${JSON.stringify({ index: e.index, name: e.name, chunk: e.chunk })}\n`);
                 if (!only && e.index !== current) {
-                  out(`${atLineStart ? '' : '\n'}${current === -1 ? '' : '\n'}${header({ index: e.index, name: e.name, key: '', status: '' }, total)}`);
+                  out(`${atLineStart ? '' : '\n'}${current === -1 ? '' : '\n'}${header(e, total)}`);
                   current = e.index;
                   atLineStart = true;
                 }
@@ -138,7 +88,6 @@ export function registerFollowCommands(program: Command): void {
               signal,
             ),
         );
-        if (!final) return;
         if (!atLineStart && !o.json) out('\n');
         if (final.state !== 'done') throw failedBuild(final);
         return;
@@ -150,7 +99,7 @@ export function registerFollowCommands(program: Command): void {
         if (log === null) throw new VmlbError('NO_LOG', `layer ${only.name} of build ${id} has no log (it is ${STATUS_WORDS[only.status] ?? only.status})`);
         return void out(log);
       }
-      const logs: Array<{ layer: Layer; log: string | null }> = [];
+      const logs: Array<{ layer: LayerRecord; log: string | null }> = [];
       for (const layer of record.layers) logs.push({ layer, log: await layerLog(ep, id, layer.index) });
       if (o.json) {
         out(`${JSON.stringify({ id, state: record.state, layers: logs.map(({ layer: l, log }) => ({ index: l.index, name: l.name, status: l.status, log })) }, null, 2)}\n`);

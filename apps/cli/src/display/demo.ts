@@ -1,10 +1,10 @@
 /**
  * Replays a realistic build through the display with real timing, to look at it while working
- * on it: `npx tsx apps/cli/src/display-demo.ts [--plain|--json] [--explain] [--ok] [--fast]`.
+ * on it: `npx tsx apps/cli/src/display/demo.ts [--plain|--json] [--explain] [--ok] [--fast]`.
  * By default layer 04 fails; `--ok` builds all five and writes the image.
  */
 import type { BuildEvent, PlannedLayer } from '@vmlb/layer-engine';
-import { chooseMode, createDisplay } from './display.js';
+import { chooseMode, createDisplay } from './index.js';
 
 const args = new Set(process.argv.slice(2));
 const ok = args.has('--ok');

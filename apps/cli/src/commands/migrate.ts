@@ -1,18 +1,15 @@
 /**
  * `vmlb migrate [DIR] [--out DIR] [--json]`: an image project of the original vm-layer-builder
- * (scons + qemu-nbd) turned into this tool's form (see migrate/). Registered on the program
- * by main.ts. Exit status: 0 when nothing is left to do by hand, 1 when something is, 2 for a
- * bad DIR or --out (printed here, like the other commands' usage errors).
+ * (scons + qemu-nbd) turned into this tool's form (see migrate/). Exit status: 0 when nothing is
+ * left to do by hand, 1 when something is, 2 for a bad DIR or --out (a usage error).
  */
 import type { Command } from 'commander';
 import path from 'node:path';
 import { VmlbError } from '@vmlb/layer-engine';
-import { MIGRATE_USAGE, formatReport, migrateProject, summaryLine } from './migrate/index.js';
+import { CommandExit, EXIT_FAILED, UsageError } from '../command-exit.js';
+import { MIGRATE_USAGE, formatReport, migrateProject, summaryLine } from '../migrate/index.js';
 
-const EXIT_TODO = 1;
-const EXIT_USAGE = 2;
-
-export function registerMigrateCommand(program: Command): void {
+export function registerMigrate(program: Command): void {
   program
     .command('migrate')
     .description(
@@ -30,10 +27,8 @@ export function registerMigrateCommand(program: Command): void {
           onProgress: (line) => process.stderr.write(`vmlb migrate: ${line}\n`),
         });
       } catch (e) {
-        if (!(e instanceof VmlbError && e.code === MIGRATE_USAGE)) throw e;
-        process.stderr.write(`vmlb: migrate: ${e.message}\n`);
-        process.exitCode = EXIT_USAGE;
-        return;
+        if (e instanceof VmlbError && e.code === MIGRATE_USAGE) throw new UsageError(`migrate: ${e.message}`);
+        throw e;
       }
       if (o.json) {
         const { project, target, changed, done, todo, left, blocksBuild } = report;
@@ -41,6 +36,7 @@ export function registerMigrateCommand(program: Command): void {
       } else {
         process.stdout.write(formatReport(report).join('\n') + '\n');
       }
-      if (report.todo.length > 0) process.exitCode = EXIT_TODO;
+      // Something is left to do by hand: the report says what.
+      if (report.todo.length > 0) throw new CommandExit(EXIT_FAILED);
     });
 }

@@ -1,7 +1,7 @@
 import { PassThrough, Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { BuildEvent, InputChange, PlannedLayer } from '@vmlb/layer-engine';
-import { chooseMode, createDisplay, describeChange, formatPlan } from './display.js';
+import { chooseMode, createDisplay, describeChange, formatPlan } from './index.js';
 
 const KEY = (c: string) => c.repeat(64);
 const MiB = 1024 ** 2;
