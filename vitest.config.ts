@@ -22,6 +22,7 @@ const FLEET_FILES = [
   'redis-sentinel',
   'scheduler',
   'scheduler-ha',
+  'scheduler-start',
   'worker',
 ].map((f) => `test/${f}.test.ts`);
 

@@ -13,7 +13,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFile, cp, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { REPO, VMLB, build, progress, ratio, run, secs, withSandbox, type BenchOptions, type Row, type Sandbox } from './harness.js';
+import { progress, REPO, VMLB, type BenchOptions, type Row } from './harness.js';
+import { ratio, secs } from './numbers.js';
+import { run } from './run-command.js';
+import { withSandbox, type Sandbox } from './sandbox.js';
+import { build } from './vmlb-run.js';
 
 interface Fleet {
   env: Record<string, string>;

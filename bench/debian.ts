@@ -6,7 +6,11 @@
  */
 import { appendFile, cp, open } from 'node:fs/promises';
 import path from 'node:path';
-import { REPO, VMLB, build, eventsOf, median, progress, ratio, run, secs, summary, times, vmlb, withSandbox, type BenchOptions, type Row } from './harness.js';
+import { progress, REPO, VMLB, type BenchOptions, type Row } from './harness.js';
+import { median, ratio, secs, summary, times } from './numbers.js';
+import { run } from './run-command.js';
+import { withSandbox } from './sandbox.js';
+import { build, eventsOf, vmlb } from './vmlb-run.js';
 
 /** Why KVM cannot be measured here, or null when /dev/kvm opens. */
 async function kvmUnusable(): Promise<string | null> {

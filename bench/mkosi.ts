@@ -12,7 +12,11 @@
  */
 import { appendFile, cp, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { BENCH_DIR, REPO, build, median, progress, ratio, run, summary, times, withSandbox, type BenchOptions, type Row, type Sandbox } from './harness.js';
+import { BENCH_DIR, progress, REPO, type BenchOptions, type Row } from './harness.js';
+import { median, ratio, summary, times } from './numbers.js';
+import { run } from './run-command.js';
+import { withSandbox, type Sandbox } from './sandbox.js';
+import { build } from './vmlb-run.js';
 
 const TITLE = 'mkosi peer: examples/debian, vmlb vs mkosi';
 

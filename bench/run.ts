@@ -14,7 +14,9 @@ import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BENCHMARKS } from './benchmarks.js';
-import { BENCH_DIR, REPO, VMLB, installSignalHandlers, interrupted, progress, run, warnings, type Row } from './harness.js';
+import { BENCH_DIR, progress, REPO, VMLB, type Row } from './harness.js';
+import { installSignalHandlers, interrupted, run } from './run-command.js';
+import { warnings } from './sandbox.js';
 
 const USAGE = `usage: bash scripts/bench.sh [--quick] [--only NAME[,NAME...]]
 

@@ -15,7 +15,9 @@
 import { Queue, Worker } from 'bullmq';
 import { redisConnection } from '../libs/fleet/src/redis.js';
 import { startSentinelSet } from '../test/helpers/redis-sentinel.js';
-import { checkInterrupted, median, progress, summary, times, type BenchOptions, type Row } from './harness.js';
+import { progress, type BenchOptions, type Row } from './harness.js';
+import { median, summary, times } from './numbers.js';
+import { checkInterrupted } from './run-command.js';
 
 const DOWN_AFTER_MS = 1000;
 /** What a failover should take here: down-after, then the vote and the promotion. */

@@ -32,7 +32,11 @@ import { packProject } from '../test/helpers/fleet-submit.js';
 import { startRedis } from '../test/helpers/redis-server.js';
 import { startS3Server } from '../test/helpers/s3-server.js';
 import { startSchedulerProcess, type SchedulerProcess } from '../test/helpers/scheduler-process.js';
-import { busyboxBase, checkInterrupted, median, progress, summary, times, withSandbox, writeProject, type BenchOptions, type Row, type Sandbox } from './harness.js';
+import { progress, type BenchOptions, type Row } from './harness.js';
+import { median, summary, times } from './numbers.js';
+import { busyboxBase, writeProject } from './project-files.js';
+import { checkInterrupted } from './run-command.js';
+import { withSandbox, type Sandbox } from './sandbox.js';
 
 /** The lease as main.ts runs it (leader-lease.ts's defaults). */
 const TTL_MS = 5000;

@@ -17,10 +17,16 @@ import { cp, link, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { LocalStore } from '../libs/layer-engine/src/local-store.js';
 import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
-import { DEFAULT_ZSTD_LEVEL, SharedStore, type SharedStoreEvent } from '../libs/layer-engine/src/shared-store.js';
+import type { SharedStoreEvent } from '../libs/layer-engine/src/s3-bucket.js';
+import { DEFAULT_ZSTD_LEVEL } from '../libs/layer-engine/src/shared-compression.js';
+import { SharedStore } from '../libs/layer-engine/src/shared-store.js';
 import { startCephRgw } from '../test/helpers/ceph-rgw.js';
 import { startS3Server } from '../test/helpers/s3-server.js';
-import { build, checkInterrupted, median, progress, REPO, run, withSandbox, type BenchOptions, type Row, type Sandbox } from './harness.js';
+import { progress, REPO, type BenchOptions, type Row } from './harness.js';
+import { median } from './numbers.js';
+import { checkInterrupted, run } from './run-command.js';
+import { withSandbox, type Sandbox } from './sandbox.js';
+import { build } from './vmlb-run.js';
 
 const MIB = 650;
 const BYTES = MIB * 1024 * 1024;

@@ -61,7 +61,7 @@ export function buildFlow(
   return child ? { ...top, children: [child] } : top;
 }
 
-/** The flatten job of a build, as a flow node (queued alone for an image asked for later: see scheduler.ts). */
+/** The flatten job of a build, as a flow node (queued alone for an image asked for later: see download-routes.ts). */
 export function flattenNode(data: FlattenJobData): FlowJob {
   return { name: 'flatten', queueName: flattenQueueOf(data.pool), data, opts: { ...FLATTEN_JOB_OPTIONS, ...KEEP, jobId: flattenJobId(data.buildId) } };
 }

@@ -12,7 +12,7 @@ import type { ObjectStore } from './object-store.js';
 
 /**
  * The read-only routes the web dashboard (apps/web-dashboard) is made of, beside the build
- * routes of scheduler.ts:
+ * routes of build-routes.ts and download-routes.ts:
  *
  *   GET /v1/whoami                         { team, admin, pool }
  *   GET /v1/fleet                          workers (live, recently lost, and stopped cleanly
@@ -35,7 +35,7 @@ export function registerInsightRoutes(
     follower: BuildFollower;
     objects: ObjectStore;
     visibleBuild: (req: FastifyRequest) => Promise<StoredRecord>;
-    /** The teams a listing covers (see scheduler.ts). */
+    /** The teams a listing covers (see build-access.ts). */
     listedTeams: (req: FastifyRequest, asked: string | undefined, verb: string) => Promise<string[]>;
     /** Route options that answer 503 at once while Redis is down. */
     needsRedis: { onRequest: () => Promise<void> };

@@ -2,6 +2,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { DEFAULT_POOL, DROPPED_DEFAULT_METRICS, DURATION_BUCKETS, LAYER_CACHE_LOOKUPS, listKnownWorkers, type SeenWorker } from '@vmlb/fleet';
+import type { StoredRecord } from './build-records.js';
 
 /** Jobs in these states are waiting to run (waiting-children wait on their parent layer instead). */
 export const QUEUED_STATES = ['waiting', 'prioritized', 'delayed'] as const;
@@ -64,6 +65,14 @@ export class SchedulerMetrics {
   /** 1 while this scheduler holds the leader lease (follows builds), else 0. */
   readonly leader: Gauge;
   private readonly initialized = new Set<string>();
+
+  /** A build that reached its final state: counted, and its time from submission to the end observed. */
+  finished(r: StoredRecord): void {
+    const pool = r.pool ?? DEFAULT_POOL;
+    this.builds.inc({ team: r.team, pool, state: r.state });
+    const seconds = (Date.parse(r.finishedAt ?? new Date().toISOString()) - Date.parse(r.createdAt)) / 1000;
+    this.buildSeconds.observe({ state: r.state, pool }, Math.max(0, seconds));
+  }
 
   /**
    * Creates the per-team series at 0, so that a team's first failed build or first hit after a

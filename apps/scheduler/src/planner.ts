@@ -1,4 +1,4 @@
-import { LocalStore, ProjectError, hostPathProblems, planBuild, type KeyedLayer, type LayerManifest } from '@vmlb/layer-engine';
+import { ProjectError, hostPathProblems, planBuild, type KeyedLayer, type LayerManifest } from '@vmlb/layer-engine';
 import type { LayerRecord, PoolStores } from '@vmlb/fleet';
 import { HttpError } from './http-error.js';
 
@@ -16,9 +16,9 @@ export interface BuildPlan {
  * will have). Every layer before the first miss is a hit; from the first miss on, every layer
  * gets a job, even one whose key the store happens to hold, since its overlay was written on
  * another copy of the missing parent (that job finds the manifest and finishes at once, or
- * rebuilds on the new parent). `scratch` is an empty local store: the scheduler keeps none.
+ * rebuilds on the new parent). The scheduler keeps no layers: planning is given no local store.
  */
-export async function planProject(projectDir: string, view: PoolStores, scratch: LocalStore, buildId: string): Promise<BuildPlan> {
+export async function planProject(projectDir: string, view: PoolStores, buildId: string): Promise<BuildPlan> {
   let plan: Awaited<ReturnType<typeof planBuild>>;
   // Which pool each hit was found in: the pool's own namespace first, then those it trusts.
   const foundIn = new Map<string, string>();
@@ -30,7 +30,7 @@ export async function planProject(projectDir: string, view: PoolStores, scratch:
     },
   };
   try {
-    plan = await planBuild({ projectDir, store: scratch, shared: lookup, nonce: buildId });
+    plan = await planBuild({ projectDir, shared: lookup, nonce: buildId });
     // A submission is another team's code: it names no host path (see hostPathProblems).
     const hostPaths = hostPathProblems(plan.project);
     if (hostPaths.length > 0) throw new ProjectError(projectDir, hostPaths);

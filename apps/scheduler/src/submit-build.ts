@@ -1,7 +1,7 @@
 import type { FlowProducer } from 'bullmq';
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { writeUseRecord, type LocalStore } from '@vmlb/layer-engine';
+import { writeUseRecord } from '@vmlb/layer-engine';
 import { DEFAULT_POOL, poolPath, storePaths, type PoolStores } from '@vmlb/fleet';
 import type { Team } from './teams.js';
 import { buildFlow } from './build-flow.js';
@@ -22,8 +22,6 @@ export interface SubmitContext {
   objects: ObjectStore;
   records: BuildHistory;
   flows: FlowProducer;
-  /** An empty local store for the engine's planning (the scheduler keeps no layers). */
-  scratch: LocalStore;
   workDir: string;
   archiveLimits?: ArchiveLimits;
 }
@@ -42,7 +40,7 @@ export async function submitBuild(ctx: SubmitContext, who: Pick<Team, 'team' | '
   try {
     await extractArchive(upload.file, dir, listing);
     const id = newBuildId();
-    const plan = await planProject(dir, ctx.view, ctx.scratch, id);
+    const plan = await planProject(dir, ctx.view, id);
 
     const projectPath = storePaths.project(upload.sha256);
     if (!(await ctx.objects.stat(poolPath(pool, projectPath)))) await own.putFile(projectPath, upload.file);

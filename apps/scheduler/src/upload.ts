@@ -16,6 +16,14 @@ export interface Upload {
   discard(): Promise<void>;
 }
 
+/** The content types a project upload may come as (the first is the one to name in a refusal). */
+export const UPLOAD_TYPES = ['application/gzip', 'application/x-gzip', 'application/octet-stream', 'application/x-tar+gzip'];
+
+/** Whether a request's body is an upload the content-type parser received (api-server.ts). */
+export function isUpload(v: unknown): v is Upload {
+  return !!v && typeof v === 'object' && typeof (v as Upload).discard === 'function' && typeof (v as Upload).sha256 === 'string';
+}
+
 export const tooLarge = (maxBytes: number) =>
   new HttpError(413, 'UPLOAD_TOO_LARGE', `the project is larger than the scheduler accepts (${formatBytes(maxBytes)}, VMLB_MAX_UPLOAD): leave big files out of it, or fetch them in a layer script`, {
     maxBytes,
