@@ -235,7 +235,7 @@ describe('vmlb migrate', () => {
     const j = JSON.parse(m.stdout) as { todo: { where: string; what: string }[]; blocksBuild: boolean };
     expect(j.todo).toHaveLength(1);
     expect(j.todo[0]!.where).toBe('05_resize/modify-disk');
-    expect(j.todo[0]!.what).toMatch(/^left alone: line 21 does not fit the original's grow-the-disk pattern \(mount is not one of its steps\): mount "\$\{device\}p1" \/mnt\/image — /);
+    expect(j.todo[0]!.what).toMatch(/^left alone: line 19 does not fit the original's grow-the-disk pattern \(mount is not one of its steps\): mount "\$\{device\}p1" \/mnt\/image — /);
     expect(j.blocksBuild).toBe(true);
     expect(await readFile(path.join(dir, '05_resize/modify-disk'), 'utf8')).toBe(more);
     // The rest is migrated all the same.

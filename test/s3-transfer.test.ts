@@ -23,7 +23,9 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalStore } from '../libs/layer-engine/src/local-store.js';
 import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
-import { minioClient, SharedStore, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import type { SharedStoreEvent } from '../libs/layer-engine/src/s3-bucket.js';
+import { minioClient } from '../libs/layer-engine/src/s3-client.js';
+import { SharedStore, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
 import { startCephRgw, type CephRgw } from './helpers/ceph-rgw.js';
 import { BUSYBOX_BASE, leftovers, planKeys, sandbox, spawnVmlb, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 

@@ -13,9 +13,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { LocalStore, type LayerManifest } from '../libs/layer-engine/src/local-store.js';
+import type { LayerManifest } from '../libs/layer-engine/src/layer-manifest.js';
+import { LocalStore } from '../libs/layer-engine/src/local-store.js';
 import { s3ConfigFrom, type S3Config } from '../libs/layer-engine/src/s3-config.js';
-import { SharedBlobMismatchError, SharedStore, type SharedLayerManifest, type SharedStoreEvent, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import type { SharedStoreEvent } from '../libs/layer-engine/src/s3-bucket.js';
+import { SharedBlobMismatchError } from '../libs/layer-engine/src/shared-blob-errors.js';
+import type { SharedLayerManifest } from '../libs/layer-engine/src/shared-manifest.js';
+import { SharedStore, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
 import { EXTERNAL_S3_REASON, startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, builtNames, cachedNames, findEvent, leftovers, sandbox, sha256sum, vmlb, writeProject, type LayerDef, type Sandbox, type VmlbRun } from './helpers/vmlb.js';
 

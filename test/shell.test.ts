@@ -84,7 +84,7 @@ async function close(name: string): Promise<void> {
   await tmux('kill-session', '-t', name);
 }
 
-/** The prompt of a shell in LAYER (see shell-commands.ts). */
+/** The prompt of a shell in LAYER (see apps/cli/src/layer-session.ts). */
 const prompt = (layer: string) => new RegExp(`\\(vmlb ${layer}\\) [^\\n]*# $`, 'm');
 
 describe('vmlb shell', () => {

@@ -3,34 +3,13 @@
  * wrote them: test/original-tool.test.ts migrates and builds them, test/nbd-vm runs the
  * modify-disk as it is on the nbd backend.
  */
+import { readFileSync } from 'node:fs';
 
-/** The original's modify-disk: makes the overlay itself, attaches it with qemu-nbd and grows partition 1. */
-export const GROW = `#!/bin/bash
-
-set -e
-
-if [ "$#" -ne 3 ]; then
-    echo >&2 "Usage: $0 <source> <target> <device>"
-    exit 1
-fi
-
-source="$1"
-target="$2"
-device="$3"
-
-qemu-img create -f qcow2 -b "$source" -o compat=0.10 "$target" 128M
-
-qemu-nbd --connect="$device" "$target"
-
-trap "qemu-nbd --disconnect $device" EXIT
-
-sleep 1
-
-growpart "$device" 1
-
-e2fsck -y -f "\${device}p1"
-resize2fs -f "\${device}p1"
-`;
+/**
+ * The original's modify-disk: makes the overlay itself, attaches it with qemu-nbd and grows
+ * partition 1 — vmlb migrate's own fixture, with an overlay of 128M (not 30G) to stay quick.
+ */
+export const GROW = readFileSync(new URL('../../apps/cli/src/migrate/fixtures/original-modify-disk.sh', import.meta.url), 'utf8').replace(' 30G\n', ' 128M\n');
 
 export const COPY = `#!/bin/sh
 # nocache (this hint tells vm-layer-builder to not cache the layer)
