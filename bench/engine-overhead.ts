@@ -116,7 +116,7 @@ export async function overhead(o: BenchOptions): Promise<Row[]> {
 
 export async function backendOverhead(o: BenchOptions): Promise<Row[]> {
   const title = 'engine overhead per layer: nbd vs fuse';
-  const { nbdBackend } = await import('../libs/layer-engine/src/attach-nbd.js');
+  const { nbdBackend } = await import('../libs/layer-engine/src/disk/attach-nbd.js');
   const why = await nbdBackend.unavailableReason();
   if (why) return [{ benchmark: title, what: 'the same 10 `true` layers with `--backend nbd` and `--backend fuse`', result: `not measured: ${why} (npm run test:nbd measures it in a VM)`, target: '—', ratio: '' }];
   const reps = o.quick ? 1 : 3;

@@ -52,7 +52,7 @@ import { dashboardConfigFrom } from '../apps/web-dashboard/src/config.js';
 import { PUBLIC_DIR } from '../apps/web-dashboard/src/static-files.js';
 import { WorkerMetrics } from '../apps/worker/src/metrics.js';
 import { DEFAULT_WORKER_SETTINGS } from '../apps/worker/src/worker-settings.js';
-import { SANDBOX_STAGE } from '../libs/layer-engine/src/sandbox.js';
+import { SANDBOX_STAGE } from '../libs/layer-engine/src/build/sandbox.js';
 import { fleetConfigFrom } from '../libs/fleet/src/config.js';
 import { freePort } from '../libs/fleet/src/loopback-port.js';
 import { partOfCommand, targetOf, TIMEOUT_MS } from '../deploy/healthcheck.mjs';
@@ -1417,7 +1417,7 @@ describe('deploy/systemd', () => {
     }
     expect(found.filter((x) => x.value !== '16')).toEqual([]);
     // Where an operator reads it: the module's options, the engine's message, the deploy guide.
-    expect(found.map((x) => x.file)).toEqual(expect.arrayContaining(['deploy/systemd/modprobe.d/vmlb-nbd.conf', 'libs/layer-engine/src/attach-nbd.ts', 'deploy/README.md']));
+    expect(found.map((x) => x.file)).toEqual(expect.arrayContaining(['deploy/systemd/modprobe.d/vmlb-nbd.conf', 'libs/layer-engine/src/disk/attach-nbd.ts', 'deploy/README.md']));
   });
 });
 

@@ -8,8 +8,8 @@ import { readdir, rm, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
-import { SharedStore } from '../libs/layer-engine/src/shared-store.js';
+import { s3ConfigFrom } from '../libs/layer-engine/src/store/s3-config.js';
+import { SharedStore } from '../libs/layer-engine/src/store/shared-store.js';
 import { startS3Server, type S3Server } from './helpers/s3-server.js';
 import { BUSYBOX_BASE, buildJson, leftovers, planKeys, sandbox, spawnVmlb, vmlb, writeProject, type LayerDef, type Sandbox } from './helpers/vmlb.js';
 

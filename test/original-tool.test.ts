@@ -111,8 +111,8 @@ async function tree(dir: string): Promise<Record<string, string>> {
 
 /** Partition 1 of an image and the ext4 filesystem on it, in bytes, read through the engine's fuse backend. */
 async function rootSizes(image: string): Promise<{ disk: number; partition: number; filesystem: number }> {
-  const { fuseBackend } = await import('../libs/layer-engine/src/attach-fuse.js');
-  const { FuseDaemon } = await import('../libs/layer-engine/src/fuse-daemon.js');
+  const { fuseBackend } = await import('../libs/layer-engine/src/disk/attach-fuse.js');
+  const { FuseDaemon } = await import('../libs/layer-engine/src/disk/fuse-daemon.js');
   const scratch = path.join(sb.dir, `inspect-${Date.now()}.qcow2`);
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.resolve(image), '-F', 'qcow2', scratch]);
   const info = JSON.parse(String((await execa('qemu-img', ['info', '-U', '--output=json', scratch])).stdout)) as { 'virtual-size': number };

@@ -21,11 +21,11 @@ import { writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { LocalStore } from '../libs/layer-engine/src/local-store.js';
-import { s3ConfigFrom } from '../libs/layer-engine/src/s3-config.js';
-import type { SharedStoreEvent } from '../libs/layer-engine/src/s3-bucket.js';
-import { minioClient } from '../libs/layer-engine/src/s3-client.js';
-import { SharedStore, type SharedStoreOptions } from '../libs/layer-engine/src/shared-store.js';
+import { LocalStore } from '../libs/layer-engine/src/store/local-store.js';
+import { s3ConfigFrom } from '../libs/layer-engine/src/store/s3-config.js';
+import type { SharedStoreEvent } from '../libs/layer-engine/src/store/s3-bucket.js';
+import { minioClient } from '../libs/layer-engine/src/store/s3-client.js';
+import { SharedStore, type SharedStoreOptions } from '../libs/layer-engine/src/store/shared-store.js';
 import { startCephRgw, type CephRgw } from './helpers/ceph-rgw.js';
 import { BUSYBOX_BASE, leftovers, planKeys, sandbox, spawnVmlb, vmlb, writeProject, type Sandbox } from './helpers/vmlb.js';
 

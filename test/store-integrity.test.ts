@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { execa } from 'execa';
-import { LocalStore } from '../libs/layer-engine/src/local-store.js';
+import { LocalStore } from '../libs/layer-engine/src/store/local-store.js';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile, copyFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';

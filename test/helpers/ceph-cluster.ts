@@ -18,7 +18,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { createServer, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { isRunning, processIdentity, selfIdentity, type ProcessIdentity } from '../../libs/layer-engine/src/process-identity.js';
+import { isRunning, processIdentity, selfIdentity, type ProcessIdentity } from '../../libs/layer-engine/src/host/process-identity.js';
 
 export const CEPH_PACKAGES = ['radosgw', 'ceph-mon', 'ceph-osd', 'ceph-common'];
 const DIR_PREFIX = 'vmlb-ceph-';

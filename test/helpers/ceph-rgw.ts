@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { isRunning } from '../../libs/layer-engine/src/process-identity.js';
+import { isRunning } from '../../libs/layer-engine/src/host/process-identity.js';
 import { cephEnv, freePort, readOwner, spawnDaemon, startCephCluster, waitForDaemons, type CephClusterInfo, type Daemon } from './ceph-cluster.js';
 
 export { CEPH_PACKAGES, ensureCephInstalled } from './ceph-cluster.js';

@@ -8,7 +8,7 @@ import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/prom
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { BuildEvent } from '../../libs/layer-engine/src/events.js';
+import type { BuildEvent } from '../../libs/layer-engine/src/build/events.js';
 
 export const REPO = fileURLToPath(new URL('../../', import.meta.url));
 export const VMLB = path.join(REPO, 'apps/cli/bin/vmlb.js');
@@ -214,8 +214,8 @@ export async function sha256sum(file: string): Promise<string> {
  * engine's fuse backend attaches a throw-away overlay on it, and debugfs reads the partition.
  */
 export async function readImageFiles(sb: Sandbox, image: string, partition: number, files: string[]): Promise<Record<string, string>> {
-  const { fuseBackend } = await import('../../libs/layer-engine/src/attach-fuse.js');
-  const { FuseDaemon } = await import('../../libs/layer-engine/src/fuse-daemon.js');
+  const { fuseBackend } = await import('../../libs/layer-engine/src/disk/attach-fuse.js');
+  const { FuseDaemon } = await import('../../libs/layer-engine/src/disk/fuse-daemon.js');
   const scratch = path.join(sb.dir, `inspect-${process.pid}-${Date.now()}.qcow2`);
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.resolve(image), '-F', 'qcow2', scratch]);
   const prev = process.env.VMLB_RUN_DIR;

@@ -5,7 +5,7 @@ import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import {
   ENGINE_VERSION,
-  FuseDaemon,
+  stopIdleFuseDaemon,
   LocalStore,
   SharedStore,
   cacheMountsDir,
@@ -282,7 +282,7 @@ export async function startWorker(config: FleetConfig, opts: StartWorkerOptions 
       await within(Promise.all([removeRegistration(redis, id, registered).catch(() => undefined), dropHeldKeys(redis, id).catch(() => undefined)]), CLOSE_COMMAND_WAIT_MS);
       await evicting;
       // An idle daemon waits a moment for the next disk (fuse-daemon.ts); the process exits next.
-      await FuseDaemon.shutdown();
+      await stopIdleFuseDaemon();
       await metrics.close();
       for (const v of views.values()) v.close();
       // quit() waits for Redis to answer; a connection that is not up is just dropped.

@@ -186,7 +186,7 @@ describe('formatPlan and describeChange', () => {
   it('says each change in words', () => {
     const cases: [InputChange, string][] = [
       [{ what: 'new', detail: 'no earlier build of this layer' }, 'new: no earlier build of this layer'],
-      // As libs/layer-engine/src/input-diff.ts words them: the detail is the whole phrase.
+      // As libs/layer-engine/src/project/input-diff.ts words them: the detail is the whole phrase.
       [{ what: 'parent', detail: 'parent changed: 3f2a9c1d → 77ab0e12' }, 'parent changed: 3f2a9c1d → 77ab0e12'],
       [{ what: 'kind', detail: 'kind changed: create-disk → build-layer' }, 'kind changed: create-disk → build-layer'],
       [{ what: 'recipe', detail: 'engine recipe changed: v3 → v4' }, 'engine recipe changed: v3 → v4'],

@@ -19,7 +19,7 @@ export function normaliseHints(script: string, kind: LayerKind): { text: string;
   const changes: HintChange[] = [];
   lines.forEach((line, i) => {
     const bare = line.replace(/\r$/, '');
-    // The engine's reading of the line (libs/layer-engine/src/hints.ts): its hint, arguments and prose.
+    // The engine's reading of the line (libs/layer-engine/src/project/hints.ts): its hint, arguments and prose.
     const m = i === 0 && bare.startsWith('#!') ? null : readHintLine(bare);
     if (!m || m.prose === '' || parseHints(bare, kind).problems.length > 0) return void out.push(line);
     const hint = ['#', m.name, ...m.args].join(' ');
