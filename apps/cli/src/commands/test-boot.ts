@@ -97,6 +97,9 @@ export function registerTestBoot(program: Command): void {
               interactive,
             },
             accel: o.accel,
+            // Test doubles of qemu and of the KVM device (test/test-boot.test.ts) come in by name.
+            qemu: process.env.VMLB_QEMU || undefined,
+            kvmDevice: process.env.VMLB_KVM_DEVICE || undefined,
             expect: o.expect,
             timeoutMs: o.timeout ?? (o.expect ? 5 * 60_000 : undefined),
             kvmProbeMs: o.kvmProbe,

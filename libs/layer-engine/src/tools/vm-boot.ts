@@ -93,8 +93,8 @@ export function qemuArgv(spec: VmSpec, accel: Accel, qemu = QEMU_SYSTEM): string
   return argv;
 }
 
-/** Whether KVM can be tried here: /dev/kvm (VMLB_KVM_DEVICE) opens read-write. Not proof that it works. */
-export async function kvmStatus(device = process.env.VMLB_KVM_DEVICE || '/dev/kvm'): Promise<{ usable: boolean; reason: string }> {
+/** Whether KVM can be tried here: the device (`/dev/kvm`) opens read-write. Not proof that it works. */
+export async function kvmStatus(device = '/dev/kvm'): Promise<{ usable: boolean; reason: string }> {
   try {
     const fh = await open(device, 'r+');
     await fh.close();
@@ -115,8 +115,10 @@ export interface BootVmOptions {
   timeoutMs?: number;
   /** @default DEFAULT_KVM_PROBE_MS */
   kvmProbeMs?: number;
-  /** The qemu binary. @default VMLB_QEMU or qemu-system-x86_64 */
+  /** The qemu binary (the CLI: VMLB_QEMU). @default qemu-system-x86_64 */
   qemu?: string;
+  /** The KVM device whose opening says KVM can be tried (the CLI: VMLB_KVM_DEVICE). @default /dev/kvm */
+  kvmDevice?: string;
   /** Console output as qemu writes it (escape sequences included): for the terminal. */
   onConsole?: (chunk: Buffer) => void;
   /** qemu's own messages (stderr). */
@@ -166,7 +168,7 @@ export function consoleText(raw: string): string {
 
 export async function bootVm(o: BootVmOptions): Promise<BootVmResult> {
   const started = performance.now();
-  const qemu = o.qemu ?? (process.env.VMLB_QEMU || QEMU_SYSTEM);
+  const qemu = o.qemu ?? QEMU_SYSTEM;
   const deadline = o.timeoutMs !== undefined ? started + o.timeoutMs : undefined;
   const notice = (m: string) => o.onNotice?.(m);
 
@@ -177,7 +179,7 @@ export async function bootVm(o: BootVmOptions): Promise<BootVmResult> {
     plan = [{ accel: 'tcg', probe: false }];
     why = 'as asked (--accel tcg)';
   } else {
-    const kvm = await kvmStatus();
+    const kvm = await kvmStatus(o.kvmDevice);
     if (pref === 'kvm') {
       if (!kvm.usable) throw new VmlbError('KVM_UNAVAILABLE', `--accel kvm: ${kvm.reason}`);
       plan = [{ accel: 'kvm', probe: false }];
