@@ -1417,7 +1417,7 @@ describe('deploy/systemd', () => {
     }
     expect(found.filter((x) => x.value !== '16')).toEqual([]);
     // Where an operator reads it: the module's options, the engine's message, the deploy guide.
-    expect(found.map((x) => x.file)).toEqual(expect.arrayContaining(['deploy/systemd/modprobe.d/vmlb-nbd.conf', 'libs/layer-engine/src/disk/attach-nbd.ts', 'deploy/README.md']));
+    expect(found.map((x) => x.file)).toEqual(expect.arrayContaining(['deploy/systemd/modprobe.d/vmlb-nbd.conf', 'libs/layer-engine/src/disk/nbd-devices.ts', 'deploy/README.md']));
   });
 });
 
