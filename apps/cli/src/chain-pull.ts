@@ -14,17 +14,11 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { BuildChain, BuildChainLayer } from '@vmlb/fleet';
 import { convert, createOverlay, startZstd, VmlbError, type LayerManifest, type LocalStore } from '@vmlb/layer-engine';
 
-export interface ChainLayer {
-  index: number;
-  name: string;
-  key: string;
-  status: string;
-  pool: string | null;
-  manifest: LayerManifest | null;
-  blob: string | null;
-}
+/** A layer of the scheduler's chain answer (GET /v1/builds/:id/chain). */
+export type ChainLayer = BuildChainLayer;
 
 export interface ChainPullResult {
   /** Keys of the layers now local, root first (up to the first one the shared store lacks). */
@@ -87,7 +81,7 @@ export async function pullChain(fetcher: Fetcher, id: string, store: LocalStore,
   await store.init();
   const res = await fetcher(`/v1/builds/${id}/chain`, { signal: o.signal });
   if (!res.ok) throw new VmlbError(res.status === 404 ? 'NO_SUCH_BUILD' : 'FLEET_ERROR', `the chain of build ${id}: the scheduler answered ${res.status}: ${(await res.text().catch(() => '')).slice(0, 300)}`, { retryable: res.status >= 500 });
-  const chain = (await res.json()) as { layers: ChainLayer[] };
+  const chain = (await res.json()) as BuildChain;
   const out: ChainPullResult = { keys: [], pulled: [], local: 0 };
   let parent: LayerManifest | null = null;
   for (const l of chain.layers) {

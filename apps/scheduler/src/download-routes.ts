@@ -2,6 +2,7 @@ import type { FlowProducer } from 'bullmq';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Redis } from 'ioredis';
 import { DEFAULT_POOL, flattenJobId, poolPath } from '@vmlb/fleet';
+import type { BuildChain, BuildChainLayer } from '@vmlb/fleet';
 import type { BuildAccess } from './build-access.js';
 import { flattenData, flattenNode } from './build-flow.js';
 import type { BuildHistory } from './build-history.js';
@@ -46,12 +47,12 @@ export function registerDownloadRoutes(
   app.get('/v1/builds/:id/chain', async (req) => {
     const r = await access.visibleBuild(req);
     const view = pools.view(r.pool ?? DEFAULT_POOL);
-    const layers = [];
+    const layers: BuildChainLayer[] = [];
     for (const l of r.layers) {
       const hit = l.status === 'hit' || l.status === 'done' ? await view.find(l.key) : null;
       layers.push({ index: l.index, name: l.name, key: l.key, status: l.status, pool: hit?.pool ?? null, manifest: hit?.manifest ?? null, blob: hit ? `/v1/builds/${r.id}/layers/${l.index}/blob` : null });
     }
-    return { id: r.id, state: r.state, pool: r.pool ?? DEFAULT_POOL, layers };
+    return { id: r.id, state: r.state, pool: r.pool ?? DEFAULT_POOL, layers } satisfies BuildChain;
   });
 
   /** One layer's blob as the shared store holds it (`?redirect=1`: a presigned URL instead). */

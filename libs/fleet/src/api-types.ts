@@ -1,4 +1,5 @@
-import type { BuildState } from './build-record.js';
+import type { LayerManifest } from '@vmlb/layer-engine';
+import type { BuildState, LayerStatus } from './build-record.js';
 import type { WorkerRegistration } from './workers-registry.js';
 
 /**
@@ -34,6 +35,27 @@ export interface BuildSummary {
   error?: string;
   /** Added by the API when it answers (see BuildRecord.warning). */
   warning?: string;
+}
+
+/** A layer of `GET /v1/builds/:id/chain` (what `vmlb pull` fetches): its shared manifest and blob route while the shared store has it. */
+export interface BuildChainLayer {
+  index: number;
+  name: string;
+  key: string;
+  status: LayerStatus;
+  /** The pool whose namespace holds it (its own, or the trusted pool it was a hit in). */
+  pool: string | null;
+  manifest: LayerManifest | null;
+  /** `/v1/builds/:id/layers/:index/blob`, or null when the shared store lacks the layer. */
+  blob: string | null;
+}
+
+/** `GET /v1/builds/:id/chain` */
+export interface BuildChain {
+  id: string;
+  state: BuildState;
+  pool: string;
+  layers: BuildChainLayer[];
 }
 
 /** `GET /v1/whoami` */
