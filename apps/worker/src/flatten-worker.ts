@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import { StoreError, VmlbError, convert, sha256File, type LayerManifest } from '@vmlb/layer-engine';
+import { VmlbError, convert, sha256File, type LayerManifest } from '@vmlb/layer-engine';
 import { ClaimLease, FlattenJobData, claimOwner, poolClaimKey, poolPath, publishReady, redisKeys, storePaths, waitUntilReady } from '@vmlb/fleet';
 import { errorMessage, isUnrecoverable, parseJobData } from './job-errors.js';
 import { JobEvents } from './job-events.js';
@@ -135,23 +135,24 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
  */
 async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: AbortSignal, events: JobEvents): Promise<void> {
   const top = data.chain[data.chain.length - 1]!;
-  try {
-    const view = ctx.viewFor(data.reads);
-    let parent: LayerManifest | null = null;
-    for (const key of data.chain) {
-      const taken = await takeChainLayer(ctx, view, key, parent, signal, events);
-      if (!taken) {
-        const reads = view.trusted.length ? ` (nor the pools it reads: ${view.trusted.map((t) => t.pool).join(', ')})` : '';
-        throw new StoreError(`layer ${key} is in neither the local store nor the shared store ${view.own.url}${reads}`);
-      }
-      parent = taken.manifest;
+  const view = ctx.viewFor(data.reads);
+  let parent: LayerManifest | null = null;
+  let missing: string | undefined;
+  for (const key of data.chain) {
+    const taken = await takeChainLayer(ctx, view, key, parent, signal, events);
+    if (!taken) {
+      missing = key;
+      break;
     }
-    return;
-  } catch (e) {
-    if (!(e instanceof StoreError && !e.retryable && /in neither the local store nor the shared store/.test(e.message))) throw e;
-    if (!data.project || data.nonce === undefined) {
-      throw new VmlbError('LAYER_UNAVAILABLE', `${e.message}; a # noshare layer lives only on the worker that built it, and this flatten job (from a scheduler that does not say its project) ran elsewhere`);
-    }
+    parent = taken.manifest;
+  }
+  if (missing === undefined) return;
+  if (!data.project || data.nonce === undefined) {
+    const reads = view.trusted.length ? ` (nor the pools it reads: ${view.trusted.map((t) => t.pool).join(', ')})` : '';
+    throw new VmlbError(
+      'LAYER_UNAVAILABLE',
+      `layer ${missing} is in neither the local store nor the shared store ${view.own.url}${reads}; a # noshare layer lives only on the worker that built it, and this flatten job (from a scheduler that does not say its project) ran elsewhere`,
+    );
   }
   const opened = await openProject(ctx, { project: data.project, nonce: data.nonce }, signal);
   try {

@@ -15,7 +15,7 @@
  * Queues and Redis keys of pool `default` keep their names from before pools too (jobs queued
  * by an older scheduler run on default's workers); other pools' names carry the pool.
  */
-import { SharedStore, StoreError, type CallOptions, type LayerManifest, type LocalStore, type S3Config, type SharedStoreOptions } from '@vmlb/layer-engine';
+import { SharedStore, type CallOptions, type LayerManifest, type S3Config, type SharedStoreOptions } from '@vmlb/layer-engine';
 
 export const DEFAULT_POOL = 'default';
 
@@ -82,23 +82,6 @@ export class PoolStores {
 
   async getManifest(key: string, o: CallOptions = {}): Promise<LayerManifest | null> {
     return (await this.find(key, o))?.manifest ?? null;
-  }
-
-  /**
-   * Makes the chain `keys` (root first) local, each layer from wherever the pool finds it (its
-   * own namespace, else a trusted pool's); returns the manifests it pulled. A layer in neither
-   * the local store nor any of them: StoreError (not retryable).
-   */
-  async pullChain(local: LocalStore, keys: string[], o: CallOptions & { isLocal?: (key: string) => Promise<boolean> } = {}): Promise<Array<LayerManifest & { pool: string }>> {
-    await local.init();
-    const pulled: Array<LayerManifest & { pool: string }> = [];
-    for (const key of keys) {
-      if (o.isLocal ? await o.isLocal(key) : (await local.getManifest(key)) !== null) continue;
-      const hit = await this.find(key, o);
-      if (!hit) throw new StoreError(`layer ${key} is in neither the local store nor the shared store ${this.own.url}${this.trustedStores.length ? ` (nor the pools it reads: ${this.trustedStores.map((t) => t.pool).join(', ')})` : ''}`);
-      pulled.push({ ...(await hit.store.pull(local, key, o)), pool: hit.pool });
-    }
-    return pulled;
   }
 
   close(): void {
