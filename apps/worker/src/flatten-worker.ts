@@ -134,7 +134,6 @@ async function flatten(ctx: WorkerContext, data: FlattenJobData, jobId: string, 
  * from the project (same key, same inputs), its parents pulled.
  */
 async function makeChainLocal(ctx: WorkerContext, data: FlattenJobData, signal: AbortSignal, events: JobEvents): Promise<void> {
-  const top = data.chain[data.chain.length - 1]!;
   const view = ctx.viewFor(data.reads);
   let parent: LayerManifest | null = null;
   let missing: string | undefined;

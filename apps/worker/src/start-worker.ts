@@ -7,7 +7,6 @@ import {
   ENGINE_VERSION,
   stopIdleFuseDaemon,
   LocalStore,
-  SharedStore,
   cacheMountsDir,
   checkSandboxTools,
   chooseBackend,

@@ -214,10 +214,6 @@ export class LocalStore {
     }
   }
 
-  private publishLockPath(key: string): string {
-    return path.join(this.root, 'claims', `${key}.publish`);
-  }
-
   private async publishLocked(tmpBlob: string, full: LayerManifest, tmpLog?: string): Promise<LayerManifest> {
     const { key } = full;
     try {
